@@ -1,0 +1,77 @@
+//! The clap command tree. Help texts here are the user's first documentation:
+//! keep them in step with README.md and docs/.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// One-command development sandboxes on Firecracker microVMs.
+#[derive(Debug, Parser)]
+#[command(name = "banger", version = banger_wire::VERSION, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options accepted by every command.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Config file (default: $XDG_CONFIG_HOME/banger/config.toml).
+    #[arg(long, global = true, env = "BANGER_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Show or validate the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Inspect or stop the banger daemon (bangerd).
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+    /// Check that this host can run banger VMs, and say how to fix what is missing.
+    Doctor(DoctorArgs),
+    /// Print the banger version.
+    Version,
+}
+
+/// `banger config ...`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration, each value with where it came from
+    /// (config, host, built-in).
+    Show {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate a config file (default: the active one); exits non-zero on error.
+    Check {
+        /// File to check instead of the active config.
+        path: Option<PathBuf>,
+    },
+}
+
+/// `banger daemon ...`
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Show pid, version, socket, uptime, state dir, backend and install mode.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon (per-user mode; use `systemctl stop bangerd` in system mode).
+    Stop,
+}
+
+/// `banger doctor`
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,36 @@
+//! The `banger` command line: argument parsing ([`cli`]) and one module per
+//! command group. `main.rs` only calls [`run`].
+
+pub mod cli;
+pub mod client;
+pub mod config_cmd;
+pub mod daemon_cmd;
+pub mod doctor;
+
+use clap::Parser;
+
+/// Parse the process arguments, run the command, and return the exit code.
+pub fn run() -> std::process::ExitCode {
+    let args = cli::Cli::parse();
+    match dispatch(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
+    use cli::Command;
+    let global = args.global;
+    match args.command {
+        Command::Config(c) => config_cmd::run(&global, c),
+        Command::Daemon(c) => daemon_cmd::run(&global, c),
+        Command::Doctor(c) => doctor::run(&global, c),
+        Command::Version => {
+            println!("banger {}", banger_wire::VERSION);
+            Ok(std::process::ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! banger-config (see docs/ARCHITECTURE.md).

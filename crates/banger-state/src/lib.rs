@@ -1,0 +1,1 @@
+//! banger-state (see docs/ARCHITECTURE.md).

@@ -1,0 +1,1 @@
+//! banger-vsock-agent library (see docs/ARCHITECTURE.md).

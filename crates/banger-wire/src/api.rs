@@ -1,0 +1,130 @@
+//! The `bangerd` HTTP API: JSON bodies under `/v1`.
+
+use serde::{Deserialize, Serialize};
+
+/// API version prefix; every route lives under it.
+pub const API_PREFIX: &str = "/v1";
+
+/// Content type of streamed responses: one [`StreamEvent`] JSON object per line.
+pub const NDJSON: &str = "application/x-ndjson";
+
+/// How banger was deployed on this host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstallMode {
+    /// `/etc/banger/install.toml` exists: systemd units, `/var/lib/banger`.
+    System,
+    /// No install: a daemon per user in the XDG directories, auto-started.
+    PerUser,
+}
+
+impl std::fmt::Display for InstallMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            InstallMode::System => "system",
+            InstallMode::PerUser => "per-user",
+        })
+    }
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub version: String,
+    pub socket: String,
+    pub uptime_secs: u64,
+    pub state_dir: String,
+    pub cache_dir: String,
+    pub runtime_dir: String,
+    /// The VMM backend `vmm = auto` resolves to on this host, and why.
+    pub backend: String,
+    pub backend_reason: String,
+    pub install_mode: InstallMode,
+    /// Whether a root helper is connected (system unit or per-user child).
+    pub root_helper: Option<String>,
+    pub schema_version: u32,
+}
+
+/// Stable machine-readable error codes of the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    NotFound,
+    Conflict,
+    Unsupported,
+    HelperUnavailable,
+    HelperFailed,
+    State,
+    Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status this code is served with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::NotFound => 404,
+            ErrorCode::Conflict => 409,
+            ErrorCode::Unsupported => 501,
+            ErrorCode::HelperUnavailable => 503,
+            ErrorCode::HelperFailed => 502,
+            ErrorCode::State | ErrorCode::Internal => 500,
+        }
+    }
+}
+
+/// Body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+/// One line of a streamed (NDJSON) response. A stream always ends with
+/// exactly one `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+pub enum StreamEvent {
+    /// A phase began or advanced. `total`/`current` are bytes or items when known.
+    Progress {
+        phase: String,
+        message: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        current: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total: Option<u64>,
+    },
+    /// A human-readable note (warnings, notices) to print as-is.
+    Log { level: LogLevel, message: String },
+    /// The operation succeeded; `result` is the endpoint's JSON result.
+    Done { result: serde_json::Value },
+    /// The operation failed.
+    Error { error: ApiError },
+}
+
+/// Severity of a [`StreamEvent::Log`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    Info,
+    Warn,
+}
+
+/// `POST /v1/shutdown` response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownResponse {
+    pub pid: u32,
+}

@@ -1,0 +1,106 @@
+//! The `bangerd` → `bangerd-root` protocol.
+//!
+//! One JSON object per line over a Unix socket: the client writes a
+//! [`HelperRequest`], the helper answers with a [`HelperReply`]. There is
+//! deliberately no variant that runs an arbitrary command: every privileged
+//! operation is named here and every argument is validated by the helper.
+
+use serde::{Deserialize, Serialize};
+
+/// A privileged operation. All variants are idempotent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HelperRequest {
+    /// Liveness and identity check.
+    Ping,
+    /// Create the bridge if missing, set it up and give it `address`
+    /// (`IP/prefix`, inside the configured CIDR).
+    EnsureBridge { name: String, address: String },
+    /// Create a persistent tap owned by the owner uid and attach it to `bridge`.
+    CreateTap { name: String, bridge: String },
+    /// Delete a tap banger created.
+    DeleteTap { name: String },
+    /// Masquerade `cidr` leaving through any interface but `bridge`, and allow
+    /// forwarding for it, in banger's own nftables table.
+    EnsureNat { bridge: String, cidr: String },
+    /// Drop banger's nftables table.
+    RemoveNat,
+    /// Remove everything banger created: taps with banger's prefix, the
+    /// bridge, and the nftables table.
+    TeardownAll { bridge: String },
+}
+
+impl HelperRequest {
+    /// Short operation name for logs and errors.
+    pub fn op_name(&self) -> &'static str {
+        match self {
+            HelperRequest::Ping => "ping",
+            HelperRequest::EnsureBridge { .. } => "ensure_bridge",
+            HelperRequest::CreateTap { .. } => "create_tap",
+            HelperRequest::DeleteTap { .. } => "delete_tap",
+            HelperRequest::EnsureNat { .. } => "ensure_nat",
+            HelperRequest::RemoveNat => "remove_nat",
+            HelperRequest::TeardownAll { .. } => "teardown_all",
+        }
+    }
+}
+
+/// A successful answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum HelperResponse {
+    /// Answer to [`HelperRequest::Ping`].
+    Pong { version: String, owner_uid: u32 },
+    /// The operation completed; `changed` is false when it was already done.
+    Done { changed: bool },
+}
+
+/// Why the helper refused or failed a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HelperErrorCode {
+    /// The connecting process is not the owner.
+    PeerRejected,
+    /// The request did not parse or an argument failed validation.
+    Invalid,
+    /// A netlink operation failed.
+    Netlink,
+    /// An nftables operation failed.
+    Nftables,
+    /// A file or device operation failed.
+    Io,
+}
+
+/// Error answer of the helper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(deny_unknown_fields)]
+#[error("root helper: {message}")]
+pub struct HelperError {
+    pub code: HelperErrorCode,
+    pub message: String,
+}
+
+/// One answer line: `{"Ok": {...}}` or `{"Err": {...}}`.
+pub type HelperReply = Result<HelperResponse, HelperError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_wire_shape_is_tagged_by_op() {
+        let req = HelperRequest::CreateTap { name: "bgtap0".into(), bridge: "banger0".into() };
+        let s = serde_json::to_string(&req).unwrap();
+        assert_eq!(s, r#"{"op":"create_tap","name":"bgtap0","bridge":"banger0"}"#);
+        assert_eq!(serde_json::from_str::<HelperRequest>(&s).unwrap(), req);
+    }
+
+    #[test]
+    fn unknown_ops_and_fields_are_rejected() {
+        assert!(serde_json::from_str::<HelperRequest>(r#"{"op":"exec","cmd":"sh"}"#).is_err());
+        assert!(serde_json::from_str::<HelperRequest>(
+            r#"{"op":"delete_tap","name":"bgtap0","extra":1}"#
+        )
+        .is_err());
+    }
+}

@@ -1,0 +1,16 @@
+//! Wire types shared by every banger process.
+//!
+//! - [`api`]: the CLI ↔ `bangerd` HTTP/JSON API (`/v1/...`), its error body and
+//!   the NDJSON progress stream used by long operations.
+//! - [`helper`]: the `bangerd` ↔ `bangerd-root` typed request enum.
+//! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
+//!
+//! Everything here is plain data: no I/O, so both sides of every socket agree
+//! on the exact shapes and the parse layer can be tested without hardware.
+
+pub mod api;
+pub mod helper;
+pub mod install;
+
+/// The banger version every binary reports (workspace version).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

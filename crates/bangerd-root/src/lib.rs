@@ -1,0 +1,1 @@
+//! bangerd-root library (see docs/ARCHITECTURE.md).
