@@ -1,3 +1,3 @@
-fn main() {
-    println!("{}", banger_wire::VERSION);
+fn main() -> anyhow::Result<()> {
+    banger_vsock_agent::run()
 }

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs everything banger's build, tests and main job need on Debian 12.
+# Idempotent; needs root. Used by scripts/quickstart.sh, scripts/test.sh and CI.
+set -euo pipefail
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/deps.sh: needs root (apt-get); run it with sudo" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+
+# QEMU 10 and e2fsprogs >= 1.47.2 (reproducible `mkfs.ext4 -d tarball`) come
+# from bookworm-backports; the kernel bundle's source package lives there too.
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    echo 'deb http://deb.debian.org/debian bookworm-backports main' \
+        >/etc/apt/sources.list.d/banger-backports.list
+fi
+apt-get update -qq
+
+apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+    qemu-system-x86 e2fsprogs >/dev/null
+apt-get install -y -qq --no-install-recommends \
+    build-essential pkg-config git curl ca-certificates \
+    iproute2 nftables openssh-client zstd xz-utils cpio kmod \
+    mmdebstrap busybox-static bind9-dnsutils \
+    systemd systemd-container nix-bin >/dev/null
+
+if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
+    echo "deps: installing the Rust toolchain with rustup"
+    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+        rustup component add "$component"
+    fi
+done
+echo "deps: ok"

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+# Runs as root on Debian 12: privileged tests (network namespaces, taps,
+# nftables, QEMU guests) are required here, not skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "${BANGER_SKIP_DEPS:-0}" != 1 ]; then
+    bash scripts/deps.sh
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
+export BANGER_REQUIRE_PRIVILEGED=1
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "nix-instantiate --parse"
+nix_files=$(git ls-files '*.nix')
+if [ -n "$nix_files" ]; then
+    for f in $nix_files; do nix-instantiate --parse "$f" >/dev/null; done
+    echo "$(echo "$nix_files" | wc -l) .nix files parse"
+fi
+
+step "cargo test"
+cargo build --workspace --bins --locked
+cargo test --workspace --locked --no-fail-fast
