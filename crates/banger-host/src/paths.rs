@@ -121,6 +121,12 @@ impl Layout {
         self.runtime_dir.join("bangerd.lock")
     }
 
+    /// Lock a CLI holds while it checks for and auto-starts a per-user daemon,
+    /// so two CLIs racing start exactly one daemon.
+    pub fn autostart_lock(&self) -> PathBuf {
+        self.runtime_dir.join("autostart.lock")
+    }
+
     /// SQLite database.
     pub fn database(&self) -> PathBuf {
         self.state_dir.join("state.db")

@@ -53,6 +53,8 @@ pub struct DaemonStatus {
 pub enum ErrorCode {
     BadRequest,
     NotFound,
+    /// The path exists but not with this HTTP method.
+    MethodNotAllowed,
     Conflict,
     Unsupported,
     HelperUnavailable,
@@ -67,6 +69,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => 400,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::Unsupported => 501,
             ErrorCode::HelperUnavailable => 503,
@@ -127,4 +130,45 @@ pub enum LogLevel {
 #[serde(deny_unknown_fields)]
 pub struct ShutdownResponse {
     pub pid: u32,
+}
+
+/// `POST /v1/network/setup` body (an empty body means the defaults).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSetupRequest {
+    /// Also install the NAT/forwarding rules (default true); false sets up
+    /// only the bridge.
+    #[serde(default = "default_true")]
+    pub nat: bool,
+}
+
+impl Default for NetworkSetupRequest {
+    fn default() -> Self {
+        NetworkSetupRequest { nat: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// `POST /v1/network/teardown` body (an empty body is the same as `{}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkTeardownRequest {}
+
+/// The `Done` result of the network routes: what the host network looks like now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkReport {
+    /// Bridge name (config `bridge_name`).
+    pub bridge: String,
+    /// Bridge address `IP/prefix` (config `bridge_ip` and the prefix of `cidr`).
+    pub address: String,
+    /// Guest range (config `cidr`).
+    pub cidr: String,
+    /// Whether NAT is installed after the operation.
+    pub nat: bool,
+    /// Whether the operation changed anything on the host.
+    pub changed: bool,
 }
