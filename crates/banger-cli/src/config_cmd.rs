@@ -32,12 +32,17 @@ fn show(global: &GlobalArgs, layout: &Layout, json: bool) -> anyhow::Result<Exit
     let cfg = load(&path, &layout.home)?;
     let vm = resolve_vm_defaults(&cfg, &HostFacts::detect());
     let rows = cfg.effective(&vm);
-    let mut out = std::io::stdout().lock();
-    if json {
-        serde_json::to_writer_pretty(&mut out, &json_object(&rows)?)?;
-        writeln!(out)?;
+    let text = if json {
+        let mut t = serde_json::to_string_pretty(&json_object(&rows)?)?;
+        t.push('\n');
+        t
     } else {
-        write!(out, "{}", render_text(&cfg, &path, &rows))?;
+        render_text(&cfg, &path, &rows)
+    };
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        // `banger config show | head` closing the pipe early is not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+        other => other.context("cannot write to stdout")?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -552,7 +552,7 @@ impl Walker<'_> {
             None if known.len() <= 4 => {
                 format!("unknown key; expected one of: {}", known.join(", "))
             }
-            None => "unknown key; see docs/config.md for the accepted keys".to_owned(),
+            None => "unknown key; `banger config show` lists the accepted keys".to_owned(),
         };
         self.problem(line, key, message);
     }
