@@ -28,6 +28,9 @@ pub enum HelperRequest {
     /// Remove everything banger created: taps with banger's prefix, the
     /// bridge, and the nftables table.
     TeardownAll { bridge: String },
+    /// Give an existing file or directory under banger's own state, cache or
+    /// run directories to the owner (for VMM resources root created).
+    ChownToOwner { path: String },
 }
 
 impl HelperRequest {
@@ -41,6 +44,7 @@ impl HelperRequest {
             HelperRequest::EnsureNat { .. } => "ensure_nat",
             HelperRequest::RemoveNat => "remove_nat",
             HelperRequest::TeardownAll { .. } => "teardown_all",
+            HelperRequest::ChownToOwner { .. } => "chown_to_owner",
         }
     }
 }
@@ -69,6 +73,9 @@ pub enum HelperErrorCode {
     Nftables,
     /// A file or device operation failed.
     Io,
+    /// The host state does not allow the operation: a link with that name
+    /// exists but is of another kind, or a required bridge is missing.
+    Conflict,
 }
 
 /// Error answer of the helper.

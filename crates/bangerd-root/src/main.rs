@@ -1,3 +1,112 @@
-fn main() {
-    println!("{}", banger_wire::VERSION);
+//! `bangerd-root`: see the `bangerd_root` library and docs/root-helper.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bangerd_root::{system, HelperClient, ServeConfig};
+use clap::{Args, Parser, Subcommand};
+use ipnet::Ipv4Net;
+
+/// banger's root helper: typed, validated host-kernel operations for bangerd.
+#[derive(Debug, Parser)]
+#[command(name = "bangerd-root", version = banger_wire::VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve requests on a Unix socket until SIGTERM/SIGINT.
+    Serve(ServeArgs),
+    /// Send one raw JSON request line to a running helper and print its reply.
+    Request {
+        /// Helper socket.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The request, e.g. '{"op":"ping"}'.
+        json: String,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// System mode: read the install metadata, socket in its root_run_dir.
+    #[arg(long, conflicts_with_all = ["socket", "owner_uid", "owner_gid", "allowed_dir"])]
+    system: bool,
+    /// Install metadata file (system mode).
+    #[arg(long, env = "BANGER_INSTALL_FILE", default_value = banger_wire::install::INSTALL_TOML, requires = "system")]
+    install_file: PathBuf,
+    /// Socket to listen on (child mode).
+    #[arg(long, required_unless_present = "system")]
+    socket: Option<PathBuf>,
+    /// The only uid served; taps are given to it (child mode).
+    #[arg(long, required_unless_present = "system")]
+    owner_uid: Option<u32>,
+    /// Group given to chowned files (child mode; default: unchanged).
+    #[arg(long)]
+    owner_gid: Option<u32>,
+    /// The guest range (required in child mode; system mode default 172.16.0.0/24).
+    #[arg(long, required_unless_present = "system")]
+    cidr: Option<Ipv4Net>,
+    /// A directory of banger's that paths may resolve under (repeatable).
+    #[arg(long, required_unless_present = "system")]
+    allowed_dir: Vec<PathBuf>,
+    /// Log filter when RUST_LOG is unset.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn init_tracing(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // journald stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    if args.system {
+        let install = system::read_install(&args.install_file)?;
+        return Ok(system::system_config(
+            &install,
+            args.cidr.unwrap_or(system::DEFAULT_CIDR),
+        ));
+    }
+    let (Some(socket), Some(owner_uid), Some(cidr)) = (args.socket, args.owner_uid, args.cidr)
+    else {
+        anyhow::bail!("child mode needs --socket, --owner-uid and --cidr");
+    };
+    let mut config = ServeConfig::child(socket, owner_uid, cidr, args.allowed_dir);
+    config.policy.owner_gid = args.owner_gid;
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<ExitCode> {
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            init_tracing(&args.log_level);
+            let config = serve_config(args)?;
+            bangerd_root::serve(config).await.context("root helper")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Request { socket, json } => {
+            let mut client = HelperClient::connect(&socket).await?;
+            let reply = client.request_line(&json).await?;
+            println!("{}", serde_json::to_string(&reply)?);
+            Ok(if reply.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
 }

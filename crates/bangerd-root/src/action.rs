@@ -1,0 +1,186 @@
+//! The parse layer: a wire [`HelperRequest`] becomes a typed [`Action`] whose
+//! every argument has been validated against the helper's [`Policy`]. Nothing
+//! here touches the host, so it is tested without privileges.
+
+use std::path::{Path, PathBuf};
+
+use banger_wire::helper::HelperRequest;
+use ipnet::Ipv4Net;
+
+use crate::validate::{self, AllowedPath, IfaceName, ValidateError};
+
+/// What the helper was started with: whom it serves and what it may touch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// The only uid whose requests are served; taps and chowned files go to it.
+    pub owner_uid: u32,
+    /// Group given to chowned files; `None` leaves their group unchanged.
+    pub owner_gid: Option<u32>,
+    /// The configured guest range; bridge addresses and NAT CIDRs must lie in it.
+    pub cidr: Ipv4Net,
+    /// banger's own state/cache/run directories; paths must resolve under one.
+    pub allowed_dirs: Vec<PathBuf>,
+}
+
+/// A validated operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// See [`HelperRequest::Ping`].
+    Ping,
+    /// See [`HelperRequest::EnsureBridge`].
+    EnsureBridge { name: IfaceName, address: Ipv4Net },
+    /// See [`HelperRequest::CreateTap`].
+    CreateTap { name: IfaceName, bridge: IfaceName },
+    /// See [`HelperRequest::DeleteTap`].
+    DeleteTap { name: IfaceName },
+    /// See [`HelperRequest::EnsureNat`].
+    EnsureNat { bridge: IfaceName, cidr: Ipv4Net },
+    /// See [`HelperRequest::RemoveNat`].
+    RemoveNat,
+    /// See [`HelperRequest::TeardownAll`].
+    TeardownAll { bridge: IfaceName },
+    /// See [`HelperRequest::ChownToOwner`].
+    ChownToOwner { path: AllowedPath },
+}
+
+impl Action {
+    /// Validate every argument of `req` against `policy`.
+    pub fn parse(req: HelperRequest, policy: &Policy) -> Result<Action, ValidateError> {
+        Ok(match req {
+            HelperRequest::Ping => Action::Ping,
+            HelperRequest::EnsureBridge { name, address } => Action::EnsureBridge {
+                name: IfaceName::parse(&name)?,
+                address: validate::bridge_address(&address, policy.cidr)?,
+            },
+            HelperRequest::CreateTap { name, bridge } => {
+                let name = IfaceName::parse(&name)?;
+                let bridge = IfaceName::parse(&bridge)?;
+                if name == bridge {
+                    return Err(ValidateError::Conflicting(format!(
+                        "tap and bridge are both named {name:?}"
+                    )));
+                }
+                Action::CreateTap { name, bridge }
+            }
+            HelperRequest::DeleteTap { name } => Action::DeleteTap {
+                name: IfaceName::parse(&name)?,
+            },
+            HelperRequest::EnsureNat { bridge, cidr } => Action::EnsureNat {
+                bridge: IfaceName::parse(&bridge)?,
+                cidr: validate::nat_cidr(&cidr, policy.cidr)?,
+            },
+            HelperRequest::RemoveNat => Action::RemoveNat,
+            HelperRequest::TeardownAll { bridge } => Action::TeardownAll {
+                bridge: IfaceName::parse(&bridge)?,
+            },
+            HelperRequest::ChownToOwner { path } => Action::ChownToOwner {
+                path: validate::validate_path(Path::new(&path), &policy.allowed_dirs)?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(dir: &Path) -> Policy {
+        Policy {
+            owner_uid: 1000,
+            owner_gid: None,
+            cidr: "172.16.0.0/24".parse().unwrap(),
+            allowed_dirs: vec![dir.to_owned()],
+        }
+    }
+
+    #[test]
+    fn valid_requests_become_typed_actions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = policy(tmp.path());
+        let a = Action::parse(
+            HelperRequest::EnsureBridge {
+                name: "banger0".into(),
+                address: "172.16.0.1/24".into(),
+            },
+            &p,
+        )
+        .unwrap();
+        assert_eq!(
+            a,
+            Action::EnsureBridge {
+                name: IfaceName::parse("banger0").unwrap(),
+                address: "172.16.0.1/24".parse().unwrap()
+            }
+        );
+        let a = Action::parse(
+            HelperRequest::ChownToOwner {
+                path: tmp.path().display().to_string(),
+            },
+            &p,
+        )
+        .unwrap();
+        assert!(matches!(a, Action::ChownToOwner { path } if path.relative.as_os_str().is_empty()));
+        assert_eq!(
+            Action::parse(HelperRequest::RemoveNat, &p).unwrap(),
+            Action::RemoveNat
+        );
+    }
+
+    #[test]
+    fn each_argument_is_validated() {
+        let tmp = tempfile::tempdir().unwrap();
+        let p = policy(tmp.path());
+        let cases = [
+            (
+                HelperRequest::CreateTap {
+                    name: "banger-t0".into(),
+                    bridge: "br0".into(),
+                },
+                "interface name \"br0\"",
+            ),
+            (
+                HelperRequest::CreateTap {
+                    name: "banger0".into(),
+                    bridge: "banger0".into(),
+                },
+                "both named",
+            ),
+            (
+                HelperRequest::DeleteTap {
+                    name: "eth0".into(),
+                },
+                "interface name \"eth0\"",
+            ),
+            (
+                HelperRequest::EnsureNat {
+                    bridge: "banger0".into(),
+                    cidr: "0.0.0.0/0".into(),
+                },
+                "outside the configured range",
+            ),
+            (
+                HelperRequest::EnsureBridge {
+                    name: "banger0".into(),
+                    address: "192.168.1.1/24".into(),
+                },
+                "outside the configured range",
+            ),
+            (
+                HelperRequest::TeardownAll {
+                    bridge: "lo".into(),
+                },
+                "interface name \"lo\"",
+            ),
+            (
+                HelperRequest::ChownToOwner {
+                    path: "/etc/shadow".into(),
+                },
+                "outside banger's",
+            ),
+        ];
+        for (req, needle) in cases {
+            let msg = Action::parse(req.clone(), &p).unwrap_err().to_string();
+            assert!(msg.contains(needle), "{req:?}: {msg}");
+        }
+    }
+}

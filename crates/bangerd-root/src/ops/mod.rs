@@ -1,0 +1,117 @@
+//! The controller: executes validated [`Action`]s against the host kernel.
+//! Every operation is idempotent and reports whether it changed anything.
+
+mod chown;
+mod link;
+mod nft;
+mod tun;
+
+use std::path::PathBuf;
+
+use banger_wire::helper::{HelperErrorCode, HelperResponse};
+
+use crate::action::{Action, Policy};
+
+pub use nft::TABLE_NAME;
+
+/// A validated operation failed on the host.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// The rtnetlink socket could not be opened.
+    #[error("cannot open a netlink socket: {0}")]
+    NetlinkSocket(#[source] std::io::Error),
+    /// A netlink request failed.
+    #[error("netlink: cannot {what} {name}: {source}")]
+    Netlink {
+        what: &'static str,
+        name: String,
+        // Boxed: the netlink error embeds a whole message and would bloat
+        // every Result in this module.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    /// A link with the requested name exists but is of another kind.
+    #[error("link {name} exists but is {found}, not {expected}; refusing to touch it")]
+    WrongKind {
+        name: String,
+        found: String,
+        expected: &'static str,
+    },
+    /// A tap was requested on a bridge that does not exist.
+    #[error("bridge {name} does not exist (run ensure_bridge first)")]
+    MissingBridge { name: String },
+    /// A link vanished between two steps of an operation.
+    #[error("link {name} disappeared while it was being configured")]
+    Vanished { name: String },
+    /// A /dev/net/tun operation failed.
+    #[error("tap {name}: {what}: {source}")]
+    Tun {
+        name: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `nft` failed or returned something unexpected.
+    #[error("nftables: {what}: {message}")]
+    Nft { what: &'static str, message: String },
+    /// A file operation failed.
+    #[error("cannot {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file passed validation but must not be touched.
+    #[error("refusing to touch {path}: {reason}")]
+    Refused { path: PathBuf, reason: &'static str },
+}
+
+impl OpError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> HelperErrorCode {
+        match self {
+            OpError::NetlinkSocket(_) | OpError::Netlink { .. } => HelperErrorCode::Netlink,
+            OpError::WrongKind { .. }
+            | OpError::MissingBridge { .. }
+            | OpError::Vanished { .. } => HelperErrorCode::Conflict,
+            OpError::Tun { .. } | OpError::File { .. } => HelperErrorCode::Io,
+            OpError::Nft { .. } => HelperErrorCode::Nftables,
+            OpError::Refused { .. } => HelperErrorCode::Invalid,
+        }
+    }
+}
+
+/// Execute one validated action.
+pub async fn execute(action: &Action, policy: &Policy) -> Result<HelperResponse, OpError> {
+    let changed = match action {
+        Action::Ping => {
+            return Ok(HelperResponse::Pong {
+                version: banger_wire::VERSION.to_owned(),
+                owner_uid: policy.owner_uid,
+            })
+        }
+        Action::EnsureBridge { name, address } => {
+            link::Net::connect()?.ensure_bridge(name, *address).await?
+        }
+        Action::CreateTap { name, bridge } => {
+            link::Net::connect()?
+                .create_tap(name, bridge, policy.owner_uid)
+                .await?
+        }
+        Action::DeleteTap { name } => link::Net::connect()?.delete_tap(name).await?,
+        Action::EnsureNat { bridge, cidr } => {
+            let forward = nft::enable_ip_forward()?;
+            nft::ensure_nat(bridge, *cidr).await? | forward
+        }
+        Action::RemoveNat => nft::remove_nat().await?,
+        Action::TeardownAll { bridge } => {
+            let links = link::Net::connect()?.teardown(bridge).await?;
+            nft::remove_nat().await? | links
+        }
+        Action::ChownToOwner { path } => {
+            chown::chown_to_owner(path, policy.owner_uid, policy.owner_gid)?
+        }
+    };
+    Ok(HelperResponse::Done { changed })
+}
