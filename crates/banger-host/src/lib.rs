@@ -3,3 +3,4 @@
 //! ([`probe`], used by `banger doctor` and backend selection).
 
 pub mod paths;
+pub mod probe;
