@@ -157,7 +157,7 @@ pub struct FileSyncEntry {
 }
 
 /// The effective configuration.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// The file it was loaded from (`None`: the file was missing, defaults apply).
     pub source: Option<PathBuf>,

@@ -173,7 +173,10 @@ fn public_line(key: &PrivateKey, path: &Path) -> Result<String, SshKeyError> {
 /// Create the missing ancestors of `dir` with mode 0700 (umask aside);
 /// existing directories are left as they are.
 fn create_private_dirs(dir: &Path) -> Result<(), SshKeyError> {
-    let missing: Vec<&Path> = dir.ancestors().take_while(|d| !d.exists()).collect();
+    let missing: Vec<&Path> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .collect();
     for d in missing.into_iter().rev() {
         match fs::DirBuilder::new().mode(0o700).create(d) {
             Ok(()) => {
