@@ -406,7 +406,7 @@ pub fn check_tools(search_path: &[PathBuf]) -> Vec<Check> {
             let id = format!("tool:{}", t.name);
             let title = format!("{} ({})", t.name, t.package);
             match locate_program(t.name, None, search_path) {
-                Ok(p) => Check::ok(&id, &title, format!("{} — {}", p.display(), t.purpose))
+                Ok(p) => Check::ok(&id, &title, format!("{} ({})", p.display(), t.purpose))
                     .with_value(json!(p)),
                 Err(_) => {
                     let detail = format!("not found; {}", t.purpose);
