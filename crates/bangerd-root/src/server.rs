@@ -306,6 +306,26 @@ async fn handle_connection(stream: UnixStream, shared: Arc<Shared>) {
     }
 }
 
+/// Parse one request, refusing unknown fields everywhere: serde's
+/// `deny_unknown_fields` covers struct variants, but an internally tagged unit
+/// variant (`{"op":"ping","x":1}`) silently ignores what follows its tag.
+fn parse_request(text: &str) -> Result<HelperRequest, String> {
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let request: HelperRequest =
+        serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    if let (serde_json::Value::Object(given), Ok(serde_json::Value::Object(known))) =
+        (&value, serde_json::to_value(&request))
+    {
+        if let Some(extra) = given.keys().find(|k| !known.contains_key(*k)) {
+            return Err(format!(
+                "unknown field `{extra}` for op `{}`",
+                request.op_name()
+            ));
+        }
+    }
+    Ok(request)
+}
+
 async fn answer(line: &[u8], shared: &Shared) -> HelperReply {
     let Ok(text) = std::str::from_utf8(line) else {
         return invalid("malformed request: not valid UTF-8".into());
@@ -313,9 +333,9 @@ async fn answer(line: &[u8], shared: &Shared) -> HelperReply {
     if text.trim().is_empty() {
         return invalid("malformed request: empty line, expected one JSON object".into());
     }
-    let request: HelperRequest = match serde_json::from_str(text) {
+    let request = match parse_request(text) {
         Ok(request) => request,
-        Err(e) => return invalid(format!("malformed request: {e}")),
+        Err(message) => return invalid(format!("malformed request: {message}")),
     };
     let op = request.op_name();
     let action = match Action::parse(request, &shared.policy) {
@@ -392,6 +412,10 @@ mod tests {
                 "outside banger's directories",
             ),
             (r#"[1,2,3]"#, "malformed request"),
+            (
+                r#"{"op":"ping","as_uid":0}"#,
+                "unknown field `as_uid` for op `ping`",
+            ),
         ];
         for (line, needle) in cases {
             let err = client.request_line(line).await.unwrap().unwrap_err();
