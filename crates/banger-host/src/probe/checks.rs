@@ -306,20 +306,15 @@ pub fn check_firecracker(
                 "reinstall Firecracker or fix firecracker_bin",
             ),
         },
-        Err(e @ ProbeError::ConfiguredUnusable { .. }) => Check::fail(
-            id,
-            title,
-            e.to_string(),
-            format!("fix or remove firecracker_bin in {config_file}"),
-        )
-        .required(),
-        Err(e) if configured => Check::fail(
-            id,
-            title,
-            e.to_string(),
-            format!("fix or remove firecracker_bin in {config_file}"),
-        )
-        .required(),
+        Err(e) if configured || matches!(e, ProbeError::ConfiguredUnusable { .. }) => {
+            Check::fail(
+                id,
+                title,
+                e.to_string(),
+                format!("fix or remove firecracker_bin in {config_file}"),
+            )
+            .required()
+        }
         Err(_) if vmm == VmmChoice::Qemu => {
             Check::info(id, title, "not installed (not needed: vmm = qemu)")
         }
