@@ -1,0 +1,277 @@
+//! Parity between the NixOS module and `banger system install`: the module
+//! is evaluated with nixpkgs' `lib` (`../shared/nixpkgs-lib`) and stub
+//! NixOS options by Debian's `nix-instantiate`
+//! (tests/nixos/parity/eval.nix), and what it defines must equal what the
+//! Rust installer renders from the same nix/units.json.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use banger_deploy::install::{metadata, placeholders};
+use banger_deploy::owner::Owner;
+use banger_deploy::spec::{RenderedSection, Spec};
+use serde_json::Value;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// nixpkgs' lib: `BANGER_NIXPKGS_LIB`, else `../shared/nixpkgs-lib/lib`
+/// beside the workspace.
+fn nixpkgs_lib() -> Option<PathBuf> {
+    let p = std::env::var_os("BANGER_NIXPKGS_LIB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("../shared/nixpkgs-lib/lib"));
+    p.join("default.nix").is_file().then_some(p)
+}
+
+/// The evaluation's JSON, or `None` (with the reason printed) when this
+/// host cannot evaluate Nix and tests may skip.
+fn evaluated(test: &str) -> Option<&'static Value> {
+    static EVAL: OnceLock<Result<Value, String>> = OnceLock::new();
+    if !common::tool_or_skip(test, "nix-instantiate") {
+        return None;
+    }
+    let Some(lib) = nixpkgs_lib() else {
+        assert!(
+            !common::required(),
+            "{test}: nixpkgs lib not found (../shared/nixpkgs-lib/lib or BANGER_NIXPKGS_LIB) \
+             and BANGER_REQUIRE_PRIVILEGED=1 is set"
+        );
+        eprintln!("skipping {test}: nixpkgs lib not found at ../shared/nixpkgs-lib/lib");
+        return None;
+    };
+    let result = EVAL.get_or_init(|| {
+        let out = Command::new("nix-instantiate")
+            .args(["--eval", "--strict", "--json", "--readonly-mode"])
+            .arg(workspace().join("tests/nixos/parity/eval.nix"))
+            .arg("--arg")
+            .arg("nixpkgsLib")
+            .arg(&lib)
+            .args(["--argstr", "version", banger_wire::VERSION])
+            .output()
+            .map_err(|e| format!("running nix-instantiate: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "nix-instantiate failed:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("nix-instantiate output: {e}"))
+    });
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => panic!("{test}: {e}"),
+    }
+}
+
+/// The owner eval.nix declares (alice, uid 1500, group devs = 1600).
+fn alice() -> Owner {
+    Owner {
+        name: "alice".into(),
+        uid: 1500,
+        gid: 1600,
+        group: "devs".into(),
+        home: "/home/alice".into(),
+    }
+}
+
+/// A NixOS section (string or list per key) as rendered lines per key.
+fn nix_section(v: &Value) -> RenderedSection {
+    v.as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| {
+            let items = match v {
+                Value::String(s) => vec![s.clone()],
+                Value::Array(a) => a.iter().map(|x| x.as_str().unwrap().to_owned()).collect(),
+                other => panic!("{k}: unexpected value {other}"),
+            };
+            (k.clone(), items)
+        })
+        .collect()
+}
+
+fn messages(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[test]
+fn nixos_units_equal_what_system_install_renders() {
+    let Some(ev) = evaluated("nixos_units_equal_what_system_install_renders") else {
+        return;
+    };
+    let good = &ev["good"];
+    assert_eq!(messages(&good["failedAssertions"]), Vec::<String>::new());
+    let spec = Spec::builtin().unwrap();
+    let rendered = spec
+        .render_units(&placeholders(&alice(), &spec.layout.bin_dir))
+        .unwrap();
+    let nix_units = good["units"].as_object().unwrap();
+    assert_eq!(
+        nix_units.keys().collect::<Vec<_>>(),
+        rendered.iter().map(|u| &u.name).collect::<Vec<_>>()
+    );
+    for u in &rendered {
+        let n = &nix_units[&u.name];
+        assert_eq!(
+            nix_section(&n["serviceConfig"]),
+            u.service,
+            "{} [Service]",
+            u.name
+        );
+        assert_eq!(nix_section(&n["unitConfig"]), u.unit, "{} [Unit]", u.name);
+        let wanted: Vec<String> = serde_json::from_value(n["wantedBy"].clone()).unwrap();
+        assert_eq!(wanted, u.install["WantedBy"], "{} [Install]", u.name);
+    }
+}
+
+#[test]
+fn nixos_install_metadata_and_tmpfiles_equal_system_install() {
+    let Some(ev) = evaluated("nixos_install_metadata_and_tmpfiles_equal_system_install") else {
+        return;
+    };
+    let good = &ev["good"];
+    let spec = Spec::builtin().unwrap();
+    let mut expected = serde_json::to_value(metadata(&spec, &alice())).unwrap();
+    // TOML has no null: an unset optional key is simply absent.
+    expected
+        .as_object_mut()
+        .unwrap()
+        .retain(|_, v| !v.is_null());
+    assert_eq!(good["installToml"], expected);
+    let tmpfiles: Vec<String> = serde_json::from_value(good["tmpfiles"].clone()).unwrap();
+    assert_eq!(
+        tmpfiles,
+        spec.render_tmpfiles_lines(&placeholders(&alice(), &spec.layout.bin_dir))
+            .unwrap()
+    );
+    let etc: Vec<String> = serde_json::from_value(good["etc"].clone()).unwrap();
+    assert_eq!(etc, ["banger/config.toml", "banger/install.toml"]);
+    assert_eq!(
+        good["systemPackages"],
+        serde_json::json!([format!("banger-{}", banger_wire::VERSION)])
+    );
+}
+
+#[test]
+fn nixos_options_flow_into_settings_without_changing_the_units() {
+    let Some(ev) = evaluated("nixos_options_flow_into_settings_without_changing_the_units") else {
+        return;
+    };
+    let good = &ev["good"];
+    assert_eq!(good["settings"]["bridge_name"], "banger0");
+    assert_eq!(good["settings"]["cidr"], "172.16.0.0/24");
+    assert!(good["settings"]["firecracker_bin"]
+        .as_str()
+        .unwrap()
+        .ends_with("/bin/firecracker"));
+    assert!(good["settings"]["qemu_bin"]
+        .as_str()
+        .unwrap()
+        .ends_with("/bin/qemu-system-x86_64"));
+    let custom = &ev["custom"];
+    assert_eq!(messages(&custom["failedAssertions"]), Vec::<String>::new());
+    assert_eq!(custom["settings"]["bridge_name"], "banger-lab");
+    // An explicit setting beats the network option's default.
+    assert_eq!(custom["settings"]["cidr"], "10.9.0.0/24");
+    assert_eq!(custom["settings"]["vmm"], "qemu");
+    assert!(
+        custom["settings"].get("firecracker_bin").is_none(),
+        "firecrackerPackage = null"
+    );
+    assert_eq!(custom["units"], good["units"]);
+    assert_eq!(
+        custom["resolved"], true,
+        "dns.enable turns on systemd-resolved"
+    );
+}
+
+#[test]
+fn disabled_module_defines_no_units_files_or_dirs() {
+    let Some(ev) = evaluated("disabled_module_defines_no_units_files_or_dirs") else {
+        return;
+    };
+    let d = &ev["disabled"];
+    for key in ["units", "tmpfiles", "etc", "failedAssertions"] {
+        assert_eq!(d[key], serde_json::json!([]), "{key}");
+    }
+}
+
+#[test]
+fn preinstalled_images_are_registered_by_the_owner() {
+    let Some(ev) = evaluated("preinstalled_images_are_registered_by_the_owner") else {
+        return;
+    };
+    let im = &ev["images"];
+    assert_eq!(messages(&im["failedAssertions"]), Vec::<String>::new());
+    assert_eq!(im["serviceConfig"]["User"], "alice");
+    let script = im["script"].as_str().unwrap();
+    for needle in [
+        "/usr/local/bin/banger image show debian-bookworm",
+        "image register --name debian-bookworm",
+        "--rootfs /nix/store/i-debian-bookworm/rootfs.ext4",
+        "--kernel /nix/store/k-generic-6.12/vmlinux",
+        "--initrd /nix/store/k-generic-6.12/initrd",
+        "--modules /nix/store/k-generic-6.12/modules",
+    ] {
+        assert!(script.contains(needle), "{needle:?} missing from\n{script}");
+    }
+}
+
+#[test]
+fn assertions_explain_bad_configurations() {
+    let Some(ev) = evaluated("assertions_explain_bad_configurations") else {
+        return;
+    };
+    let cases: [(&str, &[&str]); 8] = [
+        (
+            "badCidr",
+            &[
+                "services.banger.network.cidr = \"172.16.0.300/24\"",
+                "octet above 255",
+            ],
+        ),
+        ("hostBitsCidr", &["\"172.16.0.1/24\"", "host bits set"]),
+        (
+            "badBridge",
+            &[
+                "services.banger.network.bridge = \"br0\"",
+                "start with \"banger\"",
+            ],
+        ),
+        (
+            "missingOwner",
+            &[
+                "services.banger.owner = \"bob\"",
+                "no such user",
+                "users.users.bob = {",
+            ],
+        ),
+        ("rootOwner", &["must be an unprivileged user, not \"root\""]),
+        ("noUid", &["users.users.carol.uid must be set"]),
+        ("dnsWithoutResolved", &["services.resolved.enable is false"]),
+        ("foreignImage", &["services.banger.images", "hello"]),
+    ];
+    for (case, needles) in cases {
+        let msgs = messages(&ev[case]);
+        assert_eq!(
+            msgs.len(),
+            1,
+            "{case}: exactly one failed assertion expected: {msgs:#?}"
+        );
+        for n in needles {
+            assert!(msgs[0].contains(n), "{case}: {n:?} not in {:?}", msgs[0]);
+        }
+    }
+}
