@@ -47,7 +47,8 @@ struct ServeArgs {
     /// Group given to chowned files (child mode; default: unchanged).
     #[arg(long)]
     owner_gid: Option<u32>,
-    /// The guest range (required in child mode; system mode default 172.16.0.0/24).
+    /// The guest range (required in child mode; in system mode it overrides
+    /// `cidr` from the installed config file).
     #[arg(long, required_unless_present = "system")]
     cidr: Option<Ipv4Net>,
     /// A directory of banger's that paths may resolve under (repeatable).
@@ -75,10 +76,11 @@ fn init_tracing(level: &str) {
 fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     if args.system {
         let install = system::read_install(&args.install_file)?;
-        return Ok(system::system_config(
-            &install,
-            args.cidr.unwrap_or(system::DEFAULT_CIDR),
-        ));
+        let cidr = match args.cidr {
+            Some(cidr) => cidr,
+            None => system::configured_cidr(&install)?,
+        };
+        return Ok(system::system_config(&install, cidr));
     }
     let (Some(socket), Some(owner_uid), Some(cidr)) = (args.socket, args.owner_uid, args.cidr)
     else {

@@ -31,6 +31,13 @@ pub enum SystemError {
     /// The file is not valid install metadata.
     #[error("install metadata {path} is invalid: {message}")]
     Parse { path: PathBuf, message: String },
+    /// The owner uid has no passwd entry, so its home (for `~/` in the
+    /// config) is unknown.
+    #[error("owner uid {uid} from the install metadata has no passwd entry")]
+    UnknownOwner { uid: u32 },
+    /// The config file named by the install metadata is invalid.
+    #[error(transparent)]
+    Config(#[from] banger_config::ConfigError),
 }
 
 /// Read and parse install metadata.
@@ -43,6 +50,21 @@ pub fn read_install(path: &Path) -> Result<InstallMetadata, SystemError> {
         path: path.to_owned(),
         message: e.to_string(),
     })
+}
+
+/// The guest range from the config file the install metadata names (a
+/// missing file means the default range).
+pub fn configured_cidr(install: &InstallMetadata) -> Result<Ipv4Net, SystemError> {
+    let uid = nix::unistd::Uid::from_raw(install.owner_uid);
+    let owner =
+        nix::unistd::User::from_uid(uid)
+            .ok()
+            .flatten()
+            .ok_or(SystemError::UnknownOwner {
+                uid: install.owner_uid,
+            })?;
+    let config = banger_config::load(Path::new(&install.config_path), &owner.dir)?;
+    Ok(config.cidr.value)
 }
 
 /// The system-mode configuration: socket `<root_run_dir>/bangerd-root.sock`,
@@ -112,6 +134,28 @@ config_path = "/etc/banger/config.toml"
             ]
         );
         assert!(config.notify_systemd);
+    }
+
+    #[test]
+    fn the_range_comes_from_the_installed_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = tmp.path().join("config.toml");
+        let mut install: InstallMetadata = toml::from_str(INSTALL).unwrap();
+        install.owner_uid = nix::unistd::getuid().as_raw();
+        install.config_path = config.display().to_string();
+        assert_eq!(configured_cidr(&install).unwrap(), DEFAULT_CIDR);
+        std::fs::write(
+            &config,
+            "cidr = \"10.77.0.0/24\"\nbridge_ip = \"10.77.0.1\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            configured_cidr(&install).unwrap().to_string(),
+            "10.77.0.0/24"
+        );
+        std::fs::write(&config, "cidr = \"nonsense\"\n").unwrap();
+        let msg = configured_cidr(&install).unwrap_err().to_string();
+        assert!(msg.contains("cidr"), "{msg}");
     }
 
     #[test]

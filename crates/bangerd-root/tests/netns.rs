@@ -688,3 +688,75 @@ fn version_flag_prints_the_workspace_version() {
     let out = run(Command::new(BIN).arg("--version"));
     assert_eq!(out.trim(), format!("bangerd-root {}", banger_wire::VERSION));
 }
+
+#[tokio::test]
+async fn system_mode_serves_the_installed_owner_and_talks_to_systemd() {
+    if !privileged() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let d = |name: &str| tmp.path().join(name).display().to_string();
+    let install = format!(
+        "owner_user = \"nobody\"\nowner_uid = {NOBODY}\nowner_gid = {NOBODY}\nversion = \"test\"\n\
+         bin_dir = \"/usr/bin\"\nlib_dir = \"/usr/lib/banger\"\nstate_dir = \"{}\"\n\
+         cache_dir = \"{}\"\nrun_dir = \"{}\"\nroot_run_dir = \"{}\"\nconfig_path = \"{}\"\n",
+        d("state"),
+        d("cache"),
+        d("run"),
+        d("root-run"),
+        d("config.toml"),
+    );
+    let install_file = tmp.path().join("install.toml");
+    std::fs::write(&install_file, install).unwrap();
+    let notify_path = tmp.path().join("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+
+    let ns = Netns::new();
+    let child = ns
+        .cmd(BIN)
+        .args(["serve", "--system", "--install-file"])
+        .arg(&install_file)
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut helper = HelperProcess { child };
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("READY=1 from the helper");
+    assert_eq!(&buf[..n], b"READY=1\n");
+
+    let socket = tmp.path().join("root-run/bangerd-root.sock");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!((meta.uid(), meta.gid()), (0, NOBODY));
+    let out = Command::new(BIN)
+        .arg("request")
+        .arg("--socket")
+        .arg(&socket)
+        .arg(r#"{"op":"ping"}"#)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .unwrap();
+    let reply: HelperReply = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        reply,
+        Ok(HelperResponse::Pong {
+            version: banger_wire::VERSION.into(),
+            owner_uid: NOBODY
+        })
+    );
+
+    let pid = nix::unistd::Pid::from_raw(helper.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let n = notify.recv(&mut buf).expect("STOPPING=1 from the helper");
+    assert_eq!(&buf[..n], b"STOPPING=1\n");
+    let status = helper.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!socket.exists(), "socket removed on shutdown");
+}
