@@ -1,0 +1,23 @@
+//! Images and kernels for banger VMs.
+//!
+//! - [`manifest`] and [`bundle`]: the versioned bundle format (tar + zstd
+//!   holding `manifest.json` and the artifacts), packed reproducibly and
+//!   unpacked with every artifact's sha256 verified.
+//! - [`catalog`]: the catalog compiled into banger (`images/catalog.toml`).
+//! - [`store`]: installed bundles under the state dir, with per-name locks.
+//! - [`pull`]: download + verify + unpack + install, streaming.
+//! - [`build`]: reproducible local builds from the recipes in `images/`.
+//! - [`validate`]: checks for host-side artifacts (ext4 magic, ELF + PVH note).
+//!
+//! See docs/image-catalog.md and docs/kernel-catalog.md.
+
+pub mod bundle;
+pub mod catalog;
+pub mod digest;
+pub mod manifest;
+pub mod progress;
+pub mod pull;
+pub mod store;
+
+pub use manifest::{Kind, Manifest};
+pub use progress::{Phase, Progress, ProgressFn};

@@ -1,0 +1,345 @@
+//! Download, verify and install a catalog bundle.
+//!
+//! The body streams through a sha256 hasher into an unpacker thread that
+//! writes a staging directory in the store; only when the byte count and
+//! sha256 match the catalog and every artifact matches the manifest is the
+//! staging directory renamed into place. On any failure the staging
+//! directory is removed (drop guard) and the error says what failed. A lock
+//! per name makes a second concurrent pull wait and then find the bundle
+//! installed.
+
+use std::io::{self, Read};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use crate::bundle::{self, BundleError, Expect};
+use crate::catalog::{Catalog, CatalogError, Entry};
+use crate::digest;
+use crate::manifest::Kind;
+use crate::progress::{Phase, Progress, ProgressFn};
+use crate::store::{Installed, Origin, Store, StoreError};
+
+/// How often (in bytes) download progress is reported.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+/// Errors of a pull. Every variant names the URL or name involved.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    #[error("{kind} {name} has no published bundle in this banger's catalog; build it locally with `{build}`")]
+    NotPublished {
+        kind: Kind,
+        name: String,
+        build: String,
+    },
+    #[error("cannot reach {url}: {reason}\nthe catalog is unreachable from here; build it locally instead with `{build}`")]
+    Unreachable {
+        url: String,
+        reason: String,
+        build: String,
+    },
+    #[error("{url} answered HTTP {status}; if this mirror does not carry the bundle, build it locally with `{build}`")]
+    Status {
+        url: String,
+        status: u16,
+        build: String,
+    },
+    #[error("{url} announces {got} bytes but the catalog expects {expected}")]
+    SizeAnnounced {
+        url: String,
+        expected: u64,
+        got: u64,
+    },
+    #[error("download of {url} failed after {received} of {expected} bytes: {reason}")]
+    Interrupted {
+        url: String,
+        received: u64,
+        expected: u64,
+        reason: String,
+    },
+    #[error("download of {url} ended after {received} of {expected} bytes")]
+    Truncated {
+        url: String,
+        received: u64,
+        expected: u64,
+    },
+    #[error("download of {url} is longer than the {expected} bytes the catalog expects")]
+    TooLong { url: String, expected: u64 },
+    #[error("checksum mismatch for {url}: expected sha256 {expected}, got {got}")]
+    Checksum {
+        url: String,
+        expected: String,
+        got: String,
+    },
+    #[error("bundle from {url} is invalid: {source}")]
+    Bundle { url: String, source: BundleError },
+    #[error("bundle from {url} names kernel {got:?} but the catalog says {expected:?}")]
+    KernelRef {
+        url: String,
+        expected: Option<String>,
+        got: Option<String>,
+    },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot create the HTTP client: {0}")]
+    Client(String),
+    #[error("pull task failed: {0}")]
+    Task(String),
+}
+
+/// Result of pulling one entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    pub installed: Installed,
+    /// False when it was already installed (nothing downloaded).
+    pub downloaded: bool,
+}
+
+/// The full cause chain of an error, one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let cs = c.to_string();
+        if !s.contains(&cs) {
+            s.push_str(": ");
+            s.push_str(&cs);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// The HTTP client pulls use: rustls, 15 s connect and 60 s read timeouts.
+pub fn http_client() -> Result<reqwest::Client, PullError> {
+    reqwest::Client::builder()
+        .user_agent(concat!("banger/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(std::time::Duration::from_secs(15))
+        .read_timeout(std::time::Duration::from_secs(60))
+        .build()
+        .map_err(|e| PullError::Client(chain(&e)))
+}
+
+/// Pull `kind name` and what it needs (an image's kernel first) from the
+/// catalog at `base_url`. Returns one [`Pulled`] per entry, kernel first.
+pub async fn pull_with_deps(
+    catalog: &Catalog,
+    kind: Kind,
+    name: &str,
+    base_url: &str,
+    store: &Store,
+    progress: ProgressFn<'_>,
+) -> Result<Vec<Pulled>, PullError> {
+    let mut out = Vec::new();
+    for entry in catalog.closure(kind, name)? {
+        out.push(pull(entry, base_url, store, progress).await?);
+    }
+    Ok(out)
+}
+
+/// Pull one catalog entry into the store (see the module docs).
+pub async fn pull(
+    entry: &Entry,
+    base_url: &str,
+    store: &Store,
+    progress: ProgressFn<'_>,
+) -> Result<Pulled, PullError> {
+    let build = entry.kind.build_command(&entry.name);
+    if !entry.is_published() {
+        return Err(PullError::NotPublished {
+            kind: entry.kind,
+            name: entry.name.clone(),
+            build,
+        });
+    }
+    let url = entry.resolve_url(base_url)?;
+
+    let lock = match store.try_lock(entry.kind, &entry.name)? {
+        Some(l) => l,
+        None => {
+            progress(Progress::note(
+                Phase::Wait,
+                format!(
+                    "waiting for another pull or build of {} {}",
+                    entry.kind, entry.name
+                ),
+            ));
+            let (store2, kind, name) = (store.clone(), entry.kind, entry.name.clone());
+            tokio::task::spawn_blocking(move || store2.lock(kind, &name, || {}))
+                .await
+                .map_err(|e| PullError::Task(e.to_string()))??
+        }
+    };
+    if let Some(installed) = store.get(entry.kind, &entry.name)? {
+        return Ok(Pulled {
+            installed,
+            downloaded: false,
+        });
+    }
+    let staging = store.staging(&lock)?;
+
+    let client = http_client()?;
+    progress(Progress::bytes(
+        Phase::Download,
+        format!("downloading {url}"),
+        0,
+        Some(entry.size),
+    ));
+    let mut response = client
+        .get(&url)
+        .send()
+        .await
+        .map_err(|e| PullError::Unreachable {
+            url: url.clone(),
+            reason: chain(&e),
+            build: build.clone(),
+        })?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(PullError::Status {
+            url,
+            status: status.as_u16(),
+            build,
+        });
+    }
+    if let Some(len) = response.content_length() {
+        if len != entry.size {
+            return Err(PullError::SizeAnnounced {
+                url,
+                expected: entry.size,
+                got: len,
+            });
+        }
+    }
+
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let dest = staging.path().to_owned();
+    let expect = Expect {
+        kind: entry.kind,
+        name: Some(entry.name.clone()),
+    };
+    let unpacker = tokio::task::spawn_blocking(move || {
+        bundle::unpack(
+            ChannelReader {
+                rx,
+                current: Bytes::new(),
+            },
+            &dest,
+            &expect,
+        )
+    });
+
+    let mut hasher = Sha256::new();
+    let mut received = 0u64;
+    let mut reported = 0u64;
+    let mut sender = Some(tx);
+    let download: Result<(), PullError> = loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                received += chunk.len() as u64;
+                if received > entry.size {
+                    break Err(PullError::TooLong {
+                        url: url.clone(),
+                        expected: entry.size,
+                    });
+                }
+                hasher.update(&chunk);
+                if let Some(tx) = &sender {
+                    // A closed channel means the unpacker failed: keep
+                    // hashing so the error can say whether the bytes were
+                    // wrong (checksum) or the published bundle is broken.
+                    if tx.send(chunk).await.is_err() {
+                        sender = None;
+                    }
+                }
+                if received - reported >= PROGRESS_STEP || received == entry.size {
+                    reported = received;
+                    progress(Progress::bytes(
+                        Phase::Download,
+                        url.clone(),
+                        received,
+                        Some(entry.size),
+                    ));
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => {
+                break Err(PullError::Interrupted {
+                    url: url.clone(),
+                    received,
+                    expected: entry.size,
+                    reason: chain(&e),
+                })
+            }
+        }
+    };
+    drop(sender);
+    let unpacked = unpacker.await.map_err(|e| PullError::Task(e.to_string()))?;
+    // Download failures come first: they explain any unpack error.
+    download?;
+    if received < entry.size {
+        return Err(PullError::Truncated {
+            url,
+            received,
+            expected: entry.size,
+        });
+    }
+    let got = digest::hex(hasher);
+    if got != entry.sha256 {
+        return Err(PullError::Checksum {
+            url,
+            expected: entry.sha256.clone(),
+            got,
+        });
+    }
+    let manifest = unpacked.map_err(|source| PullError::Bundle {
+        url: url.clone(),
+        source,
+    })?;
+    if manifest.kernel_ref != entry.kernel_ref {
+        return Err(PullError::KernelRef {
+            url,
+            expected: entry.kernel_ref.clone(),
+            got: manifest.kernel_ref,
+        });
+    }
+    progress(Progress::note(
+        Phase::Install,
+        format!("installing {} {}", entry.kind, entry.name),
+    ));
+    let installed = store.commit(
+        &lock,
+        staging,
+        Origin::Catalog {
+            url,
+            bundle_sha256: entry.sha256.clone(),
+        },
+    )?;
+    Ok(Pulled {
+        installed,
+        downloaded: true,
+    })
+}
+
+/// Blocking `Read` over the chunks the download task sends.
+struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    current: Bytes,
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(b) => self.current = b,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current[..n]);
+        let _ = self.current.split_to(n);
+        Ok(n)
+    }
+}
