@@ -17,7 +17,10 @@ pub const INSTALL_FILE_ENV: &str = "BANGER_INSTALL_FILE";
 #[derive(Debug, thiserror::Error)]
 pub enum PathsError {
     #[error("cannot read install metadata {path}: {source}")]
-    ReadInstall { path: PathBuf, source: std::io::Error },
+    ReadInstall {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("install metadata {path} is invalid: {message} (reinstall with `sudo banger system install`)")]
     ParseInstall { path: PathBuf, message: String },
     #[error("cannot determine the home directory: set $HOME")]
@@ -48,7 +51,11 @@ impl Layout {
         let install_path = std::env::var_os(INSTALL_FILE_ENV)
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(INSTALL_TOML));
-        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+        let env = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
         let home = env("HOME").ok_or(PathsError::NoHome)?;
         if install_path.exists() {
             let install = read_install(&install_path)?;
@@ -138,11 +145,81 @@ impl Layout {
     }
 }
 
+/// Errors preparing a private directory ([`ensure_private_dir`]).
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateDirError {
+    #[error("cannot create directory {path}: {source}")]
+    Create {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot inspect directory {path}: {source}")]
+    Inspect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a plain directory (a symlink or file is in the way); remove it")]
+    NotDirectory { path: PathBuf },
+    #[error("{path} is owned by uid {owner}, not by uid {uid}; remove it or point XDG_RUNTIME_DIR elsewhere")]
+    NotOwned { path: PathBuf, owner: u32, uid: u32 },
+    #[error("cannot make {path} private (mode 0700): {source}")]
+    Chmod {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Create `path` (and missing parents) with mode 0700, and make sure it is a
+/// directory owned by the effective uid with no group/other access. Used for
+/// per-user runtime directories, which may sit in a shared `/tmp`.
+pub fn ensure_private_dir(path: &Path) -> Result<(), PrivateDirError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| PrivateDirError::Create {
+            path: path.to_owned(),
+            source,
+        })?;
+    // symlink_metadata: a symlink planted in /tmp must not redirect us.
+    let meta = std::fs::symlink_metadata(path).map_err(|source| PrivateDirError::Inspect {
+        path: path.to_owned(),
+        source,
+    })?;
+    let uid = nix::unistd::geteuid().as_raw();
+    if !meta.is_dir() {
+        return Err(PrivateDirError::NotDirectory {
+            path: path.to_owned(),
+        });
+    }
+    if meta.uid() != uid {
+        return Err(PrivateDirError::NotOwned {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            uid,
+        });
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| PrivateDirError::Chmod {
+                path: path.to_owned(),
+                source,
+            },
+        )?;
+    }
+    Ok(())
+}
+
 fn read_install(path: &Path) -> Result<InstallMetadata, PathsError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|source| PathsError::ReadInstall { path: path.to_owned(), source })?;
-    toml::from_str(&text)
-        .map_err(|e| PathsError::ParseInstall { path: path.to_owned(), message: e.to_string() })
+    let text = std::fs::read_to_string(path).map_err(|source| PathsError::ReadInstall {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| PathsError::ParseInstall {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -154,7 +231,10 @@ mod tests {
         let l = Layout::per_user("/home/a".into(), None, None, None, None, 1000);
         assert_eq!(l.state_dir, Path::new("/home/a/.local/state/banger"));
         assert_eq!(l.cache_dir, Path::new("/home/a/.cache/banger"));
-        assert_eq!(l.default_config, Path::new("/home/a/.config/banger/config.toml"));
+        assert_eq!(
+            l.default_config,
+            Path::new("/home/a/.config/banger/config.toml")
+        );
         assert_eq!(l.runtime_dir, std::env::temp_dir().join("banger-1000"));
         let l = Layout::per_user(
             "/home/a".into(),
@@ -167,6 +247,24 @@ mod tests {
         assert_eq!(l.socket(), Path::new("/run/user/1000/banger/bangerd.sock"));
         assert_eq!(l.database(), Path::new("/s/banger/state.db"));
         assert_eq!(l.default_config, Path::new("/c/banger/config.toml"));
+    }
+
+    #[test]
+    fn private_dir_is_created_0700_and_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let base = std::env::temp_dir().join(format!("banger-private-test-{}", std::process::id()));
+        let dir = base.join("a/b");
+        ensure_private_dir(&dir).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        ensure_private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let link = base.join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        let err = ensure_private_dir(&link).unwrap_err();
+        assert!(err.to_string().contains("link"), "{err}");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -1,1 +1,22 @@
-//! bangerd library (see docs/ARCHITECTURE.md).
+//! The banger daemon `bangerd` as a library; `main.rs` only parses
+//! arguments and calls [`daemon::run`].
+//!
+//! - [`daemon`]: lifecycle (layout, config, logging, lock, state, root
+//!   helper, socket, signals, sd-notify).
+//! - [`api`]: the HTTP/1.1 + JSON API under `/v1` (axum), its error mapping
+//!   and NDJSON progress streams.
+//! - [`helper`]: reaching the root helper (child process or system socket).
+//! - [`network`]: the host network operations streamed by the API.
+//! - [`lock`], [`socket`], [`notify`], [`logging`]: the pieces of start-up.
+
+pub mod api;
+pub mod config_view;
+pub mod daemon;
+pub mod helper;
+pub mod lock;
+pub mod logging;
+pub mod network;
+pub mod notify;
+pub mod socket;
+
+pub use daemon::{run, DaemonError, Options};

@@ -1,0 +1,268 @@
+//! The HTTP/1.1 + JSON API under `/v1` (axum). Every failure, including
+//! unknown routes, wrong methods and unparsable bodies, is an
+//! [`ApiError`] JSON body with the HTTP status of its [`ErrorCode`].
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use banger_host::paths::Layout;
+use banger_state::StateDb;
+use banger_wire::api::{
+    ApiError, DaemonStatus, ErrorCode, NetworkSetupRequest, NetworkTeardownRequest,
+    ShutdownResponse, StreamEvent, NDJSON,
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, watch};
+
+use crate::helper::RootHelper;
+use crate::network::{self, NetSettings};
+
+/// Everything the handlers share.
+#[derive(Debug)]
+pub struct AppState {
+    /// Paths of this install.
+    pub layout: Layout,
+    /// The effective config as served by `GET /v1/config`.
+    pub config_json: serde_json::Value,
+    /// Bridge and NAT settings from the config.
+    pub net: NetSettings,
+    /// The state database (opened and migrated at start).
+    pub db: Mutex<StateDb>,
+    /// Schema version of `db`, cached for `/v1/status`.
+    pub schema_version: u32,
+    /// The VMM backend `vmm = auto` resolves to, and why.
+    pub backend: (String, String),
+    /// How privileged operations are reached.
+    pub helper: RootHelper,
+    /// When the daemon started (for uptime).
+    pub started: Instant,
+    /// Set to true to begin a graceful shutdown.
+    pub shutdown: watch::Sender<bool>,
+    /// Serializes host network changes so two requests never interleave.
+    pub network_lock: tokio::sync::Mutex<()>,
+}
+
+/// The router with every `/v1` route and the JSON fallbacks.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/shutdown", post(shutdown))
+        .route("/v1/config", get(config))
+        .route("/v1/network/setup", post(network_setup))
+        .route("/v1/network/teardown", post(network_teardown))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// An [`ApiError`] as an HTTP response.
+#[derive(Debug)]
+pub struct Failure(pub ApiError);
+
+impl Failure {
+    /// A failure with `code` and `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure(ApiError {
+            code,
+            message: message.into(),
+        })
+    }
+}
+
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Failure {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.0.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(self.0)).into_response()
+    }
+}
+
+/// A JSON request body. An empty body means `T::default()`; anything else
+/// must parse as `T` (unknown fields rejected), else 400 `bad_request`. The
+/// content type is not checked so `curl -d '{}'` works as typed.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Default,
+{
+    type Rejection = Failure;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            Failure::new(
+                ErrorCode::BadRequest,
+                format!("cannot read request body: {}", r.body_text()),
+            )
+        })?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(JsonBody(T::default()));
+        }
+        match Json::<T>::from_bytes(&bytes) {
+            Ok(Json(v)) => Ok(JsonBody(v)),
+            Err(r) => Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!("invalid JSON body: {}", r.body_text()),
+            )),
+        }
+    }
+}
+
+async fn not_found(req: Request) -> Failure {
+    Failure::new(
+        ErrorCode::NotFound,
+        format!("no such endpoint: {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> Failure {
+    Failure::new(
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "method {} is not allowed on {}",
+            req.method(),
+            req.uri().path()
+        ),
+    )
+}
+
+/// The current [`DaemonStatus`].
+pub fn daemon_status(state: &AppState) -> DaemonStatus {
+    DaemonStatus {
+        pid: std::process::id(),
+        version: banger_wire::VERSION.to_owned(),
+        socket: state.layout.socket().display().to_string(),
+        uptime_secs: state.started.elapsed().as_secs(),
+        state_dir: state.layout.state_dir.display().to_string(),
+        cache_dir: state.layout.cache_dir.display().to_string(),
+        runtime_dir: state.layout.runtime_dir.display().to_string(),
+        backend: state.backend.0.clone(),
+        backend_reason: state.backend.1.clone(),
+        install_mode: state.layout.mode,
+        root_helper: state.helper.describe(),
+        schema_version: state.schema_version,
+    }
+}
+
+async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
+    Json(daemon_status(&state))
+}
+
+async fn shutdown(State(state): State<Arc<AppState>>) -> Json<ShutdownResponse> {
+    tracing::info!("shutdown requested over the API");
+    // The graceful shutdown lets this response finish before the server stops.
+    state.shutdown.send_replace(true);
+    Json(ShutdownResponse {
+        pid: std::process::id(),
+    })
+}
+
+async fn config(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+    Json(state.config_json.clone())
+}
+
+async fn network_setup(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<NetworkSetupRequest>,
+) -> Result<Response, Failure> {
+    state.helper.check_available()?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        let _guard = state.network_lock.lock().await;
+        network::setup(&state.helper, &state.net, &req, &sink).await
+    }))
+}
+
+async fn network_teardown(
+    State(state): State<Arc<AppState>>,
+    JsonBody(NetworkTeardownRequest {}): JsonBody<NetworkTeardownRequest>,
+) -> Result<Response, Failure> {
+    state.helper.check_available()?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        let _guard = state.network_lock.lock().await;
+        network::teardown(&state.helper, &state.net, &sink).await
+    }))
+}
+
+/// Sends [`StreamEvent`]s of one streamed response as NDJSON lines.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: mpsc::Sender<Bytes>,
+}
+
+impl EventSink {
+    /// Send one event. A client that went away does not stop the operation:
+    /// host changes half-done are worse than an unread progress line.
+    pub async fn send(&self, event: StreamEvent) {
+        let mut line = match serde_json::to_vec(&event) {
+            Ok(line) => line,
+            Err(e) => {
+                tracing::error!("cannot serialize stream event {event:?}: {e}");
+                return;
+            }
+        };
+        line.push(b'\n');
+        if self.tx.send(Bytes::from(line)).await.is_err() {
+            tracing::debug!("stream client went away; continuing the operation");
+        }
+    }
+
+    /// Convenience for a [`StreamEvent::Progress`] without counts.
+    pub async fn progress(&self, phase: &str, message: impl Into<String>) {
+        self.send(StreamEvent::Progress {
+            phase: phase.to_owned(),
+            message: message.into(),
+            current: None,
+            total: None,
+        })
+        .await;
+    }
+}
+
+/// Run `op` in its own task and stream its events, ending with exactly one
+/// `Done` (its result) or `Error`.
+fn stream_operation<F, Fut, R>(state: Arc<AppState>, op: F) -> Response
+where
+    F: FnOnce(Arc<AppState>, EventSink) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<R, ApiError>> + Send + 'static,
+    R: serde::Serialize,
+{
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let sink = EventSink { tx };
+    tokio::spawn(async move {
+        let last = match op(state, sink.clone()).await {
+            Ok(result) => match serde_json::to_value(&result) {
+                Ok(result) => StreamEvent::Done { result },
+                Err(e) => StreamEvent::Error {
+                    error: ApiError {
+                        code: ErrorCode::Internal,
+                        message: format!("cannot serialize the result: {e}"),
+                    },
+                },
+            },
+            Err(error) => {
+                tracing::warn!(code = ?error.code, "streamed operation failed: {}", error.message);
+                StreamEvent::Error { error }
+            }
+        };
+        sink.send(last).await;
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
+    });
+    ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(body)).into_response()
+}

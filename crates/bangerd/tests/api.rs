@@ -1,0 +1,228 @@
+//! The daemon's HTTP API over a real Unix socket, with a real `bangerd`
+//! process in a private per-user environment.
+
+mod common;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::UnixDatagram;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use banger_cli::client::ClientError;
+use banger_wire::api::{ApiError, DaemonStatus, ErrorCode, InstallMode};
+use common::{curl, wait_child, Daemon, TestEnv};
+
+#[tokio::test]
+async fn status_over_the_client_and_curl_then_shutdown() {
+    let env = TestEnv::new();
+    let mut daemon = Daemon::start(&env).await;
+    let client = daemon.client();
+
+    let status = client.status().await.unwrap();
+    assert_eq!(status.pid, daemon.pid());
+    assert_eq!(status.version, banger_wire::VERSION);
+    assert_eq!(status.install_mode, InstallMode::PerUser);
+    assert_eq!(status.socket, env.socket().display().to_string());
+    assert_eq!(status.state_dir, env.layout.state_dir.display().to_string());
+    assert_eq!(status.schema_version, banger_state::SCHEMA_VERSION);
+    assert!(!status.backend.is_empty() && !status.backend_reason.is_empty());
+
+    let (code, body) = curl(&env.socket(), &["http://x/v1/status"]);
+    assert_eq!(code, 200, "{body}");
+    let via_curl: DaemonStatus = serde_json::from_str(&body).unwrap();
+    assert_eq!(via_curl.pid, status.pid);
+
+    let meta = std::fs::metadata(env.socket()).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+
+    // Same shape as `banger config show --json`.
+    let config: serde_json::Value = client.get_json("/v1/config").await.unwrap();
+    assert_eq!(
+        config["bridge_name"],
+        serde_json::json!({"value": "banger0", "provenance": "built-in"})
+    );
+    assert_eq!(config["cidr"]["value"], "172.16.0.0/24");
+
+    let stopped = client.shutdown().await.unwrap();
+    assert_eq!(stopped.pid, daemon.pid());
+    assert!(daemon.wait_exit().success(), "log:\n{}", env.log());
+    assert!(!env.socket().exists(), "socket left behind");
+    let log = env.log();
+    assert!(
+        log.contains("listening") && log.contains("bangerd stopped"),
+        "{log}"
+    );
+}
+
+fn api_error(err: ClientError) -> (u16, ApiError) {
+    match err {
+        ClientError::Api { status, error, .. } => (status, error),
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_requests_get_json_errors() {
+    let env = TestEnv::new();
+    let mut daemon = Daemon::start(&env).await;
+    let sock = env.socket();
+
+    for body in [
+        "{not json",
+        r#"{"nat": "yes"}"#,
+        r#"{"nat": true, "extra": 1}"#,
+    ] {
+        let (code, text) = curl(
+            &sock,
+            &["-X", "POST", "-d", body, "http://x/v1/network/setup"],
+        );
+        assert_eq!(code, 400, "{body}: {text}");
+        let err: ApiError = serde_json::from_str(&text).expect("JSON error body");
+        assert_eq!(err.code, ErrorCode::BadRequest, "{body}");
+        assert!(
+            err.message.starts_with("invalid JSON body"),
+            "{}",
+            err.message
+        );
+    }
+
+    let (code, text) = curl(&sock, &["http://x/v1/no-such-thing"]);
+    assert_eq!(code, 404);
+    let err: ApiError = serde_json::from_str(&text).unwrap();
+    assert_eq!(err.code, ErrorCode::NotFound);
+    assert!(err.message.contains("/v1/no-such-thing"), "{}", err.message);
+
+    let client = daemon.client();
+    let (status, err) = api_error(
+        client
+            .get_json::<serde_json::Value>("/v2/status")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, err.code), (404, ErrorCode::NotFound));
+    let (status, err) = api_error(
+        client
+            .get_json::<serde_json::Value>("/v1/shutdown")
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!((status, err.code), (405, ErrorCode::MethodNotAllowed));
+
+    // Still healthy after all that; SIGTERM stops it cleanly.
+    client.status().await.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.wait_exit().success(), "log:\n{}", env.log());
+    assert!(!env.socket().exists());
+}
+
+#[tokio::test]
+async fn stale_socket_is_replaced() {
+    let env = TestEnv::new();
+    banger_host::paths::ensure_private_dir(&env.layout.runtime_dir).unwrap();
+    // What a crashed daemon leaves: a socket file nobody listens on.
+    drop(std::os::unix::net::UnixListener::bind(env.socket()).unwrap());
+    assert!(env.socket().exists());
+    let daemon = Daemon::start(&env).await;
+    assert_eq!(daemon.client().status().await.unwrap().pid, daemon.pid());
+    assert!(env.log().contains("removed stale socket"), "{}", env.log());
+}
+
+#[tokio::test]
+async fn second_daemon_is_refused_while_the_first_runs() {
+    let env = TestEnv::new();
+    let daemon = Daemon::start(&env).await;
+    let mut second = env
+        .command(common::daemon_bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut second);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(!status.success());
+    assert!(
+        stderr.contains("already running") && stderr.contains(&format!("pid {}", daemon.pid())),
+        "{stderr}"
+    );
+    // The first one is untouched.
+    assert_eq!(daemon.client().status().await.unwrap().pid, daemon.pid());
+}
+
+/// Receive one datagram from the notify socket as text.
+fn recv_notify(sock: &UnixDatagram) -> String {
+    let mut buf = [0u8; 4096];
+    let n = sock
+        .recv(&mut buf)
+        .expect("a notification before the timeout");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn sd_notify_ready_watchdog_and_stopping() {
+    let env = TestEnv::new();
+    let notify_path = env.dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(common::PROCESS_TIMEOUT))
+        .unwrap();
+    let mut cmd = env.command(common::daemon_bin());
+    cmd.env("NOTIFY_SOCKET", &notify_path)
+        .env("WATCHDOG_USEC", "200000");
+    let mut daemon = Daemon::start_with(&env, cmd).await;
+
+    let ready = recv_notify(&notify);
+    assert!(ready.contains("READY=1"), "{ready}");
+    assert!(ready.contains("STATUS=serving"), "{ready}");
+    // Pings keep coming at half the interval until shutdown.
+    let mut pings = 0;
+    let deadline = Instant::now() + common::PROCESS_TIMEOUT;
+    while pings < 2 && Instant::now() < deadline {
+        if recv_notify(&notify).contains("WATCHDOG=1") {
+            pings += 1;
+        }
+    }
+    assert_eq!(pings, 2, "expected watchdog pings");
+
+    daemon.client().shutdown().await.unwrap();
+    assert!(daemon.wait_exit().success());
+    notify
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut rest = String::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = notify.recv(&mut buf) {
+        rest.push_str(&String::from_utf8_lossy(&buf[..n]));
+        rest.push('\n');
+    }
+    assert!(rest.contains("STOPPING=1"), "{rest}");
+}
+
+#[tokio::test]
+async fn under_systemd_logs_go_to_stderr_without_timestamps() {
+    let env = TestEnv::new();
+    let err_path = env.dir.path().join("stderr.txt");
+    let mut cmd = env.command(common::daemon_bin());
+    cmd.env("JOURNAL_STREAM", "8:12345")
+        .stderr(std::fs::File::create(&err_path).unwrap());
+    let mut daemon = Daemon::start_with(&env, cmd).await;
+    daemon.client().shutdown().await.unwrap();
+    assert!(daemon.wait_exit().success());
+    let stderr = std::fs::read_to_string(&err_path).unwrap();
+    assert!(stderr.contains("listening"), "{stderr}");
+    for line in stderr.lines() {
+        // journald adds the time; a line starting with a digit would be ours.
+        assert!(
+            !line.starts_with(|c: char| c.is_ascii_digit()),
+            "timestamped: {line}"
+        );
+        assert!(!line.contains('\x1b'), "coloured: {line}");
+    }
+    assert!(!env.layout.log_file().exists(), "no log file under systemd");
+}
