@@ -226,3 +226,70 @@ async fn under_systemd_logs_go_to_stderr_without_timestamps() {
     }
     assert!(!env.layout.log_file().exists(), "no log file under systemd");
 }
+
+#[tokio::test]
+async fn system_mode_socket_is_group_accessible_and_uses_the_system_helper() {
+    let env = TestEnv::new();
+    let sys = env.dir.path().join("sys");
+    let gid = nix::unistd::getegid().as_raw();
+    let uid = nix::unistd::geteuid().as_raw();
+    let install = env.dir.path().join("install.toml");
+    let p = |s: &str| sys.join(s).display().to_string();
+    std::fs::write(
+        &install,
+        format!(
+            "owner_user = \"owner\"\nowner_uid = {uid}\nowner_gid = {gid}\nversion = \"0.1.0\"\n\
+             bin_dir = \"/usr/bin\"\nlib_dir = \"/usr/lib/banger\"\n\
+             state_dir = \"{}\"\ncache_dir = \"{}\"\nrun_dir = \"{}\"\n\
+             root_run_dir = \"{}\"\nconfig_path = \"{}\"\n",
+            p("state"),
+            p("cache"),
+            p("run"),
+            p("root-run"),
+            p("config.toml")
+        ),
+    )
+    .unwrap();
+    let socket = sys.join("run/bangerd.sock");
+    let mut cmd = env.command(common::daemon_bin());
+    cmd.env("BANGER_INSTALL_FILE", &install);
+    let mut daemon = Daemon::start_at(&env, cmd, &socket).await;
+    let client = daemon.client();
+
+    let status = client.status().await.unwrap();
+    assert_eq!(status.install_mode, InstallMode::System);
+    assert_eq!(status.state_dir, p("state"));
+    let helper_socket = sys.join("root-run/bangerd-root.sock");
+    assert_eq!(
+        status.root_helper,
+        Some(format!("system socket {}", helper_socket.display()))
+    );
+
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), gid);
+
+    // No system helper is running here: the route says so, with 503.
+    let (code, text) = curl(&socket, &["-X", "POST", "http://x/v1/network/setup"]);
+    assert_eq!(
+        code, 200,
+        "streamed: the helper is only asked once the stream runs"
+    );
+    let last: banger_wire::api::StreamEvent =
+        serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    match last {
+        banger_wire::api::StreamEvent::Error { error } => {
+            assert_eq!(error.code, ErrorCode::HelperUnavailable);
+            assert!(
+                error.message.contains(&helper_socket.display().to_string()),
+                "{}",
+                error.message
+            );
+        }
+        other => panic!("expected an error event, got {other:?}"),
+    }
+
+    client.shutdown().await.unwrap();
+    assert!(daemon.wait_exit().success());
+    assert!(!socket.exists());
+}

@@ -95,12 +95,17 @@ impl Daemon {
     }
 
     /// Start a prepared command (e.g. under `ip netns exec`) and wait.
-    pub async fn start_with(env: &TestEnv, mut cmd: Command) -> Daemon {
+    pub async fn start_with(env: &TestEnv, cmd: Command) -> Daemon {
+        Daemon::start_at(env, cmd, &env.socket()).await
+    }
+
+    /// Start a prepared command whose socket is at `socket` and wait.
+    pub async fn start_at(env: &TestEnv, mut cmd: Command, socket: &Path) -> Daemon {
         cmd.stdin(Stdio::null()).stdout(Stdio::null());
         let child = cmd.spawn().expect("spawn bangerd");
         let mut daemon = Daemon {
             child,
-            socket: env.socket(),
+            socket: socket.to_owned(),
         };
         let client = Client::at(&daemon.socket);
         let deadline = Instant::now() + PROCESS_TIMEOUT;
