@@ -31,7 +31,12 @@ let
     inherit (layout) state_dir cache_dir run_dir root_run_dir config_path;
   };
 
+  # Host tools banger runs (doctor's "host tools" list): on the units' PATH
+  # and the owner's, so `banger doctor` sees what the daemon sees.
+  runtimeTools = with pkgs; [ openssh e2fsprogs iproute2 nftables zstd gnutar util-linux ];
+
   mkService = name: unit: {
+    path = runtimeTools;
     unitConfig = bl.substSection vals unit.Unit;
     serviceConfig = bl.substSection vals unit.Service;
     wantedBy = bl.wantedBy name unit;
@@ -50,7 +55,7 @@ in
     environment.etc."banger/install.toml".text = installToml;
     environment.etc."banger/config.toml".source = configFile;
 
-    environment.systemPackages = [ cfg.package ];
+    environment.systemPackages = [ cfg.package ] ++ runtimeTools;
 
     services.banger.settings = {
       firecracker_bin = lib.mkIf (cfg.firecrackerPackage != null)

@@ -15,6 +15,14 @@ in
   firecracker = fakeDrv "firecracker" "/nix/store/00000000000000000000000000000000-firecracker" { };
   qemu_kvm = fakeDrv "qemu" "/nix/store/00000000000000000000000000000000-qemu" { };
 
+  openssh = fakeDrv "openssh" "/nix/store/openssh" { };
+  e2fsprogs = fakeDrv "e2fsprogs" "/nix/store/e2fsprogs" { };
+  iproute2 = fakeDrv "iproute2" "/nix/store/iproute2" { };
+  nftables = fakeDrv "nftables" "/nix/store/nftables" { };
+  zstd = fakeDrv "zstd" "/nix/store/zstd" { };
+  gnutar = fakeDrv "gnutar" "/nix/store/gnutar" { };
+  util-linux = fakeDrv "util-linux" "/nix/store/util-linux" { };
+
   # The real pkgs.formats.toml renders a file; here the settings are kept as
   # data so the test can read them back.
   formats.toml = { }: {

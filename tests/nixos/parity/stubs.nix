@@ -52,6 +52,7 @@ in
           requires = mkOption { type = types.listOf types.str; default = [ ]; };
           restartTriggers = mkOption { type = types.listOf types.anything; default = [ ]; };
           script = mkOption { type = types.lines; default = ""; };
+          path = mkOption { type = types.listOf types.anything; default = [ ]; };
         };
       });
     };
