@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::cli::{DoctorArgs, GlobalArgs};
+use crate::client::{Client, ClientError};
 
 /// Everything doctor found; `--json` prints exactly this.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -80,6 +81,7 @@ pub fn collect(global: &GlobalArgs) -> DoctorReport {
         host_facts: HostFacts::detect(),
     }));
     checks.push(install_mode_check(&layout));
+    checks.push(daemon_check(&layout));
     DoctorReport::new(checks)
 }
 
@@ -137,6 +139,71 @@ fn install_mode_check(layout: &Layout) -> Check {
         "cache_dir": layout.cache_dir,
         "socket": layout.socket(),
     }))
+}
+
+/// `daemon`: whether bangerd answers, asked through the existing socket only.
+fn daemon_check(layout: &Layout) -> Check {
+    let (id, title) = ("daemon", "Daemon (bangerd)");
+    let answer = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start an async runtime: {e}"))
+        .and_then(|rt| {
+            rt.block_on(async {
+                match Client::connect_existing(layout).await? {
+                    Some(client) => client.status().await.map(Some),
+                    None => Ok(None),
+                }
+            })
+            .map_err(|e: ClientError| e.to_string())
+        });
+    match answer {
+        Ok(Some(st)) if st.version != banger_wire::VERSION => Check::warn(
+            id,
+            title,
+            format!(
+                "running (pid {}) but version {} differs from this banger ({})",
+                st.pid,
+                st.version,
+                banger_wire::VERSION
+            ),
+            match layout.mode {
+                InstallMode::PerUser => {
+                    "restart it: `banger daemon stop`; the next command starts the new one"
+                }
+                InstallMode::System => "restart it: `sudo systemctl restart bangerd`",
+            },
+        )
+        .with_value(json!(st)),
+        Ok(Some(st)) => Check::ok(
+            id,
+            title,
+            format!(
+                "running: pid {}, version {}, up {} s, backend {}",
+                st.pid, st.version, st.uptime_secs, st.backend
+            ),
+        )
+        .with_value(json!(st)),
+        Ok(None) => match layout.mode {
+            InstallMode::PerUser => Check::info(
+                id,
+                title,
+                "not running; the first command that needs it starts it (doctor does not)",
+            ),
+            InstallMode::System => Check::warn(
+                id,
+                title,
+                format!("not running (no answer on {})", layout.socket().display()),
+                "sudo systemctl start bangerd",
+            ),
+        },
+        Err(e) => Check::warn(
+            id,
+            title,
+            e,
+            "see `banger daemon status` and the daemon log in the state dir",
+        ),
+    }
 }
 
 /// How the table marks statuses.
