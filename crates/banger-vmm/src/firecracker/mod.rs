@@ -1,0 +1,198 @@
+//! The Firecracker backend: one `firecracker --api-sock PATH --id ID`
+//! process per VM (optionally under the jailer), configured over its REST
+//! API ([`api`]) and started with `InstanceStart`.
+//!
+//! The guest's serial console is Firecracker's stdout, appended to the
+//! spec's `serial_log` (stderr goes there too, so an early failure is visible
+//! in `vm logs`); Firecracker's own log goes to `firecracker.log` in the run
+//! directory through `PUT /logger`.
+
+pub mod api;
+pub mod jailer;
+
+use std::path::PathBuf;
+
+use banger_host::probe::Backend;
+
+use crate::agent::{AgentEndpoint, AGENT_VSOCK_PORT};
+use crate::launch::{self, LaunchGuard, SocketWait};
+use crate::process::{detached_command, process_start_time};
+use crate::spec::VmSpec;
+use crate::{LaunchOptions, VmState, VmmError, VmmHandle};
+
+pub use api::{ActionType, ApiCall, ApiClient, ApiError, FirecrackerPaths, InstanceInfo};
+pub use jailer::JailerConfig;
+
+/// API socket name inside the run directory (unjailed).
+pub const API_SOCKET: &str = "firecracker.sock";
+/// Firecracker's own log inside the run directory (unjailed).
+pub const VMM_LOG: &str = "firecracker.log";
+
+/// How to run Firecracker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FirecrackerConfig {
+    /// The `firecracker` binary.
+    pub binary: PathBuf,
+    /// Run it through the jailer (requires root).
+    pub jailer: Option<JailerConfig>,
+}
+
+/// Everything that differs between a direct and a jailed Firecracker.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    /// API socket, host path.
+    pub api_socket: PathBuf,
+    /// Firecracker's log, host path.
+    pub vmm_log: PathBuf,
+    /// Paths as Firecracker sees them.
+    pub paths: FirecrackerPaths,
+    /// vsock Unix socket, host path.
+    pub vsock_host: Option<PathBuf>,
+    /// The jail directory to remove after exit.
+    pub jail_dir: Option<PathBuf>,
+}
+
+fn prepare_direct(cfg: &FirecrackerConfig, spec: &VmSpec) -> Prepared {
+    let api_socket = spec.run_dir.join(API_SOCKET);
+    let vmm_log = spec.run_dir.join(VMM_LOG);
+    Prepared {
+        program: cfg.binary.clone(),
+        args: vec![
+            "--api-sock".into(),
+            api_socket.to_string_lossy().into_owned(),
+            "--id".into(),
+            spec.id.clone(),
+        ],
+        paths: FirecrackerPaths::direct(spec, &vmm_log),
+        api_socket,
+        vmm_log,
+        vsock_host: spec.agent.as_ref().map(|a| a.host_socket.clone()),
+        jail_dir: None,
+    }
+}
+
+/// Map `InstanceInfo.state` to the backend-neutral state.
+pub fn map_state(state: &str) -> VmState {
+    match state {
+        "Not started" => VmState::NotStarted,
+        "Running" => VmState::Running,
+        _ => VmState::Paused,
+    }
+}
+
+/// Start Firecracker for `spec` and return its handle (see [`crate::Vmm::launch`]).
+pub(crate) async fn launch(
+    cfg: &FirecrackerConfig,
+    reason: &str,
+    spec: &VmSpec,
+    opts: &LaunchOptions,
+) -> Result<VmmHandle, VmmError> {
+    let prepared = match &cfg.jailer {
+        None => {
+            let p = prepare_direct(cfg, spec);
+            launch::create_truncated(&p.vmm_log)?;
+            p
+        }
+        Some(jail) => jailer::prepare(jail, &cfg.binary, spec)?,
+    };
+    launch::remove_stale_socket(&prepared.api_socket)?;
+    if let Some(vsock) = &prepared.vsock_host {
+        launch::remove_stale_socket(vsock)?;
+    }
+    let serial = launch::open_append(&spec.serial_log)?;
+    let serial_err = serial.try_clone().map_err(|source| VmmError::Io {
+        what: "duplicate the handle of",
+        path: spec.serial_log.clone(),
+        source,
+    })?;
+    tracing::debug!(program = %prepared.program.display(), args = ?prepared.args, "starting Firecracker");
+    let mut cmd = detached_command(&prepared.program);
+    cmd.args(&prepared.args).stdout(serial).stderr(serial_err);
+    let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+        binary: prepared.program.clone(),
+        source,
+    })?;
+    let pid = child.id().ok_or_else(|| VmmError::ExitedEarly {
+        binary: prepared.program.clone(),
+        status: "already reaped".into(),
+        output: launch::tail(&spec.serial_log, 20),
+    })?;
+    let start_time = process_start_time(pid)?;
+    let mut guard = LaunchGuard::new(pid, start_time);
+
+    let ready = launch::wait_for_socket(&prepared.api_socket, opts.api_timeout, || {
+        matches!(child.try_wait(), Ok(None))
+    })
+    .await;
+    match ready {
+        SocketWait::Ready => {}
+        SocketWait::ProcessExited => {
+            let status = match child.try_wait() {
+                Ok(Some(s)) => s.to_string(),
+                _ => "unknown status".into(),
+            };
+            return Err(VmmError::ExitedEarly {
+                binary: prepared.program.clone(),
+                status,
+                output: launch::tail(&spec.serial_log, 20),
+            });
+        }
+        SocketWait::TimedOut => {
+            return Err(VmmError::StartupTimeout {
+                binary: prepared.program.clone(),
+                what: format!("create its API socket {}", prepared.api_socket.display()),
+                secs: opts.api_timeout.as_secs(),
+            })
+        }
+    }
+
+    let client = ApiClient::new(&prepared.api_socket);
+    configure(&client, spec, &prepared.paths, opts.start_paused).await?;
+
+    // Reap the child when it exits; after a daemon restart init does that.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let handle = VmmHandle {
+        id: spec.id.clone(),
+        backend: Backend::Firecracker,
+        backend_reason: reason.to_owned(),
+        pid,
+        start_time,
+        control_socket: prepared.api_socket,
+        agent: match (&spec.agent, prepared.vsock_host) {
+            (Some(a), Some(uds_path)) => Some(AgentEndpoint::Vsock {
+                uds_path,
+                guest_cid: a.guest_cid,
+                port: AGENT_VSOCK_PORT,
+            }),
+            _ => None,
+        },
+        serial_log: spec.serial_log.clone(),
+        vmm_log: prepared.vmm_log,
+        run_dir: spec.run_dir.clone(),
+        pidfile: None,
+        jail_dir: prepared.jail_dir,
+    };
+    handle.save()?;
+    guard.disarm();
+    Ok(handle)
+}
+
+/// Send the whole pre-boot configuration for `spec` (see
+/// [`api::configuration_calls`]) and, unless `start_paused`, `InstanceStart`.
+/// This is exactly what [`crate::Vmm::launch`] sends once the API socket is up.
+pub async fn configure(
+    client: &ApiClient,
+    spec: &VmSpec,
+    paths: &FirecrackerPaths,
+    start_paused: bool,
+) -> Result<(), ApiError> {
+    client.run(&api::configuration_calls(spec, paths)).await?;
+    if !start_paused {
+        client.action(ActionType::InstanceStart).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! VMM process identity, spawning in its own session, waiting and killing.
+//!
+//! A pid alone does not identify a process across a daemon restart (pids are
+//! reused), so banger records the pid together with the process start time
+//! (field 22 of `/proc/PID/stat`, in clock ticks since boot) and treats a
+//! VMM as alive only when both match and the process is not a zombie.
+//! Waiting and signalling go through a pidfd opened after that check, so a
+//! signal can never hit a recycled pid.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+
+/// Errors of process inspection and control, naming the pid.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("process {pid} does not exist")]
+    NoSuchProcess { pid: u32 },
+    #[error("cannot read /proc/{pid}/stat: {source}")]
+    ReadStat { pid: u32, source: std::io::Error },
+    #[error("/proc/{pid}/stat is malformed: {content:?}")]
+    MalformedStat { pid: u32, content: String },
+    #[error("pidfd_open({pid}) failed: {source}")]
+    PidfdOpen { pid: u32, source: std::io::Error },
+    #[error("signal {signal} to process {pid} failed: {source}")]
+    Signal {
+        pid: u32,
+        signal: i32,
+        source: std::io::Error,
+    },
+    #[error("waiting for process {pid} failed: {source}")]
+    Wait { pid: u32, source: std::io::Error },
+}
+
+/// What `/proc/PID/stat` says about a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
+    pub state: char,
+    /// Field 22: start time in clock ticks after boot.
+    pub start_time: u64,
+}
+
+/// Parse the contents of `/proc/PID/stat`. The command name (field 2) may
+/// contain spaces and parentheses, so fields are counted from the last `)`.
+pub fn parse_stat(content: &str) -> Option<ProcStat> {
+    let rest = &content[content.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state (field 3), field 22 is the 19th remaining field.
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(ProcStat { state, start_time })
+}
+
+/// Read `/proc/PID/stat`.
+pub fn proc_stat(pid: u32) -> Result<ProcStat, ProcessError> {
+    let path = format!("/proc/{pid}/stat");
+    let content = match std::fs::read_to_string(&path) {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ProcessError::NoSuchProcess { pid })
+        }
+        // ESRCH: the process exited between open and read.
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+            return Err(ProcessError::NoSuchProcess { pid })
+        }
+        Err(source) => return Err(ProcessError::ReadStat { pid, source }),
+    };
+    parse_stat(&content).ok_or(ProcessError::MalformedStat { pid, content })
+}
+
+/// The start time (field 22 of `/proc/PID/stat`) of a running process.
+pub fn process_start_time(pid: u32) -> Result<u64, ProcessError> {
+    Ok(proc_stat(pid)?.start_time)
+}
+
+/// Whether `pid` is still the process that had `start_time`, and has not exited
+/// (a zombie waiting to be reaped counts as exited).
+pub fn is_same_process(pid: u32, start_time: u64) -> bool {
+    match proc_stat(pid) {
+        Ok(stat) => stat.start_time == start_time && !matches!(stat.state, 'Z' | 'X' | 'x'),
+        Err(_) => false,
+    }
+}
+
+/// A pidfd for a process whose identity was verified after opening it.
+#[derive(Debug)]
+pub struct Pidfd {
+    pid: u32,
+    fd: OwnedFd,
+}
+
+impl Pidfd {
+    /// Open a pidfd for `pid` if it is still the process started at `start_time`;
+    /// `Ok(None)` when that process is gone.
+    pub fn open_verified(pid: u32, start_time: u64) -> Result<Option<Pidfd>, ProcessError> {
+        let Ok(raw_pid) = libc::pid_t::try_from(pid) else {
+            return Ok(None);
+        };
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+        // no memory is passed.
+        let ret = unsafe { libc::syscall(libc::SYS_pidfd_open, raw_pid, 0) };
+        if ret < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(None);
+            }
+            return Err(ProcessError::PidfdOpen { pid, source: err });
+        }
+        let Ok(raw_fd) = i32::try_from(ret) else {
+            return Err(ProcessError::PidfdOpen {
+                pid,
+                source: std::io::Error::other("pidfd_open returned an out-of-range fd"),
+            });
+        };
+        // SAFETY: raw_fd was just returned by pidfd_open and is owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw_fd) };
+        // Checked after opening: if the pid was recycled before pidfd_open, the
+        // start time differs now; if it matches, the pidfd pins that process.
+        if !is_same_process(pid, start_time) {
+            return Ok(None);
+        }
+        Ok(Some(Pidfd { pid, fd }))
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Send `signal` to exactly this process. Sending to one that already
+    /// exited is not an error.
+    pub fn signal(&self, signal: i32) -> Result<(), ProcessError> {
+        // SAFETY: pidfd_send_signal with a valid pidfd, a signal number, a null
+        // siginfo pointer (allowed: the kernel fills a default) and no flags.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if ret < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::ESRCH) {
+                return Ok(());
+            }
+            return Err(ProcessError::Signal {
+                pid: self.pid,
+                signal,
+                source: err,
+            });
+        }
+        Ok(())
+    }
+
+    /// Wait until the process exits (a pidfd turns readable on exit), at most
+    /// `timeout`. Returns whether it exited.
+    pub async fn wait_exit(&self, timeout: Duration) -> Result<bool, ProcessError> {
+        let dup = self.fd.try_clone().map_err(|source| ProcessError::Wait {
+            pid: self.pid,
+            source,
+        })?;
+        // SAFETY: `dup` is an OwnedFd, so the fd is valid and open, and it is
+        // moved into the AsyncFd, which keeps it (and its number) until drop.
+        let afd = unsafe { AsyncFd::register_with_interest(dup, tokio::io::Interest::READABLE) }
+            .map_err(|e| ProcessError::Wait {
+                pid: self.pid,
+                source: e.into_parts().1,
+            })?;
+        match tokio::time::timeout(timeout, afd.readable()).await {
+            Ok(Ok(_guard)) => Ok(true),
+            Ok(Err(source)) => Err(ProcessError::Wait {
+                pid: self.pid,
+                source,
+            }),
+            Err(_elapsed) => Ok(false),
+        }
+    }
+}
+
+/// Wait until `pid`/`start_time` has exited, at most `timeout`; true when it has.
+pub async fn wait_exit(pid: u32, start_time: u64, timeout: Duration) -> Result<bool, ProcessError> {
+    match Pidfd::open_verified(pid, start_time)? {
+        None => Ok(true),
+        Some(pidfd) => pidfd.wait_exit(timeout).await,
+    }
+}
+
+/// SIGKILL `pid`/`start_time` if it is still that process, then wait for it to
+/// be gone (at most `timeout`); true when it is gone.
+pub async fn kill_and_wait(
+    pid: u32,
+    start_time: u64,
+    timeout: Duration,
+) -> Result<bool, ProcessError> {
+    match Pidfd::open_verified(pid, start_time)? {
+        None => Ok(true),
+        Some(pidfd) => {
+            pidfd.signal(libc::SIGKILL)?;
+            pidfd.wait_exit(timeout).await
+        }
+    }
+}
+
+/// A `tokio::process::Command` for a VMM that must outlive the daemon: a new
+/// session (no controlling terminal, no SIGHUP/SIGINT from the daemon's
+/// terminal or process group), no parent-death signal, stdin from /dev/null.
+pub fn detached_command(program: &Path) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.stdin(std::process::Stdio::null());
+    cmd.kill_on_drop(false);
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // setsid(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// The session id of `pid` (`getsid(2)`).
+pub fn session_of(pid: u32) -> Result<u32, ProcessError> {
+    let raw = libc::pid_t::try_from(pid).map_err(|_| ProcessError::NoSuchProcess { pid })?;
+    // SAFETY: getsid takes a pid and returns a sid or -1; no memory is passed.
+    let sid = unsafe { libc::getsid(raw) };
+    if sid < 0 {
+        return Err(ProcessError::NoSuchProcess { pid });
+    }
+    u32::try_from(sid).map_err(|_| ProcessError::NoSuchProcess { pid })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_hostile_command_names() {
+        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
+        let stat = parse_stat(&format!("123 (qemu) x (y) {tail}")).unwrap();
+        assert_eq!(
+            stat,
+            ProcStat {
+                state: 'S',
+                start_time: 424242
+            }
+        );
+        assert!(parse_stat("123 (truncated) S 1 2").is_none());
+        assert!(parse_stat("no parenthesis").is_none());
+    }
+
+    #[test]
+    fn own_process_identity() {
+        let me = std::process::id();
+        let start = process_start_time(me).unwrap();
+        assert!(is_same_process(me, start));
+        assert!(!is_same_process(me, start + 1));
+    }
+}

@@ -1,0 +1,250 @@
+//! The QEMU backend: the `microvm` machine, KVM or TCG, controlled over QMP.
+//!
+//! The command line is built as an argument vector (never a shell string).
+//! QEMU runs with `-daemonize`: the process we spawn exits once the VM is
+//! set up (QMP and agent sockets listening, pidfile written), which is a
+//! precise readiness signal, and the VM process itself is reparented away
+//! from the daemon in its own session, so it outlives a daemon restart.
+
+pub mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use banger_host::probe::{Accel, Backend};
+
+use crate::agent::{AgentEndpoint, AGENT_SERIAL_PORT};
+use crate::launch::{self, LaunchGuard};
+use crate::spec::VmSpec;
+use crate::{LaunchOptions, VmState, VmmError, VmmHandle};
+
+pub use qmp::{QmpClient, QmpError, QmpStatus};
+
+/// File names QEMU gets inside the VM's run directory.
+pub const QMP_SOCKET: &str = "qmp.sock";
+/// QEMU's pidfile (written by QEMU itself after daemonizing).
+pub const PIDFILE: &str = "qemu.pid";
+/// Startup output (stderr) of QEMU; empty unless QEMU complained.
+pub const VMM_LOG: &str = "qemu.log";
+
+/// How to run QEMU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuConfig {
+    /// `qemu-system-x86_64`.
+    pub binary: PathBuf,
+    /// KVM or TCG.
+    pub accel: Accel,
+}
+
+/// Paths in the run directory that appear on QEMU's command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuPaths {
+    /// QMP control socket.
+    pub qmp: PathBuf,
+    /// Pidfile.
+    pub pidfile: PathBuf,
+}
+
+impl QemuPaths {
+    /// The standard names inside `run_dir`.
+    pub fn in_run_dir(run_dir: &Path) -> QemuPaths {
+        QemuPaths {
+            qmp: run_dir.join(QMP_SOCKET),
+            pidfile: run_dir.join(PIDFILE),
+        }
+    }
+}
+
+/// QemuOpts values escape a comma by doubling it.
+fn opt(value: &Path) -> String {
+    value.to_string_lossy().replace(',', ",,")
+}
+
+/// The full argument vector (without the program) for `spec` under `accel`.
+pub fn qemu_args(
+    accel: Accel,
+    spec: &VmSpec,
+    paths: &QemuPaths,
+    start_paused: bool,
+) -> Vec<String> {
+    let mut a: Vec<String> = Vec::new();
+    let mut push = |items: &[&str]| a.extend(items.iter().map(|s| (*s).to_owned()));
+    push(&["-name", &spec.id]);
+    // pit/pic/rtc: without the PIT, PVH boot under TCG hangs calibrating the TSC.
+    push(&["-machine", "microvm,pit=on,pic=on,rtc=on"]);
+    match accel {
+        Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+    }
+    push(&[
+        "-m",
+        &spec.memory_mib.to_string(),
+        "-smp",
+        &spec.vcpu.to_string(),
+    ]);
+    // -display none rather than -nographic: -nographic claims stdio, which
+    // -daemonize forbids. -no-reboot: a guest reboot ends the VMM, as on Firecracker.
+    push(&[
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
+    push(&[
+        "-chardev",
+        &format!("file,id=serial0,path={},append=on", opt(&spec.serial_log)),
+        "-serial",
+        "chardev:serial0",
+    ]);
+    push(&["-kernel", &spec.kernel.to_string_lossy()]);
+    if let Some(initrd) = &spec.initrd {
+        push(&["-initrd", &initrd.to_string_lossy()]);
+    }
+    push(&["-append", &spec.cmdline]);
+    for drive in spec.drives_in_attach_order() {
+        let ro = if drive.read_only { ",readonly=on" } else { "" };
+        push(&[
+            "-drive",
+            &format!(
+                "id={},file={},format=raw,if=none{ro}",
+                drive.id,
+                opt(&drive.path)
+            ),
+            "-device",
+            &format!("virtio-blk-device,drive={}", drive.id),
+        ]);
+    }
+    if let Some(net) = &spec.net {
+        push(&[
+            "-netdev",
+            &format!("tap,id=net0,ifname={},script=no,downscript=no", net.tap),
+            "-device",
+            &format!("virtio-net-device,netdev=net0,mac={}", net.mac),
+        ]);
+    }
+    if let Some(agent) = &spec.agent {
+        push(&[
+            "-device",
+            "virtio-serial-device",
+            "-chardev",
+            &format!(
+                "socket,id=agent,path={},server=on,wait=off",
+                opt(&agent.host_socket)
+            ),
+            "-device",
+            &format!("virtserialport,chardev=agent,name={AGENT_SERIAL_PORT}"),
+        ]);
+    }
+    push(&[
+        "-chardev",
+        &format!("socket,id=qmp,path={},server=on,wait=off", opt(&paths.qmp)),
+        "-mon",
+        "chardev=qmp,mode=control",
+    ]);
+    push(&["-pidfile", &paths.pidfile.to_string_lossy(), "-daemonize"]);
+    if start_paused {
+        push(&["-S"]);
+    }
+    a
+}
+
+/// Map QEMU's run state to the backend-neutral one.
+pub fn map_status(status: &str) -> VmState {
+    match status {
+        "prelaunch" => VmState::NotStarted,
+        "running" => VmState::Running,
+        "shutdown" => VmState::Shutdown,
+        "internal-error" | "guest-panicked" | "io-error" => VmState::Crashed,
+        _ => VmState::Paused,
+    }
+}
+
+/// How long the daemonizing QEMU may take to set the VM up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Start QEMU for `spec` and return its handle (see [`crate::Vmm::launch`]).
+pub(crate) async fn launch(
+    cfg: &QemuConfig,
+    reason: &str,
+    spec: &VmSpec,
+    opts: &LaunchOptions,
+) -> Result<VmmHandle, VmmError> {
+    let paths = QemuPaths::in_run_dir(&spec.run_dir);
+    let vmm_log = spec.run_dir.join(VMM_LOG);
+    launch::remove_stale_socket(&paths.qmp)?;
+    if let Some(agent) = &spec.agent {
+        launch::remove_stale_socket(&agent.host_socket)?;
+    }
+    launch::remove_file_if_exists(&paths.pidfile)?;
+    let log = launch::create_truncated(&vmm_log)?;
+    let log_err = log.try_clone().map_err(|source| VmmError::Io {
+        what: "duplicate the handle of",
+        path: vmm_log.clone(),
+        source,
+    })?;
+    let args = qemu_args(cfg.accel, spec, &paths, opts.start_paused);
+    tracing::debug!(binary = %cfg.binary.display(), ?args, "starting QEMU");
+    let mut cmd = tokio::process::Command::new(&cfg.binary);
+    cmd.args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|source| VmmError::Spawn {
+        binary: cfg.binary.clone(),
+        source,
+    })?;
+    let status = match tokio::time::timeout(STARTUP_TIMEOUT, child.wait()).await {
+        Ok(Ok(status)) => status,
+        Ok(Err(source)) => {
+            return Err(VmmError::Spawn {
+                binary: cfg.binary.clone(),
+                source,
+            })
+        }
+        Err(_) => {
+            // kill_on_drop ends the still-daemonizing parent.
+            return Err(VmmError::StartupTimeout {
+                binary: cfg.binary.clone(),
+                what: "set up the VM".into(),
+                secs: STARTUP_TIMEOUT.as_secs(),
+            });
+        }
+    };
+    if !status.success() {
+        return Err(VmmError::ExitedEarly {
+            binary: cfg.binary.clone(),
+            status: status.to_string(),
+            output: launch::tail(&vmm_log, 20),
+        });
+    }
+    let pid = launch::read_pidfile(&paths.pidfile)?;
+    let start_time = crate::process::process_start_time(pid)?;
+    let mut guard = LaunchGuard::new(pid, start_time);
+    // The QMP socket listens before QEMU's parent exits; this checks that the
+    // VM is in the state the caller asked for.
+    let mut qmp = QmpClient::connect(&paths.qmp).await?;
+    let status = qmp.query_status().await?;
+    tracing::debug!(pid, status = %status.status, "QEMU is up");
+    let handle = VmmHandle {
+        id: spec.id.clone(),
+        backend: Backend::Qemu { accel: cfg.accel },
+        backend_reason: reason.to_owned(),
+        pid,
+        start_time,
+        control_socket: paths.qmp,
+        agent: spec.agent.as_ref().map(|a| AgentEndpoint::VirtioSerial {
+            socket: a.host_socket.clone(),
+            port_name: AGENT_SERIAL_PORT.to_owned(),
+        }),
+        serial_log: spec.serial_log.clone(),
+        vmm_log,
+        run_dir: spec.run_dir.clone(),
+        pidfile: Some(paths.pidfile),
+        jail_dir: None,
+    };
+    handle.save()?;
+    guard.disarm();
+    Ok(handle)
+}
