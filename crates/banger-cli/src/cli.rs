@@ -58,7 +58,9 @@ pub enum ConfigCommand {
 /// `banger daemon ...`
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
-    /// Show pid, version, socket, uptime, state dir, backend and install mode.
+    /// Show pid, version, socket, uptime, state dir, backend, install mode, root
+    /// helper and schema version. In per-user mode this starts the daemon if
+    /// none is running.
     Status {
         /// Machine-readable output.
         #[arg(long)]

@@ -83,20 +83,30 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
 }
 
 fn prepare_dirs(layout: &Layout) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let create = |dir: &PathBuf, mode: u32| {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(mode)
+            .create(dir)
+            .map_err(|source| DaemonError::CreateDir {
+                path: dir.clone(),
+                source,
+            })
+    };
     match layout.mode {
         InstallMode::PerUser => {
-            for dir in [&layout.state_dir, &layout.cache_dir, &layout.runtime_dir] {
-                ensure_private_dir(dir)?;
-            }
+            // State and cache may be symlinks to a bigger disk; the runtime
+            // dir may sit in a shared /tmp and must be strictly ours.
+            create(&layout.state_dir, 0o700)?;
+            create(&layout.cache_dir, 0o700)?;
+            ensure_private_dir(&layout.runtime_dir)?;
         }
         // systemd (StateDirectory=, RuntimeDirectory=, ...) creates these with
         // the modes the unit chose; only fill in what is missing.
         InstallMode::System => {
             for dir in [&layout.state_dir, &layout.cache_dir, &layout.runtime_dir] {
-                std::fs::create_dir_all(dir).map_err(|source| DaemonError::CreateDir {
-                    path: dir.clone(),
-                    source,
-                })?;
+                create(dir, 0o750)?;
             }
         }
     }

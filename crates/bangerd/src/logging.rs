@@ -2,7 +2,7 @@
 //! timestamps and the unit name), otherwise an append-only log file.
 
 use std::fs::OpenOptions;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -66,10 +66,15 @@ pub fn init(target: &LogTarget, level: &str) -> Result<(), LoggingError> {
             .try_init(),
         LogTarget::File(path) => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| LoggingError::Open {
-                    path: path.clone(),
-                    source,
-                })?;
+                // The log lives in the state dir, which is private.
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|source| LoggingError::Open {
+                        path: path.clone(),
+                        source,
+                    })?;
             }
             let file = OpenOptions::new()
                 .create(true)

@@ -35,6 +35,14 @@ async fn status_over_the_client_and_curl_then_shutdown() {
     let meta = std::fs::metadata(env.socket()).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    for dir in [
+        &env.layout.state_dir,
+        &env.layout.cache_dir,
+        &env.layout.runtime_dir,
+    ] {
+        let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", dir.display());
+    }
 
     // Same shape as `banger config show --json`.
     let config: serde_json::Value = client.get_json("/v1/config").await.unwrap();
