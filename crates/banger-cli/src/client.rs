@@ -537,15 +537,19 @@ async fn wait_until_up(
     let client = Client::at(layout.socket());
     let deadline = Instant::now() + START_TIMEOUT;
     loop {
-        if let Some(child) = child.as_deref_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                // It may have lost a race to a daemon started by hand.
+        if let Some(c) = child.as_deref_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                // It may have lost to a daemon started by hand that holds the
+                // daemon lock and is still starting: wait for that one.
                 if client.status().await.is_ok() {
                     return Ok(client);
                 }
-                let log = layout.log_file();
-                let tail = log_tail(&log, LOG_TAIL_LINES);
-                return Err(ClientError::DaemonExited { status, log, tail });
+                if !daemon_lock_held(&layout.daemon_lock()) {
+                    let log = layout.log_file();
+                    let tail = log_tail(&log, LOG_TAIL_LINES);
+                    return Err(ClientError::DaemonExited { status, log, tail });
+                }
+                child = None;
             }
         }
         match client.status().await {
@@ -564,6 +568,21 @@ async fn wait_until_up(
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a daemon holds its lock (it is running, maybe still starting).
+fn daemon_lock_held(path: &Path) -> bool {
+    use fs2::FileExt;
+    let Ok(file) = File::open(path) else {
+        return false;
+    };
+    match file.try_lock_shared() {
+        Ok(()) => {
+            let _ = FileExt::unlock(&file);
+            false
+        }
+        Err(_) => true,
     }
 }
 

@@ -285,3 +285,32 @@ fn system_mode_never_auto_starts() {
         "nothing was started or created"
     );
 }
+
+#[test]
+fn auto_start_defers_to_a_daemon_that_holds_the_lock() {
+    use fs2::FileExt;
+    let env = Env::new();
+    std::fs::create_dir_all(env.runtime()).unwrap();
+    std::fs::set_permissions(
+        env.runtime(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    // Play a daemon started by hand that holds the lock but never binds its
+    // socket: the CLI's own daemon must give up, and the CLI must keep waiting
+    // for the lock holder (until its start timeout) instead of failing on the
+    // exit of the daemon it spawned.
+    let lock = std::fs::File::create(env.runtime().join("bangerd.lock")).unwrap();
+    lock.lock_exclusive().unwrap();
+    std::fs::write(env.runtime().join("bangerd.lock"), "4242\n").unwrap();
+    let out = env.run(&["daemon", "status"]);
+    assert!(!out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    assert!(
+        stderr.contains("another bangerd (pid 4242) is already running"),
+        "{stderr}"
+    );
+    assert!(env.daemons().is_empty());
+    drop(lock);
+}
