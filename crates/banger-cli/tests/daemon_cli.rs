@@ -314,3 +314,30 @@ fn auto_start_defers_to_a_daemon_that_holds_the_lock() {
     assert!(env.daemons().is_empty());
     drop(lock);
 }
+
+#[test]
+fn config_endpoint_matches_config_show_json() {
+    let env = Env::new();
+    let config = env.path("config/banger/config.toml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    std::fs::write(
+        &config,
+        "bridge_name = \"banger7\"\n[vm_defaults]\nvcpu = 2\n",
+    )
+    .unwrap();
+    let out = env.run(&["daemon", "status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let shown = env.run(&["config", "show", "--json"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = banger_cli::client::Client::at(env.runtime().join("bangerd.sock"));
+    let served: serde_json::Value = runtime.block_on(client.get_json("/v1/config")).unwrap();
+    assert_eq!(served, shown);
+    assert_eq!(served["bridge_name"]["provenance"], "config");
+    assert!(env.run(&["daemon", "stop"]).status.success());
+}
