@@ -350,6 +350,41 @@ pub fn unpack_file(path: &Path, dest: &Path, expect: &Expect) -> Result<Manifest
     unpack(io::BufReader::with_capacity(1 << 20, file), dest, expect)
 }
 
+/// Read and validate only the manifest (first entry) of a bundle file.
+pub fn read_manifest(path: &Path) -> Result<Manifest, BundleError> {
+    let file = std::fs::File::open(path).map_err(io_err("open", path))?;
+    let decoder = zstd::Decoder::new(io::BufReader::new(file)).map_err(BundleError::Stream)?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive.entries().map_err(BundleError::Stream)?;
+    let mut first = match entries.next() {
+        Some(e) => e.map_err(BundleError::Stream)?,
+        None => {
+            return Err(BundleError::ManifestNotFirst {
+                found: "an empty archive".into(),
+            })
+        }
+    };
+    read_manifest_entry(&mut first).map(|(m, _)| m)
+}
+
+fn read_manifest_entry<R: Read>(
+    first: &mut tar::Entry<'_, R>,
+) -> Result<(Manifest, Vec<u8>), BundleError> {
+    let first_path = entry_path(first)?;
+    if first_path != MANIFEST_FILE || first.header().entry_type() != tar::EntryType::Regular {
+        return Err(BundleError::ManifestNotFirst { found: first_path });
+    }
+    if first.size() > MAX_MANIFEST_BYTES {
+        return Err(BundleError::Unexpected {
+            what: format!("a {}-byte manifest", first.size()),
+            expected: format!("at most {MAX_MANIFEST_BYTES} bytes"),
+        });
+    }
+    let mut json = Vec::new();
+    first.read_to_end(&mut json).map_err(BundleError::Stream)?;
+    Ok((Manifest::from_json(&json)?, json))
+}
+
 /// Progress of one tree artifact while unpacking.
 #[derive(Default)]
 struct TreeState {
@@ -371,20 +406,8 @@ fn unpack_entries<R: Read>(
             })
         }
     };
-    let first_path = entry_path(&first)?;
-    if first_path != MANIFEST_FILE || first.header().entry_type() != tar::EntryType::Regular {
-        return Err(BundleError::ManifestNotFirst { found: first_path });
-    }
-    if first.size() > MAX_MANIFEST_BYTES {
-        return Err(BundleError::Unexpected {
-            what: format!("a {}-byte manifest", first.size()),
-            expected: format!("at most {MAX_MANIFEST_BYTES} bytes"),
-        });
-    }
-    let mut json = Vec::new();
-    first.read_to_end(&mut json).map_err(BundleError::Stream)?;
+    let (manifest, json) = read_manifest_entry(&mut first)?;
     drop(first);
-    let manifest = Manifest::from_json(&json)?;
     if manifest.kind != expect.kind {
         return Err(BundleError::Unexpected {
             what: format!("a {} bundle", manifest.kind),

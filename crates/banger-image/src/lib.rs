@@ -11,13 +11,18 @@
 //!
 //! See docs/image-catalog.md and docs/kernel-catalog.md.
 
+pub mod build;
 pub mod bundle;
+pub mod bzimage;
 pub mod catalog;
+pub mod cpio;
 pub mod digest;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
+pub mod recipe;
 pub mod store;
+pub mod validate;
 
 pub use manifest::{Kind, Manifest};
 pub use progress::{Phase, Progress, ProgressFn};
