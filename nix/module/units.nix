@@ -21,7 +21,7 @@ let
   settingsFormat = pkgs.formats.toml { };
   configFile = settingsFormat.generate "banger-config.toml" cfg.settings;
 
-  installToml = bl.installToml {
+  installToml = pkgs.writeText "banger-install.toml" (bl.installToml {
     owner_user = cfg.owner;
     owner_uid = ownerUser.uid;
     owner_gid = config.users.groups.${ownerGroup}.gid;
@@ -29,7 +29,7 @@ let
     bin_dir = "${cfg.package}/bin";
     lib_dir = "${cfg.package}/lib/banger";
     inherit (layout) state_dir cache_dir run_dir root_run_dir config_path;
-  };
+  });
 
   # Host tools banger runs (doctor's "host tools" list): on the units' PATH
   # and the owner's, so `banger doctor` sees what the daemon sees.
@@ -52,7 +52,7 @@ in
     # owner and modes the helper's socket checks rely on.
     systemd.tmpfiles.rules = map (bl.subst vals) bl.spec.tmpfiles;
 
-    environment.etc."banger/install.toml".text = installToml;
+    environment.etc."banger/install.toml".source = installToml;
     environment.etc."banger/config.toml".source = configFile;
 
     environment.systemPackages = [ cfg.package ] ++ runtimeTools;

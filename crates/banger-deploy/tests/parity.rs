@@ -49,7 +49,7 @@ fn evaluated(test: &str) -> Option<&'static Value> {
     };
     let result = EVAL.get_or_init(|| {
         let out = Command::new("nix-instantiate")
-            .args(["--eval", "--strict", "--json", "--readonly-mode"])
+            .args(["--store", "dummy://", "--eval", "--strict", "--json", "--readonly-mode"])
             .arg(workspace().join("tests/nixos/parity/eval.nix"))
             .arg("--arg")
             .arg("nixpkgsLib")
@@ -282,7 +282,7 @@ fn nixos_vm_tests_evaluate_and_their_scripts_compile() {
         return;
     }
     let out = Command::new("nix-instantiate")
-        .args(["--eval", "--strict", "--json", "--readonly-mode"])
+        .args(["--store", "dummy://", "--eval", "--strict", "--json", "--readonly-mode"])
         .arg(workspace().join("tests/nixos/parity/testscripts.nix"))
         .output()
         .unwrap();

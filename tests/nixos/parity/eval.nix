@@ -1,6 +1,6 @@
 # Evaluates banger's NixOS module with nixpkgs' lib and stub options, in the
 # cases crates/banger-deploy/tests/parity.rs checks. Run:
-#   nix-instantiate --eval --strict --json --readonly-mode tests/nixos/parity/eval.nix \
+#   nix-instantiate --store dummy:// --eval --strict --json tests/nixos/parity/eval.nix \
 #     --arg nixpkgsLib ../shared/nixpkgs-lib/lib --argstr version 0.1.0
 { nixpkgsLib, version }:
 let
@@ -34,7 +34,7 @@ let
     units = bangerUnits cfg;
     tmpfiles = cfg.systemd.tmpfiles.rules;
     etc = builtins.attrNames cfg.environment.etc;
-    installToml = builtins.fromTOML cfg.environment.etc."banger/install.toml".text;
+    installToml = builtins.fromTOML cfg.environment.etc."banger/install.toml".source.text;
     settings = cfg.environment.etc."banger/config.toml".source.value;
     systemPackages = map (p: p.name) cfg.environment.systemPackages;
   };

@@ -23,6 +23,9 @@ in
   gnutar = fakeDrv "gnutar" "/nix/store/gnutar" { };
   util-linux = fakeDrv "util-linux" "/nix/store/util-linux" { };
 
+  # Keeps the text readable for the test instead of writing a store file.
+  writeText = name: text: { inherit name text; };
+
   # The real pkgs.formats.toml renders a file; here the settings are kept as
   # data so the test can read them back.
   formats.toml = { }: {
