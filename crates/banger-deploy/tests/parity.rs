@@ -15,6 +15,17 @@ use banger_deploy::owner::Owner;
 use banger_deploy::spec::{RenderedSection, Spec};
 use serde_json::Value;
 
+/// `nix-instantiate` flags: evaluate only, with a store that needs neither
+/// the Nix daemon nor root.
+const NIX_EVAL: [&str; 6] = [
+    "--store",
+    "dummy://",
+    "--eval",
+    "--strict",
+    "--json",
+    "--readonly-mode",
+];
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
@@ -49,7 +60,7 @@ fn evaluated(test: &str) -> Option<&'static Value> {
     };
     let result = EVAL.get_or_init(|| {
         let out = Command::new("nix-instantiate")
-            .args(["--store", "dummy://", "--eval", "--strict", "--json", "--readonly-mode"])
+            .args(NIX_EVAL)
             .arg(workspace().join("tests/nixos/parity/eval.nix"))
             .arg("--arg")
             .arg("nixpkgsLib")
@@ -282,7 +293,7 @@ fn nixos_vm_tests_evaluate_and_their_scripts_compile() {
         return;
     }
     let out = Command::new("nix-instantiate")
-        .args(["--store", "dummy://", "--eval", "--strict", "--json", "--readonly-mode"])
+        .args(NIX_EVAL)
         .arg(workspace().join("tests/nixos/parity/testscripts.nix"))
         .output()
         .unwrap();
