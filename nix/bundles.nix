@@ -1,39 +1,56 @@
-# Image and kernel bundles as Nix packages.
+# Image and kernel bundles as Nix packages (docs/nixos.md, "Bundles").
 #
-# A bundle (`NAME.tar.zst`, docs/image-catalog.md) is built from its recipe
-# in images/ by `banger image build` / `banger kernel build`, inside a
-# fixed-output derivation: it may reach the Debian mirror, and its result
-# must hash to the sha256 recorded in images/catalog.toml. So a Nix build
-# either yields byte-for-byte the bundle the catalog publishes (and a
-# non-Nix `banger image build` produces), or fails with the hash it got.
-# Entries not yet published (sha256 = "") use lib.fakeHash: the first build
-# fails and prints the real hash, which is what publishing records.
+# Default: the bundle the catalog publishes (images/catalog.toml: base_url,
+# url, sha256), fetched and checked by hash, so the bytes are exactly those
+# of the non-Nix build that produced the catalog entry. Entries that are not
+# published yet (no entry, or sha256 = "") evaluate to a derivation that
+# fails with instructions, so `nix flake check` still evaluates.
 #
-# For the NixOS module, each bundle is also unpacked into the store
-# (rootfs.ext4 / vmlinux, initrd, modules) so the daemon can register it in
-# place. The unpacked files are the bundle's files byte for byte; only their
-# timestamps and modes are normalized by the store.
-{ lib, stdenvNoCC, runCommand, banger, mmdebstrap, e2fsprogs, zstd, gnutar
-, cpio, kmod, busybox, dpkg, apt, cacert, util-linux, coreutils, xz }:
+# `passthru.fromRecipe`: the same bundle built from its recipe in images/
+# by `banger KIND build NAME --output FILE` in a fixed-output derivation
+# whose hash is the catalog's. See docs/nixos.md for why it does not build
+# in a default Nix sandbox yet and where its bytes would differ.
+#
+# Each package is the bundle unpacked (rootfs.ext4 / vmlinux, initrd,
+# modules, manifest.json) so the NixOS module can register it in place;
+# `passthru.bundle` is the .tar.zst itself.
+{ lib, stdenvNoCC, runCommand, fetchurl, banger, mmdebstrap, e2fsprogs, zstd
+, gnutar, cpio, kmod, busybox, dpkg, apt, cacert, util-linux, coreutils, xz
+, catalogFile ? ../images/catalog.toml }:
 let
-  catalog = builtins.fromTOML (builtins.readFile ../images/catalog.toml);
+  catalog = builtins.fromTOML (builtins.readFile catalogFile);
 
   entry = kind: name:
-    lib.findFirst (e: e.name == name) { sha256 = ""; } (catalog.${kind} or [ ]);
+    lib.findFirst (e: e.name == name && (e.sha256 or "") != "") null (catalog.${kind} or [ ]);
+
+  unpublished = kind: name: runCommand "banger-${kind}-${name}-unpublished.tar.zst" { } ''
+    echo "banger: the ${kind} bundle ${name} is not published in images/catalog.toml yet." >&2
+    echo "Build it on a Debian host with 'sudo banger ${kind} build ${name}', or publish it" >&2
+    echo "(docs/image-catalog.md) so its sha256 is recorded." >&2
+    exit 1
+  '';
+
+  fetched = kind: name:
+    let e = entry kind name;
+    in if e == null then unpublished kind name
+      else fetchurl {
+        name = "banger-${kind}-${name}.tar.zst";
+        url = "${catalog.base_url}/${e.url}";
+        sha256 = e.sha256;
+      };
 
   # busybox last: the initrd needs its binary, but its applets must not
   # shadow the real tools on PATH.
   buildTools = [ banger mmdebstrap e2fsprogs zstd gnutar cpio kmod dpkg apt util-linux coreutils xz busybox ];
 
-  # The bundle file, built from its recipe.
-  bundle = { kind, name }:
-    let hash = (entry kind name).sha256;
+  fromRecipe = kind: name:
+    let e = entry kind name;
     in stdenvNoCC.mkDerivation {
-      name = "banger-${kind}-${name}.tar.zst";
+      name = "banger-${kind}-${name}-from-recipe.tar.zst";
       nativeBuildInputs = buildTools;
       outputHashMode = "flat";
       outputHashAlgo = "sha256";
-      outputHash = if hash == "" then lib.fakeHash else hash;
+      outputHash = if e == null then lib.fakeHash else e.sha256;
       SSL_CERT_FILE = "${cacert}/etc/ssl/certs/ca-bundle.crt";
       buildCommand = ''
         export HOME=$TMPDIR
@@ -42,11 +59,12 @@ let
     };
 
   unpack = { kind, name, extra ? { } }:
-    let file = bundle { inherit kind name; };
+    let file = fetched kind name;
     in runCommand "banger-${kind}-${name}" {
       nativeBuildInputs = [ zstd gnutar ];
       passthru = {
         bundle = file;
+        fromRecipe = fromRecipe kind name;
         banger = { inherit kind name; } // extra;
       };
     } ''

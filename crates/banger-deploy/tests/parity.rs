@@ -333,3 +333,91 @@ fn nixos_vm_tests_evaluate_and_their_scripts_compile() {
         assert!(script.contains("machine."), "{name}: empty test script");
     }
 }
+
+#[test]
+fn flake_bundles_fetch_published_entries_and_explain_unpublished_ones() {
+    let t = "flake_bundles_fetch_published_entries_and_explain_unpublished_ones";
+    let Some(_) = evaluated(t) else { return };
+    let lib = nixpkgs_lib().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = dir.path().join("catalog.toml");
+    let sha = "ab".repeat(32);
+    std::fs::write(
+        &catalog,
+        format!(
+            "format_version = 1\nbase_url = \"https://mirror.example/b\"\n\
+             [[kernel]]\nname = \"generic-6.12\"\nversion = \"1\"\nurl = \"k.tar.zst\"\nsize = 1\nsha256 = \"{sha}\"\n\
+             [[image]]\nname = \"debian-bookworm\"\nversion = \"1\"\nkernel_ref = \"generic-6.12\"\nurl = \"i.tar.zst\"\nsize = 1\nsha256 = \"{sha}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = Command::new("nix-instantiate")
+        .args(NIX_EVAL)
+        .arg(workspace().join("tests/nixos/parity/bundles.nix"))
+        .arg("--arg")
+        .arg("nixpkgsLib")
+        .arg(&lib)
+        .arg("--arg")
+        .arg("publishedCatalog")
+        .arg(&catalog)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let p = &v["published"];
+    assert_eq!(
+        p["debian-bookworm"]["bundle"]["url"],
+        "https://mirror.example/b/i.tar.zst"
+    );
+    assert_eq!(p["debian-bookworm"]["bundle"]["sha256"], sha.as_str());
+    assert_eq!(p["debian-bookworm"]["recipe"]["outputHash"], sha.as_str());
+    assert_eq!(p["debian-bookworm"]["meta"]["kernel"], "generic-6.12");
+    assert_eq!(
+        p["generic-6.12"]["bundle"]["url"],
+        "https://mirror.example/b/k.tar.zst"
+    );
+    // The minimal image is still unpublished in that catalog.
+    let unpublished = &p["debian-bookworm-minimal"]["bundle"];
+    assert!(
+        unpublished["script"]
+            .as_str()
+            .unwrap()
+            .contains("not published"),
+        "{unpublished}"
+    );
+
+    // The real catalog: whatever is unpublished fails with instructions,
+    // whatever is published is fetched by its hash.
+    let real_catalog = std::fs::read_to_string(workspace().join("images/catalog.toml")).unwrap();
+    let real: toml::Value = toml::from_str(&real_catalog).unwrap();
+    for (name, pkg) in v["real"].as_object().unwrap() {
+        let published = ["image", "kernel"].iter().any(|k| {
+            real.get(k)
+                .and_then(|e| e.as_array())
+                .is_some_and(|entries| {
+                    entries.iter().any(|e| {
+                        e["name"].as_str() == Some(name.as_str())
+                            && e["sha256"].as_str().is_some_and(|s| !s.is_empty())
+                    })
+                })
+        });
+        if published {
+            assert!(pkg["bundle"]["url"].is_string(), "{name}: {pkg}");
+        } else {
+            let script = pkg["bundle"]["script"].as_str().unwrap_or_default();
+            assert!(script.contains(&format!("build {name}")), "{name}: {pkg}");
+        }
+        assert!(
+            pkg["recipe"]["buildCommand"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("build {name} --output")),
+            "{name}: {pkg}"
+        );
+    }
+}
