@@ -96,9 +96,15 @@ mod tests {
 
     #[test]
     fn request_wire_shape_is_tagged_by_op() {
-        let req = HelperRequest::CreateTap { name: "bgtap0".into(), bridge: "banger0".into() };
+        let req = HelperRequest::CreateTap {
+            name: "bgtap0".into(),
+            bridge: "banger0".into(),
+        };
         let s = serde_json::to_string(&req).unwrap();
-        assert_eq!(s, r#"{"op":"create_tap","name":"bgtap0","bridge":"banger0"}"#);
+        assert_eq!(
+            s,
+            r#"{"op":"create_tap","name":"bgtap0","bridge":"banger0"}"#
+        );
         assert_eq!(serde_json::from_str::<HelperRequest>(&s).unwrap(), req);
     }
 
