@@ -34,6 +34,9 @@ pub enum Command {
     Daemon(DaemonCommand),
     /// Check that this host can run banger VMs, and say how to fix what is missing.
     Doctor(DoctorArgs),
+    /// Install, inspect or remove banger's systemd units (bangerd, bangerd-root).
+    #[command(subcommand)]
+    System(crate::system_cmd::SystemCommand),
     /// Print the banger version.
     Version,
 }

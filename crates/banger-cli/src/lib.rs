@@ -6,6 +6,7 @@ pub mod client;
 pub mod config_cmd;
 pub mod daemon_cmd;
 pub mod doctor;
+pub mod system_cmd;
 
 use clap::Parser;
 
@@ -28,6 +29,7 @@ fn dispatch(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Config(c) => config_cmd::run(&global, c),
         Command::Daemon(c) => daemon_cmd::run(&global, c),
         Command::Doctor(c) => doctor::run(&global, c),
+        Command::System(c) => system_cmd::run(&global, c),
         Command::Version => {
             println!("banger {}", banger_wire::VERSION);
             Ok(std::process::ExitCode::SUCCESS)
