@@ -3,12 +3,14 @@
 //! - [`api`]: the CLI ↔ `bangerd` HTTP/JSON API (`/v1/...`), its error body and
 //!   the NDJSON progress stream used by long operations.
 //! - [`helper`]: the `bangerd` ↔ `bangerd-root` typed request enum.
+//! - [`guest`]: the per-VM config drive contents and the guest agent protocol.
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
 //!
 //! Everything here is plain data: no I/O, so both sides of every socket agree
 //! on the exact shapes and the parse layer can be tested without hardware.
 
 pub mod api;
+pub mod guest;
 pub mod helper;
 pub mod install;
 
