@@ -15,10 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 /// Name of the virtio-serial port the guest agent opens on QEMU
-/// (`/dev/virtio-ports/org.banger.agent`).
-pub const AGENT_SERIAL_PORT: &str = "org.banger.agent";
+/// (`/dev/virtio-ports/org.banger.agent`); defined with the agent protocol.
+pub use banger_wire::guest::AGENT_PORT_NAME as AGENT_SERIAL_PORT;
 /// vsock port the guest agent listens on under Firecracker.
-pub const AGENT_VSOCK_PORT: u32 = 1024;
+pub use banger_wire::guest::AGENT_VSOCK_PORT;
 
 /// How long the Firecracker vsock handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);

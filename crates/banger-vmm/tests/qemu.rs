@@ -278,6 +278,20 @@ async fn qemu_paused_launch_reports_prelaunch_until_started() {
     assert_eq!(status.state, VmState::NotStarted);
     assert_eq!(status.detail, "prelaunch");
 
+    // QMP errors carry QEMU's class and description.
+    let mut qmp = banger_vmm::qemu::QmpClient::connect(&handle.control_socket)
+        .await
+        .unwrap();
+    let err = qmp
+        .execute::<serde_json::Value>("no-such-command", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, banger_vmm::qemu::QmpError::Command { class, .. } if class == "CommandNotFound"),
+        "{err}"
+    );
+    drop(qmp);
+
     handle.start().await.unwrap();
     assert_eq!(handle.status().await.unwrap().state, VmState::Running);
 

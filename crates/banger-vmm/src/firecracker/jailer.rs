@@ -162,3 +162,128 @@ pub(crate) fn prepare(
         jail_dir: Some(layout.jail_dir),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::*;
+    use crate::spec::{AgentSpec, DriveSpec};
+
+    fn config(base: &Path) -> JailerConfig {
+        JailerConfig {
+            binary: "/usr/bin/jailer".into(),
+            uid: 4242,
+            gid: 4343,
+            chroot_base_dir: base.to_owned(),
+            netns: Some("/var/run/netns/banger".into()),
+        }
+    }
+
+    fn spec(dir: &Path) -> VmSpec {
+        for f in ["vmlinux", "initrd", "root.ext4"] {
+            std::fs::write(dir.join(f), f).unwrap();
+        }
+        std::fs::create_dir_all(dir.join("run")).unwrap();
+        VmSpec {
+            id: "vm-9".into(),
+            name: "jailed".into(),
+            vcpu: 1,
+            memory_mib: 256,
+            kernel: dir.join("vmlinux"),
+            initrd: Some(dir.join("initrd")),
+            cmdline: "console=ttyS0".into(),
+            drives: vec![DriveSpec {
+                id: "root".into(),
+                path: dir.join("root.ext4"),
+                read_only: false,
+                is_root: true,
+            }],
+            net: None,
+            serial_log: dir.join("run/serial.log"),
+            agent: Some(AgentSpec {
+                guest_cid: 5,
+                host_socket: dir.join("run/agent.sock"),
+            }),
+            run_dir: dir.join("run"),
+        }
+    }
+
+    #[test]
+    fn jailer_argv_and_in_jail_paths() {
+        let cfg = config(Path::new("/srv/jailer"));
+        let fc = Path::new("/opt/fc/firecracker");
+        assert_eq!(
+            jailer_args(&cfg, fc, "vm-9"),
+            [
+                "--id",
+                "vm-9",
+                "--exec-file",
+                "/opt/fc/firecracker",
+                "--uid",
+                "4242",
+                "--gid",
+                "4343",
+                "--chroot-base-dir",
+                "/srv/jailer",
+                "--netns",
+                "/var/run/netns/banger",
+                "--",
+                "--api-sock",
+                "/run/firecracker.socket",
+            ]
+        );
+        let layout = jail_layout(&cfg, fc, "vm-9").unwrap();
+        assert_eq!(layout.jail_dir, Path::new("/srv/jailer/firecracker/vm-9"));
+        assert_eq!(layout.root, Path::new("/srv/jailer/firecracker/vm-9/root"));
+        let dir = tempfile::tempdir().unwrap();
+        let paths = jail_paths(&spec(dir.path()));
+        assert_eq!(paths.kernel, "/vmlinux");
+        assert_eq!(paths.initrd.as_deref(), Some("/initrd"));
+        assert_eq!(paths.drives, ["/drive-root"]);
+        assert_eq!(paths.vsock_uds.as_deref(), Some("/agent.sock"));
+        assert_eq!(paths.log, "/firecracker.log");
+    }
+
+    #[test]
+    fn prepare_links_files_into_the_jail_owned_by_the_jail_user() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var_os("BANGER_REQUIRE_PRIVILEGED").is_none(),
+                "BANGER_REQUIRE_PRIVILEGED is set but this test is not running as root"
+            );
+            eprintln!("skipping: chown to the jail uid needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let spec = spec(dir.path());
+        let base = dir.path().join("jail");
+        let cfg = config(&base);
+        let fc = Path::new("/opt/fc/firecracker");
+        let prepared = prepare(&cfg, fc, &spec).unwrap();
+
+        let root = base.join("firecracker/vm-9/root");
+        assert_eq!(prepared.api_socket, root.join("run/firecracker.socket"));
+        assert_eq!(prepared.vsock_host, Some(root.join("agent.sock")));
+        assert_eq!(prepared.vmm_log, root.join("firecracker.log"));
+        assert_eq!(prepared.jail_dir, Some(base.join("firecracker/vm-9")));
+        assert_eq!(prepared.program, Path::new("/usr/bin/jailer"));
+        for (inside, original) in [
+            ("vmlinux", "vmlinux"),
+            ("initrd", "initrd"),
+            ("drive-root", "root.ext4"),
+        ] {
+            let linked = std::fs::metadata(root.join(inside)).unwrap();
+            let orig = std::fs::metadata(dir.path().join(original)).unwrap();
+            assert_eq!(linked.ino(), orig.ino(), "{inside} is a hard link");
+            assert_eq!((linked.uid(), linked.gid()), (4242, 4343), "{inside} owner");
+        }
+        for owned in ["run", "firecracker.log"] {
+            let m = std::fs::metadata(root.join(owned)).unwrap();
+            assert_eq!((m.uid(), m.gid()), (4242, 4343), "{owned} owner");
+        }
+        // Preparing again (a restart) replaces the links.
+        prepare(&cfg, fc, &spec).unwrap();
+    }
+}
