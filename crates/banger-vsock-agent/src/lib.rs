@@ -1,17 +1,19 @@
-//! `banger-vsock-agent`: the guest side of banger. It runs as root inside
-//! every VM and answers the daemon over vsock (Firecracker) or a
-//! virtio-serial port (QEMU): health, listening ports, first-boot apply of
-//! the per-VM config. Its protocol and work arrive with the VM lifecycle.
+//! `banger-vsock-agent`: the guest side of banger, and the host's client
+//! for it.
+//!
+//! In every VM it runs as root twice: `apply` once per boot before sshd
+//! (installs the per-VM config drive: hostname, SSH host key,
+//! authorized_keys, `file_sync` payloads; [`apply`]), and `serve` for the
+//! lifetime of the guest (health, listening ports, stats over virtio-serial
+//! on QEMU or vsock on Firecracker; [`server`]). `bangerd` talks to it with
+//! [`client::AgentClient`]. The wire types are in [`banger_wire::guest`].
 
-use clap::Parser;
+pub mod apply;
+pub mod client;
+pub mod drive;
+pub mod ext4;
+pub mod procfs;
+pub mod server;
 
-/// Command line of the guest agent.
-#[derive(Debug, Parser)]
-#[command(name = "banger-vsock-agent", version = banger_wire::VERSION)]
-pub struct AgentArgs {}
-
-/// Parse arguments and run the agent; returns the process exit code.
-pub fn run() -> anyhow::Result<()> {
-    let _args = AgentArgs::parse();
-    anyhow::bail!("banger-vsock-agent: the guest protocol is not available in this version")
-}
+#[cfg(test)]
+mod test_support;
