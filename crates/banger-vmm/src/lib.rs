@@ -80,6 +80,12 @@ pub enum VmmError {
     Jail { path: PathBuf, reason: String },
     #[error("VMM process {pid} of {id} did not exit after SIGKILL")]
     Unkillable { id: String, pid: u32 },
+    #[error("VM {id} already runs from {run_dir} (VMM process {pid}); stop it first")]
+    AlreadyRunning {
+        id: String,
+        pid: u32,
+        run_dir: PathBuf,
+    },
     #[error("VMM process {pid} of {id} is still running; stop it before cleaning up")]
     StillRunning { id: String, pid: u32 },
 }
@@ -169,8 +175,19 @@ impl Vmm {
     /// Validate `spec`, start its VMM and boot it (unless
     /// `opts.start_paused`). On success the handle is also written to
     /// `run_dir/vmm.json`; on any failure the half-started process is killed.
+    /// Refuses while a live VMM's handle is in `run_dir`.
     pub async fn launch(&self, spec: &VmSpec, opts: &LaunchOptions) -> Result<VmmHandle, VmmError> {
         spec.validate()?;
+        // Launching over a live VM would unlink its control socket.
+        if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
+            if previous.is_alive() {
+                return Err(VmmError::AlreadyRunning {
+                    id: previous.id,
+                    pid: previous.pid,
+                    run_dir: spec.run_dir.clone(),
+                });
+            }
+        }
         match &self.config {
             BackendConfig::Firecracker(cfg) => {
                 firecracker::launch(cfg, &self.reason, spec, opts).await

@@ -324,7 +324,7 @@ async fn qemu_startup_failure_reports_qemu_output_and_leaves_no_process() {
 }
 
 #[tokio::test]
-async fn cleanup_refuses_while_the_vmm_runs() {
+async fn cleanup_and_relaunch_refuse_while_the_vmm_runs() {
     let Some(env) = Env::new() else { return };
     let spec = env.spec();
     let handle = env
@@ -336,6 +336,14 @@ async fn cleanup_refuses_while_the_vmm_runs() {
     let err = handle.cleanup().unwrap_err();
     assert!(matches!(err, VmmError::StillRunning { .. }), "{err}");
     assert!(env.p("run/qmp.sock").exists());
+    // A second launch into the same run dir must not disturb the live VM.
+    let err = env
+        .vmm
+        .launch(&spec, &LaunchOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, VmmError::AlreadyRunning { .. }), "{err}");
+    assert_eq!(handle.status().await.unwrap().state, VmState::Running);
     handle.kill().await.unwrap();
     handle.cleanup().unwrap();
 }
