@@ -10,4 +10,5 @@
 //! - [`netplan`]: guest address candidates and the kernel command line's
 //!   network part.
 
+pub mod disk;
 pub mod identity;
