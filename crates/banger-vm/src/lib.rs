@@ -12,3 +12,4 @@
 
 pub mod disk;
 pub mod identity;
+pub mod netplan;
