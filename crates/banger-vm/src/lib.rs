@@ -11,5 +11,6 @@
 //!   network part.
 
 pub mod disk;
+pub mod filesync;
 pub mod identity;
 pub mod netplan;
