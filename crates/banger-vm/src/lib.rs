@@ -14,3 +14,4 @@ pub mod disk;
 pub mod filesync;
 pub mod identity;
 pub mod netplan;
+pub mod ssh;
