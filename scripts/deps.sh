@@ -24,7 +24,21 @@ apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config git curl ca-certificates \
     iproute2 nftables openssh-client zstd xz-utils cpio kmod \
     mmdebstrap busybox-static bind9-dnsutils \
-    systemd systemd-container nix-bin >/dev/null
+    systemd systemd-container nix-bin xfsprogs >/dev/null
+
+# banger-vm's SSH tests run a private sshd of their own; the package's system
+# service is not wanted, so it is kept from starting and disabled.
+if [ ! -x /usr/sbin/sshd ]; then
+    added_policy=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        added_policy=1
+    fi
+    apt-get install -y -qq --no-install-recommends openssh-server >/dev/null
+    if [ "$added_policy" = 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
+    systemctl disable --now ssh.service ssh.socket >/dev/null 2>&1 || true
+fi
 
 if ! command -v cargo >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo" ]; then
     echo "deps: installing the Rust toolchain with rustup"
