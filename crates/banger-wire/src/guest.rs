@@ -17,6 +17,14 @@ pub const WORK_DISK_LABEL: &str = "banger-work";
 pub const CONFIG_FILE: &str = "banger.json";
 /// Directory inside the config drive holding `file_sync` payloads.
 pub const FILES_DIR: &str = "files";
+/// The guest agent binary at the config drive's root: the host puts its own
+/// `banger-vsock-agent` there at every start, and the image's boot unit copies
+/// it to [`AGENT_RUN_PATH`] and runs `apply` then `serve` from there, so guest
+/// and host versions always match and images never need rebuilding for a new
+/// agent.
+pub const AGENT_BINARY: &str = "banger-vsock-agent";
+/// Where the image's boot unit puts [`AGENT_BINARY`] in the guest.
+pub const AGENT_RUN_PATH: &str = "/run/banger/banger-vsock-agent";
 /// Current [`GuestConfig::format_version`].
 pub const GUEST_CONFIG_VERSION: u32 = 1;
 /// virtio-serial port name of the agent channel (QEMU).

@@ -5,6 +5,7 @@
 //! - [`helper`]: the `bangerd` ↔ `bangerd-root` typed request enum.
 //! - [`guest`]: the per-VM config drive contents and the guest agent protocol.
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
+//! - [`vm`]: bodies of the `/v1/vms` routes.
 //!
 //! Everything here is plain data: no I/O, so both sides of every socket agree
 //! on the exact shapes and the parse layer can be tested without hardware.
@@ -13,6 +14,7 @@ pub mod api;
 pub mod guest;
 pub mod helper;
 pub mod install;
+pub mod vm;
 
 /// The banger version every binary reports (workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
