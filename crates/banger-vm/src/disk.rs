@@ -385,6 +385,29 @@ pub fn build_config_drive(
     config: &GuestConfig,
     payloads: &[Payload],
 ) -> Result<(), DiskError> {
+    build_config_drive_with(image, config, payloads, &[])
+}
+
+/// A host file copied to the config drive's root, e.g. the guest agent
+/// binary ([`banger_wire::guest::AGENT_BINARY`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RootFile {
+    /// File name at the drive's root (one path component, not
+    /// [`CONFIG_FILE`] or [`FILES_DIR`]).
+    pub name: String,
+    /// Host file to copy.
+    pub source: PathBuf,
+    /// Permission bits on the drive.
+    pub mode: u32,
+}
+
+/// [`build_config_drive`] plus `root_files` copied to the drive's root.
+pub fn build_config_drive_with(
+    image: &Path,
+    config: &GuestConfig,
+    payloads: &[Payload],
+    root_files: &[RootFile],
+) -> Result<(), DiskError> {
     let dir = parent_dir(image);
     let stage = tempfile::Builder::new()
         .prefix(".banger-cfg-stage-")
@@ -429,6 +452,26 @@ pub fn build_config_drive(
                 content += (contents.len() as u64).next_multiple_of(4096);
             }
         }
+    }
+    for f in root_files {
+        let rel = Path::new(&f.name);
+        let single = rel.components().count() == 1
+            && matches!(
+                rel.components().next(),
+                Some(std::path::Component::Normal(_))
+            );
+        if !single || f.name == CONFIG_FILE || f.name == FILES_DIR {
+            return Err(DiskError::BadPayloadPath {
+                image: image.to_owned(),
+                rel: rel.to_owned(),
+            });
+        }
+        let at = root.join(rel);
+        let copied = fs::copy(&f.source, &at).map_err(io_err("copy", &f.source))?;
+        fs::set_permissions(&at, fs::Permissions::from_mode(f.mode & 0o7777))
+            .map_err(io_err("set permissions of", &at))?;
+        entries += 1;
+        content += copied.next_multiple_of(4096);
     }
     for (at, mode) in dirs.iter().rev() {
         fs::set_permissions(at, fs::Permissions::from_mode(*mode & 0o7777))

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use banger_host::probe::{try_reflink, CloneStrategy, ReflinkOutcome};
 use banger_vm::disk::{
-    build_config_drive, clone_rootfs, create_work_disk, DiskError, Payload, PayloadKind,
+    build_config_drive, build_config_drive_with, clone_rootfs, create_work_disk, DiskError,
+    Payload, PayloadKind, RootFile,
 };
 use banger_wire::guest::{GuestConfig, GuestFile, SshHostKey, GUEST_CONFIG_VERSION};
 use common::{have_program, privileged, run, MountNs};
@@ -397,6 +398,49 @@ fn config_drive_holds_the_config_and_payloads() {
     build_config_drive(&img, &changed, &[]).unwrap();
     let back: GuestConfig = serde_json::from_str(&debugfs(&img, "cat /banger.json")).unwrap();
     assert_eq!(back.hostname, "web2");
+    assert!(partials(dir.path()).is_empty());
+}
+
+#[test]
+fn config_drive_carries_root_files_such_as_the_agent_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("config.ext4");
+    let agent = dir.path().join("agent-bin");
+    let body = pattern(5 * MIB as usize, 11);
+    fs::write(&agent, &body).unwrap();
+    let root = [RootFile {
+        name: "banger-vsock-agent".into(),
+        source: agent.clone(),
+        mode: 0o755,
+    }];
+    build_config_drive_with(&img, &guest_config(vec![]), &[], &root).unwrap();
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", "cat /banger-vsock-agent", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.stdout == body, "agent binary differs on the drive");
+    assert_eq!(mode_of(&img, "/banger-vsock-agent"), "0755");
+    assert!(debugfs(&img, "cat /banger.json").contains("\"hostname\""));
+
+    for bad in ["banger.json", "files", "a/b", "..", ""] {
+        let root = [RootFile {
+            name: bad.into(),
+            source: agent.clone(),
+            mode: 0o755,
+        }];
+        let err = build_config_drive_with(&img, &guest_config(vec![]), &[], &root).unwrap_err();
+        assert!(
+            matches!(err, DiskError::BadPayloadPath { .. }),
+            "{bad}: {err}"
+        );
+    }
+    let missing = [RootFile {
+        name: "x".into(),
+        source: dir.path().join("nope"),
+        mode: 0o755,
+    }];
+    let err = build_config_drive_with(&img, &guest_config(vec![]), &[], &missing).unwrap_err();
+    assert!(err.to_string().contains("nope"), "{err}");
     assert!(partials(dir.path()).is_empty());
 }
 
