@@ -433,7 +433,7 @@ impl VmmHandle {
     }
 
     /// Remove what the VMM left in the run directory (control and agent
-    /// sockets, pidfile, handle file, jail directory). Logs are kept. Refuses
+    /// sockets, pidfile, padded initrd copy, handle file, jail directory). Logs are kept. Refuses
     /// while the process is alive.
     pub fn cleanup(&self) -> Result<(), VmmError> {
         if self.is_alive() {
@@ -448,6 +448,9 @@ impl VmmHandle {
         }
         if let Some(pidfile) = &self.pidfile {
             launch::remove_file_if_exists(pidfile)?;
+        }
+        if matches!(self.backend, Backend::Qemu { .. }) {
+            launch::remove_file_if_exists(&self.run_dir.join(qemu::PADDED_INITRD))?;
         }
         if let Some(jail) = &self.jail_dir {
             match std::fs::remove_dir_all(jail) {

@@ -148,6 +148,8 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("run")).unwrap();
         write_pvh_kernel(&dir.path().join("vmlinux"), "banger-pvh-ok\n");
+        // An initrd whose size is not page-aligned (the guest ignores it).
+        std::fs::write(dir.path().join("initrd"), vec![0x5a; 5000]).unwrap();
         // A small raw disk so the drive path is exercised too.
         let disk = std::fs::File::create(dir.path().join("disk.raw")).unwrap();
         disk.set_len(1 << 20).unwrap();
@@ -172,7 +174,7 @@ impl Env {
             vcpu: 1,
             memory_mib: 128,
             kernel: self.p("vmlinux"),
-            initrd: None,
+            initrd: Some(self.p("initrd")),
             cmdline: "console=ttyS0".into(),
             drives: vec![DriveSpec {
                 id: "root".into(),
@@ -227,6 +229,9 @@ async fn qemu_boots_a_guest_and_shuts_down_without_leftovers() {
     let status = handle.status().await.unwrap();
     assert_eq!(status.state, VmState::Running);
     assert_eq!(status.detail, "running");
+    // QEMU got a page-aligned copy of the initrd.
+    let padded = std::fs::metadata(env.p("run/initrd.padded")).unwrap();
+    assert_eq!(padded.len(), 8192);
 
     // The agent channel's host side accepts a connection.
     match &handle.agent {
@@ -249,7 +254,13 @@ async fn qemu_boots_a_guest_and_shuts_down_without_leftovers() {
     assert!(!handle.is_alive());
     assert!(!banger_vmm::is_same_process(handle.pid, handle.start_time));
     assert_eq!(handle.status().await.unwrap().state, VmState::Exited);
-    for leftover in ["qmp.sock", "agent.sock", "qemu.pid", "vmm.json"] {
+    for leftover in [
+        "qmp.sock",
+        "agent.sock",
+        "qemu.pid",
+        "vmm.json",
+        "initrd.padded",
+    ] {
         assert!(
             !env.p("run").join(leftover).exists(),
             "{leftover} left behind"

@@ -55,6 +55,43 @@ impl QemuPaths {
     }
 }
 
+/// The page-aligned initrd copy QEMU gets when the original is not aligned.
+pub const PADDED_INITRD: &str = "initrd.padded";
+
+const PAGE: u64 = 4096;
+
+/// QEMU's `microvm` places the initrd so that it ends at the top of guest
+/// RAM, but the last page of RAM holds the firmware's ACPI tables (e820
+/// reserved). An initrd whose size is not a multiple of 4 KiB spills into
+/// that page: the two overwrite each other, the kernel then checksums a
+/// garbage table hundreds of MB long (minutes under TCG) and the initrd's
+/// tail is corrupt. Aligned, it ends exactly below that page. The kernel's
+/// initramfs unpacker skips zero padding, so a zero-padded copy in the run
+/// directory is equivalent. Returns the path QEMU should load.
+pub fn page_aligned_initrd(initrd: &Path, run_dir: &Path) -> Result<PathBuf, VmmError> {
+    let io = |what: &'static str, path: &Path| {
+        let path = path.to_owned();
+        move |source| VmmError::Io { what, path, source }
+    };
+    let len = std::fs::metadata(initrd)
+        .map_err(io("inspect", initrd))?
+        .len();
+    if len % PAGE == 0 {
+        return Ok(initrd.to_owned());
+    }
+    let padded = run_dir.join(PADDED_INITRD);
+    let tmp = run_dir.join(format!(".{PADDED_INITRD}.tmp"));
+    std::fs::copy(initrd, &tmp).map_err(io("copy the initrd to", &tmp))?;
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .map_err(io("open", &tmp))?;
+    file.set_len(len.div_ceil(PAGE) * PAGE)
+        .map_err(io("pad", &tmp))?;
+    std::fs::rename(&tmp, &padded).map_err(io("rename into place", &padded))?;
+    Ok(padded)
+}
+
 /// QemuOpts values escape a comma by doubling it.
 fn opt(value: &Path) -> String {
     value.to_string_lossy().replace(',', ",,")
@@ -177,6 +214,11 @@ pub(crate) async fn launch(
         launch::remove_stale_socket(&agent.host_socket)?;
     }
     launch::remove_file_if_exists(&paths.pidfile)?;
+    let mut spec = spec.clone();
+    if let Some(initrd) = &spec.initrd {
+        spec.initrd = Some(page_aligned_initrd(initrd, &spec.run_dir)?);
+    }
+    let spec = &spec;
     let log = launch::create_truncated(&vmm_log)?;
     let log_err = log.try_clone().map_err(|source| VmmError::Io {
         what: "duplicate the handle of",
@@ -247,4 +289,31 @@ pub(crate) async fn launch(
     handle.save()?;
     guard.disarm();
     Ok(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unaligned_initrd_gets_a_zero_padded_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let aligned = dir.path().join("aligned");
+        std::fs::write(&aligned, vec![7u8; 8192]).unwrap();
+        assert_eq!(page_aligned_initrd(&aligned, dir.path()).unwrap(), aligned);
+
+        let odd = dir.path().join("odd");
+        std::fs::write(&odd, vec![7u8; 5000]).unwrap();
+        let padded = page_aligned_initrd(&odd, dir.path()).unwrap();
+        assert_eq!(padded, dir.path().join(PADDED_INITRD));
+        let bytes = std::fs::read(&padded).unwrap();
+        assert_eq!(bytes.len(), 8192);
+        assert!(bytes[..5000].iter().all(|b| *b == 7));
+        assert!(bytes[5000..].iter().all(|b| *b == 0));
+        assert_eq!(
+            std::fs::read(&odd).unwrap().len(),
+            5000,
+            "original untouched"
+        );
+    }
 }
