@@ -47,6 +47,8 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// Serializes host network changes so two requests never interleave.
     pub network_lock: tokio::sync::Mutex<()>,
+    /// VM settings, the VMM launcher and per-VM locks.
+    pub vms: crate::vm::VmManager,
 }
 
 /// The router with every `/v1` route and the JSON fallbacks.
@@ -57,6 +59,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/config", get(config))
         .route("/v1/network/setup", post(network_setup))
         .route("/v1/network/teardown", post(network_teardown))
+        .merge(crate::vm::api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -221,6 +224,12 @@ impl EventSink {
         }
     }
 
+    /// A sink whose events go nowhere (operations started by the daemon itself).
+    pub fn discard() -> EventSink {
+        let (tx, _) = mpsc::channel(1);
+        EventSink { tx }
+    }
+
     /// Convenience for a [`StreamEvent::Progress`] without counts.
     pub async fn progress(&self, phase: &str, message: impl Into<String>) {
         self.send(StreamEvent::Progress {
@@ -235,7 +244,7 @@ impl EventSink {
 
 /// Run `op` in its own task and stream its events, ending with exactly one
 /// `Done` (its result) or `Error`.
-fn stream_operation<F, Fut, R>(state: Arc<AppState>, op: F) -> Response
+pub(crate) fn stream_operation<F, Fut, R>(state: Arc<AppState>, op: F) -> Response
 where
     F: FnOnce(Arc<AppState>, EventSink) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<R, ApiError>> + Send + 'static,

@@ -136,6 +136,7 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
     };
     let config_json = crate::config_view::effective_json(&config);
     let backend = crate::config_view::backend(&config);
+    let vms = crate::vm::VmManager::new(&config);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -174,8 +175,13 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
         started: Instant::now(),
         shutdown: shutdown_tx,
         network_lock: tokio::sync::Mutex::new(()),
+        vms,
     });
+    // Records must match the VMMs that really run before anyone asks.
+    runtime.block_on(crate::vm::recover::recover(&state));
+    let auto_stop = runtime.spawn(crate::vm::recover::auto_stop_loop(state.clone()));
     let result = runtime.block_on(serve_api(state, listener, signals, shutdown_rx));
+    auto_stop.abort();
 
     if let Some(child) = child {
         child.stop(Duration::from_secs(5));

@@ -7,6 +7,7 @@
 //!   and NDJSON progress streams.
 //! - [`helper`]: reaching the root helper (child process or system socket).
 //! - [`network`]: the host network operations streamed by the API.
+//! - [`vm`]: VM orchestration (`/v1/vms`), recovery and watchers.
 //! - [`lock`], [`socket`], [`notify`], [`logging`]: the pieces of start-up.
 
 pub mod api;
@@ -18,5 +19,6 @@ pub mod logging;
 pub mod network;
 pub mod notify;
 pub mod socket;
+pub mod vm;
 
 pub use daemon::{run, DaemonError, Options};

@@ -1,0 +1,282 @@
+//! The `/v1/vms` routes. Input that can be checked without making anything
+//! (name, sizes, backend, helper) is answered with a plain error response;
+//! long operations stream NDJSON progress (`docs/api.md`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use banger_state::VmRecord;
+use banger_wire::api::{ApiError, ErrorCode};
+use banger_wire::vm::{
+    VmActivityRequest, VmCreateRequest, VmDeleted, VmInfo, VmList, VmPorts, VmStartRequest,
+    VmStopRequest,
+};
+use tokio::io::AsyncReadExt;
+
+use super::paths::VmPaths;
+use super::{info, ops, VmError};
+use crate::api::{stream_operation, AppState, Failure, JsonBody};
+
+/// How often `logs?follow=true` looks for new serial output.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+
+/// Every `/v1/vms` route (merged into the main router).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/vms", get(list).post(create))
+        .route("/v1/vms/{name}", get(show).delete(delete))
+        .route("/v1/vms/{name}/start", post(start))
+        .route("/v1/vms/{name}/stop", post(stop))
+        .route("/v1/vms/{name}/restart", post(restart))
+        .route("/v1/vms/{name}/logs", get(logs))
+        .route("/v1/vms/{name}/ports", get(ports))
+        .route("/v1/vms/{name}/activity", post(activity))
+}
+
+fn fail(e: VmError) -> Failure {
+    Failure(ApiError::from(e))
+}
+
+fn record(state: &AppState, name: &str) -> Result<VmRecord, Failure> {
+    let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+    db.get_vm_by_name(name)
+        .map_err(|e| fail(e.into()))?
+        .ok_or_else(|| {
+            fail(VmError::NotFound {
+                name: name.to_owned(),
+            })
+        })
+}
+
+/// Boolean query flags: `?force`, `?force=true`, `?force=1` (`false`/`0`
+/// turn them off); anything not in `allowed` is a 400.
+fn flags(query: Option<String>, allowed: &[&str]) -> Result<Vec<String>, Failure> {
+    let mut on = Vec::new();
+    for pair in query
+        .as_deref()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, "true"));
+        if !allowed.contains(&key) {
+            return Err(Failure::new(
+                ErrorCode::BadRequest,
+                format!(
+                    "unknown query parameter {key:?} (allowed: {})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        match value {
+            "" | "1" | "true" | "yes" => on.push(key.to_owned()),
+            "0" | "false" | "no" => {}
+            other => {
+                return Err(Failure::new(
+                    ErrorCode::BadRequest,
+                    format!("query parameter {key}={other:?}: expected true or false"),
+                ))
+            }
+        }
+    }
+    Ok(on)
+}
+
+async fn list(State(state): State<Arc<AppState>>) -> Result<Json<VmList>, Failure> {
+    let vms = {
+        let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+        db.list_vms().map_err(|e| fail(e.into()))?
+    };
+    Ok(Json(VmList {
+        vms: vms.iter().map(info::vm_info).collect(),
+    }))
+}
+
+async fn create(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<VmCreateRequest>,
+) -> Result<Response, Failure> {
+    let resolved = ops::check_create(&state, &req).map_err(fail)?;
+    if !resolved.no_start {
+        state.helper.check_available()?;
+    }
+    Ok(stream_operation(state, move |state, sink| async move {
+        ops::create(state, resolved, sink)
+            .await
+            .map_err(ApiError::from)
+    }))
+}
+
+async fn show(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<VmInfo>, Failure> {
+    let vm = record(&state, &name)?;
+    Ok(Json(info::vm_show(&state, &vm).await))
+}
+
+async fn delete(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<VmDeleted>, Failure> {
+    let force = flags(query, &["force"])?.iter().any(|f| f == "force");
+    ops::delete(&state, &name, force)
+        .await
+        .map(Json)
+        .map_err(fail)
+}
+
+async fn start(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(VmStartRequest {}): JsonBody<VmStartRequest>,
+) -> Result<Response, Failure> {
+    record(&state, &name)?;
+    state.helper.check_available()?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        ops::start(state, name, sink).await.map_err(ApiError::from)
+    }))
+}
+
+async fn stop(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(VmStopRequest { force }): JsonBody<VmStopRequest>,
+) -> Result<Response, Failure> {
+    record(&state, &name)?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        ops::stop(state, name, force, sink)
+            .await
+            .map_err(ApiError::from)
+    }))
+}
+
+async fn restart(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(VmStopRequest { force }): JsonBody<VmStopRequest>,
+) -> Result<Response, Failure> {
+    record(&state, &name)?;
+    state.helper.check_available()?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        ops::restart(state, name, force, sink)
+            .await
+            .map_err(ApiError::from)
+    }))
+}
+
+async fn ports(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<VmPorts>, Failure> {
+    let vm = record(&state, &name)?;
+    info::vm_ports(&state, &vm).await.map(Json).map_err(fail)
+}
+
+async fn activity(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(VmActivityRequest {}): JsonBody<VmActivityRequest>,
+) -> Result<Json<VmInfo>, Failure> {
+    let vm = record(&state, &name)?;
+    {
+        let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+        db.touch_vm(&vm.id).map_err(|e| fail(e.into()))?;
+    }
+    Ok(Json(info::vm_info(&record(&state, &name)?)))
+}
+
+/// The serial console log as `text/plain`; with `?follow=true` the answer
+/// keeps going with new output until the client hangs up or the VM is
+/// deleted.
+async fn logs(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, Failure> {
+    let follow = flags(query, &["follow"])?.iter().any(|f| f == "follow");
+    let vm = record(&state, &name)?;
+    let path = VmPaths::new(&state.layout, &vm.id).serial_log;
+    let file = match tokio::fs::File::open(&path).await {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => {
+            return Err(fail(VmError::Io {
+                op: "open",
+                path,
+                source,
+            }))
+        }
+    };
+    let dir = path.parent().map(ToOwned::to_owned).unwrap_or_default();
+    let stream = futures::stream::unfold(
+        (file, path, dir, follow),
+        |(mut file, path, dir, follow)| async move {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                if file.is_none() {
+                    file = tokio::fs::File::open(&path).await.ok();
+                }
+                if let Some(f) = file.as_mut() {
+                    match f.read(&mut buf).await {
+                        Ok(0) => {}
+                        Ok(n) => {
+                            buf.truncate(n);
+                            return Some((
+                                Ok::<_, std::io::Error>(Bytes::from(buf)),
+                                (file, path, dir, follow),
+                            ));
+                        }
+                        Err(e) => return Some((Err(e), (None, path, dir, false))),
+                    }
+                }
+                // The VM's directory goes away when it is deleted.
+                if !follow || !dir.exists() {
+                    return None;
+                }
+                tokio::time::sleep(FOLLOW_POLL).await;
+            }
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_flags() {
+        assert!(flags(None, &["force"]).unwrap().is_empty());
+        assert_eq!(flags(Some("force".into()), &["force"]).unwrap(), ["force"]);
+        assert_eq!(
+            flags(Some("force=1".into()), &["force"]).unwrap(),
+            ["force"]
+        );
+        assert!(flags(Some("force=false".into()), &["force"])
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            flags(Some("forse".into()), &["force"]).unwrap_err().0.code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            flags(Some("force=maybe".into()), &["force"])
+                .unwrap_err()
+                .0
+                .code,
+            ErrorCode::BadRequest
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! What `vm list`, `vm show` and `vm ports` report: the record, the files,
+//! how to SSH in, and what the guest agent says.
+
+use std::time::Duration;
+
+use banger_state::{VmRecord, VmState};
+use banger_vmm::VmmHandle;
+use banger_vsock_agent::client::AgentClient;
+use banger_wire::vm::{VmDetails, VmDisks, VmInfo, VmPorts, VmSshAccess};
+
+use super::paths::{self, VmPaths};
+use super::{VmError, VmExtra};
+use crate::api::AppState;
+
+/// How long `vm show` waits for the guest agent.
+pub const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The summary of one VM (what `vm list` shows).
+pub fn vm_info(vm: &VmRecord) -> VmInfo {
+    let extra = VmExtra::from_json(&vm.spec);
+    VmInfo {
+        id: vm.id.clone(),
+        name: vm.name.clone(),
+        state: vm.state.to_string(),
+        image: vm.image.clone(),
+        kernel: vm.kernel.clone(),
+        vcpu: vm.vcpu,
+        memory_mib: vm.memory_mib,
+        disk_bytes: vm.disk_bytes,
+        ip: vm.ip.map(|ip| ip.to_string()),
+        mac: vm.mac.clone(),
+        tap: vm.tap.clone(),
+        backend: extra.backend.clone(),
+        vmm_pid: vm.vmm_pid,
+        created_at: vm.created_at.unix_millis(),
+        last_activity_at: vm.last_activity_at.map(|t| t.unix_millis()),
+        spec: extra.size.clone(),
+        last_error: extra.last_error.clone(),
+        details: None,
+    }
+}
+
+/// Everything about one VM, asking its agent for health and stats when it runs.
+pub async fn vm_show(state: &AppState, vm: &VmRecord) -> VmInfo {
+    let mut info = vm_info(vm);
+    let extra = VmExtra::from_json(&vm.spec);
+    let p = VmPaths::new(&state.layout, &vm.id);
+    let host_key = std::fs::read_to_string(&p.host_key_pub).ok();
+    let fingerprint = host_key
+        .as_deref()
+        .and_then(|k| banger_vm::ssh::parse_public_key(k).ok())
+        .map(|k| banger_vm::ssh::fingerprint(&k));
+    let (mut agent, mut stats, mut agent_error) = (None, None, None);
+    if vm.state == VmState::Running {
+        match connect_agent(state, vm).await {
+            Ok(mut client) => {
+                match client.health().await {
+                    Ok(h) => agent = Some(h),
+                    Err(e) => agent_error = Some(e.to_string()),
+                }
+                if agent_error.is_none() {
+                    match client.stats().await {
+                        Ok(s) => stats = Some(s),
+                        Err(e) => agent_error = Some(e.to_string()),
+                    }
+                }
+            }
+            Err(e) => agent_error = Some(e.to_string()),
+        }
+    }
+    info.details = Some(VmDetails {
+        disks: VmDisks {
+            root: p.root_disk.display().to_string(),
+            clone_strategy: vm.clone_strategy.map(|s| s.to_string()),
+            work: p.work_disk.display().to_string(),
+            config: p.config_drive.display().to_string(),
+        },
+        ssh: VmSshAccess {
+            user: super::ops::SSH_USER.to_owned(),
+            host: vm.ip.map(|ip| ip.to_string()),
+            key: state.vms.config.ssh_key_path.value.display().to_string(),
+            known_hosts: paths::known_hosts(&state.layout).display().to_string(),
+            host_key_fingerprint: fingerprint,
+        },
+        serial_log: p.serial_log.display().to_string(),
+        run_dir: p.run_dir.display().to_string(),
+        backend_reason: extra.backend_reason,
+        agent,
+        stats,
+        agent_error,
+    });
+    info
+}
+
+/// Open a connection to a running VM's guest agent.
+pub async fn connect_agent(state: &AppState, vm: &VmRecord) -> Result<AgentClient, VmError> {
+    let agent_err = |source| VmError::Agent {
+        name: vm.name.clone(),
+        source,
+    };
+    if vm.state != VmState::Running {
+        return Err(VmError::NotRunning {
+            name: vm.name.clone(),
+        });
+    }
+    let p = VmPaths::new(&state.layout, &vm.id);
+    let handle = VmmHandle::load(&p.run_dir).map_err(|source| VmError::Vmm {
+        name: vm.name.clone(),
+        source: Box::new(source),
+    })?;
+    let Some(endpoint) = handle.agent else {
+        return Err(VmError::NotRunning {
+            name: vm.name.clone(),
+        });
+    };
+    let stream = tokio::time::timeout(AGENT_TIMEOUT, endpoint.connect())
+        .await
+        .map_err(|_| {
+            agent_err(banger_vsock_agent::client::AgentClientError::Timeout {
+                op: "connect",
+                after: AGENT_TIMEOUT,
+            })
+        })?
+        .map_err(|e| {
+            agent_err(banger_vsock_agent::client::AgentClientError::Connect {
+                path: endpoint.socket().to_owned(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        })?;
+    Ok(AgentClient::from_stream(stream).with_timeout(AGENT_TIMEOUT))
+}
+
+/// The guest's listening sockets, from its agent.
+pub async fn vm_ports(state: &AppState, vm: &VmRecord) -> Result<VmPorts, VmError> {
+    let mut client = connect_agent(state, vm).await?;
+    let ports = client.ports().await.map_err(|source| VmError::Agent {
+        name: vm.name.clone(),
+        source,
+    })?;
+    Ok(VmPorts {
+        name: vm.name.clone(),
+        ip: vm.ip.map(|ip| ip.to_string()),
+        ports,
+    })
+}

@@ -1,0 +1,906 @@
+//! The VM lifecycle: create, start, stop, restart, delete.
+//!
+//! A VM holds its VMM process, tap, IP lease and run dir only while it runs;
+//! [`release_runtime`] gives all of them back and is idempotent, so a failed
+//! start, a stop, a VMM that died on its own and recovery after a daemon
+//! restart all end the same way. [`purge`] additionally removes what a VM
+//! holds until deleted (record, directory, `known_hosts` line); a failed
+//! create ends in it, so it leaves nothing behind.
+//!
+//! The record is written before each resource is made (the tap name before
+//! the helper creates it, the lease in the database before the VMM runs),
+//! so whatever a crash or an error interrupts, the record says what to undo.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use banger_config::HostFacts;
+use banger_host::paths::Layout;
+use banger_host::probe::CloneStrategy as ProbedStrategy;
+use banger_image::Kind;
+use banger_state::{CloneStrategy, StateDb, Timestamp, VmPatch, VmRecord, VmState, VmmBackend};
+use banger_vm::disk::{self, RootFile};
+use banger_vm::identity::{self, KnownHosts};
+use banger_vmm::{
+    AgentSpec, Backend, DriveSpec, LaunchOptions, NetSpec, ShutdownOutcome, VmSpec, VmmHandle,
+};
+use banger_wire::api::{LogLevel, StreamEvent};
+use banger_wire::guest::{GuestConfig, SshHostKey, AGENT_BINARY, GUEST_CONFIG_VERSION};
+use banger_wire::helper::{HelperRequest, HelperResponse};
+use banger_wire::vm::{VmCreateRequest, VmDeleted, VmInfo};
+
+use super::paths::{self, VmPaths};
+use super::request::{self, ResolvedCreate};
+use super::{agent_binary, info, recover, VmError, VmExtra};
+use crate::api::{AppState, EventSink};
+
+/// How long a guest may take from launch to answering SSH (TCG boots of the
+/// minimal image take ~10 s on an idle machine, much longer on a busy one).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
+/// How long a guest gets to power off after the ACPI power button.
+pub const STOP_GRACE: Duration = Duration::from_secs(30);
+/// The user banger logs in as.
+pub const SSH_USER: &str = "root";
+/// Tap devices are `banger-t<N>` (the root helper only touches `banger*` links).
+pub const TAP_PREFIX: &str = "banger-t";
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmError {
+    let path = path.to_owned();
+    move |source| VmError::Io { op, path, source }
+}
+
+/// Lock the state database (never held across an await).
+fn db(state: &AppState) -> std::sync::MutexGuard<'_, StateDb> {
+    state.db.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn find(state: &AppState, name: &str) -> Result<VmRecord, VmError> {
+    db(state)
+        .get_vm_by_name(name)?
+        .ok_or_else(|| VmError::NotFound {
+            name: name.to_owned(),
+        })
+}
+
+/// The files an image boots from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageArtifacts {
+    pub image: String,
+    pub rootfs: std::path::PathBuf,
+    pub kernel: String,
+    pub vmlinux: std::path::PathBuf,
+    pub initrd: Option<std::path::PathBuf>,
+}
+
+/// The installed image `name` and its kernel, or why a VM cannot use them.
+/// This is where an image missing locally would be pulled (or built) on
+/// demand; today a missing image is an error saying how to get it.
+pub async fn ensure_image(
+    state: &AppState,
+    name: &str,
+    _sink: &EventSink,
+) -> Result<ImageArtifacts, VmError> {
+    find_image(&state.layout, name)?.ok_or_else(|| VmError::ImageMissing {
+        name: name.to_owned(),
+    })
+}
+
+/// The installed image `name` with its kernel, `None` when the image is not
+/// installed; a missing kernel is an error naming both.
+pub fn find_image(layout: &Layout, name: &str) -> Result<Option<ImageArtifacts>, VmError> {
+    let store = banger_image::store::Store::new(&layout.state_dir);
+    if banger_image::manifest::validate_name(name).is_err() {
+        return Ok(None);
+    }
+    let Some(image) = store.get(Kind::Image, name)? else {
+        return Ok(None);
+    };
+    let bad = |reason: &str| VmError::BadArtifact {
+        kind: "image",
+        name: name.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let rootfs = image.rootfs().ok_or_else(|| bad("it has no rootfs.ext4"))?;
+    let kernel_name = image
+        .manifest
+        .kernel_ref
+        .clone()
+        .ok_or_else(|| bad("its manifest names no kernel"))?;
+    let kernel = kernel_artifacts(layout, name, &kernel_name)?;
+    Ok(Some(ImageArtifacts {
+        image: name.to_owned(),
+        rootfs,
+        kernel: kernel_name,
+        vmlinux: kernel.0,
+        initrd: kernel.1,
+    }))
+}
+
+fn kernel_artifacts(
+    layout: &Layout,
+    image: &str,
+    kernel: &str,
+) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>), VmError> {
+    let store = banger_image::store::Store::new(&layout.state_dir);
+    let missing = || VmError::KernelMissing {
+        image: image.to_owned(),
+        kernel: kernel.to_owned(),
+    };
+    if banger_image::manifest::validate_name(kernel).is_err() {
+        return Err(missing());
+    }
+    let installed = store.get(Kind::Kernel, kernel)?.ok_or_else(missing)?;
+    let vmlinux = installed.vmlinux().ok_or_else(|| VmError::BadArtifact {
+        kind: "kernel",
+        name: kernel.to_owned(),
+        reason: "it has no vmlinux".into(),
+    })?;
+    Ok((vmlinux, installed.initrd()))
+}
+
+/// Everything about a create request that can be checked before anything
+/// is made: name (valid, not taken), sizes (parsable, memory within host
+/// RAM), a usable backend and guest network.
+pub fn check_create(state: &AppState, req: &VmCreateRequest) -> Result<ResolvedCreate, VmError> {
+    let mgr = &state.vms;
+    let resolved = request::resolve_create(req, &mgr.config, &HostFacts::detect(), || {
+        format!("vm-{}", &identity::new_vm_id()[..6])
+    })?;
+    if db(state).get_vm_by_name(&resolved.name)?.is_some() {
+        return Err(VmError::NameTaken {
+            name: resolved.name,
+        });
+    }
+    mgr.vmm.as_ref().map_err(|reason| VmError::NoBackend {
+        reason: reason.clone(),
+    })?;
+    mgr.netplan
+        .as_ref()
+        .map_err(|reason| VmError::InvalidRequest {
+            message: format!("the guest network configuration is unusable: {reason}"),
+        })?;
+    if !resolved.no_start {
+        agent_binary()?;
+    }
+    Ok(resolved)
+}
+
+/// Create a VM (and boot it unless `no_start`), streaming progress. On any
+/// failure everything made so far is removed again.
+pub async fn create(
+    state: Arc<AppState>,
+    resolved: ResolvedCreate,
+    sink: EventSink,
+) -> Result<VmInfo, VmError> {
+    let started = Instant::now();
+    sink.send(StreamEvent::Log {
+        level: LogLevel::Info,
+        message: request::spec_line(&resolved.size),
+    })
+    .await;
+    let lock = state.vms.lock_for(&resolved.name);
+    let _guard = lock.lock().await;
+    sink.progress("image", format!("using image {}", resolved.image))
+        .await;
+    let image = ensure_image(&state, &resolved.image, &sink).await?;
+
+    let id = identity::new_vm_id();
+    let now = Timestamp::now();
+    let extra = VmExtra {
+        size: Some(resolved.size.clone()),
+        ..VmExtra::default()
+    };
+    let record = VmRecord {
+        id: id.clone(),
+        name: resolved.name.clone(),
+        image: image.image.clone(),
+        kernel: image.kernel.clone(),
+        state: VmState::Created,
+        vcpu: resolved.size.vcpu,
+        memory_mib: resolved.size.memory_mib,
+        disk_bytes: resolved.size.disk_bytes,
+        ip: None,
+        mac: identity::MacAddr::for_vm(&id).to_string(),
+        tap: None,
+        backend: None,
+        vmm_pid: None,
+        vmm_start_time: None,
+        clone_strategy: None,
+        created_at: now,
+        updated_at: now,
+        last_activity_at: None,
+        spec: extra.to_json(),
+    };
+    db(&state).insert_vm(&record).map_err(|e| match e {
+        banger_state::StateError::AlreadyExists { ref field, .. } if field == "name" => {
+            VmError::NameTaken {
+                name: resolved.name.clone(),
+            }
+        }
+        other => VmError::State(other),
+    })?;
+
+    let result = async {
+        define(&state, &record, &image, &sink).await?;
+        if !resolved.no_start {
+            boot_or_release(&state, &id, &sink).await?;
+        }
+        Ok::<(), VmError>(())
+    }
+    .await;
+    if let Err(e) = result {
+        sink.progress(
+            "rollback",
+            format!("create failed, removing {}", record.name),
+        )
+        .await;
+        if let Err(undo) = purge(&state, &id).await {
+            tracing::error!(vm = %record.name, "rolling back a failed create failed: {undo}");
+            sink.send(StreamEvent::Log {
+                level: LogLevel::Warn,
+                message: format!("cleaning up after the failed create failed: {undo}"),
+            })
+            .await;
+        }
+        return Err(e);
+    }
+    let vm = find(&state, &record.name)?;
+    if resolved.no_start {
+        sink.progress("ready", format!("{} created (not started)", vm.name))
+            .await;
+    } else {
+        sink.progress(
+            "ready",
+            format!(
+                "{} is up at {} ({:.1} s)",
+                vm.name,
+                vm.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+                started.elapsed().as_secs_f64()
+            ),
+        )
+        .await;
+    }
+    Ok(info::vm_info(&vm))
+}
+
+/// Make a new VM's directory, host key and disks.
+async fn define(
+    state: &AppState,
+    vm: &VmRecord,
+    image: &ImageArtifacts,
+    sink: &EventSink,
+) -> Result<(), VmError> {
+    let p = VmPaths::new(&state.layout, &vm.id);
+    let vms_dir = paths::vms_dir(&state.layout);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&vms_dir)
+        .map_err(io_err("create", &vms_dir))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&p.dir)
+        .map_err(io_err("create", &p.dir))?;
+
+    sink.progress("identity", "generating the VM's SSH host key")
+        .await;
+    let key = identity::generate_host_key(&format!("root@{}", vm.name))?;
+    write_private(&p.host_key, key.private_openssh.as_bytes(), 0o600)?;
+    write_private(&p.host_key_pub, key.public_openssh.as_bytes(), 0o644)?;
+
+    let preferred = match state.vms.clone_strategy(&vms_dir) {
+        // No root-helper operation makes device-mapper snapshots yet.
+        ProbedStrategy::DmSnapshot => ProbedStrategy::SparseCopy,
+        s => s,
+    };
+    sink.progress(
+        "disk",
+        format!("cloning the root disk from {} ({preferred})", image.image),
+    )
+    .await;
+    let (src, dst) = (image.rootfs.clone(), p.root_disk.clone());
+    let used = blocking(move || disk::clone_rootfs(&src, &dst, preferred)).await??;
+    let strategy = match used {
+        ProbedStrategy::Reflink => CloneStrategy::Reflink,
+        ProbedStrategy::DmSnapshot => CloneStrategy::DmSnapshot,
+        ProbedStrategy::SparseCopy => CloneStrategy::SparseCopy,
+    };
+    db(state).update_vm(
+        &vm.id,
+        &VmPatch {
+            clone_strategy: Some(Some(strategy)),
+            ..VmPatch::default()
+        },
+    )?;
+    sink.progress(
+        "disk",
+        format!("creating the {} work disk", request::human(vm.disk_bytes)),
+    )
+    .await;
+    let (work, size) = (p.work_disk.clone(), vm.disk_bytes);
+    blocking(move || disk::create_work_disk(&work, size)).await??;
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<(), VmError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    f.write_all(data).map_err(io_err("write", path))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, VmError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| VmError::Io {
+            op: "run a blocking task for",
+            path: Default::default(),
+            source: std::io::Error::other(e.to_string()),
+        })
+}
+
+/// Start VM `name` (a no-op when it runs), streaming progress.
+pub async fn start(state: Arc<AppState>, name: String, sink: EventSink) -> Result<VmInfo, VmError> {
+    let lock = state.vms.lock_for(&name);
+    let _guard = lock.lock().await;
+    let vm = find(&state, &name)?;
+    if vm.state == VmState::Running {
+        sink.progress("ready", format!("{name} is already running"))
+            .await;
+        return Ok(info::vm_info(&vm));
+    }
+    let started = Instant::now();
+    boot_or_release(&state, &vm.id, &sink).await?;
+    let vm = find(&state, &name)?;
+    sink.progress(
+        "ready",
+        format!(
+            "{name} is up at {} ({:.1} s)",
+            vm.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            started.elapsed().as_secs_f64()
+        ),
+    )
+    .await;
+    Ok(info::vm_info(&vm))
+}
+
+/// Boot a defined VM; on failure give back everything the boot took and
+/// record the error. Call with the VM's lock held.
+async fn boot_or_release(state: &Arc<AppState>, id: &str, sink: &EventSink) -> Result<(), VmError> {
+    let vm = db(state).transition_vm_state(
+        id,
+        &[VmState::Created, VmState::Stopped, VmState::Error],
+        VmState::Starting,
+    )?;
+    match boot(state, &vm, sink).await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if let Err(undo) = release_runtime(state, id, VmState::Error, Some(e.to_string())).await
+            {
+                tracing::error!(vm = %vm.name, "releasing a failed start failed: {undo}");
+            }
+            Err(e)
+        }
+    }
+}
+
+async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<(), VmError> {
+    let mgr = &state.vms;
+    let vmm = mgr.vmm.as_ref().map_err(|reason| VmError::NoBackend {
+        reason: reason.clone(),
+    })?;
+    let netplan = mgr
+        .netplan
+        .as_ref()
+        .map_err(|reason| VmError::InvalidRequest {
+            message: format!("the guest network configuration is unusable: {reason}"),
+        })?;
+    let agent = agent_binary()?;
+    let (vmlinux, initrd) = kernel_artifacts(&state.layout, &vm.image, &vm.kernel)?;
+    let p = VmPaths::new(&state.layout, &vm.id);
+    let mut extra = VmExtra::from_json(&vm.spec);
+
+    sink.progress(
+        "network",
+        format!(
+            "ensuring bridge {} ({}) and NAT",
+            state.net.bridge, state.net.address
+        ),
+    )
+    .await;
+    {
+        let _net = state.network_lock.lock().await;
+        helper_done(
+            state,
+            HelperRequest::EnsureBridge {
+                name: state.net.bridge.clone(),
+                address: state.net.address.clone(),
+            },
+        )
+        .await?;
+        helper_done(
+            state,
+            HelperRequest::EnsureNat {
+                bridge: state.net.bridge.clone(),
+                cidr: state.net.cidr.clone(),
+            },
+        )
+        .await?;
+    }
+    let ip = {
+        let preferred = extra.last_ip.filter(|ip| netplan.cidr.contains(ip));
+        let candidates = preferred.into_iter().chain(netplan.candidates());
+        db(state).allocate_lease(&vm.id, candidates)?
+    };
+    let tap = assign_tap(state, &vm.id)?;
+    helper_done(
+        state,
+        HelperRequest::CreateTap {
+            name: tap.clone(),
+            bridge: state.net.bridge.clone(),
+        },
+    )
+    .await?;
+    sink.progress("network", format!("address {ip} on tap {tap}"))
+        .await;
+
+    let host_key = SshHostKey {
+        private_openssh: std::fs::read_to_string(&p.host_key)
+            .map_err(io_err("read", &p.host_key))?,
+        public_openssh: std::fs::read_to_string(&p.host_key_pub)
+            .map_err(io_err("read", &p.host_key_pub))?
+            .trim()
+            .to_owned(),
+    };
+    // Pinned before the guest boots: nothing is ever trusted on first use.
+    let known_hosts = KnownHosts::new(paths::known_hosts(&state.layout));
+    known_hosts.set(&vm.name, ip, &host_key.public_openssh)?;
+
+    let key_path = mgr.config.ssh_key_path.value.clone();
+    let user_key = {
+        let key_path = key_path.clone();
+        blocking(move || {
+            banger_config::ensure_ssh_key(&key_path)?;
+            banger_config::read_public_key(&key_path)
+        })
+        .await??
+    };
+    let plan = banger_vm::filesync::plan_file_sync(&mgr.config.file_sync, &state.layout.home)?;
+    for w in &plan.warnings {
+        sink.send(StreamEvent::Log {
+            level: LogLevel::Warn,
+            message: w.to_string(),
+        })
+        .await;
+    }
+    sink.progress("config", "writing the config drive").await;
+    let guest = GuestConfig {
+        format_version: GUEST_CONFIG_VERSION,
+        vm_id: vm.id.clone(),
+        hostname: vm.name.clone(),
+        authorized_keys: vec![user_key.trim().to_owned()],
+        ssh_host_key: host_key.clone(),
+        files: plan.files,
+    };
+    {
+        let (image, payloads) = (p.config_drive.clone(), plan.payloads);
+        let root = [RootFile {
+            name: AGENT_BINARY.to_owned(),
+            source: agent,
+            mode: 0o755,
+        }];
+        blocking(move || disk::build_config_drive_with(&image, &guest, &payloads, &root)).await??;
+    }
+
+    prepare_run_dir(&p.run_dir)?;
+    let cmdline = format!(
+        "console=ttyS0 root=/dev/vda rw {}",
+        netplan.kernel_args(ip, &vm.name)?
+    );
+    let memory_mib = u32::try_from(vm.memory_mib).map_err(|_| VmError::InvalidRequest {
+        message: format!("memory {} MiB is too large", vm.memory_mib),
+    })?;
+    let spec = VmSpec {
+        id: vm.id.clone(),
+        name: vm.name.clone(),
+        vcpu: vm.vcpu,
+        memory_mib,
+        kernel: vmlinux,
+        initrd,
+        cmdline,
+        drives: vec![
+            DriveSpec {
+                id: "root".into(),
+                path: p.root_disk.clone(),
+                read_only: false,
+                is_root: true,
+            },
+            DriveSpec {
+                id: "work".into(),
+                path: p.work_disk.clone(),
+                read_only: false,
+                is_root: false,
+            },
+            DriveSpec {
+                id: "config".into(),
+                path: p.config_drive.clone(),
+                read_only: true,
+                is_root: false,
+            },
+        ],
+        net: Some(NetSpec {
+            tap: tap.clone(),
+            mac: banger_vmm::MacAddr(identity::MacAddr::for_vm(&vm.id).0),
+        }),
+        serial_log: p.serial_log.clone(),
+        agent: Some(AgentSpec {
+            guest_cid: guest_cid(netplan.cidr.network(), ip),
+            host_socket: p.agent_socket.clone(),
+        }),
+        run_dir: p.run_dir.clone(),
+    };
+    sink.progress("boot", format!("starting {} on {}", vm.name, vmm.backend()))
+        .await;
+    let handle = vmm
+        .launch(&spec, &LaunchOptions::default())
+        .await
+        .map_err(|source| VmError::Vmm {
+            name: vm.name.clone(),
+            source: Box::new(source),
+        })?;
+    extra.backend = Some(handle.backend.to_string());
+    extra.backend_reason = Some(handle.backend_reason.clone());
+    db(state).update_vm(
+        &vm.id,
+        &VmPatch {
+            backend: Some(Some(match handle.backend {
+                Backend::Firecracker => VmmBackend::Firecracker,
+                Backend::Qemu { .. } => VmmBackend::Qemu,
+            })),
+            vmm_pid: Some(Some(handle.pid)),
+            vmm_start_time: Some(Some(handle.start_time)),
+            spec: Some(extra.to_json()),
+            ..VmPatch::default()
+        },
+    )?;
+    recover::watch_exit(state.clone(), vm.name.clone(), vm.id.clone(), &handle);
+
+    sink.progress("ssh", format!("waiting for SSH on {ip}:22"))
+        .await;
+    let pinned = banger_vm::ssh::parse_public_key(&host_key.public_openssh).map_err(|source| {
+        VmError::SshNotReady {
+            name: vm.name.clone(),
+            source: Box::new(source),
+        }
+    })?;
+    let addr = SocketAddr::from((ip, 22));
+    let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
+    let exited = async {
+        // Err: the pidfd cannot be watched; treat it like an exit.
+        while let Ok(false) = handle.wait_exit(Duration::from_secs(3600)).await {}
+    };
+    tokio::select! {
+        ready = banger_vm::ssh::wait_ready(addr, SSH_USER, &key_path, &pinned, deadline) => {
+            let session = ready.map_err(|source| VmError::SshNotReady {
+                name: vm.name.clone(),
+                source: Box::new(source),
+            })?;
+            let _ = session.close().await;
+        }
+        () = exited => {
+            return Err(VmError::DiedDuringBoot { name: vm.name.clone() });
+        }
+    }
+
+    extra.last_ip = Some(ip);
+    extra.last_error = None;
+    {
+        let db = db(state);
+        db.update_vm(
+            &vm.id,
+            &VmPatch {
+                state: Some(VmState::Running),
+                spec: Some(extra.to_json()),
+                ..VmPatch::default()
+            },
+        )?;
+        db.touch_vm(&vm.id)?;
+    }
+    Ok(())
+}
+
+/// vsock context id of a guest: unique per address in the range, never 0-2.
+fn guest_cid(network: Ipv4Addr, ip: Ipv4Addr) -> u32 {
+    banger_vmm::spec::MIN_GUEST_CID + u32::from(ip).wrapping_sub(u32::from(network))
+}
+
+fn prepare_run_dir(dir: &Path) -> Result<(), VmError> {
+    if let Some(parent) = dir.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(parent)
+            .map_err(io_err("create", parent))?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(io_err("create", dir)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// Pick the lowest free `banger-t<N>` and record it on the VM, in one go
+/// under the database lock so two starts never pick the same tap.
+fn assign_tap(state: &AppState, id: &str) -> Result<String, VmError> {
+    let db = db(state);
+    let vms = db.list_vms()?;
+    if let Some(tap) = vms.iter().find(|v| v.id == id).and_then(|v| v.tap.clone()) {
+        return Ok(tap);
+    }
+    let used: std::collections::HashSet<String> = vms.into_iter().filter_map(|v| v.tap).collect();
+    let tap = (0u32..)
+        .map(|n| format!("{TAP_PREFIX}{n}"))
+        .find(|t| !used.contains(t))
+        .expect("an unbounded range always has a free name");
+    db.update_vm(
+        id,
+        &VmPatch {
+            tap: Some(Some(tap.clone())),
+            ..VmPatch::default()
+        },
+    )?;
+    Ok(tap)
+}
+
+async fn helper_done(state: &AppState, req: HelperRequest) -> Result<bool, VmError> {
+    let op = req.op_name();
+    match state.helper.request(&req).await? {
+        HelperResponse::Done { changed } => Ok(changed),
+        other => Err(VmError::HelperAnswer {
+            op,
+            answer: format!("{other:?}"),
+        }),
+    }
+}
+
+/// Give back everything VM `id` holds while running: kill its VMM if it is
+/// still there, remove its run dir, delete its tap, release its lease; then
+/// record `to` (and `error`, when given; a clean stop clears it). Idempotent.
+pub async fn release_runtime(
+    state: &AppState,
+    id: &str,
+    to: VmState,
+    error: Option<String>,
+) -> Result<(), VmError> {
+    let Some(vm) = db(state).get_vm(id)? else {
+        return Ok(());
+    };
+    let p = VmPaths::new(&state.layout, id);
+    kill_vmm(&vm, &p).await?;
+    match std::fs::remove_dir_all(&p.run_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_err("remove", &p.run_dir)(e))
+        }
+        _ => {}
+    }
+    let mut tap_error = None;
+    let mut tap_left = vm.tap.clone();
+    if let Some(tap) = &vm.tap {
+        match helper_done(state, HelperRequest::DeleteTap { name: tap.clone() }).await {
+            Ok(_) => tap_left = None,
+            Err(e) => tap_error = Some(e),
+        }
+    }
+    let mut extra = VmExtra::from_json(&vm.spec);
+    if let Some(ip) = vm.ip {
+        extra.last_ip = Some(ip);
+    }
+    if error.is_some() || to == VmState::Stopped {
+        extra.last_error = error;
+    }
+    db(state).update_vm(
+        id,
+        &VmPatch {
+            state: Some(to),
+            tap: Some(tap_left),
+            vmm_pid: Some(None),
+            vmm_start_time: Some(None),
+            spec: Some(extra.to_json()),
+            release_lease: true,
+            ..VmPatch::default()
+        },
+    )?;
+    match tap_error {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Make sure the VM's VMM process is gone (by its handle, else by the
+/// recorded pid and start time) and its run-dir files removed.
+async fn kill_vmm(vm: &VmRecord, p: &VmPaths) -> Result<(), VmError> {
+    let vmm_err = |source: banger_vmm::VmmError| VmError::Vmm {
+        name: vm.name.clone(),
+        source: Box::new(source),
+    };
+    match VmmHandle::load(&p.run_dir) {
+        Ok(handle) => {
+            if handle.is_alive() {
+                handle.kill().await.map_err(vmm_err)?;
+            }
+            handle.cleanup().map_err(vmm_err)?;
+        }
+        Err(_) => {
+            if let (Some(pid), Some(start)) = (vm.vmm_pid, vm.vmm_start_time) {
+                let gone = banger_vmm::process::kill_and_wait(pid, start, Duration::from_secs(10))
+                    .await
+                    .map_err(|e| vmm_err(e.into()))?;
+                if !gone {
+                    return Err(vmm_err(banger_vmm::VmmError::Unkillable {
+                        id: vm.id.clone(),
+                        pid,
+                    }));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stop VM `name`: ask the guest to power off (the VMM is killed after
+/// [`STOP_GRACE`]), or kill it at once with `force`. Stopping a stopped VM
+/// is a no-op.
+pub async fn stop(
+    state: Arc<AppState>,
+    name: String,
+    force: bool,
+    sink: EventSink,
+) -> Result<VmInfo, VmError> {
+    let lock = state.vms.lock_for(&name);
+    let _guard = lock.lock().await;
+    stop_locked(&state, &name, force, &sink).await?;
+    Ok(info::vm_info(&find(&state, &name)?))
+}
+
+async fn stop_locked(
+    state: &AppState,
+    name: &str,
+    force: bool,
+    sink: &EventSink,
+) -> Result<(), VmError> {
+    let vm = find(state, name)?;
+    match vm.state {
+        VmState::Created | VmState::Stopped => {
+            sink.progress("stop", format!("{name} is not running"))
+                .await;
+            return Ok(());
+        }
+        VmState::Error => {
+            // A failed start already gave everything back; this clears leftovers.
+            release_runtime(state, &vm.id, VmState::Stopped, None).await?;
+            sink.progress("stop", format!("{name} is not running"))
+                .await;
+            return Ok(());
+        }
+        VmState::Running | VmState::Starting | VmState::Stopping => {}
+    }
+    db(state).transition_vm_state(
+        &vm.id,
+        &[VmState::Running, VmState::Starting, VmState::Stopping],
+        VmState::Stopping,
+    )?;
+    let p = VmPaths::new(&state.layout, &vm.id);
+    if let Ok(handle) = VmmHandle::load(&p.run_dir) {
+        if handle.is_alive() {
+            let outcome = if force {
+                sink.progress("stop", format!("killing the VMM of {name}"))
+                    .await;
+                handle.kill().await.map(|()| ShutdownOutcome::Killed)
+            } else {
+                sink.progress("stop", format!("asking {name} to power off"))
+                    .await;
+                handle.shutdown(STOP_GRACE).await
+            };
+            let outcome = outcome.map_err(|source| VmError::Vmm {
+                name: name.to_owned(),
+                source: Box::new(source),
+            })?;
+            let how = match outcome {
+                ShutdownOutcome::AlreadyExited => "it had already exited",
+                ShutdownOutcome::Graceful => "the guest powered off",
+                ShutdownOutcome::Terminated => {
+                    "the guest did not power off in time; QEMU was told to quit"
+                }
+                ShutdownOutcome::Killed => "the VMM was killed",
+            };
+            sink.progress("stop", format!("{name} stopped: {how}"))
+                .await;
+        }
+    }
+    release_runtime(state, &vm.id, VmState::Stopped, None).await
+}
+
+/// Stop then start VM `name` under one lock.
+pub async fn restart(
+    state: Arc<AppState>,
+    name: String,
+    force: bool,
+    sink: EventSink,
+) -> Result<VmInfo, VmError> {
+    let lock = state.vms.lock_for(&name);
+    let _guard = lock.lock().await;
+    stop_locked(&state, &name, force, &sink).await?;
+    let vm = find(&state, &name)?;
+    let started = Instant::now();
+    boot_or_release(&state, &vm.id, &sink).await?;
+    let vm = find(&state, &name)?;
+    sink.progress(
+        "ready",
+        format!(
+            "{name} is up at {} ({:.1} s)",
+            vm.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            started.elapsed().as_secs_f64()
+        ),
+    )
+    .await;
+    Ok(info::vm_info(&vm))
+}
+
+/// Delete VM `name` and everything it has. A running VM needs `force`
+/// (its VMM is killed). Deleting a VM that does not exist is not an error.
+pub async fn delete(state: &AppState, name: &str, force: bool) -> Result<VmDeleted, VmError> {
+    let lock = state.vms.lock_for(name);
+    let guard = lock.lock().await;
+    let Some(vm) = db(state).get_vm_by_name(name)? else {
+        return Ok(VmDeleted {
+            name: name.to_owned(),
+            existed: false,
+        });
+    };
+    if matches!(
+        vm.state,
+        VmState::Running | VmState::Starting | VmState::Stopping
+    ) && !force
+    {
+        return Err(VmError::WrongState {
+            name: name.to_owned(),
+            state: vm.state.to_string(),
+            hint: format!("stop it first (`banger vm stop {name}`) or delete it with --force"),
+        });
+    }
+    purge(state, &vm.id).await?;
+    drop(guard);
+    state.vms.forget_lock(name);
+    tracing::info!(vm = %name, id = %vm.id, "VM deleted");
+    Ok(VmDeleted {
+        name: name.to_owned(),
+        existed: true,
+    })
+}
+
+/// Remove VM `id` completely: its runtime resources, its `known_hosts`
+/// line, its directory and its record. Idempotent.
+pub async fn purge(state: &AppState, id: &str) -> Result<(), VmError> {
+    let Some(vm) = db(state).get_vm(id)? else {
+        return Ok(());
+    };
+    release_runtime(state, id, VmState::Stopped, None).await?;
+    let last_ip = vm.ip.or(VmExtra::from_json(&vm.spec).last_ip);
+    KnownHosts::new(paths::known_hosts(&state.layout)).remove(&vm.name, last_ip)?;
+    let p = VmPaths::new(&state.layout, id);
+    match std::fs::remove_dir_all(&p.dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(io_err("remove", &p.dir)(e))
+        }
+        _ => {}
+    }
+    db(state).delete_vm(id)?;
+    Ok(())
+}

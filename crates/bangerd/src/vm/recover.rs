@@ -1,0 +1,216 @@
+//! Keeping records true while VMMs live on their own: re-adoption when the
+//! daemon starts, a watcher per running VMM that notices it exit, and the
+//! `auto_stop_stale_after` sweep.
+//!
+//! VMMs run in their own session and outlive `bangerd`. A record that says
+//! a VM runs is re-adopted only when its VMM is still the same process (pid
+//! *and* start time, `/proc/PID/stat` field 22), so a recycled pid is never
+//! mistaken for the VM; otherwise the VM is recorded stopped and its tap and
+//! lease are given back.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use banger_state::{VmRecord, VmState};
+use banger_vmm::process::{is_same_process, Pidfd};
+use banger_vmm::VmmHandle;
+
+use super::ops::{self, release_runtime};
+use super::paths::VmPaths;
+use crate::api::AppState;
+
+fn db(state: &AppState) -> std::sync::MutexGuard<'_, banger_state::StateDb> {
+    state.db.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Bring every VM record in line with the processes that really run; call
+/// once at daemon start, before serving. Re-adopted VMs get an exit watcher.
+pub async fn recover(state: &Arc<AppState>) {
+    let vms = match db(state).list_vms() {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!("cannot list VMs to recover them: {e}");
+            return;
+        }
+    };
+    for vm in vms {
+        if let Err(e) = recover_one(state, &vm).await {
+            tracing::error!(vm = %vm.name, "recovery failed: {e}");
+        }
+    }
+}
+
+async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::VmError> {
+    let p = VmPaths::new(&state.layout, &vm.id);
+    let alive = match (vm.vmm_pid, vm.vmm_start_time) {
+        (Some(pid), Some(start)) => is_same_process(pid, start),
+        _ => false,
+    };
+    let handle = VmmHandle::load(&p.run_dir)
+        .ok()
+        .filter(|h| Some(h.pid) == vm.vmm_pid && Some(h.start_time) == vm.vmm_start_time);
+    match vm.state {
+        VmState::Running | VmState::Starting if alive => {
+            let Some(handle) = handle else {
+                // Alive but without its handle we cannot control it: stop it
+                // rather than leave an unmanageable VM running.
+                tracing::warn!(vm = %vm.name, "VMM {:?} runs but its handle in {} is gone; stopping it", vm.vmm_pid, p.run_dir.display());
+                return release_runtime(
+                    state,
+                    &vm.id,
+                    VmState::Stopped,
+                    Some("bangerd lost the VMM's handle and stopped it".into()),
+                )
+                .await;
+            };
+            if vm.state == VmState::Starting {
+                db(state).update_vm_state(&vm.id, VmState::Running)?;
+            }
+            tracing::info!(vm = %vm.name, pid = handle.pid, "re-adopted running VM");
+            watch_exit(state.clone(), vm.name.clone(), vm.id.clone(), &handle);
+            Ok(())
+        }
+        VmState::Running | VmState::Starting | VmState::Stopping => {
+            let why = if vm.state == VmState::Stopping {
+                None
+            } else {
+                tracing::info!(vm = %vm.name, "VMM exited while bangerd was not running; marking the VM stopped");
+                Some("the VMM exited while bangerd was not running".to_owned())
+            };
+            release_runtime(state, &vm.id, VmState::Stopped, why).await
+        }
+        VmState::Created | VmState::Stopped | VmState::Error => {
+            // Left over from an interrupted start or stop.
+            if vm.tap.is_some() || vm.ip.is_some() || vm.vmm_pid.is_some() {
+                release_runtime(state, &vm.id, vm.state, None).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Watch the VMM behind `handle` and, when it exits while its record still
+/// says it runs (not stopped by banger), record the VM stopped and give its
+/// tap and lease back.
+pub fn watch_exit(state: Arc<AppState>, name: String, id: String, handle: &VmmHandle) {
+    let (pid, start) = (handle.pid, handle.start_time);
+    tokio::spawn(async move {
+        match Pidfd::open_verified(pid, start) {
+            Ok(Some(pidfd)) => loop {
+                match pidfd.wait_exit(Duration::from_secs(24 * 3600)).await {
+                    Ok(true) => break,
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(vm = %name, "cannot watch VMM {pid}: {e}");
+                        return;
+                    }
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(vm = %name, "cannot watch VMM {pid}: {e}");
+                return;
+            }
+        }
+        let lock = state.vms.lock_for(&name);
+        let _guard = lock.lock().await;
+        let vm = match db(&state).get_vm(&id) {
+            Ok(Some(vm)) => vm,
+            _ => return,
+        };
+        let ours = vm.vmm_pid == Some(pid) && vm.vmm_start_time == Some(start);
+        if !ours || !matches!(vm.state, VmState::Running | VmState::Starting) {
+            return;
+        }
+        tracing::warn!(vm = %name, pid, "the VMM exited on its own; marking the VM stopped");
+        let why = format!("the VMM (pid {pid}) exited on its own; see `banger vm logs {name}`");
+        if let Err(e) = release_runtime(&state, &id, VmState::Stopped, Some(why)).await {
+            tracing::error!(vm = %name, "cleaning up after the VMM exited failed: {e}");
+        }
+    });
+}
+
+/// Stop running VMs with no SSH or session activity for
+/// `auto_stop_stale_after` (when set). An established SSH connection from
+/// this host to the guest counts as activity.
+pub async fn auto_stop_loop(state: Arc<AppState>) {
+    let Some(after) = state.vms.config.auto_stop_stale_after.value else {
+        return;
+    };
+    let tick = (after / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(tick).await;
+        let running: Vec<VmRecord> = match db(&state).list_vms() {
+            Ok(v) => v
+                .into_iter()
+                .filter(|v| v.state == VmState::Running)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("auto-stop: cannot list VMs: {e}");
+                continue;
+            }
+        };
+        let connections = established_peers();
+        for vm in running {
+            if vm.ip.is_some_and(|ip| connections.contains(&(ip, 22))) {
+                let _ = db(&state).touch_vm(&vm.id);
+                continue;
+            }
+            let last = vm.last_activity_at.unwrap_or(vm.updated_at);
+            if last.elapsed() < after {
+                continue;
+            }
+            tracing::info!(vm = %vm.name, idle = ?last.elapsed(), "stopping idle VM (auto_stop_stale_after)");
+            let sink = crate::api::EventSink::discard();
+            if let Err(e) = ops::stop(state.clone(), vm.name.clone(), false, sink).await {
+                tracing::warn!(vm = %vm.name, "auto-stop failed: {e}");
+            }
+        }
+    }
+}
+
+/// Remote `(address, port)` of every established IPv4 TCP connection in
+/// this network namespace (`/proc/net/tcp`).
+fn established_peers() -> Vec<(Ipv4Addr, u16)> {
+    std::fs::read_to_string("/proc/net/tcp")
+        .map(|t| parse_proc_net_tcp(&t))
+        .unwrap_or_default()
+}
+
+/// Parse `/proc/net/tcp`: `rem_address` is `AABBCCDD:PPPP`, the address
+/// printed as the raw native-endian `u32` of the network-order bytes, the
+/// port as a number; state `01` is ESTABLISHED.
+fn parse_proc_net_tcp(text: &str) -> Vec<(Ipv4Addr, u16)> {
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut f = line.split_whitespace();
+            let (_slot, _local, remote, st) = (f.next()?, f.next()?, f.next()?, f.next()?);
+            if st != "01" {
+                return None;
+            }
+            let (addr, port) = remote.split_once(':')?;
+            let raw = u32::from_str_radix(addr, 16).ok()?;
+            let port = u16::from_str_radix(port, 16).ok()?;
+            Some((Ipv4Addr::from(raw.to_ne_bytes()), port))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_net_tcp_lists_established_peers() {
+        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
+   0: 00000000:0016 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n\
+   1: 010010AC:D2F0 020010AC:0016 01 00000000:00000000 02:000A7B1F 00000000     0        0 2 2 0 20 4 30 10 -1\n\
+   2: 010010AC:D2F2 030010AC:0050 06 00000000:00000000 03:00001234 00000000     0        0 0 3 0\n";
+        assert_eq!(
+            parse_proc_net_tcp(text),
+            vec![(Ipv4Addr::new(172, 16, 0, 2), 22)]
+        );
+    }
+}
