@@ -37,6 +37,9 @@ pub enum Command {
     /// Install, inspect or remove banger's systemd units (bangerd, bangerd-root).
     #[command(subcommand)]
     System(crate::system_cmd::SystemCommand),
+    /// Create, run, inspect and remove VMs.
+    #[command(subcommand)]
+    Vm(crate::vm_cmd::VmCommand),
     /// Print the banger version.
     Version,
 }

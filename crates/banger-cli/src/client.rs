@@ -95,6 +95,11 @@ pub enum ClientError {
         path: String,
         source: serde_json::Error,
     },
+    #[error("cannot write the answer of {path}: {source}")]
+    Output {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("the progress stream of {path} ended without a final result")]
     StreamTruncated { path: String },
     #[error("{path} failed: {error} (code {code})", code = error_code(.error))]
@@ -233,6 +238,42 @@ impl Client {
         let body = encode(path, body)?;
         let resp = self.send(Method::POST, path, Some(body)).await?;
         self.decode(Method::POST, path, resp).await
+    }
+
+    /// `DELETE path`, decoding a JSON answer.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let resp = self.send(Method::DELETE, path, None).await?;
+        self.decode(Method::DELETE, path, resp).await
+    }
+
+    /// `GET path` whose answer is raw bytes (e.g. a log), each chunk handed
+    /// to `sink` as it arrives; returns when the daemon ends the body.
+    pub async fn get_stream(
+        &self,
+        path: &str,
+        sink: &mut dyn FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(Method::GET, path, resp).await);
+        }
+        let mut body = resp.into_body();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|source| self.http_error(Method::GET, path, source))?;
+            if let Ok(data) = frame.into_data() {
+                if let Err(e) = sink(&data) {
+                    // A closed pipe (`banger vm logs | head`) ends the copy quietly.
+                    if e.kind() == ErrorKind::BrokenPipe {
+                        return Ok(());
+                    }
+                    return Err(ClientError::Output {
+                        path: path.to_owned(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `POST path` to a streaming endpoint: feed every [`StreamEvent`] to

@@ -7,6 +7,7 @@ pub mod config_cmd;
 pub mod daemon_cmd;
 pub mod doctor;
 pub mod system_cmd;
+pub mod vm_cmd;
 
 use clap::Parser;
 
@@ -30,6 +31,7 @@ fn dispatch(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Daemon(c) => daemon_cmd::run(&global, c),
         Command::Doctor(c) => doctor::run(&global, c),
         Command::System(c) => system_cmd::run(&global, c),
+        Command::Vm(c) => vm_cmd::run(&global, c),
         Command::Version => {
             println!("banger {}", banger_wire::VERSION);
             Ok(std::process::ExitCode::SUCCESS)

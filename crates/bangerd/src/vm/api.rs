@@ -118,7 +118,7 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<VmInfo>, Failure> {
     let vm = record(&state, &name)?;
-    Ok(Json(info::vm_show(&state, &vm).await))
+    Ok(Json(info::vm_show(&state, &vm, true).await))
 }
 
 async fn delete(
@@ -180,6 +180,8 @@ async fn ports(
     info::vm_ports(&state, &vm).await.map(Json).map_err(fail)
 }
 
+/// Record activity (an SSH session starting) and answer with the VM's
+/// details minus the agent's (what `banger vm ssh` needs).
 async fn activity(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -190,7 +192,9 @@ async fn activity(
         let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
         db.touch_vm(&vm.id).map_err(|e| fail(e.into()))?;
     }
-    Ok(Json(info::vm_info(&record(&state, &name)?)))
+    Ok(Json(
+        info::vm_show(&state, &record(&state, &name)?, false).await,
+    ))
 }
 
 /// The serial console log as `text/plain`; with `?follow=true` the answer

@@ -40,8 +40,9 @@ pub fn vm_info(vm: &VmRecord) -> VmInfo {
     }
 }
 
-/// Everything about one VM, asking its agent for health and stats when it runs.
-pub async fn vm_show(state: &AppState, vm: &VmRecord) -> VmInfo {
+/// Everything about one VM; with `ask_agent`, also the agent's health and
+/// stats when it runs.
+pub async fn vm_show(state: &AppState, vm: &VmRecord, ask_agent: bool) -> VmInfo {
     let mut info = vm_info(vm);
     let extra = VmExtra::from_json(&vm.spec);
     let p = VmPaths::new(&state.layout, &vm.id);
@@ -51,7 +52,7 @@ pub async fn vm_show(state: &AppState, vm: &VmRecord) -> VmInfo {
         .and_then(|k| banger_vm::ssh::parse_public_key(k).ok())
         .map(|k| banger_vm::ssh::fingerprint(&k));
     let (mut agent, mut stats, mut agent_error) = (None, None, None);
-    if vm.state == VmState::Running {
+    if ask_agent && vm.state == VmState::Running {
         match connect_agent(state, vm).await {
             Ok(mut client) => {
                 match client.health().await {
