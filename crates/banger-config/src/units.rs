@@ -50,7 +50,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 /// (`8589934592` → `8G`), or plain bytes with a `B` suffix.
 pub fn format_size(bytes: u64) -> String {
     for (unit, shift) in UNITS.iter().rev() {
-        if bytes != 0 && bytes % (1u64 << shift) == 0 {
+        if bytes != 0 && bytes.is_multiple_of(1u64 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }
