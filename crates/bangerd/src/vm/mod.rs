@@ -95,17 +95,25 @@ pub enum VmError {
         name: String,
         source: Box<banger_vmm::VmmError>,
     },
-    #[error("VM {name} did not become reachable over SSH: {source}; see `banger vm logs {name}`")]
+    #[error("VM {name} did not become reachable over SSH: {source}; last lines of its serial console:\n{console}")]
     SshNotReady {
         name: String,
         source: Box<banger_vm::ssh::SshError>,
+        console: String,
     },
-    #[error("VM {name}: the VMM exited while the guest was booting; see `banger vm logs {name}`")]
-    DiedDuringBoot { name: String },
+    #[error("VM {name}: the VMM exited while the guest was booting; last lines of its serial console:\n{console}")]
+    DiedDuringBoot { name: String, console: String },
     #[error("VM {name}: guest agent: {source}")]
     Agent {
         name: String,
         source: banger_vsock_agent::client::AgentClientError,
+    },
+    #[error("`{command}` failed in VM {name} (exit status {status:?}): {stderr}")]
+    GuestCommand {
+        name: String,
+        command: &'static str,
+        status: Option<u32>,
+        stderr: String,
     },
     #[error("VM {name} is not running, so its agent cannot be asked")]
     NotRunning { name: String },

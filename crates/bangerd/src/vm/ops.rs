@@ -579,6 +579,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         VmError::SshNotReady {
             name: vm.name.clone(),
             source: Box::new(source),
+            console: String::new(),
         }
     })?;
     let addr = SocketAddr::from((ip, 22));
@@ -592,11 +593,15 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
             let session = ready.map_err(|source| VmError::SshNotReady {
                 name: vm.name.clone(),
                 source: Box::new(source),
+                console: console_tail(&p.serial_log),
             })?;
             let _ = session.close().await;
         }
         () = exited => {
-            return Err(VmError::DiedDuringBoot { name: vm.name.clone() });
+            return Err(VmError::DiedDuringBoot {
+                name: vm.name.clone(),
+                console: console_tail(&p.serial_log),
+            });
         }
     }
 
@@ -615,6 +620,28 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         db.touch_vm(&vm.id)?;
     }
     Ok(())
+}
+
+/// The last lines of a serial log for an error message (a failed create
+/// removes the log with the VM), without terminal escapes.
+pub fn console_tail(path: &Path) -> String {
+    const LINES: usize = 25;
+    let Ok(bytes) = std::fs::read(path) else {
+        return format!("({} is unreadable)", path.display());
+    };
+    let start = bytes.len().saturating_sub(16 << 10);
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let clean: String = text
+        .chars()
+        .filter(|c| *c == '\n' || *c == '\t' || !c.is_control())
+        .collect();
+    let lines: Vec<&str> = clean.lines().filter(|l| !l.trim().is_empty()).collect();
+    let shown = lines[lines.len().saturating_sub(LINES)..].join("\n");
+    if shown.is_empty() {
+        "(the serial console is empty)".to_owned()
+    } else {
+        shown
+    }
 }
 
 /// vsock context id of a guest: unique per address in the range, never 0-2.
@@ -806,7 +833,7 @@ async fn stop_locked(
             } else {
                 sink.progress("stop", format!("asking {name} to power off"))
                     .await;
-                handle.shutdown(STOP_GRACE).await
+                graceful_stop(state, &vm, &handle).await
             };
             let outcome = outcome.map_err(|source| VmError::Vmm {
                 name: name.to_owned(),
@@ -825,6 +852,68 @@ async fn stop_locked(
         }
     }
     release_runtime(state, &vm.id, VmState::Stopped, None).await
+}
+
+/// Power a guest off: `systemctl poweroff` over SSH (minimal images have no
+/// ACPI power-button handler: logind needs D-Bus), then the VMM's own
+/// shutdown (ACPI power button, QEMU `quit`, SIGKILL) for what is left of
+/// [`STOP_GRACE`].
+async fn graceful_stop(
+    state: &AppState,
+    vm: &VmRecord,
+    handle: &VmmHandle,
+) -> Result<ShutdownOutcome, banger_vmm::VmmError> {
+    let started = Instant::now();
+    if let Some(ip) = vm.ip {
+        match ssh_poweroff(state, vm, ip).await {
+            Ok(()) => {
+                if handle.wait_exit(STOP_GRACE).await? {
+                    handle.cleanup()?;
+                    return Ok(ShutdownOutcome::Graceful);
+                }
+            }
+            Err(e) => tracing::info!(vm = %vm.name, "poweroff over SSH failed: {e}"),
+        }
+    }
+    let left = STOP_GRACE.saturating_sub(started.elapsed());
+    handle.shutdown(left.max(Duration::from_secs(5))).await
+}
+
+async fn ssh_poweroff(state: &AppState, vm: &VmRecord, ip: Ipv4Addr) -> Result<(), VmError> {
+    let p = VmPaths::new(&state.layout, &vm.id);
+    let public =
+        std::fs::read_to_string(&p.host_key_pub).map_err(io_err("read", &p.host_key_pub))?;
+    let ssh_err = |source| VmError::SshNotReady {
+        name: vm.name.clone(),
+        source: Box::new(source),
+        console: String::new(),
+    };
+    let pinned = banger_vm::ssh::parse_public_key(&public).map_err(ssh_err)?;
+    let session = banger_vm::ssh::connect(
+        SocketAddr::from((ip, 22)),
+        SSH_USER,
+        &state.vms.config.ssh_key_path.value,
+        &pinned,
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(ssh_err)?;
+    // --no-block: the answer comes back before sshd goes down.
+    let out = session
+        .exec("systemctl poweroff --no-block")
+        .await
+        .map_err(ssh_err)?;
+    let _ = session.close().await;
+    if out.success() {
+        Ok(())
+    } else {
+        Err(VmError::GuestCommand {
+            name: vm.name.clone(),
+            command: "systemctl poweroff --no-block",
+            status: out.exit_status,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        })
+    }
 }
 
 /// Stop then start VM `name` under one lock.
