@@ -25,7 +25,8 @@ use banger_state::{CloneStrategy, StateDb, Timestamp, VmPatch, VmRecord, VmState
 use banger_vm::disk::{self, RootFile};
 use banger_vm::identity::{self, KnownHosts};
 use banger_vmm::{
-    AgentSpec, Backend, DriveSpec, LaunchOptions, NetSpec, ShutdownOutcome, VmSpec, VmmHandle,
+    Accel, AgentSpec, Backend, DriveSpec, LaunchOptions, NetSpec, ShutdownOutcome, VmSpec,
+    VmmHandle,
 };
 use banger_wire::api::{LogLevel, StreamEvent};
 use banger_wire::guest::{GuestConfig, SshHostKey, AGENT_BINARY, GUEST_CONFIG_VERSION};
@@ -501,10 +502,18 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
     }
 
     prepare_run_dir(&p.run_dir)?;
-    let cmdline = format!(
+    let mut cmdline = format!(
         "console=ttyS0 root=/dev/vda rw {}",
         netplan.kernel_args(ip, &vm.name)?
     );
+    if vmm.backend() == (Backend::Qemu { accel: Accel::Tcg }) {
+        if let Some(khz) = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|t| host_tsc_khz(&t))
+        {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+    }
     let memory_mib = u32::try_from(vm.memory_mib).map_err(|_| VmError::InvalidRequest {
         message: format!("memory {} MiB is too large", vm.memory_mib),
     })?;
@@ -642,6 +651,18 @@ pub fn console_tail(path: &Path) -> String {
     } else {
         shown
     }
+}
+
+/// The host's TSC rate in kHz from `/proc/cpuinfo` (`cpu MHz` of the first
+/// CPU), which a TCG guest's TSC follows. Given to the guest kernel as
+/// `tsc_early_khz=`: its own calibration against the emulated PIT fails on a
+/// busy host, and a guest whose TSC rate stays unknown stalls in early boot
+/// ("tsc: Unable to calibrate against PIT ... could not calculate TSC khz").
+pub fn host_tsc_khz(cpuinfo: &str) -> Option<u64> {
+    let line = cpuinfo.lines().find(|l| l.starts_with("cpu MHz"))?;
+    let mhz: f64 = line.split(':').nth(1)?.trim().parse().ok()?;
+    let khz = (mhz * 1000.0).round();
+    (1.0..1e9).contains(&khz).then_some(khz as u64)
 }
 
 /// vsock context id of a guest: unique per address in the range, never 0-2.
@@ -992,4 +1013,43 @@ pub async fn purge(state: &AppState, id: &str) -> Result<(), VmError> {
     }
     db(state).delete_vm(id)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsc_rate_comes_from_cpuinfo() {
+        let cpuinfo = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R)\ncpu MHz\t\t: 2600.000\n\nprocessor\t: 1\ncpu MHz\t\t: 1200.5\n";
+        assert_eq!(host_tsc_khz(cpuinfo), Some(2_600_000));
+        assert_eq!(host_tsc_khz("cpu MHz : 1999.9996\n"), Some(2_000_000));
+        assert_eq!(host_tsc_khz("model name : arm\n"), None);
+        assert_eq!(host_tsc_khz("cpu MHz : fast\n"), None);
+    }
+
+    #[test]
+    fn console_tail_keeps_the_last_lines_without_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("serial.log");
+        let mut text = String::new();
+        for i in 0..40 {
+            text.push_str(&format!("line {i}\x1b[0m\r\n"));
+        }
+        std::fs::write(&log, text).unwrap();
+        let tail = console_tail(&log);
+        assert!(tail.starts_with("line 15[0m\nline 16"), "{tail:?}");
+        assert!(tail.ends_with("line 39[0m"), "{tail:?}");
+        assert!(console_tail(&dir.path().join("none")).contains("unreadable"));
+    }
+
+    #[test]
+    fn guest_cids_are_unique_and_above_the_reserved_ones() {
+        let net = Ipv4Addr::new(172, 16, 0, 0);
+        assert_eq!(guest_cid(net, Ipv4Addr::new(172, 16, 0, 2)), 5);
+        assert_ne!(
+            guest_cid(net, Ipv4Addr::new(172, 16, 0, 2)),
+            guest_cid(net, Ipv4Addr::new(172, 16, 0, 3))
+        );
+    }
 }
