@@ -598,7 +598,10 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         while let Ok(false) = handle.wait_exit(Duration::from_secs(3600)).await {}
     };
     tokio::select! {
-        ready = banger_vm::ssh::wait_ready(addr, SSH_USER, &key_path, &pinned, deadline) => {
+        ready = async {
+            wait_port(addr, deadline).await;
+            banger_vm::ssh::wait_ready(addr, SSH_USER, &key_path, &pinned, deadline).await
+        } => {
             let session = ready.map_err(|source| VmError::SshNotReady {
                 name: vm.name.clone(),
                 source: Box::new(source),
@@ -650,6 +653,25 @@ pub fn console_tail(path: &Path) -> String {
         "(the serial console is empty)".to_owned()
     } else {
         shown
+    }
+}
+
+/// How long one probe of the guest's SSH port may take.
+const PORT_PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// Pause between two probes of the guest's SSH port.
+const PORT_PROBE_PAUSE: Duration = Duration::from_millis(100);
+
+/// Wait until `addr` accepts TCP connections (or `deadline`). A connect to a
+/// guest whose interface is not up yet blocks for the ARP timeout (~3 s) and
+/// SSH retries back off up to 2 s, so polling SSH alone notices a booted
+/// guest seconds late; short bounded probes notice it within ~0.1 s.
+async fn wait_port(addr: SocketAddr, deadline: tokio::time::Instant) {
+    while tokio::time::Instant::now() < deadline {
+        let probe = tokio::time::timeout(PORT_PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr));
+        if let Ok(Ok(_stream)) = probe.await {
+            return;
+        }
+        tokio::time::sleep(PORT_PROBE_PAUSE).await;
     }
 }
 
