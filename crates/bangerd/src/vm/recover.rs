@@ -152,22 +152,60 @@ pub async fn auto_stop_loop(state: Arc<AppState>) {
             }
         };
         let connections = established_peers();
-        for vm in running {
-            if vm.ip.is_some_and(|ip| connections.contains(&(ip, 22))) {
-                let _ = db(&state).touch_vm(&vm.id);
-                continue;
-            }
-            let last = vm.last_activity_at.unwrap_or(vm.updated_at);
-            if last.elapsed() < after {
-                continue;
-            }
-            tracing::info!(vm = %vm.name, idle = ?last.elapsed(), "stopping idle VM (auto_stop_stale_after)");
-            let sink = crate::api::EventSink::discard();
-            if let Err(e) = ops::stop(state.clone(), vm.name.clone(), false, sink).await {
-                tracing::warn!(vm = %vm.name, "auto-stop failed: {e}");
+        for (vm, verdict) in idle_verdicts(&running, &connections, after) {
+            match verdict {
+                Idle::Connected => {
+                    let _ = db(&state).touch_vm(&vm.id);
+                }
+                Idle::Recent => {}
+                Idle::Stale(idle) => {
+                    tracing::info!(vm = %vm.name, ?idle, "stopping idle VM (auto_stop_stale_after)");
+                    let sink = crate::api::EventSink::discard();
+                    if let Err(e) = ops::stop(state.clone(), vm.name.clone(), false, sink).await {
+                        tracing::warn!(vm = %vm.name, "auto-stop failed: {e}");
+                    }
+                }
             }
         }
     }
+}
+
+/// What the auto-stop sweep makes of one running VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// An SSH connection to it is open: activity now.
+    Connected,
+    /// Used less than the limit ago.
+    Recent,
+    /// Unused for this long, at least the limit: stop it.
+    Stale(Duration),
+}
+
+/// The verdict for each running VM: an established connection from this
+/// host to its port 22 counts as activity; otherwise the last recorded
+/// activity (or, never used, the last change of its record) decides.
+pub fn idle_verdicts<'a>(
+    running: &'a [VmRecord],
+    connections: &[(Ipv4Addr, u16)],
+    after: Duration,
+) -> Vec<(&'a VmRecord, Idle)> {
+    running
+        .iter()
+        .map(|vm| {
+            if vm.ip.is_some_and(|ip| connections.contains(&(ip, 22))) {
+                return (vm, Idle::Connected);
+            }
+            let idle = vm.last_activity_at.unwrap_or(vm.updated_at).elapsed();
+            (
+                vm,
+                if idle < after {
+                    Idle::Recent
+                } else {
+                    Idle::Stale(idle)
+                },
+            )
+        })
+        .collect()
 }
 
 /// Remote `(address, port)` of every established IPv4 TCP connection in
@@ -201,6 +239,55 @@ fn parse_proc_net_tcp(text: &str) -> Vec<(Ipv4Addr, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn vm(name: &str, ip: u8, idle_secs: i64) -> VmRecord {
+        let now = banger_state::Timestamp::now().unix_millis();
+        VmRecord {
+            id: format!("id-{name}"),
+            name: name.into(),
+            image: "i".into(),
+            kernel: "k".into(),
+            state: VmState::Running,
+            vcpu: 1,
+            memory_mib: 512,
+            disk_bytes: 1 << 30,
+            ip: Some(Ipv4Addr::new(172, 16, 0, ip)),
+            mac: format!("02:00:00:00:00:{ip:02x}"),
+            tap: None,
+            backend: None,
+            vmm_pid: None,
+            vmm_start_time: None,
+            clone_strategy: None,
+            created_at: banger_state::Timestamp::from_unix_millis(0),
+            updated_at: banger_state::Timestamp::from_unix_millis(now - 1000),
+            last_activity_at: Some(banger_state::Timestamp::from_unix_millis(
+                now - idle_secs * 1000,
+            )),
+            spec: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn idle_vms_are_stale_unless_someone_is_connected() {
+        let vms = [vm("fresh", 2, 5), vm("old", 3, 3600), vm("busy", 4, 3600)];
+        let connections = [
+            (Ipv4Addr::new(172, 16, 0, 4), 22),
+            (Ipv4Addr::new(172, 16, 0, 3), 80),
+        ];
+        let verdicts: Vec<(&str, Idle)> =
+            idle_verdicts(&vms, &connections, Duration::from_secs(600))
+                .into_iter()
+                .map(|(v, i)| (v.name.as_str(), i))
+                .collect();
+        assert_eq!(verdicts[0], ("fresh", Idle::Recent));
+        assert!(matches!(verdicts[1], ("old", Idle::Stale(d)) if d >= Duration::from_secs(3599)));
+        assert_eq!(verdicts[2], ("busy", Idle::Connected));
+        // Never used: the record's last change counts.
+        let mut never = vm("never", 5, 0);
+        never.last_activity_at = None;
+        let v = idle_verdicts(std::slice::from_ref(&never), &[], Duration::from_millis(1));
+        assert!(matches!(v[0].1, Idle::Stale(_)));
+    }
 
     #[test]
     fn proc_net_tcp_lists_established_peers() {
