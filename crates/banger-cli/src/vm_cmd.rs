@@ -538,6 +538,7 @@ mod tests {
                 agent: None,
                 stats: None,
                 agent_error: None,
+                stats_at: None,
             }),
         }
     }

@@ -173,6 +173,10 @@ pub struct VmDetails {
     pub stats: Option<GuestStats>,
     /// Why `agent`/`stats` are missing while the VM runs.
     pub agent_error: Option<String>,
+    /// When `agent`/`stats` were sampled (milliseconds since the Unix epoch):
+    /// the daemon polls every `stats_poll_interval`.
+    #[serde(default)]
+    pub stats_at: Option<i64>,
 }
 
 /// `GET /v1/vms` answer.

@@ -180,8 +180,10 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
     // Records must match the VMMs that really run before anyone asks.
     runtime.block_on(crate::vm::recover::recover(&state));
     let auto_stop = runtime.spawn(crate::vm::recover::auto_stop_loop(state.clone()));
+    let stats = runtime.spawn(crate::vm::recover::stats_loop(state.clone()));
     let result = runtime.block_on(serve_api(state, listener, signals, shutdown_rx));
     auto_stop.abort();
+    stats.abort();
 
     if let Some(child) = child {
         child.stop(Duration::from_secs(5));

@@ -9,7 +9,7 @@ use banger_vsock_agent::client::AgentClient;
 use banger_wire::vm::{VmDetails, VmDisks, VmInfo, VmPorts, VmSshAccess};
 
 use super::paths::{self, VmPaths};
-use super::{VmError, VmExtra};
+use super::{AgentSample, VmError, VmExtra};
 use crate::api::AppState;
 
 /// How long `vm show` waits for the guest agent.
@@ -51,20 +51,17 @@ pub async fn vm_show(state: &AppState, vm: &VmRecord, ask_agent: bool) -> VmInfo
         .as_deref()
         .and_then(|k| banger_vm::ssh::parse_public_key(k).ok())
         .map(|k| banger_vm::ssh::fingerprint(&k));
-    let (mut agent, mut stats, mut agent_error) = (None, None, None);
+    let (mut agent, mut stats, mut agent_error, mut stats_at) = (None, None, None, None);
     if ask_agent && vm.state == VmState::Running {
-        match connect_agent(state, vm).await {
-            Ok(mut client) => {
-                match client.health().await {
-                    Ok(h) => agent = Some(h),
-                    Err(e) => agent_error = Some(e.to_string()),
-                }
-                if agent_error.is_none() {
-                    match client.stats().await {
-                        Ok(s) => stats = Some(s),
-                        Err(e) => agent_error = Some(e.to_string()),
-                    }
-                }
+        let sample = match state.vms.sample(&vm.id) {
+            Some(s) => Ok(s),
+            None => sample_agent(state, vm).await,
+        };
+        match sample {
+            Ok(s) => {
+                stats_at = Some(s.at.unix_millis());
+                agent = Some(s.health);
+                stats = Some(s.stats);
             }
             Err(e) => agent_error = Some(e.to_string()),
         }
@@ -89,8 +86,28 @@ pub async fn vm_show(state: &AppState, vm: &VmRecord, ask_agent: bool) -> VmInfo
         agent,
         stats,
         agent_error,
+        stats_at,
     });
     info
+}
+
+/// Ask a running VM's agent for its health and stats now, and remember the
+/// answer for `vm show`.
+pub async fn sample_agent(state: &AppState, vm: &VmRecord) -> Result<AgentSample, VmError> {
+    let agent_err = |source| VmError::Agent {
+        name: vm.name.clone(),
+        source,
+    };
+    let mut client = connect_agent(state, vm).await?;
+    let health = client.health().await.map_err(agent_err)?;
+    let stats = client.stats().await.map_err(agent_err)?;
+    let sample = AgentSample {
+        at: banger_state::Timestamp::now(),
+        health,
+        stats,
+    };
+    state.vms.set_sample(&vm.id, Some(sample.clone()));
+    Ok(sample)
 }
 
 /// Open a connection to a running VM's guest agent.

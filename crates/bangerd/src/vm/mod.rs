@@ -213,6 +213,17 @@ pub struct VmManager {
     /// The clone strategy probed in the VMs directory (probed once, lazily).
     clone_strategy: Mutex<Option<ProbedStrategy>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The agent's last answers per VM id, refreshed every `stats_poll_interval`.
+    samples: Mutex<HashMap<String, AgentSample>>,
+}
+
+/// One poll of a VM's agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentSample {
+    /// When it was taken.
+    pub at: banger_state::Timestamp,
+    pub health: banger_wire::guest::AgentHealth,
+    pub stats: banger_wire::guest::GuestStats,
 }
 
 impl VmManager {
@@ -237,6 +248,7 @@ impl VmManager {
             vmm,
             clone_strategy: Mutex::new(None),
             locks: Mutex::new(HashMap::new()),
+            samples: Mutex::new(HashMap::new()),
         }
     }
 
@@ -255,6 +267,28 @@ impl VmManager {
                 locks.remove(name);
             }
         }
+    }
+
+    /// The last agent sample of VM `id` if it is at most two poll intervals old.
+    pub fn sample(&self, id: &str) -> Option<AgentSample> {
+        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        let limit = self.config.stats_poll_interval.value * 2;
+        samples.get(id).filter(|s| s.at.elapsed() <= limit).cloned()
+    }
+
+    /// Record (or with `None`, forget) VM `id`'s agent sample.
+    pub fn set_sample(&self, id: &str, sample: Option<AgentSample>) {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        match sample {
+            Some(s) => samples.insert(id.to_owned(), s),
+            None => samples.remove(id),
+        };
+    }
+
+    /// Keep only the samples of `ids`.
+    pub fn retain_samples(&self, ids: &[&str]) {
+        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
+        samples.retain(|id, _| ids.contains(&id.as_str()));
     }
 
     /// The root-disk clone strategy for `dir`, probed on first use.

@@ -170,6 +170,38 @@ pub async fn auto_stop_loop(state: Arc<AppState>) {
     }
 }
 
+/// Sample every running VM's agent (health and stats) every
+/// `stats_poll_interval`, so `vm show` answers from memory.
+pub async fn stats_loop(state: Arc<AppState>) {
+    let every = state
+        .vms
+        .config
+        .stats_poll_interval
+        .value
+        .max(Duration::from_secs(1));
+    loop {
+        tokio::time::sleep(every).await;
+        let running: Vec<VmRecord> = match db(&state).list_vms() {
+            Ok(v) => v
+                .into_iter()
+                .filter(|v| v.state == VmState::Running)
+                .collect(),
+            Err(e) => {
+                tracing::warn!("stats: cannot list VMs: {e}");
+                continue;
+            }
+        };
+        let ids: Vec<&str> = running.iter().map(|v| v.id.as_str()).collect();
+        state.vms.retain_samples(&ids);
+        for vm in &running {
+            if let Err(e) = super::info::sample_agent(&state, vm).await {
+                tracing::debug!(vm = %vm.name, "stats sample failed: {e}");
+                state.vms.set_sample(&vm.id, None);
+            }
+        }
+    }
+}
+
 /// What the auto-stop sweep makes of one running VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Idle {
