@@ -177,6 +177,16 @@ async fn create_ssh_stop_start_ports_delete_leaves_nothing() {
         &logs[..logs.len().min(2000)]
     );
 
+    // `logs?follow=true` keeps streaming: curl gives up, not the daemon.
+    let followed = std::process::Command::new("curl")
+        .args(["-sN", "--max-time", "2", "--unix-socket"])
+        .arg(world.env.socket())
+        .arg("http://x/v1/vms/life/logs?follow=true")
+        .output()
+        .unwrap();
+    assert_eq!(followed.status.code(), Some(28), "{}", text(&followed));
+    assert!(String::from_utf8_lossy(&followed.stdout).contains("Linux version"));
+
     // Deleting a running VM needs --force.
     let refused = world.banger(&["vm", "delete", "life"]);
     assert!(!refused.status.success());
