@@ -117,12 +117,19 @@ impl<W: Write> CpioWriter<W> {
         self.entry(name, S_IFCHR | (perm & 0o7777), 1, &[], (major, minor))
     }
 
-    /// Write the trailer and pad to 512 bytes; returns the writer.
+    /// Write the trailer and pad with zeros to a multiple of 4096 bytes;
+    /// returns the writer.
+    ///
+    /// Why 4096: QEMU's `microvm` places the initrd so it ends at
+    /// `top_of_ram - 4096 + (size % 4096)`, and its ACPI tables sit in the
+    /// last few hundred bytes of RAM. An initrd whose size modulo 4096 is
+    /// large overlaps and corrupts them (the guest then stalls for minutes
+    /// in early ACPI setup). A page-multiple size keeps the last page free.
     pub fn finish(mut self) -> io::Result<W> {
         self.entry(TRAILER, 0, 1, &[], (0, 0))?;
-        let rem = (self.written % 512) as usize;
+        let rem = (self.written % 4096) as usize;
         if rem != 0 {
-            let zeros = vec![0u8; 512 - rem];
+            let zeros = vec![0u8; 4096 - rem];
             self.put(&zeros)?;
         }
         Ok(self.out)
@@ -148,7 +155,7 @@ mod tests {
     fn output_is_deterministic_and_padded() {
         let a = sample();
         assert_eq!(a, sample());
-        assert_eq!(a.len() % 512, 0);
+        assert_eq!(a.len() % 4096, 0);
         assert!(a.starts_with(b"070701"));
     }
 

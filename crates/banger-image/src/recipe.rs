@@ -18,7 +18,7 @@ use crate::manifest::{validate_name, Kind};
 
 /// Bumped whenever the build code changes what a recipe produces, so
 /// cached bundles of the old code are not reused.
-pub const BUILDER_VERSION: u32 = 1;
+pub const BUILDER_VERSION: u32 = 2;
 
 /// The recipe files compiled into the binary (paths relative to `images/`).
 /// A test checks this list against the directory.

@@ -24,6 +24,10 @@ use crate::progress::{Phase, Progress, ProgressFn};
 
 /// Per-install metadata written beside the manifest.
 pub const ORIGIN_FILE: &str = "origin.json";
+/// Derived at install of a kernel: its modules tree as a read-only ext4
+/// disk, for the initrd's `banger.modules=/dev/vdX` (mounted at
+/// `/lib/modules` in the guest).
+pub const MODULES_DISK: &str = "modules.ext4";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,8 @@ pub enum StoreError {
     },
     #[error("bundle {path}: {source}")]
     Bundle { path: PathBuf, source: BundleError },
+    #[error("cannot make the modules disk {path}: {reason}")]
+    ModulesDisk { path: PathBuf, reason: String },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -111,6 +117,13 @@ impl Installed {
     pub fn modules_dir(&self) -> Option<PathBuf> {
         let release = self.manifest.kernel_release.as_ref()?;
         self.artifact(manifest::MODULES).map(|m| m.join(release))
+    }
+
+    /// A kernel's modules as a read-only ext4 disk (see [`MODULES_DISK`]):
+    /// attach it and pass `banger.modules=/dev/vdX` on the kernel command
+    /// line so the guest's modprobe finds overlay, nf_tables, vsock, ...
+    pub fn modules_disk(&self) -> Option<PathBuf> {
+        Some(self.dir.join(MODULES_DISK)).filter(|p| p.is_file())
     }
 }
 
@@ -342,6 +355,9 @@ impl Store {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
         };
+        if lock.kind == Kind::Kernel {
+            make_modules_disk(staging.path())?;
+        }
         let origin_path = staging.path().join(ORIGIN_FILE);
         let mut json = serde_json::to_vec_pretty(&record).expect("origin serializes");
         json.push(b'\n');
@@ -435,6 +451,52 @@ impl Store {
         std::fs::remove_dir_all(&doomed).map_err(io_err("remove", &doomed))?;
         Ok(true)
     }
+}
+
+/// Build `modules.ext4` from `modules/` of a staged kernel: the tree's
+/// root holds `<release>/...`, as `/lib/modules` expects. No journal (it is
+/// mounted read-only); mkfs.ext4 needs no root for a file.
+fn make_modules_disk(staged: &Path) -> Result<(), StoreError> {
+    let modules = staged.join(manifest::MODULES);
+    if !modules.is_dir() {
+        return Ok(());
+    }
+    let out = staged.join(MODULES_DISK);
+    let fail = |reason: String| StoreError::ModulesDisk {
+        path: out.clone(),
+        reason,
+    };
+    let (tree_bytes, _) = crate::digest::tree_digest(&modules).map_err(|e| fail(e.to_string()))?;
+    // Room for metadata and 4 KiB blocks of small files, rounded to 1 MiB.
+    let size = ((tree_bytes * 3 / 2 + (16 << 20)) >> 20) << 20;
+    let output = std::process::Command::new("mkfs.ext4")
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-O",
+            "^has_journal",
+            "-L",
+            "modules",
+            "-m",
+            "0",
+        ])
+        .args(["-E", "root_owner=0:0", "-d"])
+        .arg(&modules)
+        .arg(&out)
+        .arg(format!("{}k", size / 1024))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("cannot run mkfs.ext4 (install e2fsprogs): {e}")))?;
+    if !output.status.success() {
+        return Err(fail(format!(
+            "mkfs.ext4 {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

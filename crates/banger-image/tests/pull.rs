@@ -74,6 +74,10 @@ async fn pull_installs_verified_bundle_and_second_pull_is_a_no_op() {
         noise(1_500_000, 9)
     );
     assert!(inst.modules_dir().unwrap().join("modules.dep").is_file());
+    let disk = inst.modules_disk().expect("modules disk made at install");
+    banger_image::validate::rootfs(&disk).unwrap();
+    let listing = banger_image::build::debugfs(&disk, "ls -l /6.12.0-test").unwrap();
+    assert!(listing.contains("modules.dep"), "{listing}");
     match &inst.origin.as_ref().unwrap().origin {
         Origin::Catalog { url, bundle_sha256 } => {
             assert_eq!(url, &format!("{}/b/k.tar.zst", server.base_url));
