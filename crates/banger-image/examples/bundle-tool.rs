@@ -6,6 +6,8 @@
 //! cargo run -p banger-image --example bundle-tool -- hash image debian-bookworm-minimal [--agent PATH]
 //! cargo run -p banger-image --example bundle-tool -- install BUNDLE --kind image --name NAME --state DIR
 //! cargo run -p banger-image --example bundle-tool -- catalog-set BUNDLE --url FILE_NAME [--catalog images/catalog.toml]
+//! cargo run -p banger-image --example bundle-tool -- pack SRC_DIR --kind KIND --name NAME --out FILE [--version V] [--kernel-ref K] [--kernel-release R]
+//! cargo run -p banger-image --example bundle-tool -- pull URL --kind KIND --name NAME --size N --sha256 HEX --state DIR
 //! ```
 //!
 //! `build` uses the recipes in images/ of this checkout (not the compiled-in
@@ -25,7 +27,9 @@ fn usage() -> ! {
         "usage: bundle-tool build KIND NAME --cache DIR [--agent PATH] [--force]\n\
          \x20      bundle-tool hash KIND NAME [--agent PATH]\n\
          \x20      bundle-tool install BUNDLE --kind KIND --name NAME --state DIR\n\
-         \x20      bundle-tool catalog-set BUNDLE --url FILE_NAME [--catalog PATH]"
+         \x20      bundle-tool catalog-set BUNDLE --url FILE_NAME [--catalog PATH]\n\
+         \x20      bundle-tool pack SRC_DIR --kind KIND --name NAME --out FILE [--version V] [--kernel-ref K] [--kernel-release R]\n\
+         \x20      bundle-tool pull URL --kind KIND --name NAME --size N --sha256 HEX --state DIR"
     );
     std::process::exit(2)
 }
@@ -155,6 +159,61 @@ fn run(args: &[String]) -> Result<(), Error> {
                 manifest.kind,
                 manifest.name,
                 catalog.display()
+            );
+        }
+        ("pack", [src]) => {
+            let need = |k: &str| flags.get(k).cloned().unwrap_or_else(|| usage());
+            let meta = banger_image::bundle::BundleMeta {
+                kind: kind(&need("kind")),
+                name: need("name"),
+                version: flags.get("version").cloned().unwrap_or_else(|| "0".into()),
+                created: std::env::var("SOURCE_DATE_EPOCH")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
+                recipe_hash: None,
+                kernel_ref: flags.get("kernel-ref").cloned(),
+                kernel_release: flags.get("kernel-release").cloned(),
+            };
+            let packed = banger_image::bundle::pack(
+                &PathBuf::from(src),
+                &meta,
+                &PathBuf::from(need("out")),
+            )?;
+            println!(
+                "{}\t{}\t{}",
+                packed.path.display(),
+                packed.size,
+                packed.sha256
+            );
+        }
+        ("pull", [url]) => {
+            let need = |k: &str| flags.get(k).cloned().unwrap_or_else(|| usage());
+            let entry = banger_image::catalog::Entry {
+                kind: kind(&need("kind")),
+                name: need("name"),
+                version: "unknown".into(),
+                url: url.clone(),
+                size: need("size").parse()?,
+                sha256: need("sha256"),
+                kernel_ref: flags.get("kernel-ref").cloned(),
+            };
+            let store = Store::new(need("state"));
+            let start = std::time::Instant::now();
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let pulled = rt.block_on(banger_image::pull::pull(
+                &entry,
+                "http://unused",
+                &store,
+                &|_| {},
+            ))?;
+            println!(
+                "{}\tdownloaded={}\t{:.3}s",
+                pulled.installed.dir.display(),
+                pulled.downloaded,
+                start.elapsed().as_secs_f64()
             );
         }
         _ => usage(),

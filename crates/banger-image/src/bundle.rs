@@ -15,9 +15,7 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
-
-use crate::digest::{self, DigestError, TreeDigest, TreeEntry};
+use crate::digest::{self, DigestError, Hasher, TreeDigest, TreeEntry};
 use crate::manifest::{
     Artifact, ArtifactType, Kind, Manifest, ManifestError, ARCH, FORMAT_VERSION, MANIFEST_FILE,
     MAX_MANIFEST_BYTES,
@@ -165,7 +163,7 @@ pub fn pack(src: &Path, meta: &BundleMeta, out: &Path) -> Result<Packed, BundleE
         .map_err(io_err("create a temporary file in", parent))?;
     let hashing = HashingWriter {
         inner: io::BufWriter::with_capacity(1 << 20, tmp),
-        hasher: Sha256::new(),
+        hasher: Hasher::new(),
         count: 0,
     };
     let mut encoder =
@@ -272,7 +270,7 @@ pub fn pack(src: &Path, meta: &BundleMeta, out: &Path) -> Result<Packed, BundleE
         path: out.to_owned(),
         manifest,
         size: count,
-        sha256: digest::hex(hasher),
+        sha256: hasher.finish_hex(),
     })
 }
 
@@ -302,7 +300,7 @@ fn append<W: Write, R: Read>(
 #[derive(Debug)]
 pub struct HashingWriter<W> {
     pub inner: W,
-    pub hasher: Sha256,
+    pub hasher: Hasher,
     pub count: u64,
 }
 
@@ -652,13 +650,21 @@ fn write_entry<R: Read>(
 const HOLE_BLOCK: usize = 4096;
 static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];
 
+/// Writeback is started every this many bytes, so the final fsync finds
+/// little left to write.
+const WRITEBACK_STEP: u64 = 16 << 20;
+
 /// Writes a stream at increasing offsets, skipping all-zero aligned blocks
-/// so they become holes, and hashing everything.
+/// so they become holes, and hashing everything. Whole blocks are written
+/// straight from the caller's buffer; only a partial block is kept back.
 struct SparseWriter {
     file: std::fs::File,
-    hasher: Sha256,
+    hasher: Hasher,
+    /// Bytes received so far.
     len: u64,
-    /// Bytes not yet written; always starts at a block-aligned offset.
+    /// Offset up to which writeback has been started.
+    flushed: u64,
+    /// A partial block starting at offset `len - pending.len()`.
     pending: Vec<u8>,
 }
 
@@ -666,58 +672,85 @@ impl SparseWriter {
     fn new(file: std::fs::File) -> SparseWriter {
         SparseWriter {
             file,
-            hasher: Sha256::new(),
+            hasher: Hasher::new(),
             len: 0,
-            pending: Vec::with_capacity(2 << 20),
+            flushed: 0,
+            pending: Vec::with_capacity(HOLE_BLOCK),
         }
     }
 
-    fn write(&mut self, data: &[u8]) -> io::Result<()> {
+    fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         self.hasher.update(data);
+        let mut offset = self.len - self.pending.len() as u64;
         self.len += data.len() as u64;
-        self.pending.extend_from_slice(data);
-        if self.pending.len() >= 1 << 20 {
-            let whole = self.pending.len() / HOLE_BLOCK * HOLE_BLOCK;
-            self.flush_blocks(whole)?;
-        }
-        Ok(())
-    }
-
-    /// Write the first `n` pending bytes (a multiple of the block size,
-    /// unless final), coalescing non-zero blocks into single writes.
-    fn flush_blocks(&mut self, n: usize) -> io::Result<()> {
-        let base = self.len - self.pending.len() as u64;
-        let mut run_start: Option<usize> = None;
-        let mut off = 0;
-        while off < n {
-            let end = (off + HOLE_BLOCK).min(n);
-            let zero = self.pending[off..end] == ZEROS[..end - off];
-            match (zero, run_start) {
-                (false, None) => run_start = Some(off),
-                (true, Some(s)) => {
-                    self.file
-                        .write_all_at(&self.pending[s..off], base + s as u64)?;
-                    run_start = None;
-                }
-                _ => {}
+        if !self.pending.is_empty() {
+            let take = (HOLE_BLOCK - self.pending.len()).min(data.len());
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.pending.len() < HOLE_BLOCK {
+                return Ok(());
             }
-            off = end;
+            write_blocks(&self.file, &self.pending, offset)?;
+            self.pending.clear();
+            offset += HOLE_BLOCK as u64;
         }
-        if let Some(s) = run_start {
-            self.file
-                .write_all_at(&self.pending[s..n], base + s as u64)?;
+        let whole = data.len() / HOLE_BLOCK * HOLE_BLOCK;
+        write_blocks(&self.file, &data[..whole], offset)?;
+        self.pending.extend_from_slice(&data[whole..]);
+        let written = self.len - self.pending.len() as u64;
+        if written - self.flushed >= WRITEBACK_STEP {
+            start_writeback(&self.file, self.flushed, written - self.flushed);
+            self.flushed = written;
         }
-        self.pending.drain(..n);
         Ok(())
     }
 
-    fn finish(mut self) -> io::Result<(u64, String)> {
-        let n = self.pending.len();
-        self.flush_blocks(n)?;
+    fn finish(self) -> io::Result<(u64, String)> {
+        let offset = self.len - self.pending.len() as u64;
+        write_blocks(&self.file, &self.pending, offset)?;
         // Trailing holes need the length set explicitly.
         self.file.set_len(self.len)?;
         self.file.sync_all()?;
-        Ok((self.len, digest::hex(self.hasher)))
+        Ok((self.len, self.hasher.finish_hex()))
+    }
+}
+
+/// Write `data` at `offset`, skipping all-zero blocks and coalescing runs
+/// of non-zero blocks into single writes.
+fn write_blocks(file: &std::fs::File, data: &[u8], offset: u64) -> io::Result<()> {
+    let mut run_start: Option<usize> = None;
+    let mut off = 0;
+    while off < data.len() {
+        let end = (off + HOLE_BLOCK).min(data.len());
+        let zero = data[off..end] == ZEROS[..end - off];
+        match (zero, run_start) {
+            (false, None) => run_start = Some(off),
+            (true, Some(s)) => {
+                file.write_all_at(&data[s..off], offset + s as u64)?;
+                run_start = None;
+            }
+            _ => {}
+        }
+        off = end;
+    }
+    if let Some(s) = run_start {
+        file.write_all_at(&data[s..], offset + s as u64)?;
+    }
+    Ok(())
+}
+
+/// Ask the kernel to start writing `[offset, offset+len)` back now
+/// (asynchronously), overlapping disk writes with the download instead of
+/// leaving them all to the final fsync. Best effort: errors surface at fsync.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(off), Ok(n)) = (i64::try_from(offset), i64::try_from(len)) else {
+        return;
+    };
+    // SAFETY: sync_file_range only reads its integer arguments; the fd is
+    // owned by `file` and stays open for the duration of the call.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), off, n, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
 

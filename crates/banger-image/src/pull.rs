@@ -11,7 +11,6 @@
 use std::io::{self, Read};
 
 use bytes::Bytes;
-use sha2::{Digest, Sha256};
 
 use crate::bundle::{self, BundleError, Expect};
 use crate::catalog::{Catalog, CatalogError, Entry};
@@ -22,6 +21,9 @@ use crate::store::{Installed, Origin, Store, StoreError};
 
 /// How often (in bytes) download progress is reported.
 const PROGRESS_STEP: u64 = 1 << 20;
+/// Body chunks (often 8-16 KiB) are handed to the unpacker thread in
+/// batches of this size: one thread wake-up per batch, not per chunk.
+const BATCH: usize = 512 << 10;
 
 /// Errors of a pull. Every variant names the URL or name involved.
 #[derive(Debug, thiserror::Error)]
@@ -214,7 +216,7 @@ pub async fn pull(
         }
     }
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(64);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
     let dest = staging.path().to_owned();
     let expect = Expect {
         kind: entry.kind,
@@ -224,17 +226,19 @@ pub async fn pull(
         bundle::unpack(
             ChannelReader {
                 rx,
-                current: Bytes::new(),
+                queue: std::collections::VecDeque::new(),
             },
             &dest,
             &expect,
         )
     });
 
-    let mut hasher = Sha256::new();
+    let mut hasher = digest::Hasher::new();
     let mut received = 0u64;
     let mut reported = 0u64;
     let mut sender = Some(tx);
+    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch_len = 0usize;
     let download: Result<(), PullError> = loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
@@ -246,12 +250,19 @@ pub async fn pull(
                     });
                 }
                 hasher.update(&chunk);
-                if let Some(tx) = &sender {
-                    // A closed channel means the unpacker failed: keep
-                    // hashing so the error can say whether the bytes were
-                    // wrong (checksum) or the published bundle is broken.
-                    if tx.send(chunk).await.is_err() {
-                        sender = None;
+                batch_len += chunk.len();
+                batch.push(chunk);
+                if batch_len >= BATCH {
+                    let full = std::mem::take(&mut batch);
+                    batch_len = 0;
+                    if let Some(tx) = &sender {
+                        // A closed channel means the unpacker failed: keep
+                        // hashing so the error can say whether the bytes
+                        // were wrong (checksum) or the published bundle is
+                        // broken.
+                        if tx.send(full).await.is_err() {
+                            sender = None;
+                        }
                     }
                 }
                 if received - reported >= PROGRESS_STEP || received == entry.size {
@@ -264,7 +275,14 @@ pub async fn pull(
                     ));
                 }
             }
-            Ok(None) => break Ok(()),
+            Ok(None) => {
+                if let Some(tx) = &sender {
+                    if !batch.is_empty() && tx.send(std::mem::take(&mut batch)).await.is_err() {
+                        sender = None;
+                    }
+                }
+                break Ok(());
+            }
             Err(e) => {
                 break Err(PullError::Interrupted {
                     url: url.clone(),
@@ -286,7 +304,7 @@ pub async fn pull(
             expected: entry.size,
         });
     }
-    let got = digest::hex(hasher);
+    let got = hasher.finish_hex();
     if got != entry.sha256 {
         return Err(PullError::Checksum {
             url,
@@ -323,23 +341,30 @@ pub async fn pull(
     })
 }
 
-/// Blocking `Read` over the chunks the download task sends.
+/// Blocking `Read` over the chunk batches the download task sends.
 struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
-    current: Bytes,
+    rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
+    queue: std::collections::VecDeque<Bytes>,
 }
 
 impl Read for ChannelReader {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.rx.blocking_recv() {
-                Some(b) => self.current = b,
-                None => return Ok(0),
+        loop {
+            match self.queue.front_mut() {
+                Some(front) if !front.is_empty() => {
+                    let n = buf.len().min(front.len());
+                    buf[..n].copy_from_slice(&front[..n]);
+                    let _ = front.split_to(n);
+                    return Ok(n);
+                }
+                Some(_) => {
+                    self.queue.pop_front();
+                }
+                None => match self.rx.blocking_recv() {
+                    Some(batch) => self.queue.extend(batch),
+                    None => return Ok(0),
+                },
             }
         }
-        let n = buf.len().min(self.current.len());
-        buf[..n].copy_from_slice(&self.current[..n]);
-        let _ = self.current.split_to(n);
-        Ok(n)
     }
 }

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::manifest::{validate_name, Kind};
 
@@ -254,7 +253,7 @@ impl RecipeSet {
     /// sha256 over `inputs` (paths in this set, sorted and deduplicated),
     /// the builder version and `extra` named inputs.
     pub fn hash(&self, inputs: &[String], extra: &[(&str, &[u8])]) -> String {
-        let mut h = Sha256::new();
+        let mut h = crate::digest::Hasher::new();
         h.update(format!("banger-recipe builder={BUILDER_VERSION}\n"));
         let mut paths: Vec<&String> = inputs.iter().collect();
         paths.sort();
@@ -268,7 +267,7 @@ impl RecipeSet {
             h.update(format!("extra {name} {}\n", bytes.len()));
             h.update(bytes);
         }
-        hex::encode(h.finalize())
+        h.finish_hex()
     }
 }
 
