@@ -112,7 +112,8 @@ ip netns add "$NS"
 ip -n "$NS" link set lo up
 ns() { ip netns exec "$NS" "$@"; }
 banger() { ns "$BIN/banger" "$@"; }
-ns "$BIN/bangerd" </dev/null >/dev/null 2>&1 &
+# Not through `ns`: $! must be bangerd itself (ip netns exec execs it).
+ip netns exec "$NS" "$BIN/bangerd" </dev/null >/dev/null 2>&1 &
 DAEMON=$!
 SOCK=$W/run/banger/bangerd.sock
 for _ in $(seq 100); do curl -sf --unix-socket "$SOCK" http://x/v1/status >/dev/null && break; sleep 0.1; done
@@ -120,19 +121,35 @@ STATE=$W/state/banger
 KEY=$HOME/.local/state/banger/ssh/id_ed25519
 KNOWN=$STATE/ssh/known_hosts
 
-ssh_ready() { # IP: wait (tightly) until SSH with the pinned key works
-    until ns timeout 0.3 bash -c "</dev/tcp/$1/22" 2>/dev/null; do sleep 0.1; done
+BOOT_LIMIT=240 # seconds, as bangerd's own boot timeout
+ssh_ready() { # IP START: wait (tightly) until SSH with the pinned key works; 1 after BOOT_LIMIT
+    until ns timeout 0.3 bash -c "</dev/tcp/$1/22" 2>/dev/null; do
+        python3 -c "import sys,time; sys.exit(time.time() - $2 > $BOOT_LIMIT)" || return 1
+        sleep 0.1
+    done
+    PORT_OPEN=$(now)
     until ns ssh -i "$KEY" -o IdentitiesOnly=yes -o BatchMode=yes -o ConnectTimeout=2 \
         -o UserKnownHostsFile="$KNOWN" -o GlobalKnownHostsFile=/dev/null \
-        -o StrictHostKeyChecking=yes -o LogLevel=ERROR "root@$1" true 2>/dev/null; do sleep 0.1; done
+        -o StrictHostKeyChecking=yes -o LogLevel=ERROR "root@$1" true 2>/dev/null; do
+        python3 -c "import sys,time; sys.exit(time.time() - $2 > $BOOT_LIMIT)" || return 1
+        sleep 0.1
+    done
 }
 
 # --- 1. boot ---------------------------------------------------------------
+phases=()
 printf '\n## boot to SSH-ready (%s rounds, %s, 2 vCPU, 1 GiB)\n\n' "$ROUNDS" "$(ns "$BIN/bangerd" --version)"
-printf '| round | banger vm create | raw QEMU, same VM | overhead | banger vm start (2nd boot) |\n|---|---|---|---|---|\n'
+printf '| round | banger vm create | raw QEMU, same VM (port 22 open) | overhead | banger vm start (2nd boot) |\n|---|---|---|---|---|\n'
 for i in $(seq "$ROUNDS"); do
     name=b$i
-    t0=$(now); banger vm create --name "$name" >/dev/null 2>"$W/create$i.log"; t1=$(now)
+    t0=$(now); tc0=$t0
+    # Each progress line stamped with the time it arrived, for the breakdown.
+    if ! banger vm create --name "$name" 2>&1 >/dev/null |
+        while IFS= read -r line; do printf '%s %s\n' "$(now)" "$line"; done >"$W/create$i.log"; then
+        printf '| %s | failed: %s |\n' "$i" "$(grep -m1 error: "$W/create$i.log" | cut -c1-200)"
+        continue
+    fi
+    t1=$(now)
     create=$(secs "$t0" "$t1")
     vm=$(banger vm show --json "$name")
     id=$(jq -r .id <<<"$vm"); ip=$(jq -r .ip <<<"$vm"); pid=$(jq -r .vmm_pid <<<"$vm")
@@ -156,18 +173,28 @@ for i in $(seq "$ROUNDS"); do
         a=${a//$vmdir/$raw}; a=${a//$rundir/$raw\/run}; a=${a//ifname=$tap,/ifname=banger-traw,}
         args+=("$a")
     done
-    t0=$(now); ns "${argv[0]}" "${args[@]}"; ssh_ready "$ip"; t1=$(now)
-    rawt=$(secs "$t0" "$t1")
+    t0=$(now); ns "${argv[0]}" "${args[@]}"
+    if ssh_ready "$ip" "$t0"; then
+        t1=$(now); rawt=$(secs "$t0" "$t1"); rawport=$(secs "$t0" "$PORT_OPEN")
+    else
+        rawt=hung; rawport=-
+    fi
     kill -9 "$(cat "$raw/run/qemu.pid")"
     ns ip link del banger-traw
 
-    t0=$(now); banger vm start "$name" >/dev/null 2>&1; t1=$(now)
-    start=$(secs "$t0" "$t1")
+    t0=$(now)
+    if banger vm start "$name" >/dev/null 2>&1; then t1=$(now); start=$(secs "$t0" "$t1"); else start=failed; fi
     banger vm delete --force "$name" >/dev/null
     rm -rf "$raw"
-    over=$(python3 -c "print(f'{($create / $rawt - 1) * 100:+.0f}%')")
-    printf '| %s | %s s | %s s | %s | %s s |\n' "$i" "$create" "$rawt" "$over" "$start"
+    over=$(python3 -c "print(f'{($create / $rawt - 1) * 100:+.0f}%')" 2>/dev/null || echo -)
+    printf '| %s | %s s | %s s (%s s) | %s | %s s |\n' "$i" "$create" "$rawt" "$rawport" "$over" "$start"
+    # When each phase of the create began, in seconds after the command started.
+    phases+=("| $i | $(awk -v t0="$tc0" '{ split($2, p, "]"); sub(/^\[/, "", p[1]);
+        if ($2 ~ /^\[/ && !(p[1] in seen)) { seen[p[1]] = 1; printf "%s %.2f, ", p[1], $1 - t0 } }' \
+        "$W/create$i.log" | sed 's/, $//') |")
 done
+printf '\nPhases of `vm create` (seconds after the command started):\n\n| round | phase start times |\n|---|---|\n'
+printf '%s\n' "${phases[@]}"
 
 # --- 2. list latency -------------------------------------------------------
 for i in $(seq "$RECORDS"); do
@@ -176,10 +203,10 @@ done
 n=$(banger vm list --json | jq '.vms | length')
 stats() { python3 -c "import sys,statistics as s; v=sorted(float(x)*1000 for x in sys.stdin); print(f'median {s.median(v):.1f} ms, p90 {v[int(len(v)*0.9)-1]:.1f} ms, max {v[-1]:.1f} ms')"; }
 api=$(for _ in $(seq 50); do curl -s -o /dev/null -w '%{time_total}\n' --unix-socket "$SOCK" http://x/v1/vms; done | stats)
-cli=$(for _ in $(seq 20); do t0=$(now); banger vm list >/dev/null; t1=$(now); secs "$t0" "$t1"; done | stats)
+cli=$(for _ in $(seq 20); do t0=$(now); "$BIN/banger" vm list >/dev/null; t1=$(now); python3 -c "print($t1 - $t0)"; done | stats)
 printf '\n## list latency with %s VM records\n\n' "$n"
 printf -- '- `GET /v1/vms` (curl, 50 runs): %s\n' "$api"
-printf -- '- `banger vm list` (whole CLI process in the namespace, 20 runs): %s\n' "$cli"
+printf -- '- `banger vm list` (the whole CLI process: start, connect, request, table; 20 runs): %s\n' "$cli"
 for i in $(seq "$RECORDS"); do banger vm delete "r$i" >/dev/null; done
 
 # --- 3. memory -------------------------------------------------------------
