@@ -646,6 +646,18 @@ fn write_entry<R: Read>(
     w.finish().map_err(io_err("write", path))
 }
 
+/// Copy a file to a new file `dst`, leaving zero blocks as holes; returns
+/// its size and sha256.
+pub fn copy_sparse(src: &Path, dst: &Path) -> Result<(u64, String), BundleError> {
+    let mut file = std::fs::File::open(src).map_err(io_err("open", src))?;
+    let mode = file
+        .metadata()
+        .map_err(io_err("stat", src))?
+        .permissions()
+        .mode();
+    write_entry(&mut file, dst, digest::normalized_file_mode(mode), None)
+}
+
 /// Block size below which zero runs are written rather than skipped.
 const HOLE_BLOCK: usize = 4096;
 static ZEROS: [u8; HOLE_BLOCK] = [0; HOLE_BLOCK];

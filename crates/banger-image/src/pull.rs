@@ -368,3 +368,32 @@ impl Read for ChannelReader {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon spawns pulls on its runtime: the future must be Send.
+    #[test]
+    fn pull_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let store = Store::new("/nonexistent");
+        let entry = Catalog::embedded()
+            .get(Kind::Kernel, "generic-6.12")
+            .unwrap()
+            .clone();
+        let progress = |_: Progress| {};
+        let fut = pull(&entry, "http://127.0.0.1:9", &store, &progress);
+        assert_send(&fut);
+        let catalog = Catalog::embedded();
+        let fut = pull_with_deps(
+            catalog,
+            Kind::Image,
+            "debian-bookworm",
+            "http://127.0.0.1:9",
+            &store,
+            &progress,
+        );
+        assert_send(&fut);
+    }
+}

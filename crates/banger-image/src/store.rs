@@ -49,6 +49,10 @@ pub enum StoreError {
     },
     #[error("bundle {path}: {source}")]
     Bundle { path: PathBuf, source: BundleError },
+    #[error(transparent)]
+    Invalid(#[from] crate::validate::ValidateError),
+    #[error("cannot describe the imported files: {0}")]
+    Describe(BundleError),
     #[error("cannot make the modules disk {path}: {reason}")]
     ModulesDisk { path: PathBuf, reason: String },
 }
@@ -71,6 +75,8 @@ pub enum Origin {
     Build { bundle_sha256: String },
     /// Installed from a bundle file given by path.
     File { path: String, bundle_sha256: String },
+    /// Copied from host-side files (`image promote` of a registered image).
+    Imported { paths: Vec<String> },
 }
 
 /// Contents of `origin.json`.
@@ -125,6 +131,23 @@ impl Installed {
     pub fn modules_disk(&self) -> Option<PathBuf> {
         Some(self.dir.join(MODULES_DISK)).filter(|p| p.is_file())
     }
+}
+
+/// Host-side artifacts to copy into the store as a managed bundle.
+#[derive(Debug, Clone, Copy)]
+pub enum Import<'a> {
+    /// An ext4 root filesystem and the kernel it boots with.
+    Image {
+        rootfs: &'a Path,
+        kernel_ref: &'a str,
+    },
+    /// An ELF kernel, optional initrd and optional modules directory
+    /// (`.../lib/modules/<release>`; its name becomes the kernel release).
+    Kernel {
+        vmlinux: &'a Path,
+        initrd: Option<&'a Path>,
+        modules: Option<&'a Path>,
+    },
 }
 
 /// An exclusive lock on one name; released on drop.
@@ -434,6 +457,113 @@ impl Store {
         self.commit(&lock, staging, origin)
     }
 
+    /// Copy host-side artifacts into the store as the managed bundle `name`
+    /// (replacing an installed one): every file is validated first (absolute,
+    /// ext4 / ELF with the PVH note), copied sparsely, described by a fresh
+    /// manifest (`recipe_hash` null, `created` now) and committed like a pull.
+    pub fn import(
+        &self,
+        name: &str,
+        version: &str,
+        import: Import<'_>,
+        progress: ProgressFn<'_>,
+    ) -> Result<Installed, StoreError> {
+        use crate::validate;
+        let (kind, kernel_ref, release, mut paths) = match import {
+            Import::Image { rootfs, kernel_ref } => {
+                validate::rootfs(rootfs)?;
+                validate_name(kernel_ref)?;
+                (Kind::Image, Some(kernel_ref.to_owned()), None, vec![rootfs])
+            }
+            Import::Kernel {
+                vmlinux,
+                initrd,
+                modules,
+            } => {
+                validate::vmlinux(vmlinux)?;
+                let mut paths = vec![vmlinux];
+                if let Some(i) = initrd {
+                    validate::initrd(i)?;
+                    paths.push(i);
+                }
+                let release = match modules {
+                    Some(m) => {
+                        validate::modules_dir(m)?;
+                        paths.push(m);
+                        m.file_name().and_then(|n| n.to_str()).map(str::to_owned)
+                    }
+                    None => None,
+                };
+                (
+                    Kind::Kernel,
+                    None,
+                    Some(release.unwrap_or_else(|| "unknown".into())),
+                    paths,
+                )
+            }
+        };
+        let lock = self.lock(kind, name, || {
+            progress(Progress::note(
+                Phase::Wait,
+                format!("waiting for another writer of {kind} {name}"),
+            ))
+        })?;
+        let staging = self.staging(&lock)?;
+        let dst = staging.path();
+        let copy = |src: &Path, to: &Path| {
+            progress(Progress::note(
+                Phase::Install,
+                format!("copying {}", src.display()),
+            ));
+            bundle::copy_sparse(src, to)
+                .map(|_| ())
+                .map_err(|source| StoreError::Bundle {
+                    path: src.to_owned(),
+                    source,
+                })
+        };
+        match import {
+            Import::Image { rootfs, .. } => copy(rootfs, &dst.join(manifest::ROOTFS))?,
+            Import::Kernel {
+                vmlinux,
+                initrd,
+                modules,
+            } => {
+                copy(vmlinux, &dst.join(manifest::VMLINUX))?;
+                if let Some(i) = initrd {
+                    copy(i, &dst.join(manifest::INITRD))?;
+                }
+                if let Some(m) = modules {
+                    let to = dst
+                        .join(manifest::MODULES)
+                        .join(release.as_deref().unwrap_or("unknown"));
+                    std::fs::create_dir_all(&to).map_err(io_err("create", &to))?;
+                    copy_tree(m, &to)?;
+                }
+            }
+        }
+        let meta = bundle::BundleMeta {
+            kind,
+            name: name.to_owned(),
+            version: version.to_owned(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
+            recipe_hash: None,
+            kernel_ref,
+            kernel_release: release,
+        };
+        let manifest = bundle::describe(dst, &meta).map_err(StoreError::Describe)?;
+        let manifest_path = dst.join(MANIFEST_FILE);
+        std::fs::write(&manifest_path, manifest.to_json())
+            .map_err(io_err("write", &manifest_path))?;
+        let origin = Origin::Imported {
+            paths: paths.drain(..).map(|p| p.display().to_string()).collect(),
+        };
+        self.commit(&lock, staging, origin)
+    }
+
     /// Remove `name`; returns whether it was installed. Callers check first
     /// that no VM uses it.
     pub fn delete(&self, kind: Kind, name: &str) -> Result<bool, StoreError> {
@@ -499,6 +629,33 @@ fn make_modules_disk(staged: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Copy a modules tree: regular files and directories; the `build` and
+/// `source` links into kernel headers are dropped, other links refused.
+pub(crate) fn copy_tree(src: &Path, dst: &Path) -> Result<(), StoreError> {
+    for entry in std::fs::read_dir(src).map_err(io_err("list", src))? {
+        let entry = entry.map_err(io_err("list", src))?;
+        let from = entry.path();
+        let to = dst.join(entry.file_name());
+        let ft = entry.file_type().map_err(io_err("stat", &from))?;
+        if ft.is_dir() {
+            std::fs::create_dir(&to).map_err(io_err("create", &to))?;
+            copy_tree(&from, &to)?;
+        } else if ft.is_file() {
+            std::fs::copy(&from, &to).map_err(io_err("copy", &from))?;
+        } else if ft.is_symlink() && matches!(entry.file_name().to_str(), Some("build" | "source"))
+        {
+            continue;
+        } else {
+            return Err(StoreError::Io {
+                op: "copy (only regular files and directories)",
+                path: from,
+                source: io::Error::from(io::ErrorKind::InvalidInput),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     std::fs::File::open(dir)
         .and_then(|f| f.sync_all())
@@ -514,6 +671,120 @@ mod tests {
         let s = Store::new("/nonexistent");
         assert!(s.dir(Kind::Image, "../x").is_err());
         assert!(s.get(Kind::Image, "a/b").is_err());
+    }
+
+    #[test]
+    fn import_validates_copies_and_describes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::new(dir.path().join("state"));
+        let ignore = &crate::progress::ignore;
+        // Refusals leave nothing behind.
+        let text = dir.path().join("not-ext4");
+        std::fs::write(&text, b"hello").unwrap();
+        let err = store
+            .import(
+                "img",
+                "1",
+                Import::Image {
+                    rootfs: &text,
+                    kernel_ref: "k",
+                },
+                ignore,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("not ext4"), "{err}");
+        let rel = Path::new("rootfs.ext4");
+        let err = store
+            .import(
+                "img",
+                "1",
+                Import::Image {
+                    rootfs: rel,
+                    kernel_ref: "k",
+                },
+                ignore,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+        let err = store
+            .import(
+                "k",
+                "1",
+                Import::Kernel {
+                    vmlinux: &text,
+                    initrd: None,
+                    modules: None,
+                },
+                ignore,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("not an x86_64 ELF"), "{err}");
+        assert!(store.list(Kind::Image).unwrap().is_empty());
+
+        // A real (sparse) ext4 made by mkfs.ext4.
+        let rootfs = dir.path().join("rootfs.ext4");
+        let ok = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&rootfs)
+            .arg("64M")
+            .status();
+        if !matches!(ok, Ok(s) if s.success()) {
+            eprintln!("skipping the image half: mkfs.ext4 unavailable");
+            return;
+        }
+        let inst = store
+            .import(
+                "img",
+                "1",
+                Import::Image {
+                    rootfs: &rootfs,
+                    kernel_ref: "k",
+                },
+                ignore,
+            )
+            .unwrap();
+        assert_eq!(
+            std::fs::read(inst.rootfs().unwrap()).unwrap(),
+            std::fs::read(&rootfs).unwrap()
+        );
+        assert_eq!(inst.manifest.kernel_ref.as_deref(), Some("k"));
+        assert!(inst.manifest.recipe_hash.is_none());
+        assert!(matches!(
+            inst.origin.clone().unwrap().origin,
+            Origin::Imported { .. }
+        ));
+        use std::os::unix::fs::MetadataExt;
+        let blocks = std::fs::metadata(inst.rootfs().unwrap()).unwrap().blocks();
+        assert!(blocks * 512 < 32 << 20, "copied sparsely");
+
+        let elf = crate::validate::tests::tiny_elf(&crate::validate::tests::note(
+            b"Xen",
+            18,
+            &[0, 0, 0, 1],
+        ));
+        let vmlinux = dir.path().join("vmlinux");
+        std::fs::write(&vmlinux, elf).unwrap();
+        let modules = dir.path().join("lib/modules/6.1.0-test");
+        std::fs::create_dir_all(modules.join("kernel")).unwrap();
+        std::fs::write(modules.join("modules.dep"), b"").unwrap();
+        std::os::unix::fs::symlink("/usr/src/linux", modules.join("build")).unwrap();
+        let k = store
+            .import(
+                "k",
+                "1",
+                Import::Kernel {
+                    vmlinux: &vmlinux,
+                    initrd: None,
+                    modules: Some(&modules),
+                },
+                ignore,
+            )
+            .unwrap();
+        assert_eq!(k.manifest.kernel_release.as_deref(), Some("6.1.0-test"));
+        assert!(k.modules_dir().unwrap().join("modules.dep").is_file());
+        assert!(!k.modules_dir().unwrap().join("build").exists());
+        assert!(k.modules_disk().is_some());
+        assert!(k.initrd().is_none());
     }
 
     #[test]

@@ -138,7 +138,7 @@ pub(super) fn build(
     progress(Progress::note(Phase::Build, "copying the modules tree"));
     let modules_dst = out.join(MODULES).join(&release);
     std::fs::create_dir_all(&modules_dst).map_err(io_err("create", &modules_dst))?;
-    copy_tree(&modules_src, &modules_dst)?;
+    crate::store::copy_tree(&modules_src, &modules_dst)?;
 
     progress(Progress::note(Phase::Build, "building the initrd"));
     let initrd = build_initrd(&recipe, opts, &tree, &modules_src, &release, sde)?;
@@ -215,32 +215,6 @@ fn kernel_release(tree: &Path) -> Result<String, BuildError> {
             "expected exactly one kernel with modules and vmlinuz, found {other:?}"
         ))),
     }
-}
-
-/// Copy regular files and directories; the `build`/`source` links into
-/// kernel headers are dropped, any other link or special file is an error.
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuildError> {
-    for entry in std::fs::read_dir(src).map_err(io_err("list", src))? {
-        let entry = entry.map_err(io_err("list", src))?;
-        let from = entry.path();
-        let to = dst.join(entry.file_name());
-        let ft = entry.file_type().map_err(io_err("stat", &from))?;
-        if ft.is_dir() {
-            std::fs::create_dir(&to).map_err(io_err("create", &to))?;
-            copy_tree(&from, &to)?;
-        } else if ft.is_file() {
-            std::fs::copy(&from, &to).map_err(io_err("copy", &from))?;
-        } else if ft.is_symlink() && matches!(entry.file_name().to_str(), Some("build" | "source"))
-        {
-            continue;
-        } else {
-            return Err(BuildError::KernelTree(format!(
-                "{} is not a regular file or directory",
-                from.display()
-            )));
-        }
-    }
-    Ok(())
 }
 
 /// Find `<module>.ko[.xz|.zst]` under `modules` (either `_` or `-` in the file name).
