@@ -27,6 +27,15 @@ if [ -n "$nix_files" ]; then
     echo "$(echo "$nix_files" | wc -l) .nix files parse"
 fi
 
+step "test bundles: kernel generic-6.12 + image debian-bookworm-minimal"
+# Built from images/ recipes, cached by recipe hash under ~/.cache/banger.
+store="$PWD/target/test-store"
+bash scripts/test-store.sh "$store"
+export BANGER_BOOT_TESTS=1 BANGER_BUILD_TESTS=1
+export BANGER_TEST_STORE="$store"
+export BANGER_BOOT_KERNEL_DIR="$store/kernels/generic-6.12"
+export BANGER_BOOT_ROOTFS="$store/images/debian-bookworm-minimal/rootfs.ext4"
+
 step "cargo test"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast
