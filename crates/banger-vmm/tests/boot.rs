@@ -189,8 +189,10 @@ async fn real_kernel_and_image_boot_to_userspace_under_tcg() {
     };
     assert!(
         serial.contains(USERSPACE_MARK),
-        "the guest did not reach userspace (VMM alive: {}); serial log:\n{serial}",
-        handle.is_alive()
+        "the guest did not reach userspace (VMM alive: {}); serial log:\n{serial}\nVMM log ({}):\n{}",
+        handle.is_alive(),
+        handle.vmm_log.display(),
+        std::fs::read_to_string(&handle.vmm_log).unwrap_or_else(|e| format!("unreadable: {e}"))
     );
     assert_eq!(handle.status().await.unwrap().state, VmState::Running);
 
