@@ -386,6 +386,15 @@ pub fn format_show(vm: &VmInfo) -> String {
                 ));
             }
         }
+        if let Some(at) = d.stats_at {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            rows.push((
+                "sampled",
+                format!("{:.0} s ago", (now - at).max(0) as f64 / 1000.0),
+            ));
+        }
         if let Some(e) = &d.agent_error {
             rows.push(("agent error", e.clone()));
         }
