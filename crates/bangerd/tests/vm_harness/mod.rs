@@ -546,8 +546,13 @@ impl Drop for World {
 
 /// Minimal config for the VM tests.
 pub fn config(image: &str) -> String {
+    config_with(image, "")
+}
+
+/// [`config`] with more top-level keys (`key = value` lines).
+pub fn config_with(image: &str, top_level: &str) -> String {
     format!(
-        "default_image_name = \"{image}\"\nlog_level = \"debug\"\n\n[vm_defaults]\nvcpu = 2\nmemory_mib = 768\ndisk_size = \"1G\"\n"
+        "default_image_name = \"{image}\"\nlog_level = \"debug\"\n{top_level}\n\n[vm_defaults]\nvcpu = 2\nmemory_mib = 768\ndisk_size = \"1G\"\n"
     )
 }
 
