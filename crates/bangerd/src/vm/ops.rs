@@ -502,8 +502,10 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
     }
 
     prepare_run_dir(&p.run_dir)?;
+    // panic=1 with QEMU's -no-reboot: a guest kernel that panics ends its
+    // VMM at once instead of spinning until the boot timeout.
     let mut cmdline = format!(
-        "console=ttyS0 root=/dev/vda rw {}",
+        "console=ttyS0 root=/dev/vda rw panic=1 {}",
         netplan.kernel_args(ip, &vm.name)?
     );
     if vmm.backend() == (Backend::Qemu { accel: Accel::Tcg }) {
@@ -655,10 +657,12 @@ pub fn console_tail(path: &Path) -> String {
 pub const FIRST_OUTPUT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Launch the VMM and watch the serial console: a guest that prints nothing
-/// within [`FIRST_OUTPUT_TIMEOUT`] is killed and launched once more. QEMU's
-/// `microvm` under TCG stalls before the kernel's first line in about one
-/// boot out of twenty on this project's development machine; the second
-/// launch boots. A second stall is left to the boot timeout, which reports
+/// within [`FIRST_OUTPUT_TIMEOUT`], or whose VMM exits before it printed
+/// anything, is launched once more. Under QEMU/TCG the guest kernel here
+/// sometimes dies in `start_kernel` before its console exists (a divide
+/// error in early timer setup, seen with `earlyprintk` in about one boot out
+/// of ten to twenty on the development machine); the next launch boots. A
+/// second failure is left to the boot timeout or exit check, which report
 /// it.
 async fn launch_watched(
     vmm: &banger_vmm::Vmm,
@@ -677,16 +681,21 @@ async fn launch_watched(
             .launch(spec, &LaunchOptions::default())
             .await
             .map_err(vmm_err)?;
-        if attempt == 2
-            || first_output(&spec.serial_log, before, &handle, FIRST_OUTPUT_TIMEOUT).await
-        {
+        let seen = first_output(&spec.serial_log, before, &handle, FIRST_OUTPUT_TIMEOUT).await;
+        if attempt == 2 || seen == Console::Printed {
             return Ok(handle);
         }
-        let message = format!(
-            "{name} printed nothing on its console within {} s of launch (an early-boot \
-             stall of the VMM); starting it again",
-            FIRST_OUTPUT_TIMEOUT.as_secs()
-        );
+        let message = match seen {
+            Console::Silent => format!(
+                "{name} printed nothing on its console within {} s of launch (an early-boot \
+                 stall of the VMM); starting it again",
+                FIRST_OUTPUT_TIMEOUT.as_secs()
+            ),
+            _ => format!(
+                "{name}'s VMM exited before the guest printed anything (an early-boot \
+                 crash of the guest kernel); starting it again"
+            ),
+        };
         tracing::warn!(vm = %name, "{message}");
         sink.send(StreamEvent::Log {
             level: LogLevel::Warn,
@@ -703,16 +712,36 @@ fn file_len(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
-/// Whether the console grows past `before` within `timeout` (a VMM that
-/// exits also counts: the caller reports the exit).
-async fn first_output(path: &Path, before: u64, handle: &VmmHandle, timeout: Duration) -> bool {
+/// What a freshly launched guest's console did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Console {
+    /// It grew: the kernel runs.
+    Printed,
+    /// Nothing within the timeout.
+    Silent,
+    /// The VMM exited without a line (a panic before the console exists,
+    /// with `panic=1`).
+    ExitedSilently,
+}
+
+/// Whether the console grows past `before` within `timeout`, or the VMM
+/// exits first.
+async fn first_output(path: &Path, before: u64, handle: &VmmHandle, timeout: Duration) -> Console {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        if file_len(path) > before || !handle.is_alive() {
-            return true;
+        if file_len(path) > before {
+            return Console::Printed;
+        }
+        if !handle.is_alive() {
+            // It may have printed just before exiting.
+            return if file_len(path) > before {
+                Console::Printed
+            } else {
+                Console::ExitedSilently
+            };
         }
         if tokio::time::Instant::now() >= deadline {
-            return false;
+            return Console::Silent;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1154,7 +1183,7 @@ mod tests {
         std::fs::write(&log, "previous boot\n").unwrap();
         let before = file_len(&log);
         let silent = first_output(&log, before, &handle, Duration::from_millis(300)).await;
-        assert!(!silent, "nothing was printed");
+        assert_eq!(silent, Console::Silent);
         let writer = {
             let log = log.clone();
             tokio::spawn(async move {
@@ -1164,12 +1193,22 @@ mod tests {
                 f.write_all(b"[    0.000000] Linux version\n").unwrap();
             })
         };
-        assert!(first_output(&log, before, &handle, Duration::from_secs(10)).await);
+        assert_eq!(
+            first_output(&log, before, &handle, Duration::from_secs(10)).await,
+            Console::Printed
+        );
         writer.await.unwrap();
-        // A VMM that is gone counts as done (its exit is reported elsewhere).
+        // A VMM that is gone: printed before it went, or not.
         let mut dead = handle.clone();
         dead.start_time += 1;
-        assert!(first_output(&log, file_len(&log), &dead, Duration::from_secs(10)).await);
+        assert_eq!(
+            first_output(&log, before, &dead, Duration::from_secs(10)).await,
+            Console::Printed
+        );
+        assert_eq!(
+            first_output(&log, file_len(&log), &dead, Duration::from_secs(10)).await,
+            Console::ExitedSilently
+        );
     }
 
     #[test]
