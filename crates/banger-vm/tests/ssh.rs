@@ -251,9 +251,16 @@ async fn an_unauthorized_client_key_is_rejected_until_the_deadline() {
         .await
         .unwrap_err();
     match err {
-        SshError::NotReady { last, .. } => {
-            assert!(matches!(*last, SshError::AuthRejected { .. }), "{last}")
-        }
+        // The last attempt is either rejected, or cut short by the deadline
+        // when a loaded host makes it start with only milliseconds left;
+        // either way the unauthorized key never got in.
+        SshError::NotReady { last, .. } => assert!(
+            matches!(
+                *last,
+                SshError::AuthRejected { .. } | SshError::Timeout { .. }
+            ),
+            "{last}"
+        ),
         other => panic!("expected NotReady, got {other}"),
     }
 }
