@@ -22,6 +22,21 @@ async fn a_killed_daemon_re_adopts_running_vms_and_notices_dead_ones() {
 
     world.kill_daemon();
     assert_eq!(world.qemus(), vec![pid], "the VMM outlives the daemon");
+    // A client that dies between request and answer (as a killed daemon
+    // does) leaves the answer queued in the virtio-serial port for the next
+    // client; the new daemon must not take it for the answer to its own.
+    {
+        use std::io::Write;
+        let socket = world
+            .env
+            .layout
+            .runtime_dir
+            .join("vms")
+            .join(&before.id)
+            .join("agent.sock");
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        s.write_all(b"{\"op\":\"stats\"}\n").unwrap();
+    }
     world.start_daemon().await;
 
     let after = world.show("phoenix");
@@ -35,8 +50,21 @@ async fn a_killed_daemon_re_adopts_running_vms_and_notices_dead_ones() {
     );
     let host = world.banger_ok(&["vm", "ssh", "phoenix", "--", "hostname"]);
     assert_eq!(host.trim(), "phoenix");
-    let agent = after.details.unwrap().agent;
-    assert!(agent.is_some(), "the agent answers the new daemon");
+    assert!(
+        world
+            .env
+            .log()
+            .contains("discarded stale bytes from the agent channel"),
+        "the queued answer was not seen: {}",
+        world.log_tail()
+    );
+    let details = after.details.unwrap();
+    assert!(
+        details.agent.is_some(),
+        "the agent answers the new daemon: {:?}\nlog:\n{}",
+        details.agent_error,
+        world.log_tail()
+    );
 
     // Stop works across the restart (the handle in the run dir controls it).
     let stopped = world.banger_ok(&["vm", "stop", "phoenix"]);

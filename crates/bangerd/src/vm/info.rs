@@ -110,8 +110,33 @@ pub async fn sample_agent(state: &AppState, vm: &VmRecord) -> Result<AgentSample
     Ok(sample)
 }
 
+/// How long a fresh agent connection is drained of stale bytes.
+const DRAIN_QUIET: Duration = Duration::from_millis(100);
+
+/// A connection to one VM's guest agent, holding that VM's agent lock: QEMU's
+/// virtio-serial socket serves one client at a time, so the stats sampler,
+/// `vm show` and `vm ports` take turns instead of stalling each other.
+#[derive(Debug)]
+pub struct AgentConn {
+    client: AgentClient,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl std::ops::Deref for AgentConn {
+    type Target = AgentClient;
+    fn deref(&self) -> &AgentClient {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for AgentConn {
+    fn deref_mut(&mut self) -> &mut AgentClient {
+        &mut self.client
+    }
+}
+
 /// Open a connection to a running VM's guest agent.
-pub async fn connect_agent(state: &AppState, vm: &VmRecord) -> Result<AgentClient, VmError> {
+pub async fn connect_agent(state: &AppState, vm: &VmRecord) -> Result<AgentConn, VmError> {
     let agent_err = |source| VmError::Agent {
         name: vm.name.clone(),
         source,
@@ -131,21 +156,47 @@ pub async fn connect_agent(state: &AppState, vm: &VmRecord) -> Result<AgentClien
             name: vm.name.clone(),
         });
     };
-    let stream = tokio::time::timeout(AGENT_TIMEOUT, endpoint.connect())
+    let timeout = || {
+        agent_err(banger_vsock_agent::client::AgentClientError::Timeout {
+            op: "connect",
+            after: AGENT_TIMEOUT,
+        })
+    };
+    let turn = tokio::time::timeout(AGENT_TIMEOUT, state.vms.agent_lock_for(&vm.id).lock_owned())
         .await
-        .map_err(|_| {
-            agent_err(banger_vsock_agent::client::AgentClientError::Timeout {
-                op: "connect",
-                after: AGENT_TIMEOUT,
-            })
-        })?
+        .map_err(|_| timeout())?;
+    let mut stream = tokio::time::timeout(AGENT_TIMEOUT, endpoint.connect())
+        .await
+        .map_err(|_| timeout())?
         .map_err(|e| {
             agent_err(banger_vsock_agent::client::AgentClientError::Connect {
                 path: endpoint.socket().to_owned(),
                 source: std::io::Error::other(e.to_string()),
             })
         })?;
-    Ok(AgentClient::from_stream(stream).with_timeout(AGENT_TIMEOUT))
+    drain_stale(&mut stream).await;
+    Ok(AgentConn {
+        client: AgentClient::from_stream(stream).with_timeout(AGENT_TIMEOUT),
+        _turn: turn,
+    })
+}
+
+/// Discard what arrives on a fresh agent connection before the first
+/// request. A virtio-serial port keeps what the guest wrote while no host
+/// was connected (the answer to a request whose client died, e.g. a killed
+/// daemon) and QEMU hands it to the next client, which would take it for the
+/// answer to its own first request.
+async fn drain_stale(stream: &mut tokio::net::UnixStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(DRAIN_QUIET, stream.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => {
+                tracing::debug!(bytes = n, "discarded stale bytes from the agent channel");
+            }
+            _ => return,
+        }
+    }
 }
 
 /// The guest's listening sockets, from its agent.

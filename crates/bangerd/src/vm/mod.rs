@@ -215,6 +215,8 @@ pub struct VmManager {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The agent's last answers per VM id, refreshed every `stats_poll_interval`.
     samples: Mutex<HashMap<String, AgentSample>>,
+    /// One agent connection at a time per VM id.
+    agent_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// One poll of a VM's agent.
@@ -249,6 +251,7 @@ impl VmManager {
             clone_strategy: Mutex::new(None),
             locks: Mutex::new(HashMap::new()),
             samples: Mutex::new(HashMap::new()),
+            agent_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,6 +259,12 @@ impl VmManager {
     pub fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         locks.entry(name.to_owned()).or_default().clone()
+    }
+
+    /// The lock giving one agent connection at a time to VM `id`.
+    pub fn agent_lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.agent_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
     }
 
     /// Forget the lock of a deleted VM (when nobody else holds it).
@@ -285,10 +294,12 @@ impl VmManager {
         };
     }
 
-    /// Keep only the samples of `ids`.
+    /// Keep only the samples (and idle agent locks) of `ids`.
     pub fn retain_samples(&self, ids: &[&str]) {
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
         samples.retain(|id, _| ids.contains(&id.as_str()));
+        let mut locks = self.agent_locks.lock().unwrap_or_else(|e| e.into_inner());
+        locks.retain(|id, l| ids.contains(&id.as_str()) || Arc::strong_count(l) > 1);
     }
 
     /// The root-disk clone strategy for `dir`, probed on first use.
@@ -323,9 +334,10 @@ impl VmManager {
 }
 
 /// The guest agent binary to put on config drives: `$BANGER_AGENT_BIN`, else
-/// `banger-vsock-agent` next to the daemon's executable, else the system
-/// install's copy.
-pub fn agent_binary() -> Result<PathBuf, VmError> {
+/// `banger-vsock-agent` next to the daemon's executable, else in the system
+/// install's `lib_dir` (`/usr/local/lib/banger`, or the Nix store path the
+/// install metadata names).
+pub fn agent_binary(layout: &banger_host::paths::Layout) -> Result<PathBuf, VmError> {
     let mut tried = Vec::new();
     if let Some(p) = std::env::var_os(AGENT_BIN_ENV).filter(|v| !v.is_empty()) {
         let p = PathBuf::from(p);
@@ -334,20 +346,21 @@ pub fn agent_binary() -> Result<PathBuf, VmError> {
         }
         tried.push(format!("{AGENT_BIN_ENV}={}", p.display()));
     }
-    if let Some(sibling) = std::env::current_exe()
+    let mut candidates: Vec<PathBuf> = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(|d| d.join("banger-vsock-agent")))
-    {
-        if sibling.is_file() {
-            return Ok(sibling);
+        .into_iter()
+        .collect();
+    if let Some(install) = &layout.install {
+        candidates.push(PathBuf::from(&install.lib_dir).join("banger-vsock-agent"));
+    }
+    candidates.push(PathBuf::from(SYSTEM_AGENT_PATH));
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c);
         }
-        tried.push(sibling.display().to_string());
+        tried.push(c.display().to_string());
     }
-    let system = PathBuf::from(SYSTEM_AGENT_PATH);
-    if system.is_file() {
-        return Ok(system);
-    }
-    tried.push(SYSTEM_AGENT_PATH.to_owned());
     Err(VmError::NoAgentBinary {
         tried: tried.join(", "),
     })

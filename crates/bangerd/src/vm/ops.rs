@@ -164,7 +164,7 @@ pub fn check_create(state: &AppState, req: &VmCreateRequest) -> Result<ResolvedC
             message: format!("the guest network configuration is unusable: {reason}"),
         })?;
     if !resolved.no_start {
-        agent_binary()?;
+        agent_binary(&state.layout)?;
     }
     Ok(resolved)
 }
@@ -404,7 +404,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         .map_err(|reason| VmError::InvalidRequest {
             message: format!("the guest network configuration is unusable: {reason}"),
         })?;
-    let agent = agent_binary()?;
+    let agent = agent_binary(&state.layout)?;
     let (vmlinux, initrd) = kernel_artifacts(&state.layout, &vm.image, &vm.kernel)?;
     let p = VmPaths::new(&state.layout, &vm.id);
     let mut extra = VmExtra::from_json(&vm.spec);
