@@ -266,6 +266,14 @@ pub fn test_image() -> TestImage {
         );
         prepare_rootfs(&copy);
         std::fs::rename(&staging, &prepared).unwrap();
+        // Copies of older images or fixtures are never used again.
+        for entry in std::fs::read_dir(&cache).unwrap().flatten() {
+            let file_name = entry.file_name();
+            let other = file_name.to_string_lossy();
+            if other.starts_with(&format!("{name}-")) && entry.path() != prepared {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
     TestImage {
         name,
