@@ -358,9 +358,21 @@ pub async fn start(state: Arc<AppState>, name: String, sink: EventSink) -> Resul
             .await;
         return Ok(info::vm_info(&vm));
     }
+    boot_and_report(&state, &vm.id, &name, &sink).await
+}
+
+/// Boot a defined VM; on failure give back everything the boot took and
+/// record the error. Call with the VM's lock held.
+/// Boot a defined VM (releasing its runtime on failure) and report it ready.
+async fn boot_and_report(
+    state: &Arc<AppState>,
+    id: &str,
+    name: &str,
+    sink: &EventSink,
+) -> Result<VmInfo, VmError> {
     let started = Instant::now();
-    boot_or_release(&state, &vm.id, &sink).await?;
-    let vm = find(&state, &name)?;
+    boot_or_release(state, id, sink).await?;
+    let vm = find(state, name)?;
     sink.progress(
         "ready",
         format!(
@@ -373,8 +385,6 @@ pub async fn start(state: Arc<AppState>, name: String, sink: EventSink) -> Resul
     Ok(info::vm_info(&vm))
 }
 
-/// Boot a defined VM; on failure give back everything the boot took and
-/// record the error. Call with the VM's lock held.
 async fn boot_or_release(state: &Arc<AppState>, id: &str, sink: &EventSink) -> Result<(), VmError> {
     let vm = db(state).transition_vm_state(
         id,
@@ -1061,19 +1071,7 @@ pub async fn restart(
     let _guard = lock.lock().await;
     stop_locked(&state, &name, force, &sink).await?;
     let vm = find(&state, &name)?;
-    let started = Instant::now();
-    boot_or_release(&state, &vm.id, &sink).await?;
-    let vm = find(&state, &name)?;
-    sink.progress(
-        "ready",
-        format!(
-            "{name} is up at {} ({:.1} s)",
-            vm.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            started.elapsed().as_secs_f64()
-        ),
-    )
-    .await;
-    Ok(info::vm_info(&vm))
+    boot_and_report(&state, &vm.id, &name, &sink).await
 }
 
 /// Delete VM `name` and everything it has. A running VM needs `force`
