@@ -4,6 +4,7 @@
 //!   the NDJSON progress stream used by long operations.
 //! - [`helper`]: the `bangerd` ↔ `bangerd-root` typed request enum.
 //! - [`guest`]: the per-VM config drive contents and the guest agent protocol.
+//! - [`image`]: bodies of the `/v1/images` and `/v1/kernels` routes.
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
 //! - [`vm`]: bodies of the `/v1/vms` routes.
 //!
@@ -13,6 +14,7 @@
 pub mod api;
 pub mod guest;
 pub mod helper;
+pub mod image;
 pub mod install;
 pub mod vm;
 
