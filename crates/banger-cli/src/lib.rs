@@ -6,8 +6,10 @@ pub mod client;
 pub mod config_cmd;
 pub mod daemon_cmd;
 pub mod doctor;
+pub mod run_cmd;
 pub mod system_cmd;
 pub mod vm_cmd;
+pub mod workspace;
 
 use clap::Parser;
 

@@ -18,6 +18,11 @@ use crate::client::{self, Client};
 /// `banger vm ...`
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
+    /// Create a VM, copy a git workspace into /root/repo (with PATH), then
+    /// run a command and exit with its status (after `--`) or open a shell:
+    /// `vm run`, `vm run ./repo`, `vm run ./repo -- make test`,
+    /// `vm run --rm -- script.sh`.
+    Run(crate::run_cmd::RunArgs),
     /// Create a VM from an image and boot it (unless --no-start). Prints the
     /// size it gets (each value with where it came from), then progress until
     /// the VM answers SSH.
@@ -123,6 +128,10 @@ pub struct CreateArgs {
 
 /// Run a `banger vm` subcommand.
 pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
+    let cmd = match cmd {
+        VmCommand::Run(args) => return crate::run_cmd::run(global, args),
+        other => other,
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,6 +140,7 @@ pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
     let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
     let ssh = runtime.block_on(async {
         match cmd {
+            VmCommand::Run(_) => unreachable!("vm run is dispatched above"),
             VmCommand::Create(args) => create(&client, args).await.map(|()| None),
             VmCommand::Start { name } => start(&client, &name).await.map(|()| None),
             VmCommand::Stop { name, force } => {
@@ -160,7 +170,7 @@ pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
 }
 
 /// `/v1/vms/NAME...` with the name escaped for a URL path segment.
-fn vm_path(name: &str, rest: &str) -> String {
+pub(crate) fn vm_path(name: &str, rest: &str) -> String {
     let mut out = String::from("/v1/vms/");
     for b in name.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
@@ -183,10 +193,31 @@ async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
         no_start: args.no_start,
     };
     let mut render = client::stderr_renderer();
-    let result = client.stream("/v1/vms", &req, render.as_mut()).await?;
-    let vm: VmInfo = serde_json::from_value(result).context("decoding the created VM")?;
+    let vm = create_vm(client, &req, render.as_mut()).await?;
     println!("{}", ready_line(&vm));
     Ok(())
+}
+
+/// `POST /v1/vms`, progress to `render`; the created VM (`vm create`, `vm run`).
+pub(crate) async fn create_vm(
+    client: &Client,
+    req: &VmCreateRequest,
+    render: &mut dyn client::StreamRenderer,
+) -> anyhow::Result<VmInfo> {
+    let result = client.stream("/v1/vms", req, render).await?;
+    serde_json::from_value(result).context("decoding the created VM")
+}
+
+/// `POST /v1/vms/NAME/start`, progress to `render`; the started VM.
+pub(crate) async fn start_vm(
+    client: &Client,
+    name: &str,
+    render: &mut dyn client::StreamRenderer,
+) -> anyhow::Result<VmInfo> {
+    let result = client
+        .stream(&vm_path(name, "/start"), &VmStartRequest {}, render)
+        .await?;
+    serde_json::from_value(result).context("decoding the VM")
 }
 
 fn ready_line(vm: &VmInfo) -> String {
@@ -201,14 +232,7 @@ fn ready_line(vm: &VmInfo) -> String {
 
 async fn start(client: &Client, name: &str) -> anyhow::Result<()> {
     let mut render = client::stderr_renderer();
-    let result = client
-        .stream(
-            &vm_path(name, "/start"),
-            &VmStartRequest {},
-            render.as_mut(),
-        )
-        .await?;
-    let vm: VmInfo = serde_json::from_value(result).context("decoding the VM")?;
+    let vm = start_vm(client, name, render.as_mut()).await?;
     println!("{}", ready_line(&vm));
     Ok(())
 }
@@ -295,6 +319,17 @@ async fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&vm)?);
     } else {
         print!("{}", format_show(&vm));
+        // Phase timings of `banger vm run` (none for other VMs).
+        let timings: banger_wire::vm::VmTimings = client
+            .get_json(&vm_path(name, "/timings"))
+            .await
+            .unwrap_or_default();
+        if !timings.phases.is_empty() {
+            println!("timings (vm run):");
+            for line in crate::run_cmd::format_timings(&timings).lines() {
+                println!("  {line}");
+            }
+        }
     }
     Ok(())
 }
@@ -450,7 +485,7 @@ async fn ports(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
 }
 
 /// Record the session with the daemon and get the VM's SSH details.
-async fn ssh_target(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
+pub(crate) async fn ssh_target(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
     let vm: VmInfo = client
         .post_json(&vm_path(name, "/activity"), &serde_json::json!({}))
         .await?;

@@ -201,6 +201,25 @@ pub struct VmPorts {
 #[serde(deny_unknown_fields)]
 pub struct VmActivityRequest {}
 
+/// One phase of `banger vm run` and how long it took.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PhaseTiming {
+    /// `resolve image`, `clone disk`, `boot`, `SSH ready`, `workspace copy`
+    /// or `command`.
+    pub phase: String,
+    pub millis: u64,
+}
+
+/// `POST /v1/vms/{name}/timings` body and `GET` answer: the phase timings
+/// `banger vm run` measured (shown by `banger vm show`). Empty when the VM
+/// was not made by `vm run`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmTimings {
+    pub phases: Vec<PhaseTiming>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use banger_state::VmRecord;
 use banger_wire::api::{ApiError, ErrorCode};
 use banger_wire::vm::{
     VmActivityRequest, VmCreateRequest, VmDeleted, VmInfo, VmList, VmPorts, VmStartRequest,
-    VmStopRequest,
+    VmStopRequest, VmTimings,
 };
 use tokio::io::AsyncReadExt;
 
@@ -37,6 +37,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/vms/{name}/logs", get(logs))
         .route("/v1/vms/{name}/ports", get(ports))
         .route("/v1/vms/{name}/activity", post(activity))
+        .route("/v1/vms/{name}/timings", get(get_timings).post(put_timings))
 }
 
 fn fail(e: VmError) -> Failure {
@@ -195,6 +196,51 @@ async fn activity(
     Ok(Json(
         info::vm_show(&state, &record(&state, &name)?, false).await,
     ))
+}
+
+/// Where `banger vm run`'s phase timings of a VM are kept: beside its
+/// disks, so they go with the VM.
+fn timings_path(state: &AppState, vm: &VmRecord) -> std::path::PathBuf {
+    VmPaths::new(&state.layout, &vm.id).dir.join("timings.json")
+}
+
+/// The phase timings `banger vm run` recorded (empty when there are none).
+async fn get_timings(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<VmTimings>, Failure> {
+    let vm = record(&state, &name)?;
+    let path = timings_path(&state, &vm);
+    match tokio::fs::read(&path).await {
+        // A file that does not parse is as good as none: it is only shown.
+        Ok(bytes) => Ok(Json(serde_json::from_slice(&bytes).unwrap_or_default())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Json(VmTimings::default())),
+        Err(source) => Err(fail(VmError::Io {
+            op: "read",
+            path,
+            source,
+        })),
+    }
+}
+
+/// Replace the phase timings `banger vm run` recorded for a VM.
+async fn put_timings(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(timings): JsonBody<VmTimings>,
+) -> Result<Json<VmTimings>, Failure> {
+    let vm = record(&state, &name)?;
+    let path = timings_path(&state, &vm);
+    let bytes = serde_json::to_vec(&timings)
+        .map_err(|e| Failure::new(ErrorCode::Internal, format!("encoding the timings: {e}")))?;
+    tokio::fs::write(&path, bytes).await.map_err(|source| {
+        fail(VmError::Io {
+            op: "write",
+            path,
+            source,
+        })
+    })?;
+    Ok(Json(timings))
 }
 
 /// The serial console log as `text/plain`; with `?follow=true` the answer

@@ -1,0 +1,437 @@
+//! The workspace of `banger vm run PATH`: which files of the git repository
+//! holding PATH go into the guest, and the tar stream that carries them.
+//!
+//! Rules (docs/vm-run.md):
+//! - the whole repository (its top level, not just PATH) is copied;
+//! - tracked files go with their working-tree content (uncommitted edits
+//!   included); a tracked file deleted in the working tree is not sent;
+//! - untracked files go only with `--include-untracked`; ignored files never;
+//! - repositories with submodules are refused;
+//! - file modes and symlinks are kept; everything is owned by root in the tar.
+
+use std::ffi::OsStr;
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// Errors finding or reading a workspace, naming the path or git command.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("{}: {source}", path.display())]
+    Path { path: PathBuf, source: io::Error },
+    #[error("{} is not inside a git repository (vm run copies a git repository's files; run `git init` there, or leave PATH out for a bare VM)", path.display())]
+    NotARepo { path: PathBuf },
+    #[error("cannot run `git` (install git on this host): {0}")]
+    NoGit(io::Error),
+    #[error("`git {args}` failed in {}: {stderr}", dir.display())]
+    Git {
+        dir: PathBuf,
+        args: String,
+        stderr: String,
+    },
+    #[error("the repository {} has no commit yet; commit something first (the guest copy is a git repository at your HEAD)", root.display())]
+    NoCommit { root: PathBuf },
+    #[error("the repository {} has submodules ({}); vm run does not copy submodules: copy them yourself with `banger vm ssh`, or run from a repository without them", root.display(), paths.join(", "))]
+    Submodules { root: PathBuf, paths: Vec<String> },
+    #[error("--from {reference}: not a commit in {}", root.display())]
+    BadRef { root: PathBuf, reference: String },
+    #[error("cannot read {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error("writing the workspace stream (the guest side of the copy ended early?): {0}")]
+    Write(io::Error),
+}
+
+/// A repository ready to copy: where it is, its HEAD, and the files to send.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    /// The repository's top-level directory.
+    pub root: PathBuf,
+    /// The repository's directory name (for the tooling log's name).
+    pub name: String,
+    /// The full hash of HEAD.
+    pub head: String,
+    /// The branch HEAD points at, `None` when detached.
+    pub branch: Option<String>,
+    /// Paths relative to `root`, sorted, that exist in the working tree.
+    pub files: Vec<PathBuf>,
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<std::process::Output, WorkspaceError> {
+    Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(WorkspaceError::NoGit)
+}
+
+fn git_ok(dir: &Path, args: &[&str]) -> Result<Vec<u8>, WorkspaceError> {
+    let out = git(dir, args)?;
+    if !out.status.success() {
+        return Err(WorkspaceError::Git {
+            dir: dir.to_owned(),
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        });
+    }
+    Ok(out.stdout)
+}
+
+fn trimmed(bytes: Vec<u8>) -> String {
+    String::from_utf8_lossy(&bytes).trim().to_owned()
+}
+
+impl Workspace {
+    /// Find the repository holding `path` and select its files (untracked
+    /// ones only when `include_untracked`).
+    pub fn open(path: &Path, include_untracked: bool) -> Result<Workspace, WorkspaceError> {
+        let meta = std::fs::metadata(path).map_err(|source| WorkspaceError::Path {
+            path: path.to_owned(),
+            source,
+        })?;
+        let dir = if meta.is_dir() {
+            path.to_owned()
+        } else {
+            path.parent().unwrap_or(Path::new(".")).to_owned()
+        };
+        let out = git(&dir, &["rev-parse", "--show-toplevel"])?;
+        if !out.status.success() {
+            return Err(WorkspaceError::NotARepo {
+                path: path.to_owned(),
+            });
+        }
+        let root = PathBuf::from(OsStr::from_bytes(out.stdout.trim_ascii_end()));
+        let head_out = git(&root, &["rev-parse", "--verify", "-q", "HEAD^{commit}"])?;
+        if !head_out.status.success() {
+            return Err(WorkspaceError::NoCommit { root });
+        }
+        let head = trimmed(head_out.stdout);
+        let branch_out = git(&root, &["symbolic-ref", "-q", "--short", "HEAD"])?;
+        let branch = branch_out
+            .status
+            .success()
+            .then(|| trimmed(branch_out.stdout))
+            .filter(|b| !b.is_empty());
+
+        let staged = git_ok(&root, &["ls-files", "-z", "--stage"])?;
+        let mut submodules = Vec::new();
+        let mut files = Vec::new();
+        for rec in staged.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+            // `<mode> <hash> <stage>\t<path>`
+            let Some(tab) = rec.iter().position(|b| *b == b'\t') else {
+                continue;
+            };
+            let (info, path) = (&rec[..tab], &rec[tab + 1..]);
+            if info.starts_with(b"160000 ") {
+                submodules.push(String::from_utf8_lossy(path).into_owned());
+                continue;
+            }
+            files.push(PathBuf::from(OsStr::from_bytes(path)));
+        }
+        if !submodules.is_empty() {
+            return Err(WorkspaceError::Submodules {
+                root,
+                paths: submodules,
+            });
+        }
+        if include_untracked {
+            let others = git_ok(&root, &["ls-files", "-z", "--others", "--exclude-standard"])?;
+            for rec in others.split(|b| *b == 0).filter(|r| !r.is_empty()) {
+                // A nested repository is listed as `dir/`: not a file to send.
+                if rec.ends_with(b"/") {
+                    continue;
+                }
+                files.push(PathBuf::from(OsStr::from_bytes(rec)));
+            }
+        }
+        // Tracked files deleted in the working tree stay deleted in the guest;
+        // unmerged entries are listed once per stage.
+        files.retain(|f| std::fs::symlink_metadata(root.join(f)).is_ok());
+        files.sort();
+        files.dedup();
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "repo".to_owned());
+        Ok(Workspace {
+            root,
+            name,
+            head,
+            branch,
+            files,
+        })
+    }
+
+    /// The full hash of `reference` (a commit) in this repository.
+    pub fn resolve(&self, reference: &str) -> Result<String, WorkspaceError> {
+        let spec = format!("{reference}^{{commit}}");
+        let out = git(&self.root, &["rev-parse", "--verify", "-q", &spec])?;
+        if !out.status.success() {
+            return Err(WorkspaceError::BadRef {
+                root: self.root.clone(),
+                reference: reference.to_owned(),
+            });
+        }
+        Ok(trimmed(out.stdout))
+    }
+
+    /// Total size of the selected files (symlinks count their own size).
+    pub fn total_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .filter_map(|f| std::fs::symlink_metadata(self.root.join(f)).ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Write the selected files as a tar stream to `out`: regular files with
+    /// their mode and mtime, symlinks as symlinks, everything owned by root.
+    /// Returns the number of content bytes sent. Nothing is buffered beyond
+    /// one file's read buffer.
+    pub fn write_tar<W: Write>(&self, out: W) -> Result<u64, WorkspaceError> {
+        let mut builder = tar::Builder::new(out);
+        let mut sent = 0u64;
+        for rel in &self.files {
+            let path = self.root.join(rel);
+            let read_err = |source| WorkspaceError::Read {
+                path: path.clone(),
+                source,
+            };
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => m,
+                // Deleted since it was listed: like a deletion before the copy.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(read_err(e)),
+            };
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(meta.mode() & 0o7777);
+            header.set_mtime(meta.mtime().max(0) as u64);
+            header.set_uid(0);
+            header.set_gid(0);
+            let ft = meta.file_type();
+            if ft.is_symlink() {
+                let target = std::fs::read_link(&path).map_err(read_err)?;
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                builder
+                    .append_link(&mut header, rel, &target)
+                    .map_err(WorkspaceError::Write)?;
+            } else if ft.is_file() {
+                let file = std::fs::File::open(&path).map_err(read_err)?;
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(meta.len());
+                // A file that changes size while it is read would corrupt
+                // the stream: send exactly the size in the header.
+                let mut reader = io::Read::take(file, meta.len());
+                let mut counted = CountingReader {
+                    inner: &mut reader,
+                    n: 0,
+                };
+                builder
+                    .append_data(&mut header, rel, &mut counted)
+                    .map_err(|e| {
+                        if e.kind() == io::ErrorKind::BrokenPipe {
+                            WorkspaceError::Write(e)
+                        } else {
+                            read_err(e)
+                        }
+                    })?;
+                sent += counted.n;
+            }
+            // Anything else (a fifo or socket tracked by mistake) is skipped.
+        }
+        builder
+            .into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(WorkspaceError::Write)?;
+        Ok(sent)
+    }
+}
+
+struct CountingReader<'a, R> {
+    inner: &'a mut R,
+    n: u64,
+}
+
+impl<R: io::Read> io::Read for CountingReader<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        Ok(n)
+    }
+}
+
+/// `git bundle create - HEAD [extra...]` in `root`, written to `out`: the
+/// history the guest copy needs (all of HEAD's, plus `extra` commits).
+pub fn write_bundle<W: Write>(
+    root: &Path,
+    extra: &[&str],
+    mut out: W,
+) -> Result<u64, WorkspaceError> {
+    let mut args = vec!["bundle", "create", "-q", "-", "HEAD"];
+    args.extend_from_slice(extra);
+    let mut child = Command::new("git")
+        .arg("-C")
+        .arg(root)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(WorkspaceError::NoGit)?;
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let copied = io::copy(&mut stdout, &mut out);
+    drop(stdout);
+    let output = child.wait_with_output().map_err(WorkspaceError::NoGit)?;
+    if !output.status.success() {
+        return Err(WorkspaceError::Git {
+            dir: root.to_owned(),
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    let n = copied.map_err(WorkspaceError::Write)?;
+    out.flush().map_err(WorkspaceError::Write)?;
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(dir: &Path, script: &str) {
+        let out = Command::new("sh")
+            .arg("-ec")
+            .arg(script)
+            .current_dir(dir)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.org")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.org")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{script}: {out:?}");
+    }
+
+    fn repo() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        sh(
+            dir.path(),
+            "git init -q -b main .
+             printf 'ignored.log\\nbuild/\\n' > .gitignore
+             mkdir -p src build
+             echo one > src/a.txt
+             echo tool > run.sh && chmod 755 run.sh
+             ln -s src/a.txt link
+             echo gone > deleted.txt
+             git add -A && git commit -qm init
+             echo edited > src/a.txt
+             rm deleted.txt
+             echo new > untracked.txt
+             echo secret > ignored.log
+             echo out > build/x.o",
+        );
+        dir
+    }
+
+    fn names(ws: &Workspace) -> Vec<String> {
+        ws.files
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn tracked_files_only_by_default_never_ignored() {
+        let dir = repo();
+        let ws = Workspace::open(&dir.path().join("src"), false).unwrap();
+        assert_eq!(ws.root, dir.path().canonicalize().unwrap());
+        assert_eq!(ws.branch.as_deref(), Some("main"));
+        assert_eq!(ws.head.len(), 40);
+        assert_eq!(names(&ws), [".gitignore", "link", "run.sh", "src/a.txt"]);
+        let ws = Workspace::open(dir.path(), true).unwrap();
+        assert_eq!(
+            names(&ws),
+            [".gitignore", "link", "run.sh", "src/a.txt", "untracked.txt"]
+        );
+    }
+
+    #[test]
+    fn tar_keeps_content_modes_and_symlinks() {
+        let dir = repo();
+        let ws = Workspace::open(dir.path(), false).unwrap();
+        let mut buf = Vec::new();
+        let sent = ws.write_tar(&mut buf).unwrap();
+        assert_eq!(sent, ws.total_bytes() - "src/a.txt".len() as u64);
+        let mut archive = tar::Archive::new(buf.as_slice());
+        let mut seen = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut e = entry.unwrap();
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            let h = e.header().clone();
+            assert_eq!(h.uid().unwrap(), 0);
+            let mut body = String::new();
+            io::Read::read_to_string(&mut e, &mut body).unwrap();
+            match path.as_str() {
+                "src/a.txt" => assert_eq!(body, "edited\n"),
+                "run.sh" => assert_eq!(h.mode().unwrap(), 0o755),
+                "link" => {
+                    assert_eq!(h.entry_type(), tar::EntryType::Symlink);
+                    assert_eq!(
+                        e.link_name().unwrap().unwrap().to_string_lossy(),
+                        "src/a.txt"
+                    );
+                }
+                _ => {}
+            }
+            seen.push(path);
+        }
+        assert_eq!(seen, names(&ws));
+    }
+
+    #[test]
+    fn outside_a_repo_and_submodules_are_clear_errors() {
+        let plain = tempfile::tempdir().unwrap();
+        let err = Workspace::open(plain.path(), false).unwrap_err();
+        assert!(matches!(err, WorkspaceError::NotARepo { .. }), "{err}");
+        assert!(err.to_string().contains("not inside a git repository"));
+
+        let empty = tempfile::tempdir().unwrap();
+        sh(empty.path(), "git init -q .");
+        let err = Workspace::open(empty.path(), false).unwrap_err();
+        assert!(matches!(err, WorkspaceError::NoCommit { .. }), "{err}");
+
+        let dir = repo();
+        let sub = repo();
+        sh(
+            dir.path(),
+            &format!(
+                "git -c protocol.file.allow=always submodule add -q {} vendor/sub
+                 git commit -qm sub",
+                sub.path().display()
+            ),
+        );
+        let err = Workspace::open(dir.path(), false).unwrap_err();
+        assert!(
+            err.to_string().contains("has submodules (vendor/sub)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn refs_resolve_to_commits() {
+        let dir = repo();
+        let ws = Workspace::open(dir.path(), false).unwrap();
+        assert_eq!(ws.resolve("HEAD").unwrap(), ws.head);
+        assert!(matches!(
+            ws.resolve("no-such-branch"),
+            Err(WorkspaceError::BadRef { .. })
+        ));
+        let mut bundle = Vec::new();
+        write_bundle(&ws.root, &[], &mut bundle).unwrap();
+        assert!(bundle.starts_with(b"# v2 git bundle\n"));
+    }
+}
