@@ -31,6 +31,31 @@ pub enum HelperRequest {
     /// Give an existing file or directory under banger's own state, cache or
     /// run directories to the owner (for VMM resources root created).
     ChownToOwner { path: String },
+    /// Build the embedded recipe `name` of `kind` as root (mmdebstrap needs
+    /// it) and install the bundle into the owner's store, owned by the owner.
+    /// Answered with [`HelperResponse::Built`] when the build is done.
+    BuildBundle { kind: BundleKind, name: String },
+}
+
+/// What a [`HelperRequest::BuildBundle`] builds (serialized `"image"` /
+/// `"kernel"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BundleKind {
+    /// A root filesystem image (`images/image/<name>.toml`).
+    Image,
+    /// A kernel (`images/kernel/<name>.toml`).
+    Kernel,
+}
+
+impl BundleKind {
+    /// `"image"` or `"kernel"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BundleKind::Image => "image",
+            BundleKind::Kernel => "kernel",
+        }
+    }
 }
 
 impl HelperRequest {
@@ -45,6 +70,7 @@ impl HelperRequest {
             HelperRequest::RemoveNat => "remove_nat",
             HelperRequest::TeardownAll { .. } => "teardown_all",
             HelperRequest::ChownToOwner { .. } => "chown_to_owner",
+            HelperRequest::BuildBundle { .. } => "build_bundle",
         }
     }
 }
@@ -57,6 +83,16 @@ pub enum HelperResponse {
     Pong { version: String, owner_uid: u32 },
     /// The operation completed; `changed` is false when it was already done.
     Done { changed: bool },
+    /// Answer to [`HelperRequest::BuildBundle`]: the bundle is installed at
+    /// `path` (the store directory, owned by the owner). `cached` is true when
+    /// the build cache already held a bundle of the same recipe hash.
+    Built {
+        path: String,
+        version: String,
+        recipe_hash: String,
+        bundle_sha256: String,
+        cached: bool,
+    },
 }
 
 /// Why the helper refused or failed a request.
@@ -106,6 +142,24 @@ mod tests {
             r#"{"op":"create_tap","name":"bgtap0","bridge":"banger0"}"#
         );
         assert_eq!(serde_json::from_str::<HelperRequest>(&s).unwrap(), req);
+    }
+
+    #[test]
+    fn build_bundle_wire_shape() {
+        let req = HelperRequest::BuildBundle {
+            kind: BundleKind::Kernel,
+            name: "generic-6.12".into(),
+        };
+        let s = serde_json::to_string(&req).unwrap();
+        assert_eq!(
+            s,
+            r#"{"op":"build_bundle","kind":"kernel","name":"generic-6.12"}"#
+        );
+        assert_eq!(serde_json::from_str::<HelperRequest>(&s).unwrap(), req);
+        assert!(serde_json::from_str::<HelperRequest>(
+            r#"{"op":"build_bundle","kind":"rootfs","name":"x"}"#
+        )
+        .is_err());
     }
 
     #[test]

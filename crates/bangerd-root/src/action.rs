@@ -4,9 +4,10 @@
 
 use std::path::{Path, PathBuf};
 
-use banger_wire::helper::HelperRequest;
+use banger_wire::helper::{BundleKind, HelperRequest};
 use ipnet::Ipv4Net;
 
+use crate::ops::build::BuildPaths;
 use crate::validate::{self, AllowedPath, IfaceName, ValidateError};
 
 /// What the helper was started with: whom it serves and what it may touch.
@@ -20,6 +21,9 @@ pub struct Policy {
     pub cidr: Ipv4Net,
     /// banger's own state/cache/run directories; paths must resolve under one.
     pub allowed_dirs: Vec<PathBuf>,
+    /// Where [`HelperRequest::BuildBundle`] builds and installs; `None`
+    /// refuses builds.
+    pub build: Option<BuildPaths>,
 }
 
 /// A validated operation.
@@ -41,6 +45,8 @@ pub enum Action {
     TeardownAll { bridge: IfaceName },
     /// See [`HelperRequest::ChownToOwner`].
     ChownToOwner { path: AllowedPath },
+    /// See [`HelperRequest::BuildBundle`]; `name` is an embedded recipe.
+    BuildBundle { kind: BundleKind, name: String },
 }
 
 impl Action {
@@ -76,6 +82,10 @@ impl Action {
             HelperRequest::ChownToOwner { path } => Action::ChownToOwner {
                 path: validate::validate_path(Path::new(&path), &policy.allowed_dirs)?,
             },
+            HelperRequest::BuildBundle { kind, name } => Action::BuildBundle {
+                name: validate::recipe_name(kind, &name)?,
+                kind,
+            },
         })
     }
 }
@@ -90,6 +100,7 @@ mod tests {
             owner_gid: None,
             cidr: "172.16.0.0/24".parse().unwrap(),
             allowed_dirs: vec![dir.to_owned()],
+            build: None,
         }
     }
 
@@ -123,6 +134,20 @@ mod tests {
         assert_eq!(
             Action::parse(HelperRequest::RemoveNat, &p).unwrap(),
             Action::RemoveNat
+        );
+        assert_eq!(
+            Action::parse(
+                HelperRequest::BuildBundle {
+                    kind: BundleKind::Kernel,
+                    name: "generic-6.12".into()
+                },
+                &p
+            )
+            .unwrap(),
+            Action::BuildBundle {
+                kind: BundleKind::Kernel,
+                name: "generic-6.12".into()
+            }
         );
     }
 
@@ -176,6 +201,41 @@ mod tests {
                     path: "/etc/shadow".into(),
                 },
                 "outside banger's",
+            ),
+            (
+                HelperRequest::BuildBundle {
+                    kind: BundleKind::Image,
+                    name: "debian-sid".into(),
+                },
+                "no image recipe named \"debian-sid\" (known: debian-bookworm, debian-bookworm-minimal)",
+            ),
+            (
+                HelperRequest::BuildBundle {
+                    kind: BundleKind::Kernel,
+                    name: "debian-bookworm".into(),
+                },
+                "no kernel recipe named \"debian-bookworm\" (known: generic-6.12)",
+            ),
+            (
+                HelperRequest::BuildBundle {
+                    kind: BundleKind::Image,
+                    name: "../image/debian-bookworm".into(),
+                },
+                "no image recipe named \"../image/debian-bookworm\"",
+            ),
+            (
+                HelperRequest::BuildBundle {
+                    kind: BundleKind::Kernel,
+                    name: "/etc/passwd".into(),
+                },
+                "no kernel recipe named \"/etc/passwd\"",
+            ),
+            (
+                HelperRequest::BuildBundle {
+                    kind: BundleKind::Image,
+                    name: "debian-bookworm.toml".into(),
+                },
+                "no image recipe named",
             ),
         ];
         for (req, needle) in cases {

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use banger_wire::helper::{BundleKind, HelperError, HelperReply};
+use bangerd_root::ops::build::{self, BuildPaths, BuildRunner};
 use bangerd_root::{system, HelperClient, ServeConfig};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
@@ -27,6 +29,20 @@ enum Command {
         socket: PathBuf,
         /// The request, e.g. '{"op":"ping"}'.
         json: String,
+    },
+    /// Build an embedded recipe and install it into the install's store,
+    /// owned by the owner; prints the helper reply as one JSON line. The
+    /// system-mode helper runs this in a transient unit (docs/security.md).
+    BuildBundle {
+        /// Install metadata file (state, cache dir and owner).
+        #[arg(long, env = "BANGER_INSTALL_FILE", default_value = banger_wire::install::INSTALL_TOML)]
+        install_file: PathBuf,
+        /// `image` or `kernel`.
+        #[arg(long)]
+        kind: String,
+        /// Recipe name, e.g. debian-bookworm.
+        #[arg(long)]
+        name: String,
     },
 }
 
@@ -54,6 +70,13 @@ struct ServeArgs {
     /// A directory of banger's that paths may resolve under (repeatable).
     #[arg(long, required_unless_present = "system")]
     allowed_dir: Vec<PathBuf>,
+    /// State dir whose store `build_bundle` installs into (child mode;
+    /// without it builds are refused).
+    #[arg(long, requires = "build_cache_dir")]
+    build_state_dir: Option<PathBuf>,
+    /// Cache dir for `build_bundle` bundles and scratch (child mode).
+    #[arg(long, requires = "build_state_dir")]
+    build_cache_dir: Option<PathBuf>,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -80,7 +103,7 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
             Some(cidr) => cidr,
             None => system::configured_cidr(&install)?,
         };
-        return Ok(system::system_config(&install, cidr));
+        return Ok(system::system_config(&install, &args.install_file, cidr));
     }
     let (Some(socket), Some(owner_uid), Some(cidr)) = (args.socket, args.owner_uid, args.cidr)
     else {
@@ -88,7 +111,39 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     };
     let mut config = ServeConfig::child(socket, owner_uid, cidr, args.allowed_dir);
     config.policy.owner_gid = args.owner_gid;
+    if let (Some(state_dir), Some(cache_dir)) = (args.build_state_dir, args.build_cache_dir) {
+        config.policy.build = Some(BuildPaths {
+            state_dir,
+            cache_dir,
+            work_dir: None,
+            runner: BuildRunner::InProcess,
+        });
+    }
     Ok(config)
+}
+
+/// The body of `build-bundle`: the same validation as the socket request,
+/// then the build in this process.
+fn build_bundle(install_file: &std::path::Path, kind: &str, name: &str) -> HelperReply {
+    let invalid = |message: String| HelperError {
+        code: banger_wire::helper::HelperErrorCode::Invalid,
+        message,
+    };
+    let kind = match kind {
+        "image" => BundleKind::Image,
+        "kernel" => BundleKind::Kernel,
+        other => return Err(invalid(format!("kind {other:?} is not image or kernel"))),
+    };
+    let name =
+        bangerd_root::validate::recipe_name(kind, name).map_err(|e| invalid(e.to_string()))?;
+    let install = system::read_install(install_file).map_err(|e| invalid(e.to_string()))?;
+    let paths = system::build_paths_in_unit(&install);
+    build::build_here(kind, &name, &paths, install.owner_uid, install.owner_gid).map_err(|e| {
+        HelperError {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    })
 }
 
 #[tokio::main]
@@ -99,6 +154,20 @@ async fn main() -> anyhow::Result<ExitCode> {
             let config = serve_config(args)?;
             bangerd_root::serve(config).await.context("root helper")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::BuildBundle {
+            install_file,
+            kind,
+            name,
+        } => {
+            init_tracing("info");
+            let reply = build_bundle(&install_file, &kind, &name);
+            println!("{}", serde_json::to_string(&reply)?);
+            Ok(if reply.is_ok() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Request { socket, json } => {
             let mut client = HelperClient::connect(&socket).await?;

@@ -56,6 +56,7 @@ impl ServeConfig {
                 owner_gid: None,
                 cidr,
                 allowed_dirs,
+                build: None,
             },
             notify_systemd: false,
         }
@@ -93,6 +94,8 @@ struct Shared {
     // Operations change global kernel state; one at a time keeps each
     // check-then-change step consistent.
     ops: Mutex<()>,
+    // Builds use gigabytes of scratch space and the same cache: one at a time.
+    builds: Mutex<()>,
 }
 
 /// A bound helper socket, ready to serve.
@@ -141,6 +144,7 @@ impl Server {
             shared: Arc::new(Shared {
                 policy: config.policy.clone(),
                 ops: Mutex::new(()),
+                builds: Mutex::new(()),
             }),
         })
     }
@@ -345,7 +349,13 @@ async fn answer(line: &[u8], shared: &Shared) -> HelperReply {
             return invalid(format!("{op}: {e}"));
         }
     };
-    let _one_at_a_time = shared.ops.lock().await;
+    // A build takes minutes and touches no kernel state the other operations
+    // check: it waits only for other builds, so taps and pings go on.
+    let _one_at_a_time = if matches!(action, Action::BuildBundle { .. }) {
+        shared.builds.lock().await
+    } else {
+        shared.ops.lock().await
+    };
     match ops::execute(&action, &shared.policy).await {
         Ok(response) => {
             info!(op, ?response, "done");

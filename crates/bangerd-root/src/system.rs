@@ -7,6 +7,7 @@ use banger_wire::install::InstallMetadata;
 use ipnet::Ipv4Net;
 
 use crate::action::Policy;
+use crate::ops::build::{BuildPaths, BuildRunner, SYSTEM_WORK_DIR};
 use crate::server::ServeConfig;
 
 /// The guest range used when neither the config nor `--cidr` sets one.
@@ -67,10 +68,24 @@ pub fn configured_cidr(install: &InstallMetadata) -> Result<Ipv4Net, SystemError
     Ok(config.cidr.value)
 }
 
+/// Where a build started by `bangerd-root build-bundle` (inside the
+/// transient unit) works: the install's state and cache dirs, scratch in the
+/// unit's root-owned cache directory, in this process.
+pub fn build_paths_in_unit(install: &InstallMetadata) -> BuildPaths {
+    BuildPaths {
+        state_dir: PathBuf::from(&install.state_dir),
+        cache_dir: PathBuf::from(&install.cache_dir),
+        work_dir: Some(PathBuf::from(SYSTEM_WORK_DIR)),
+        runner: BuildRunner::InProcess,
+    }
+}
+
 /// The system-mode configuration: socket `<root_run_dir>/bangerd-root.sock`,
 /// mode 0660 with the owner's group, serving only the owner uid, paths
-/// limited to the state, cache and run dirs; notifies systemd.
-pub fn system_config(install: &InstallMetadata, cidr: Ipv4Net) -> ServeConfig {
+/// limited to the state, cache and run dirs; builds run in transient units
+/// (`bangerd-root build-bundle --install-file INSTALL_FILE`) and install into
+/// the state dir; notifies systemd.
+pub fn system_config(install: &InstallMetadata, install_file: &Path, cidr: Ipv4Net) -> ServeConfig {
     ServeConfig {
         socket: Path::new(&install.root_run_dir).join(SOCKET_NAME),
         socket_mode: 0o660,
@@ -85,6 +100,14 @@ pub fn system_config(install: &InstallMetadata, cidr: Ipv4Net) -> ServeConfig {
                 PathBuf::from(&install.cache_dir),
                 PathBuf::from(&install.run_dir),
             ],
+            build: Some(BuildPaths {
+                state_dir: PathBuf::from(&install.state_dir),
+                cache_dir: PathBuf::from(&install.cache_dir),
+                work_dir: Some(PathBuf::from(SYSTEM_WORK_DIR)),
+                runner: BuildRunner::TransientUnit {
+                    install_file: install_file.to_owned(),
+                },
+            }),
         },
         notify_systemd: true,
     }
@@ -114,7 +137,7 @@ config_path = "/etc/banger/config.toml"
         let path = tmp.path().join("install.toml");
         std::fs::write(&path, INSTALL).unwrap();
         let install = read_install(&path).unwrap();
-        let config = system_config(&install, DEFAULT_CIDR);
+        let config = system_config(&install, &path, DEFAULT_CIDR);
         assert_eq!(
             config.socket,
             Path::new("/run/banger-root/bangerd-root.sock")
@@ -134,6 +157,19 @@ config_path = "/etc/banger/config.toml"
             ]
         );
         assert!(config.notify_systemd);
+        let build = config.policy.build.unwrap();
+        assert_eq!(
+            (build.state_dir, build.cache_dir, build.work_dir),
+            (
+                PathBuf::from("/var/lib/banger"),
+                PathBuf::from("/var/cache/banger"),
+                Some(PathBuf::from(SYSTEM_WORK_DIR))
+            )
+        );
+        assert_eq!(
+            build.runner,
+            BuildRunner::TransientUnit { install_file: path }
+        );
     }
 
     #[test]

@@ -32,6 +32,32 @@ pub enum ValidateError {
     /// Two arguments of one request conflict with each other.
     #[error("{0}")]
     Conflicting(String),
+    /// A build named no recipe compiled into the helper.
+    #[error("no {kind} recipe named {name:?} (known: {known})")]
+    UnknownRecipe {
+        kind: &'static str,
+        name: String,
+        known: String,
+    },
+}
+
+/// `name` if it is exactly one of the embedded recipes of `kind` (so never a
+/// path, and never a recipe the owner wrote).
+pub fn recipe_name(
+    kind: banger_wire::helper::BundleKind,
+    name: &str,
+) -> Result<String, ValidateError> {
+    let known =
+        banger_image::recipe::RecipeSet::embedded().names(crate::ops::build::image_kind(kind));
+    if known.iter().any(|k| k == name) {
+        Ok(name.to_owned())
+    } else {
+        Err(ValidateError::UnknownRecipe {
+            kind: kind.as_str(),
+            name: name.to_owned(),
+            known: known.join(", "),
+        })
+    }
 }
 
 /// A validated interface name: `^[a-z0-9][a-z0-9-]{0,14}$` starting with

@@ -1,6 +1,7 @@
 //! The controller: executes validated [`Action`]s against the host kernel.
 //! Every operation is idempotent and reports whether it changed anything.
 
+pub mod build;
 mod chown;
 mod link;
 mod nft;
@@ -65,6 +66,13 @@ pub enum OpError {
     /// A file passed validation but must not be touched.
     #[error("refusing to touch {path}: {reason}")]
     Refused { path: PathBuf, reason: &'static str },
+    /// Building or installing a bundle failed.
+    #[error("building {kind} {name} failed: {message}")]
+    Build {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
 }
 
 impl OpError {
@@ -75,11 +83,21 @@ impl OpError {
             OpError::WrongKind { .. }
             | OpError::MissingBridge { .. }
             | OpError::Vanished { .. } => HelperErrorCode::Conflict,
-            OpError::Tun { .. } | OpError::File { .. } => HelperErrorCode::Io,
+            OpError::Tun { .. } | OpError::File { .. } | OpError::Build { .. } => {
+                HelperErrorCode::Io
+            }
             OpError::Nft { .. } => HelperErrorCode::Nftables,
             OpError::Refused { .. } => HelperErrorCode::Invalid,
         }
     }
+}
+
+/// The owner's primary group (from passwd), or the uid when it has none.
+fn owner_primary_gid(uid: u32) -> u32 {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or(uid, |u| u.gid.as_raw())
 }
 
 /// Execute one validated action.
@@ -111,6 +129,19 @@ pub async fn execute(action: &Action, policy: &Policy) -> Result<HelperResponse,
         }
         Action::ChownToOwner { path } => {
             chown::chown_to_owner(path, policy.owner_uid, policy.owner_gid)?
+        }
+        Action::BuildBundle { kind, name } => {
+            let Some(paths) = &policy.build else {
+                return Err(OpError::Build {
+                    kind: kind.as_str(),
+                    name: name.clone(),
+                    message: "this helper was started without a store to build into".into(),
+                });
+            };
+            let gid = policy
+                .owner_gid
+                .unwrap_or_else(|| owner_primary_gid(policy.owner_uid));
+            return build::build_bundle(*kind, name, paths, policy.owner_uid, gid).await;
         }
     };
     Ok(HelperResponse::Done { changed })
