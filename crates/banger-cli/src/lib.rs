@@ -3,11 +3,13 @@
 
 pub mod cli;
 pub mod client;
+pub mod completion_cmd;
 pub mod config_cmd;
 pub mod daemon_cmd;
 pub mod doctor;
 pub mod run_cmd;
 pub mod system_cmd;
+pub mod ssh_config_cmd;
 pub mod vm_cmd;
 pub mod workspace;
 
@@ -16,6 +18,7 @@ use clap::Parser;
 /// Parse the process arguments, run the command, and return the exit code.
 pub fn run() -> std::process::ExitCode {
     let args = cli::Cli::parse();
+    completion_cmd::complete_if_asked();
     match dispatch(args) {
         Ok(code) => code,
         Err(e) => {
@@ -37,6 +40,8 @@ fn dispatch(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Version => {
             println!("banger {}", banger_wire::VERSION);
             Ok(std::process::ExitCode::SUCCESS)
+        Command::SshConfig(c) => ssh_config_cmd::run(&global, c),
+        Command::Completion(c) => completion_cmd::run(&global, c),
         }
     }
 }

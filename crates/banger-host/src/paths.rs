@@ -143,6 +143,20 @@ impl Layout {
     pub fn log_file(&self) -> PathBuf {
         self.state_dir.join("bangerd.log")
     }
+
+    /// The OpenSSH client config bangerd keeps for VM names: next to the
+    /// per-user config, or `~/.config/banger/ssh_config` of the owner in
+    /// system mode (whose config lives in `/etc`, which the owner cannot write).
+    pub fn ssh_config(&self) -> PathBuf {
+        match self.mode {
+            InstallMode::PerUser => self
+                .default_config
+                .parent()
+                .map(|d| d.join("ssh_config"))
+                .unwrap_or_else(|| self.home.join(".config/banger/ssh_config")),
+            InstallMode::System => self.home.join(".config/banger/ssh_config"),
+        }
+    }
 }
 
 /// Errors preparing a private directory ([`ensure_private_dir`]).

@@ -21,4 +21,5 @@ pub mod notify;
 pub mod socket;
 pub mod vm;
 
+pub mod ssh_config;
 pub use daemon::{run, DaemonError, Options};

@@ -238,6 +238,7 @@ pub async fn create(
             format!("create failed, removing {}", record.name),
         )
         .await;
+    crate::ssh_config::refresh(&state);
         if let Err(undo) = purge(&state, &id).await {
             tracing::error!(vm = %record.name, "rolling back a failed create failed: {undo}");
             sink.send(StreamEvent::Log {
@@ -626,6 +627,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
     extra.last_ip = Some(ip);
     extra.last_error = None;
     {
+    crate::ssh_config::refresh(state);
         let db = db(state);
         db.update_vm(
             &vm.id,
@@ -877,6 +879,7 @@ pub async fn release_runtime(
         extra.last_error = error;
     }
     db(state).update_vm(
+    crate::ssh_config::refresh(state);
         id,
         &VmPatch {
             state: Some(to),
@@ -1112,6 +1115,7 @@ pub async fn purge(state: &AppState, id: &str) -> Result<(), VmError> {
     let Some(vm) = db(state).get_vm(id)? else {
         return Ok(());
     };
+    crate::ssh_config::refresh(state);
     release_runtime(state, id, VmState::Stopped, None).await?;
     let last_ip = vm.ip.or(VmExtra::from_json(&vm.spec).last_ip);
     KnownHosts::new(paths::known_hosts(&state.layout)).remove(&vm.name, last_ip)?;

@@ -39,6 +39,7 @@ pub async fn recover(state: &Arc<AppState>) {
             tracing::error!(vm = %vm.name, "recovery failed: {e}");
         }
     }
+    crate::ssh_config::refresh(state);
 }
 
 async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::VmError> {
