@@ -1,0 +1,297 @@
+//! `banger vm run` end to end through the real CLI and daemon, in a network
+//! namespace, booted under QEMU/TCG, with `[[file_sync]]` entries in the
+//! config. Three boots share one daemon:
+//!
+//! 1. `vm run --rm REPO -- sh -c '...; exit 7'`: exit 7, stdout and stderr on
+//!    their own streams, tracked files only (no untracked, no ignored),
+//!    uncommitted edits, modes and symlinks, `git status`/`git diff` work in
+//!    the guest; the VM is gone afterwards (failing command);
+//! 2. `vm run --rm --include-untracked --branch feat REPO -- ...`: untracked
+//!    files go, ignored ones never, the new branch is checked out; the VM is
+//!    gone afterwards (successful command);
+//! 3. bare `vm run --name bare -- true`: the VM keeps running; file_sync
+//!    results are checked in it with `stat` (owner root:root, default and
+//!    custom file modes, a directory with mixed modes, the symlink escaping
+//!    the home skipped, the missing path warned about); `vm show` has the
+//!    phase timings.
+//!
+//! Before any boot: `--dry-run` prints the file list and creates nothing,
+//! workspace flags without a PATH are refused, a path outside a repository
+//! is refused.
+
+mod common;
+mod vm_harness;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use vm_harness::{boot_tests, privileged, test_image, text, World};
+
+fn sh(dir: &Path, script: &str) {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+}
+
+/// A repository with a commit, then an uncommitted edit, an untracked file
+/// and ignored files.
+fn make_repo(dir: &Path) {
+    sh(
+        dir,
+        "git init -q -b main .
+         printf 'ignored.log\\nbuild/\\n' > .gitignore
+         mkdir -p src
+         echo committed > src/a.txt
+         printf '#!/bin/sh\\necho tool\\n' > run.sh && chmod 755 run.sh
+         ln -s src/a.txt link
+         git add -A && git commit -qm init
+         git tag v1
+         echo second > second.txt && git add second.txt && git commit -qm second
+         echo edited > src/a.txt
+         echo secret > untracked.env
+         echo noise > ignored.log
+         mkdir build && echo obj > build/x.o",
+    );
+}
+
+fn file_sync_config(image: &str) -> String {
+    format!(
+        "{}\n\
+         [[file_sync]]\nhost = \"~/.gitconfig\"\nguest = \"~/.gitconfig\"\n\n\
+         [[file_sync]]\nhost = \"~/tool.sh\"\nguest = \"~/bin/tool.sh\"\nmode = \"0750\"\n\n\
+         [[file_sync]]\nhost = \"~/dots\"\nguest = \"/root/.config/dots\"\n\n\
+         [[file_sync]]\nhost = \"~/escape\"\nguest = \"~/escape\"\n\n\
+         [[file_sync]]\nhost = \"~/missing\"\nguest = \"~/missing\"\n",
+        vm_harness::config(image)
+    )
+}
+
+fn make_home(home: &Path, outside: &Path) {
+    std::fs::write(home.join(".gitconfig"), "[user]\n\tname = t\n").unwrap();
+    std::fs::set_permissions(home.join(".gitconfig"), PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(home.join("tool.sh"), "#!/bin/sh\n").unwrap();
+    let dots = home.join("dots");
+    std::fs::create_dir_all(dots.join("sub")).unwrap();
+    for (name, mode) in [("public", 0o644), ("secret", 0o600), ("sub/run", 0o755)] {
+        std::fs::write(dots.join(name), name).unwrap();
+        std::fs::set_permissions(dots.join(name), PermissionsExt::from_mode(mode)).unwrap();
+    }
+    std::fs::set_permissions(dots.join("sub"), PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::set_permissions(&dots, PermissionsExt::from_mode(0o750)).unwrap();
+    std::fs::write(outside.join("leak"), "must not reach the guest").unwrap();
+    std::os::unix::fs::symlink(outside.join("leak"), home.join("escape")).unwrap();
+}
+
+/// After `--rm`: no VM record, lease, VM directory or QEMU of any VM, and
+/// nothing named `name` (whose id is unknown once it is gone).
+fn assert_no_vm_left(world: &World, name: &str) {
+    world.assert_nothing_left(name, "-", None);
+    assert!(world.list().is_empty(), "VMs left: {:?}", world.list());
+    assert!(world.db().list_leases().unwrap().is_empty(), "leases left");
+    let vms = world.env.layout.state_dir.join("vms");
+    let left: Vec<_> = std::fs::read_dir(&vms)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "VM directories left: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_run_workspace_command_rm_bare_and_file_sync() {
+    let test = "vm_run_workspace_command_rm_bare_and_file_sync";
+    if !privileged(test) {
+        return;
+    }
+    let boot = boot_tests(test);
+    let image_name = std::env::var("BANGER_TEST_IMAGE")
+        .unwrap_or_else(|_| vm_harness::DEFAULT_TEST_IMAGE.to_owned());
+    let image = boot.then(test_image);
+    let world = World::new(&file_sync_config(&image_name), image).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let repo = scratch.path().join("my repo");
+    std::fs::create_dir(&repo).unwrap();
+    make_repo(&repo);
+    make_home(&world.env.layout.home, scratch.path());
+    let repo_arg = repo.to_str().unwrap();
+
+    // No VM needed: dry run, flag checks, not a repository.
+    let out = world.banger(&["vm", "run", "--dry-run", repo_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        ".gitignore\nlink\nrun.sh\nsecond.txt\nsrc/a.txt\n"
+    );
+    let out = world.banger(&["vm", "run", "--dry-run", "--include-untracked", repo_arg]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        ".gitignore\nlink\nrun.sh\nsecond.txt\nsrc/a.txt\nuntracked.env\n",
+        "{}",
+        text(&out)
+    );
+    let out = world.banger(&["vm", "run", "--branch", "x", "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--branch needs a workspace PATH"),
+        "{}",
+        text(&out)
+    );
+    let out = world.banger(&["vm", "run", scratch.path().to_str().unwrap(), "--", "true"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not inside a git repository"),
+        "{}",
+        text(&out)
+    );
+    assert!(world.list().is_empty(), "a dry run or refusal made a VM");
+
+    if !boot {
+        return;
+    }
+
+    // 1. Failing command, tracked files only, --rm.
+    let script = "set -e
+        echo to-stdout; echo to-stderr >&2
+        test \"$(pwd)\" = /root/repo
+        test \"$(cat src/a.txt)\" = edited
+        test -x run.sh && test \"$(stat -c %a run.sh)\" = 755
+        test \"$(readlink link)\" = src/a.txt
+        test ! -e untracked.env && test ! -e ignored.log && test ! -e build
+        test \"$(git rev-parse --abbrev-ref HEAD)\" = main
+        test \"$(git log --format=%s | tr '\\n' ' ')\" = 'second init '
+        git status --porcelain > /tmp/st; test \"$(cat /tmp/st)\" = ' M src/a.txt'
+        git diff --stat | grep -q 'src/a.txt'
+        exit 7";
+    let out = world.banger(&[
+        "vm", "run", "--rm", "--name", "ws", repo_arg, "--", "sh", "-c", script,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}\nlog:\n{}",
+        text(&out),
+        world.log_tail()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stdout, "to-stdout\n", "{}", text(&out));
+    assert!(stderr.contains("to-stderr\n"), "{}", text(&out));
+    assert!(stderr.starts_with("spec: "), "{stderr}");
+    assert!(stderr.contains("[workspace] copying 5 files"), "{stderr}");
+    assert!(
+        stderr.contains("file_sync[4]: ") && stderr.contains("does not exist; skipped"),
+        "missing file_sync path warned: {stderr}"
+    );
+    assert!(
+        stderr.contains("file_sync[3]: ") && stderr.contains("outside your home"),
+        "escaping symlink warned: {stderr}"
+    );
+    assert_no_vm_left(&world, "ws");
+
+    // 2. Successful command, untracked files, a new branch from a tag, --rm.
+    let script = "set -e
+        test -f untracked.env && test ! -e ignored.log && test ! -e build
+        test \"$(git branch --show-current)\" = feat
+        test \"$(git rev-parse HEAD)\" = V1
+        git status --porcelain | grep -q '^?? untracked.env$'
+        echo ok";
+    let v1 = String::from_utf8(
+        Command::new("git")
+            .args(["-C", repo_arg, "rev-parse", "v1^{commit}"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let script = script.replace("V1", v1.trim());
+    let out = world.banger(&[
+        "vm",
+        "run",
+        "--rm",
+        "--name",
+        "br",
+        "--include-untracked",
+        "--branch",
+        "feat",
+        "--from",
+        "v1",
+        repo_arg,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}\nlog:\n{}",
+        text(&out),
+        world.log_tail()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
+    assert_no_vm_left(&world, "br");
+
+    // 3. Bare, kept; file_sync checked inside with stat.
+    let out = world.banger(&["vm", "run", "--name", "bare", "--verbose", "--", "true"]);
+    assert!(
+        out.status.success(),
+        "{}\nlog:\n{}",
+        text(&out),
+        world.log_tail()
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for phase in [
+        "resolve image",
+        "clone disk",
+        "boot",
+        "SSH ready",
+        "command",
+    ] {
+        assert!(
+            stderr.contains(&format!("\n{phase:<15} ")),
+            "{phase}: {stderr}"
+        );
+    }
+    assert!(stderr.contains("bare keeps running"), "{stderr}");
+    let vm = world.show("bare");
+    assert_eq!(vm.state, "running");
+    let show = world.banger_ok(&["vm", "show", "bare"]);
+    assert!(show.contains("timings (vm run):\n"), "{show}");
+    let stat = world.banger_ok(&[
+        "vm",
+        "ssh",
+        "bare",
+        "--",
+        "cd /root && stat -c '%n %U:%G %a' .gitconfig bin/tool.sh .config/dots \
+         .config/dots/public .config/dots/secret .config/dots/sub .config/dots/sub/run; \
+         ls -a /root | tr '\\n' ' '",
+    ]);
+    let mut lines = stat.lines();
+    for want in [
+        ".gitconfig root:root 600",
+        "bin/tool.sh root:root 750",
+        ".config/dots root:root 750",
+        ".config/dots/public root:root 644",
+        ".config/dots/secret root:root 600",
+        ".config/dots/sub root:root 700",
+        ".config/dots/sub/run root:root 755",
+    ] {
+        assert_eq!(lines.next(), Some(want), "{stat}");
+    }
+    let listing = lines.next().unwrap_or_default();
+    assert!(
+        !listing.contains(" escape ") && !listing.contains(" missing "),
+        "skipped entries reached the guest: {listing}"
+    );
+    let deleted = world.banger_ok(&["vm", "delete", "--force", "bare"]);
+    assert_eq!(deleted, "deleted bare\n");
+    world.assert_nothing_left("bare", &vm.id, vm.ip.as_deref());
+}
