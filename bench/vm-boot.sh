@@ -25,7 +25,7 @@ RECORDS=${RECORDS:-100}
 N_VMS=${N_VMS:-10}
 STORE=${BANGER_TEST_STORE:-${XDG_STATE_HOME:-$HOME/.local/state}/banger}
 IMAGE=${BANGER_TEST_IMAGE:-debian-bookworm-minimal}
-FIXTURES=$ROOT/crates/bangerd/tests/fixtures/guest
+FIXTURES=$ROOT/images/files/rootfs
 
 [ "$(id -u)" = 0 ] || { echo "vm-boot.sh: run as root (network namespace, taps)" >&2; exit 1; }
 for tool in jq debugfs mkfs.ext4 qemu-system-x86_64 ssh curl python3; do

@@ -43,12 +43,24 @@ const EMBEDDED: &[(&str, &[u8])] = &[
         include_bytes!("../../../images/files/rootfs/banger-ssh-hostkey.service"),
     ),
     (
-        "files/rootfs/banger-vsock-agent.service",
-        include_bytes!("../../../images/files/rootfs/banger-vsock-agent.service"),
+        "files/rootfs/banger-guest-agent.service",
+        include_bytes!("../../../images/files/rootfs/banger-guest-agent.service"),
+    ),
+    (
+        "files/rootfs/banger-guest-apply.service",
+        include_bytes!("../../../images/files/rootfs/banger-guest-apply.service"),
+    ),
+    (
+        "files/rootfs/banger-guest-load",
+        include_bytes!("../../../images/files/rootfs/banger-guest-load"),
     ),
     (
         "files/rootfs/cmdline-dns",
         include_bytes!("../../../images/files/rootfs/cmdline-dns"),
+    ),
+    (
+        "files/rootfs/fstab",
+        include_bytes!("../../../images/files/rootfs/fstab"),
     ),
     (
         "files/rootfs/hostname",

@@ -162,22 +162,9 @@ fn minimal_image_has_no_host_keys_and_the_sshd_policy() {
     assert_eq!(debugfs(&rootfs, "cat /etc/machine-id").unwrap(), "");
     assert_eq!(debugfs(&rootfs, "cat /etc/hostname").unwrap(), "banger\n");
     let wants = debugfs(&rootfs, "ls /etc/systemd/system/multi-user.target.wants").unwrap();
-    for unit in [
-        "systemd-networkd.service",
-        "ssh.service",
-        "banger-vsock-agent.service",
-    ] {
+    for unit in ["systemd-networkd.service", "ssh.service"] {
         assert!(wants.contains(unit), "{unit} not enabled:\n{wants}");
     }
-    let agent = debugfs(
-        &rootfs,
-        "cat /etc/systemd/system/banger-vsock-agent.service",
-    )
-    .unwrap();
-    assert!(
-        agent.contains("ExecStart=/usr/local/bin/banger-vsock-agent"),
-        "{agent}"
-    );
     for tool in [
         "/usr/bin/curl",
         "/usr/bin/git",
@@ -191,6 +178,119 @@ fn minimal_image_has_no_host_keys_and_the_sshd_policy() {
         debugfs(&rootfs, "stat /usr/bin/docker").is_err(),
         "the minimal image has no Docker"
     );
+}
+
+/// The target of the symlink `path` in `rootfs` (debugfs `stat`).
+fn link_target(rootfs: &Path, path: &str) -> String {
+    let stat = debugfs(rootfs, &format!("stat {path}")).unwrap();
+    stat.split("Fast link dest: \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or_else(|| panic!("{path} is not a symlink:\n{stat}"))
+        .to_owned()
+}
+
+#[test]
+fn minimal_image_carries_the_guest_boot_step() {
+    if !enabled("minimal_image_carries_the_guest_boot_step") {
+        return;
+    }
+    let built = shared_build(Kind::Image, MINIMAL);
+    let tmp = tempfile::tempdir().unwrap();
+    let inst = install(&Store::new(tmp.path()), Kind::Image, MINIMAL, built);
+    let rootfs = inst.rootfs().unwrap();
+    let images = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/files/rootfs");
+
+    // The files, byte for byte as in images/files/rootfs, with their modes.
+    for (src, dest, mode) in [
+        (
+            "banger-guest-load",
+            "/usr/local/lib/banger/guest-load",
+            "0755",
+        ),
+        (
+            "banger-guest-apply.service",
+            "/etc/systemd/system/banger-guest-apply.service",
+            "0644",
+        ),
+        (
+            "banger-guest-agent.service",
+            "/etc/systemd/system/banger-guest-agent.service",
+            "0644",
+        ),
+        ("fstab", "/etc/fstab", "0644"),
+    ] {
+        let want = std::fs::read_to_string(images.join(src)).unwrap();
+        assert_eq!(
+            debugfs(&rootfs, &format!("cat {dest}")).unwrap(),
+            want,
+            "{dest}"
+        );
+        let stat = debugfs(&rootfs, &format!("stat {dest}")).unwrap();
+        assert!(
+            stat.contains(&format!("Mode:  {mode}")) && stat.contains("User:     0"),
+            "{dest} is not root-owned {mode}:\n{stat}"
+        );
+    }
+    let fstab = debugfs(&rootfs, "cat /etc/fstab").unwrap();
+    assert!(
+        fstab
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>()
+                == [
+                    "LABEL=banger-work",
+                    "/root",
+                    "ext4",
+                    "defaults,nofail,x-systemd.device-timeout=30s",
+                    "0",
+                    "2"
+                ]),
+        "no work disk line in /etc/fstab:\n{fstab}"
+    );
+    let agent = debugfs(
+        &rootfs,
+        "cat /etc/systemd/system/banger-guest-agent.service",
+    )
+    .unwrap();
+    assert!(
+        agent.contains("ExecStart=/run/banger/banger-vsock-agent serve"),
+        "{agent}"
+    );
+    let apply = debugfs(
+        &rootfs,
+        "cat /etc/systemd/system/banger-guest-apply.service",
+    )
+    .unwrap();
+    assert!(
+        apply.contains("ExecStart=/usr/local/lib/banger/guest-load"),
+        "{apply}"
+    );
+    assert!(apply.contains("Before=ssh.service"), "{apply}");
+
+    // Enabled: systemctl's links in multi-user.target.wants.
+    for unit in ["banger-guest-apply.service", "banger-guest-agent.service"] {
+        assert_eq!(
+            link_target(
+                &rootfs,
+                &format!("/etc/systemd/system/multi-user.target.wants/{unit}")
+            ),
+            format!("/etc/systemd/system/{unit}")
+        );
+    }
+    // The hand-boot fallback for the host key is enabled too, and the old
+    // baked-agent unit is gone.
+    assert_eq!(
+        link_target(
+            &rootfs,
+            "/etc/systemd/system/ssh.service.wants/banger-ssh-hostkey.service"
+        ),
+        "/etc/systemd/system/banger-ssh-hostkey.service"
+    );
+    assert!(debugfs(
+        &rootfs,
+        "stat /etc/systemd/system/banger-vsock-agent.service"
+    )
+    .is_err());
 }
 
 #[test]

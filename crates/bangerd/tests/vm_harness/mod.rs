@@ -161,7 +161,8 @@ pub fn processes_mentioning(needle: &str) -> Vec<u32> {
 }
 
 /// The test image: an installed image and kernel, with the guest boot files
-/// from `tests/fixtures/guest` added when the image lacks them.
+/// of the image recipes (`images/files/rootfs`) added when the image lacks
+/// them (images built before the recipes installed them).
 #[derive(Debug, Clone)]
 pub struct TestImage {
     pub name: String,
@@ -191,8 +192,10 @@ fn debugfs(image: &Path, request: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The recipes' own copy of the guest boot files (one copy for images and
+/// tests).
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/guest")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/files/rootfs")
 }
 
 /// Find the test image and prepare it (once per build; cached in the
@@ -299,6 +302,10 @@ fn prepare_rootfs(rootfs: &Path) {
                 .contains("/run/banger/banger-vsock-agent")
         });
     if !has_loader {
+        eprintln!(
+            "test image {}: no guest boot step; adding the recipes' files with debugfs",
+            rootfs.display()
+        );
         let f = fixtures();
         let write = |src: &str, dest: &str| format!("write {} {dest}\n", f.join(src).display());
         cmds.push_str("rm /etc/fstab\n");
