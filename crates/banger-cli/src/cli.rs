@@ -34,6 +34,12 @@ pub enum Command {
     Daemon(DaemonCommand),
     /// Check that this host can run banger VMs, and say how to fix what is missing.
     Doctor(DoctorArgs),
+    /// Pull, build, list, inspect, register and delete root filesystem images.
+    #[command(subcommand)]
+    Image(crate::image_cmd::ImageCommand),
+    /// Pull, build, list, inspect and delete guest kernels.
+    #[command(subcommand)]
+    Kernel(crate::image_cmd::KernelCommand),
     /// Install, inspect or remove banger's systemd units (bangerd, bangerd-root).
     #[command(subcommand)]
     System(crate::system_cmd::SystemCommand),

@@ -7,6 +7,7 @@ pub mod completion_cmd;
 pub mod config_cmd;
 pub mod daemon_cmd;
 pub mod doctor;
+pub mod image_cmd;
 pub mod run_cmd;
 pub mod system_cmd;
 pub mod ssh_config_cmd;
@@ -35,6 +36,8 @@ fn dispatch(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Config(c) => config_cmd::run(&global, c),
         Command::Daemon(c) => daemon_cmd::run(&global, c),
         Command::Doctor(c) => doctor::run(&global, c),
+        Command::Image(c) => image_cmd::run_image(&global, c),
+        Command::Kernel(c) => image_cmd::run_kernel(&global, c),
         Command::System(c) => system_cmd::run(&global, c),
         Command::Vm(c) => vm_cmd::run(&global, c),
         Command::Version => {

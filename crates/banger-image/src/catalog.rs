@@ -33,7 +33,16 @@ pub enum CatalogError {
     },
     #[error("catalog base URL {url:?} is not an http(s) URL")]
     BadBaseUrl { url: String },
+    #[error("cannot read catalog file {path} (from {CATALOG_FILE_ENV}): {source}")]
+    Read {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
+
+/// Environment variable naming a catalog file that replaces the embedded
+/// one (private mirrors publishing their own bundles, tests).
+pub const CATALOG_FILE_ENV: &str = "BANGER_CATALOG_FILE";
 
 /// One bundle the catalog offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +130,20 @@ impl Catalog {
         static CATALOG: OnceLock<Catalog> = OnceLock::new();
         CATALOG
             .get_or_init(|| Catalog::parse(EMBEDDED).expect("embedded catalog is valid (tested)"))
+    }
+
+    /// The catalog in effect: the file named by [`CATALOG_FILE_ENV`] when
+    /// set and non-empty, else the embedded one.
+    pub fn from_env() -> Result<std::borrow::Cow<'static, Catalog>, CatalogError> {
+        match std::env::var_os(CATALOG_FILE_ENV).filter(|v| !v.is_empty()) {
+            Some(path) => {
+                let path = std::path::PathBuf::from(path);
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|source| CatalogError::Read { path, source })?;
+                Ok(std::borrow::Cow::Owned(Catalog::parse(&text)?))
+            }
+            None => Ok(std::borrow::Cow::Borrowed(Catalog::embedded())),
+        }
     }
 
     /// Parse and validate catalog text.

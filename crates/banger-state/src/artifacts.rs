@@ -1,4 +1,9 @@
 //! Image and kernel records.
+//!
+//! `bangerd` keeps rows here only for **registered** artifacts (host-side
+//! files used in place, `managed = false`): managed bundles are described by
+//! their own `manifest.json` in the store under the state dir, so the store
+//! is their only truth and no row can disagree with it.
 
 use std::path::PathBuf;
 
@@ -284,6 +289,29 @@ impl StateDb {
                 .execute("DELETE FROM kernels WHERE name = ?1", [name])
                 .map_err(|e| self.query_error(&op, e))?;
             Ok(n > 0)
+        })
+    }
+
+    /// Drop the row of image `name` without the in-use check (its files
+    /// were copied into the store by a promote, so the name stays usable).
+    /// Returns whether it existed.
+    pub fn remove_registered_image(&self, name: &str) -> Result<bool, StateError> {
+        let op = format!("remove registered image {name:?}");
+        self.write(&op, |tx| {
+            tx.execute("DELETE FROM images WHERE name = ?1", [name])
+                .map(|n| n > 0)
+                .map_err(|e| self.query_error(&op, e))
+        })
+    }
+
+    /// Drop the row of kernel `name` without the in-use check (promote).
+    /// Returns whether it existed.
+    pub fn remove_registered_kernel(&self, name: &str) -> Result<bool, StateError> {
+        let op = format!("remove registered kernel {name:?}");
+        self.write(&op, |tx| {
+            tx.execute("DELETE FROM kernels WHERE name = ?1", [name])
+                .map(|n| n > 0)
+                .map_err(|e| self.query_error(&op, e))
         })
     }
 

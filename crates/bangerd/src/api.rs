@@ -60,6 +60,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/network/setup", post(network_setup))
         .route("/v1/network/teardown", post(network_teardown))
         .merge(crate::vm::api::routes())
+        .merge(crate::image::api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

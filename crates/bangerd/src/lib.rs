@@ -7,6 +7,7 @@
 //!   and NDJSON progress streams.
 //! - [`helper`]: reaching the root helper (child process or system socket).
 //! - [`network`]: the host network operations streamed by the API.
+//! - [`image`]: images and kernels (`/v1/images`, `/v1/kernels`).
 //! - [`vm`]: VM orchestration (`/v1/vms`), recovery and watchers.
 //! - [`lock`], [`socket`], [`notify`], [`logging`]: the pieces of start-up.
 
@@ -14,6 +15,7 @@ pub mod api;
 pub mod config_view;
 pub mod daemon;
 pub mod helper;
+pub mod image;
 pub mod lock;
 pub mod logging;
 pub mod network;

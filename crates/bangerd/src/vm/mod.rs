@@ -90,6 +90,8 @@ pub enum VmError {
     SshKey(#[from] banger_config::SshKeyError),
     #[error(transparent)]
     Store(#[from] banger_image::store::StoreError),
+    #[error(transparent)]
+    Image(Box<crate::image::ImageError>),
     #[error("VM {name}: {source}")]
     Vmm {
         name: String,
@@ -138,6 +140,7 @@ impl VmError {
             | VmError::KernelMissing { .. } => ErrorCode::NotFound,
             VmError::NoBackend { .. } | VmError::NoAgentBinary { .. } => ErrorCode::Unsupported,
             VmError::Helper(e) => helper_code(e),
+            VmError::Image(e) => e.code(),
             VmError::HelperAnswer { .. } => ErrorCode::HelperFailed,
             VmError::State(banger_state::StateError::AlreadyExists { .. }) => ErrorCode::Conflict,
             VmError::State(banger_state::StateError::WrongState { .. }) => ErrorCode::Conflict,

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banger_config::HostFacts;
-use banger_host::paths::Layout;
 use banger_host::probe::CloneStrategy as ProbedStrategy;
 use banger_image::Kind;
 use banger_state::{CloneStrategy, StateDb, Timestamp, VmPatch, VmRecord, VmState, VmmBackend};
@@ -76,41 +75,42 @@ pub struct ImageArtifacts {
     pub initrd: Option<std::path::PathBuf>,
 }
 
-/// The installed image `name` and its kernel, or why a VM cannot use them.
-/// This is where an image missing locally would be pulled (or built) on
-/// demand; today a missing image is an error saying how to get it.
+/// The image `name` and its kernel, pulled from the catalog first when
+/// either is missing (download progress goes into `sink`). When the pull
+/// cannot happen (entry unpublished, catalog unreachable) the error says so
+/// and names the local build command; see docs/image-catalog.md.
 pub async fn ensure_image(
     state: &AppState,
     name: &str,
-    _sink: &EventSink,
+    sink: &EventSink,
 ) -> Result<ImageArtifacts, VmError> {
-    find_image(&state.layout, name)?.ok_or_else(|| VmError::ImageMissing {
+    let (kind, what) = match find_image(state, name) {
+        Ok(Some(found)) => return Ok(found),
+        Ok(None) => (Kind::Image, name.to_owned()),
+        Err(VmError::KernelMissing { kernel, .. }) => (Kind::Kernel, kernel),
+        Err(e) => return Err(e),
+    };
+    sink.progress(
+        "image",
+        format!("{kind} {what} is not installed; pulling it from the catalog"),
+    )
+    .await;
+    crate::image::pull(state, kind, &what, sink)
+        .await
+        .map_err(|e| VmError::Image(Box::new(e)))?;
+    find_image(state, name)?.ok_or_else(|| VmError::ImageMissing {
         name: name.to_owned(),
     })
 }
 
-/// The installed image `name` with its kernel, `None` when the image is not
-/// installed; a missing kernel is an error naming both.
-pub fn find_image(layout: &Layout, name: &str) -> Result<Option<ImageArtifacts>, VmError> {
-    let store = banger_image::store::Store::new(&layout.state_dir);
-    if banger_image::manifest::validate_name(name).is_err() {
-        return Ok(None);
-    }
-    let Some(image) = store.get(Kind::Image, name)? else {
+/// The image `name` (installed in the store or registered) with its
+/// kernel, `None` when there is no such image; a missing kernel is an
+/// error naming both.
+pub fn find_image(state: &AppState, name: &str) -> Result<Option<ImageArtifacts>, VmError> {
+    let Some((rootfs, kernel_name)) = crate::image::lookup_image(state, name)? else {
         return Ok(None);
     };
-    let bad = |reason: &str| VmError::BadArtifact {
-        kind: "image",
-        name: name.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let rootfs = image.rootfs().ok_or_else(|| bad("it has no rootfs.ext4"))?;
-    let kernel_name = image
-        .manifest
-        .kernel_ref
-        .clone()
-        .ok_or_else(|| bad("its manifest names no kernel"))?;
-    let kernel = kernel_artifacts(layout, name, &kernel_name)?;
+    let kernel = kernel_artifacts(state, name, &kernel_name)?;
     Ok(Some(ImageArtifacts {
         image: name.to_owned(),
         rootfs,
@@ -121,25 +121,14 @@ pub fn find_image(layout: &Layout, name: &str) -> Result<Option<ImageArtifacts>,
 }
 
 fn kernel_artifacts(
-    layout: &Layout,
+    state: &AppState,
     image: &str,
     kernel: &str,
 ) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>), VmError> {
-    let store = banger_image::store::Store::new(&layout.state_dir);
-    let missing = || VmError::KernelMissing {
+    crate::image::lookup_kernel(state, kernel)?.ok_or_else(|| VmError::KernelMissing {
         image: image.to_owned(),
         kernel: kernel.to_owned(),
-    };
-    if banger_image::manifest::validate_name(kernel).is_err() {
-        return Err(missing());
-    }
-    let installed = store.get(Kind::Kernel, kernel)?.ok_or_else(missing)?;
-    let vmlinux = installed.vmlinux().ok_or_else(|| VmError::BadArtifact {
-        kind: "kernel",
-        name: kernel.to_owned(),
-        reason: "it has no vmlinux".into(),
-    })?;
-    Ok((vmlinux, installed.initrd()))
+    })
 }
 
 /// Everything about a create request that can be checked before anything
@@ -416,7 +405,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
             message: format!("the guest network configuration is unusable: {reason}"),
         })?;
     let agent = agent_binary(&state.layout)?;
-    let (vmlinux, initrd) = kernel_artifacts(&state.layout, &vm.image, &vm.kernel)?;
+    let (vmlinux, initrd) = kernel_artifacts(state, &vm.image, &vm.kernel)?;
     let p = VmPaths::new(&state.layout, &vm.id);
     let mut extra = VmExtra::from_json(&vm.spec);
 

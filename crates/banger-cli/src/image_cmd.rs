@@ -1,0 +1,617 @@
+//! `banger image pull|build|list|show|delete|register|promote` and
+//! `banger kernel pull|build|list|show|delete`: thin clients of the
+//! `/v1/images` and `/v1/kernels` routes (docs/image-catalog.md).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use banger_host::paths::Layout;
+use banger_wire::image::{
+    ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, InstallReport,
+    KernelInfo, KernelList, PromoteRequest, PullRequest,
+};
+use clap::{Args, Subcommand};
+
+use crate::cli::GlobalArgs;
+use crate::client::{self, Client};
+
+/// `banger image ...`
+#[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  banger image pull debian-bookworm        download, verify and install (with its kernel)
+  banger image build debian-bookworm       build it locally from its recipe instead (root)
+  banger image list
+  banger image show debian-bookworm --json
+  banger image register --name mine --rootfs /srv/mine.ext4 --kernel-ref generic-6.12
+  banger image promote mine                copy a registered image into banger's store
+  banger image delete mine")]
+pub enum ImageCommand {
+    /// Download an image from the catalog, verify its sha256 while streaming
+    /// and install it, with the kernel it boots with.
+    Pull {
+        /// Catalog name, e.g. debian-bookworm.
+        name: String,
+    },
+    /// Build an image from its recipe and install it (and its kernel when
+    /// missing). Needs root: the daemon must run as root. Takes minutes.
+    Build(BuildArgs),
+    /// List installed and registered images.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an image: size, kernel, source, dates and the VMs using it.
+    Show {
+        /// Image name.
+        name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an image (refused while a VM uses it). Registered files are
+    /// left in place; only banger's record of them goes.
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Image name.
+        name: String,
+    },
+    /// Use an existing ext4 root filesystem on this host as an image, in
+    /// place (not copied). Give the kernel as --kernel-ref (an installed
+    /// kernel) or as --kernel (with optional --initrd and --modules), which
+    /// registers a kernel named like the image.
+    Register(RegisterArgs),
+    /// Copy a registered image (and its registered kernel) into banger's
+    /// managed store, so it no longer depends on the host files.
+    Promote {
+        /// Image name.
+        name: String,
+    },
+}
+
+/// `banger kernel ...`
+#[derive(Debug, Subcommand)]
+#[command(after_help = "Examples:
+  banger kernel pull generic-6.12
+  banger kernel build generic-6.12         build it locally from its recipe (root)
+  banger kernel list
+  banger kernel show generic-6.12 --json
+  banger kernel delete generic-6.12")]
+pub enum KernelCommand {
+    /// Download a kernel from the catalog, verify and install it.
+    Pull {
+        /// Catalog name, e.g. generic-6.12.
+        name: String,
+    },
+    /// Build a kernel from its recipe and install it. Needs root.
+    Build(BuildArgs),
+    /// List installed and registered kernels.
+    #[command(visible_alias = "ls")]
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a kernel: version, files, source and the images and VMs using it.
+    Show {
+        /// Kernel name.
+        name: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete a kernel (refused while an image or a VM uses it).
+    #[command(visible_alias = "rm")]
+    Delete {
+        /// Kernel name.
+        name: String,
+    },
+}
+
+/// `banger image build` / `banger kernel build` arguments.
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Recipe name, e.g. debian-bookworm or generic-6.12.
+    pub name: String,
+    /// Rebuild even when the build cache holds a bundle of this recipe.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `banger image register` arguments.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Name for the image.
+    #[arg(long)]
+    pub name: String,
+    /// Absolute path of the ext4 root filesystem.
+    #[arg(long, value_name = "ABS_PATH")]
+    pub rootfs: PathBuf,
+    /// An installed (or registered) kernel to boot it with.
+    #[arg(long, value_name = "KERNEL", conflicts_with_all = ["kernel", "initrd", "modules"])]
+    pub kernel_ref: Option<String>,
+    /// Absolute path of an x86_64 ELF vmlinux with a PVH entry note.
+    #[arg(long, value_name = "ABS_PATH", required_unless_present = "kernel_ref")]
+    pub kernel: Option<PathBuf>,
+    /// Absolute path of its initramfs.
+    #[arg(long, value_name = "ABS_PATH", requires = "kernel")]
+    pub initrd: Option<PathBuf>,
+    /// Absolute path of its `lib/modules/<release>` directory.
+    #[arg(long, value_name = "ABS_PATH", requires = "kernel")]
+    pub modules: Option<PathBuf>,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+async fn connect(global: &GlobalArgs) -> anyhow::Result<Client> {
+    let layout = Layout::detect()?;
+    Ok(Client::connect(&layout, global.config.as_deref()).await?)
+}
+
+/// Run a `banger image` subcommand.
+pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let client = connect(global).await?;
+        match cmd {
+            ImageCommand::Pull { name } => {
+                install(&client, &path("images", &name, "/pull"), &PullRequest {}).await
+            }
+            ImageCommand::Build(a) => {
+                let body = BuildRequest { force: a.force };
+                install(&client, &path("images", &a.name, "/build"), &body).await
+            }
+            ImageCommand::List { json } => {
+                let list: ImageList = client.get_json("/v1/images").await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    print!("{}", format_image_list(&list.images));
+                }
+                Ok(())
+            }
+            ImageCommand::Show { name, json } => {
+                let info: ImageInfo = client.get_json(&path("images", &name, "")).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&info)?);
+                } else {
+                    print!("{}", format_image_show(&info));
+                }
+                Ok(())
+            }
+            ImageCommand::Delete { name } => delete(&client, "images", "image", &name).await,
+            ImageCommand::Register(a) => {
+                let req = register_request(&a)?;
+                let info: ImageInfo = client.post_json("/v1/images/register", &req).await?;
+                println!(
+                    "registered image {} ({}, kernel {})",
+                    info.name,
+                    banger_config::format_size(info.size_bytes),
+                    info.kernel
+                );
+                Ok(())
+            }
+            ImageCommand::Promote { name } => {
+                let mut render = client::stderr_renderer();
+                let result = client
+                    .stream(
+                        &path("images", &name, "/promote"),
+                        &PromoteRequest {},
+                        render.as_mut(),
+                    )
+                    .await?;
+                let info: ImageInfo =
+                    serde_json::from_value(result).context("decoding the promoted image")?;
+                println!("image {} is now managed at {}", info.name, info.rootfs);
+                Ok(())
+            }
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run a `banger kernel` subcommand.
+pub fn run_kernel(global: &GlobalArgs, cmd: KernelCommand) -> anyhow::Result<ExitCode> {
+    runtime()?.block_on(async {
+        let client = connect(global).await?;
+        match cmd {
+            KernelCommand::Pull { name } => {
+                install(&client, &path("kernels", &name, "/pull"), &PullRequest {}).await
+            }
+            KernelCommand::Build(a) => {
+                let body = BuildRequest { force: a.force };
+                install(&client, &path("kernels", &a.name, "/build"), &body).await
+            }
+            KernelCommand::List { json } => {
+                let list: KernelList = client.get_json("/v1/kernels").await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&list)?);
+                } else {
+                    print!("{}", format_kernel_list(&list.kernels));
+                }
+                Ok(())
+            }
+            KernelCommand::Show { name, json } => {
+                let info: KernelInfo = client.get_json(&path("kernels", &name, "")).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&info)?);
+                } else {
+                    print!("{}", format_kernel_show(&info));
+                }
+                Ok(())
+            }
+            KernelCommand::Delete { name } => delete(&client, "kernels", "kernel", &name).await,
+        }
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `/v1/{collection}/NAME...` with the name escaped for a URL path segment.
+fn path(collection: &str, name: &str, rest: &str) -> String {
+    let mut out = format!("/v1/{collection}/");
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+async fn install<B: serde::Serialize>(client: &Client, path: &str, body: &B) -> anyhow::Result<()> {
+    let mut render = client::stderr_renderer();
+    let result = client.stream(path, body, render.as_mut()).await?;
+    let report: InstallReport = serde_json::from_value(result).context("decoding the result")?;
+    print!("{}", format_install(&report));
+    Ok(())
+}
+
+/// One line per bundle a pull or build left installed.
+pub fn format_install(report: &InstallReport) -> String {
+    report
+        .installed
+        .iter()
+        .map(|b| {
+            let how = if b.fetched {
+                "installed"
+            } else {
+                "already installed"
+            };
+            format!("{} {} {} ({how})\n", b.kind, b.name, b.version)
+        })
+        .collect()
+}
+
+async fn delete(client: &Client, collection: &str, kind: &str, name: &str) -> anyhow::Result<()> {
+    let done: ArtifactDeleted = client.delete_json(&path(collection, name, "")).await?;
+    if done.existed {
+        println!("deleted {kind} {}", done.name);
+    } else {
+        println!("{kind} {} does not exist", done.name);
+    }
+    Ok(())
+}
+
+fn abs(what: &str, p: &Path) -> anyhow::Result<String> {
+    let s = p
+        .to_str()
+        .with_context(|| format!("{what} path {} is not UTF-8", p.display()))?;
+    Ok(s.to_owned())
+}
+
+/// The request body for `image register`; paths are sent as given (the
+/// daemon refuses relative ones, naming them).
+pub fn register_request(a: &RegisterArgs) -> anyhow::Result<ImageRegisterRequest> {
+    let opt = |what: &str, p: &Option<PathBuf>| p.as_deref().map(|p| abs(what, p)).transpose();
+    Ok(ImageRegisterRequest {
+        name: a.name.clone(),
+        rootfs: abs("rootfs", &a.rootfs)?,
+        kernel_ref: a.kernel_ref.clone(),
+        kernel: opt("kernel", &a.kernel)?,
+        initrd: opt("initrd", &a.initrd)?,
+        modules: opt("modules", &a.modules)?,
+    })
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn or_dash(v: &[String]) -> String {
+    if v.is_empty() {
+        "-".into()
+    } else {
+        v.join(", ")
+    }
+}
+
+/// `YYYY-MM-DD` (UTC) of seconds since 1970.
+pub fn date(secs: i64) -> String {
+    // Howard Hinnant's civil_from_days.
+    let z = secs.div_euclid(86_400) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// The `banger image list` table.
+pub fn format_image_list(images: &[ImageInfo]) -> String {
+    let mut rows = vec![["NAME", "VERSION", "KERNEL", "SIZE", "SOURCE", "VMS"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect::<Vec<_>>()];
+    for i in images {
+        rows.push(vec![
+            i.name.clone(),
+            i.version.clone(),
+            i.kernel.clone(),
+            banger_config::format_size(i.size_bytes),
+            i.source.to_string(),
+            i.used_by.len().to_string(),
+        ]);
+    }
+    table(&rows)
+}
+
+fn kv(rows: &[(&str, String)]) -> String {
+    let w = rows.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{:<w$}  {v}\n", format!("{k}:")))
+        .collect()
+}
+
+/// The `banger image show` text.
+pub fn format_image_show(i: &ImageInfo) -> String {
+    let mut rows = vec![
+        ("name", i.name.clone()),
+        ("version", i.version.clone()),
+        ("arch", i.arch.clone()),
+        ("kernel", i.kernel.clone()),
+        ("size", banger_config::format_size(i.size_bytes)),
+        (
+            "source",
+            if i.managed {
+                i.source.to_string()
+            } else {
+                format!("{} (not managed: files used in place)", i.source)
+            },
+        ),
+    ];
+    if let Some(o) = &i.origin {
+        rows.push(("origin", o.clone()));
+    }
+    rows.push(("rootfs", i.rootfs.clone()));
+    if let Some(c) = i.created {
+        rows.push(("created", date(c)));
+    }
+    if let Some(t) = i.installed_at {
+        rows.push(("installed", date(t as i64)));
+    }
+    if let Some(h) = &i.recipe_hash {
+        rows.push(("recipe hash", h.clone()));
+    }
+    rows.push(("used by", or_dash(&i.used_by)));
+    kv(&rows)
+}
+
+/// The `banger kernel list` table.
+pub fn format_kernel_list(kernels: &[KernelInfo]) -> String {
+    let mut rows = vec![[
+        "NAME", "VERSION", "RELEASE", "SIZE", "SOURCE", "IMAGES", "VMS",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect::<Vec<_>>()];
+    for k in kernels {
+        rows.push(vec![
+            k.name.clone(),
+            k.version.clone(),
+            k.release.clone().unwrap_or_else(|| "-".into()),
+            banger_config::format_size(k.size_bytes),
+            k.source.to_string(),
+            k.used_by_images.len().to_string(),
+            k.used_by_vms.len().to_string(),
+        ]);
+    }
+    table(&rows)
+}
+
+/// The `banger kernel show` text.
+pub fn format_kernel_show(k: &KernelInfo) -> String {
+    let mut rows = vec![
+        ("name", k.name.clone()),
+        ("version", k.version.clone()),
+        ("release", k.release.clone().unwrap_or_else(|| "-".into())),
+        ("size", banger_config::format_size(k.size_bytes)),
+        (
+            "source",
+            if k.managed {
+                k.source.to_string()
+            } else {
+                format!("{} (not managed: files used in place)", k.source)
+            },
+        ),
+    ];
+    if let Some(o) = &k.origin {
+        rows.push(("origin", o.clone()));
+    }
+    rows.push(("vmlinux", k.vmlinux.clone()));
+    rows.push(("initrd", k.initrd.clone().unwrap_or_else(|| "-".into())));
+    rows.push(("modules", k.modules.clone().unwrap_or_else(|| "-".into())));
+    if let Some(c) = k.created {
+        rows.push(("created", date(c)));
+    }
+    if let Some(t) = k.installed_at {
+        rows.push(("installed", date(t as i64)));
+    }
+    rows.push(("images", or_dash(&k.used_by_images)));
+    rows.push(("vms", or_dash(&k.used_by_vms)));
+    kv(&rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use banger_wire::image::{ArtifactSource, InstalledBundle};
+
+    fn image() -> ImageInfo {
+        ImageInfo {
+            name: "debian-bookworm".into(),
+            version: "12.1".into(),
+            arch: "x86_64".into(),
+            kernel: "generic-6.12".into(),
+            size_bytes: 2 << 30,
+            source: ArtifactSource::Catalog,
+            origin: Some("https://mirror.example/debian-bookworm-12.1.tar.zst".into()),
+            managed: true,
+            rootfs: "/state/images/debian-bookworm/rootfs.ext4".into(),
+            created: Some(1_735_689_600),
+            installed_at: Some(1_735_776_000),
+            recipe_hash: None,
+            used_by: vec!["dev".into(), "ci".into()],
+        }
+    }
+
+    #[test]
+    fn image_list_is_an_aligned_table() {
+        let mut other = image();
+        other.name = "mine".into();
+        other.source = ArtifactSource::Registered;
+        other.used_by.clear();
+        let out = format_image_list(&[image(), other]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "NAME             VERSION  KERNEL        SIZE  SOURCE      VMS"
+        );
+        assert_eq!(
+            lines[1],
+            "debian-bookworm  12.1     generic-6.12  2G    catalog     2"
+        );
+        assert_eq!(
+            lines[2],
+            "mine             12.1     generic-6.12  2G    registered  0"
+        );
+    }
+
+    #[test]
+    fn image_show_names_kernel_source_dates_and_users() {
+        let out = format_image_show(&image());
+        assert!(out.contains("kernel:     generic-6.12\n"), "{out}");
+        assert!(out.contains("source:     catalog\n"), "{out}");
+        assert!(out.contains("created:    2025-01-01\n"), "{out}");
+        assert!(out.contains("installed:  2025-01-02\n"), "{out}");
+        assert!(out.contains("used by:    dev, ci\n"), "{out}");
+        let mut reg = image();
+        reg.managed = false;
+        reg.source = ArtifactSource::Registered;
+        reg.used_by.clear();
+        let out = format_image_show(&reg);
+        assert!(
+            out.contains("registered (not managed: files used in place)"),
+            "{out}"
+        );
+        assert!(out.contains("used by:    -\n"), "{out}");
+    }
+
+    #[test]
+    fn kernel_views_count_images_and_vms() {
+        let k = KernelInfo {
+            name: "generic-6.12".into(),
+            version: "6.12.95".into(),
+            release: Some("6.12.95+bpo-cloud-amd64".into()),
+            size_bytes: 40 << 20,
+            source: ArtifactSource::Build,
+            origin: None,
+            managed: true,
+            vmlinux: "/s/kernels/generic-6.12/vmlinux".into(),
+            initrd: Some("/s/kernels/generic-6.12/initrd".into()),
+            modules: None,
+            created: Some(0),
+            installed_at: None,
+            used_by_images: vec!["debian-bookworm".into()],
+            used_by_vms: vec![],
+        };
+        let list = format_kernel_list(std::slice::from_ref(&k));
+        assert!(
+            list.lines()
+                .nth(1)
+                .unwrap()
+                .ends_with("40M   build   1       0"),
+            "{list}"
+        );
+        let show = format_kernel_show(&k);
+        assert!(show.contains("images:   debian-bookworm\n"), "{show}");
+        assert!(show.contains("vms:      -\n"), "{show}");
+        assert!(show.contains("created:  1970-01-01\n"), "{show}");
+    }
+
+    #[test]
+    fn install_report_says_what_was_fetched() {
+        let r = InstallReport {
+            installed: vec![
+                InstalledBundle {
+                    kind: "kernel".into(),
+                    name: "generic-6.12".into(),
+                    version: "6.12.95".into(),
+                    fetched: false,
+                    bundle_sha256: None,
+                },
+                InstalledBundle {
+                    kind: "image".into(),
+                    name: "debian-bookworm".into(),
+                    version: "12.1".into(),
+                    fetched: true,
+                    bundle_sha256: Some("ab".repeat(32)),
+                },
+            ],
+        };
+        assert_eq!(
+            format_install(&r),
+            "kernel generic-6.12 6.12.95 (already installed)\nimage debian-bookworm 12.1 (installed)\n"
+        );
+    }
+
+    #[test]
+    fn dates_are_utc_days() {
+        assert_eq!(date(0), "1970-01-01");
+        assert_eq!(date(951_782_400), "2000-02-29");
+        assert_eq!(date(1_735_689_599), "2024-12-31");
+    }
+
+    #[test]
+    fn names_are_escaped_in_paths() {
+        assert_eq!(
+            path("images", "a b/c", "/pull"),
+            "/v1/images/a%20b%2Fc/pull"
+        );
+    }
+}

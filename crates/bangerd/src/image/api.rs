@@ -1,0 +1,175 @@
+//! The `/v1/images` and `/v1/kernels` routes. Pull, build and promote
+//! stream NDJSON progress; the rest answer plain JSON (`docs/api.md`).
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use banger_image::Kind;
+use banger_wire::api::ApiError;
+use banger_wire::image::{
+    ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, KernelInfo,
+    KernelList, PromoteRequest, PullRequest,
+};
+
+use super::ImageError;
+use crate::api::{stream_operation, AppState, Failure, JsonBody};
+
+/// Every image and kernel route (merged into the main router).
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/images", get(list_images))
+        .route("/v1/images/register", post(register))
+        .route("/v1/images/{name}", get(show_image).delete(delete_image))
+        .route("/v1/images/{name}/pull", post(pull_image))
+        .route("/v1/images/{name}/build", post(build_image))
+        .route("/v1/images/{name}/promote", post(promote))
+        .route("/v1/kernels", get(list_kernels))
+        .route("/v1/kernels/{name}", get(show_kernel).delete(delete_kernel))
+        .route("/v1/kernels/{name}/pull", post(pull_kernel))
+        .route("/v1/kernels/{name}/build", post(build_kernel))
+}
+
+fn fail(e: ImageError) -> Failure {
+    Failure(ApiError::from(e))
+}
+
+/// Checks that need no work (a valid name, not registered from host files)
+/// answer plainly, before a stream starts.
+fn checked(state: &AppState, kind: Kind, name: &str) -> Result<(), Failure> {
+    banger_image::manifest::validate_name(name).map_err(|e| fail(e.into()))?;
+    super::refuse_registered(state, kind, name).map_err(fail)
+}
+
+async fn list_images(State(state): State<Arc<AppState>>) -> Result<Json<ImageList>, Failure> {
+    Ok(Json(ImageList {
+        images: super::list_images(&state).map_err(fail)?,
+    }))
+}
+
+async fn show_image(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<ImageInfo>, Failure> {
+    super::show_image(&state, &name).map(Json).map_err(fail)
+}
+
+async fn delete_image(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<ArtifactDeleted>, Failure> {
+    super::delete_image(&state, &name)
+        .await
+        .map(Json)
+        .map_err(fail)
+}
+
+async fn list_kernels(State(state): State<Arc<AppState>>) -> Result<Json<KernelList>, Failure> {
+    Ok(Json(KernelList {
+        kernels: super::list_kernels(&state).map_err(fail)?,
+    }))
+}
+
+async fn show_kernel(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<KernelInfo>, Failure> {
+    super::show_kernel(&state, &name).map(Json).map_err(fail)
+}
+
+async fn delete_kernel(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<Json<ArtifactDeleted>, Failure> {
+    super::delete_kernel(&state, &name)
+        .await
+        .map(Json)
+        .map_err(fail)
+}
+
+async fn register(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<ImageRegisterRequest>,
+) -> Result<Json<ImageInfo>, Failure> {
+    let st = state.clone();
+    tokio::task::spawn_blocking(move || super::register(&st, &req))
+        .await
+        .map_err(|e| {
+            fail(ImageError::Task {
+                what: "register",
+                reason: e.to_string(),
+            })
+        })?
+        .map(Json)
+        .map_err(fail)
+}
+
+fn pull(state: Arc<AppState>, kind: Kind, name: String) -> Result<Response, Failure> {
+    checked(&state, kind, &name)?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        super::pull(&state, kind, &name, &sink)
+            .await
+            .map_err(ApiError::from)
+    }))
+}
+
+async fn pull_image(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(PullRequest {}): JsonBody<PullRequest>,
+) -> Result<Response, Failure> {
+    pull(state, Kind::Image, name)
+}
+
+async fn pull_kernel(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(PullRequest {}): JsonBody<PullRequest>,
+) -> Result<Response, Failure> {
+    pull(state, Kind::Kernel, name)
+}
+
+fn build(
+    state: Arc<AppState>,
+    kind: Kind,
+    name: String,
+    req: BuildRequest,
+) -> Result<Response, Failure> {
+    checked(&state, kind, &name)?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        super::build(state, kind, name, req.force, &sink)
+            .await
+            .map_err(ApiError::from)
+    }))
+}
+
+async fn build_image(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<BuildRequest>,
+) -> Result<Response, Failure> {
+    build(state, Kind::Image, name, req)
+}
+
+async fn build_kernel(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(req): JsonBody<BuildRequest>,
+) -> Result<Response, Failure> {
+    build(state, Kind::Kernel, name, req)
+}
+
+async fn promote(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    JsonBody(PromoteRequest {}): JsonBody<PromoteRequest>,
+) -> Result<Response, Failure> {
+    super::promotable(&state, &name).map_err(fail)?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        super::promote(&state, &name, &sink)
+            .await
+            .map_err(ApiError::from)
+    }))
+}

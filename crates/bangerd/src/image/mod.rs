@@ -1,0 +1,877 @@
+//! Images and kernels: pull from the catalog, build from recipes, list,
+//! show, delete, register and promote (`/v1/images`, `/v1/kernels`).
+//!
+//! Two kinds of artifacts, each with one source of truth:
+//!
+//! - **Managed** bundles live in the store under the state dir
+//!   (`<state>/images/<name>`, `<state>/kernels/<name>`, see
+//!   `banger_image::store`). Their `manifest.json` and `origin.json` are the
+//!   record; the database has no rows for them.
+//! - **Registered** artifacts are host-side files used in place. They have
+//!   no store directory, so their record is a row of the database's
+//!   `images`/`kernels` tables with `managed = 0`, written only by
+//!   [`register`] and removed by delete or [`promote`].
+//!
+//! A name is one or the other: register refuses names the store has, pull
+//! and build refuse names registered from host files, and lookups ask the
+//! store first.
+
+pub mod api;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use banger_image::catalog::{Catalog, CatalogError};
+use banger_image::manifest::{self, validate_name, ManifestError};
+use banger_image::pull::PullError;
+use banger_image::store::{Import, Installed, Origin, Store, StoreError};
+use banger_image::validate::{self, ValidateError};
+use banger_image::{Kind, Progress};
+use banger_state::{ArtifactSource as DbSource, ImageRecord, KernelRecord, StateDb, Timestamp};
+use banger_wire::api::{ApiError, ErrorCode, StreamEvent};
+use banger_wire::image::{
+    ArtifactDeleted, ArtifactSource, ImageInfo, ImageRegisterRequest, InstallReport,
+    InstalledBundle, KernelInfo,
+};
+
+use crate::api::{AppState, EventSink};
+
+/// Errors of image and kernel operations, each naming the artifact or path.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("no {kind} named {name:?} is installed or registered")]
+    NotFound { kind: Kind, name: String },
+    #[error("{kind} {name} is in use by {}; delete {} first", .users.join(", "), if .users.len() == 1 { "it" } else { "them" })]
+    InUse {
+        kind: Kind,
+        name: String,
+        users: Vec<String>,
+    },
+    #[error("{kind} {name} is registered from host files; delete it first (`banger {kind} delete {name}`) or copy it into the store with `banger image promote {name}`")]
+    Registered { kind: Kind, name: String },
+    #[error("{kind} {name} already exists ({what}); delete it first or pick another name")]
+    Exists {
+        kind: Kind,
+        name: String,
+        what: &'static str,
+    },
+    #[error(
+        "image {name} is already managed by banger's store; only registered images can be promoted"
+    )]
+    AlreadyManaged { name: String },
+    #[error("{message}")]
+    BadRequest { message: String },
+    #[error(transparent)]
+    Name(#[from] ManifestError),
+    #[error(transparent)]
+    Invalid(#[from] ValidateError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Pull(#[from] PullError),
+    #[error(transparent)]
+    Build(#[from] banger_image::build::BuildError),
+    #[error("no recipe for {kind} {name:?} in this banger (recipes: {known})")]
+    NoRecipe {
+        kind: Kind,
+        name: String,
+        known: String,
+    },
+    #[error("building {kind} {name} needs root (mmdebstrap and chroot), and bangerd runs as uid {uid}: {reason}. Run the daemon as root (`sudo banger daemon stop`, then run banger as root), or install the system service (`sudo banger system install`) once its root helper builds bundles")]
+    NeedsRoot {
+        kind: Kind,
+        name: String,
+        uid: u32,
+        reason: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    State(#[from] banger_state::StateError),
+    #[error(transparent)]
+    Vm(Box<crate::vm::VmError>),
+    #[error("{what} task failed: {reason}")]
+    Task { what: &'static str, reason: String },
+}
+
+impl ImageError {
+    /// The API error code this failure is served with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ImageError::NotFound { .. } | ImageError::NoRecipe { .. } => ErrorCode::NotFound,
+            ImageError::Catalog(CatalogError::Unknown { .. }) => ErrorCode::NotFound,
+            ImageError::Pull(PullError::NotPublished { .. })
+            | ImageError::Pull(PullError::Catalog(CatalogError::Unknown { .. })) => {
+                ErrorCode::NotFound
+            }
+            ImageError::InUse { .. }
+            | ImageError::Registered { .. }
+            | ImageError::Exists { .. }
+            | ImageError::AlreadyManaged { .. } => ErrorCode::Conflict,
+            ImageError::BadRequest { .. } | ImageError::Name(_) | ImageError::Invalid(_) => {
+                ErrorCode::BadRequest
+            }
+            ImageError::Store(StoreError::Name(_) | StoreError::Invalid(_)) => {
+                ErrorCode::BadRequest
+            }
+            ImageError::NeedsRoot { .. }
+            | ImageError::Build(banger_image::build::BuildError::NotRoot { .. }) => {
+                ErrorCode::Unsupported
+            }
+            ImageError::State(_) => ErrorCode::State,
+            ImageError::Vm(e) => e.code(),
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> ApiError {
+        ApiError {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn db(state: &AppState) -> std::sync::MutexGuard<'_, StateDb> {
+    state.db.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The managed store of this daemon.
+pub fn store(state: &AppState) -> Store {
+    Store::new(&state.layout.state_dir)
+}
+
+/// The catalog base URL: config `catalog_url` (or `BANGER_CATALOG_URL`)
+/// when set, else the catalog's own `base_url`.
+pub fn base_url(state: &AppState, catalog: &Catalog) -> String {
+    let setting = &state.vms.config.catalog_url;
+    match setting.provenance {
+        banger_config::Provenance::BuiltIn => catalog.base_url.clone(),
+        _ => setting.value.clone(),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ImageError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ImageError::Task {
+            what,
+            reason: e.to_string(),
+        })
+}
+
+/// Forwards [`Progress`] reports (sent from any thread) to a stream.
+struct Forwarder {
+    tx: tokio::sync::mpsc::UnboundedSender<Progress>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Forwarder {
+    fn new(sink: &EventSink) -> Forwarder {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Progress>();
+        let sink = sink.clone();
+        let task = tokio::spawn(async move {
+            while let Some(p) = rx.recv().await {
+                sink.send(StreamEvent::Progress {
+                    phase: p.phase.as_str().to_owned(),
+                    message: p.message,
+                    current: p.current,
+                    total: p.total,
+                })
+                .await;
+            }
+        });
+        Forwarder { tx, task }
+    }
+
+    /// A progress callback feeding this forwarder.
+    fn callback(&self) -> impl Fn(Progress) + Send + Sync + 'static {
+        let tx = self.tx.clone();
+        move |p| {
+            let _ = tx.send(p);
+        }
+    }
+
+    /// Wait until every report sent so far reached the stream.
+    async fn finish(self) {
+        drop(self.tx);
+        let _ = self.task.await;
+    }
+}
+
+fn registered_image(state: &AppState, name: &str) -> Result<Option<ImageRecord>, ImageError> {
+    Ok(db(state).get_image(name)?.filter(|r| !r.managed))
+}
+
+fn registered_kernel(state: &AppState, name: &str) -> Result<Option<KernelRecord>, ImageError> {
+    Ok(db(state).get_kernel(name)?.filter(|r| !r.managed))
+}
+
+/// Refuse to pull or build over a name registered from host files.
+pub fn refuse_registered(state: &AppState, kind: Kind, name: &str) -> Result<(), ImageError> {
+    let registered = match kind {
+        Kind::Image => registered_image(state, name)?.is_some(),
+        Kind::Kernel => registered_kernel(state, name)?.is_some(),
+    };
+    if registered && store(state).get(kind, name)?.is_none() {
+        return Err(ImageError::Registered {
+            kind,
+            name: name.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+fn bundle_report(i: &Installed, fetched: bool) -> InstalledBundle {
+    let sha = i.origin.as_ref().and_then(|o| match &o.origin {
+        Origin::Catalog { bundle_sha256, .. }
+        | Origin::Build { bundle_sha256 }
+        | Origin::File { bundle_sha256, .. } => Some(bundle_sha256.clone()),
+        Origin::Imported { .. } => None,
+    });
+    InstalledBundle {
+        kind: i.manifest.kind.as_str().to_owned(),
+        name: i.manifest.name.clone(),
+        version: i.manifest.version.clone(),
+        fetched,
+        bundle_sha256: sha,
+    }
+}
+
+/// Pull `kind name` from the catalog (an image's kernel first), streaming
+/// download progress into `sink`. Installed entries are not fetched again.
+pub async fn pull(
+    state: &AppState,
+    kind: Kind,
+    name: &str,
+    sink: &EventSink,
+) -> Result<InstallReport, ImageError> {
+    validate_name(name)?;
+    refuse_registered(state, kind, name)?;
+    let catalog = Catalog::from_env()?;
+    let base = base_url(state, &catalog);
+    let store = store(state);
+    let fwd = Forwarder::new(sink);
+    let cb = fwd.callback();
+    let result = banger_image::pull::pull_with_deps(&catalog, kind, name, &base, &store, &cb).await;
+    drop(cb);
+    fwd.finish().await;
+    let pulled = result?;
+    Ok(InstallReport {
+        installed: pulled
+            .iter()
+            .map(|p| bundle_report(&p.installed, p.downloaded))
+            .collect(),
+    })
+}
+
+/// Build `kind name` from its embedded recipe and install it; an image
+/// whose kernel is not installed gets its kernel built first.
+pub async fn build(
+    state: Arc<AppState>,
+    kind: Kind,
+    name: String,
+    force: bool,
+    sink: &EventSink,
+) -> Result<InstallReport, ImageError> {
+    validate_name(&name)?;
+    refuse_registered(&state, kind, &name)?;
+    let recipes = banger_image::recipe::RecipeSet::embedded();
+    let known = recipes.names(kind);
+    if !known.contains(&name) {
+        return Err(ImageError::NoRecipe {
+            kind,
+            name,
+            known: known.join(", "),
+        });
+    }
+    let mut order = Vec::new();
+    if kind == Kind::Image {
+        let kernel = recipes
+            .image(&name)
+            .map_err(banger_image::build::BuildError::from)?
+            .kernel_ref
+            .clone();
+        let have = store(&state).get(Kind::Kernel, &kernel)?.is_some()
+            || registered_kernel(&state, &kernel)?.is_some();
+        if !have {
+            order.push((Kind::Kernel, kernel));
+        }
+    }
+    order.push((kind, name));
+    let mut installed = Vec::new();
+    for (kind, name) in order {
+        installed.push(build_one(&state, kind, &name, force, sink).await?);
+    }
+    Ok(InstallReport { installed })
+}
+
+async fn build_one(
+    state: &Arc<AppState>,
+    kind: Kind,
+    name: &str,
+    force: bool,
+    sink: &EventSink,
+) -> Result<InstalledBundle, ImageError> {
+    let euid = nix::unistd::geteuid();
+    if !euid.is_root() {
+        // The root helper has no bundle-building operation yet: say what
+        // works instead of failing deep inside mmdebstrap.
+        return Err(ImageError::NeedsRoot {
+            kind,
+            name: name.to_owned(),
+            uid: euid.as_raw(),
+            reason: "the root helper cannot build bundles in this version".into(),
+        });
+    }
+    sink.progress("build", format!("building {kind} {name} from its recipe"))
+        .await;
+    let mut opts = banger_image::build::BuildOptions::new(&state.layout.cache_dir);
+    opts.force = force;
+    opts.source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    if kind == Kind::Image {
+        opts.agent_binary =
+            Some(crate::vm::agent_binary(&state.layout).map_err(|e| ImageError::Vm(Box::new(e)))?);
+    }
+    let store = store(state);
+    let fwd = Forwarder::new(sink);
+    let cb = fwd.callback();
+    let name2 = name.to_owned();
+    let result = blocking("build", move || {
+        banger_image::build::build_and_install(kind, &name2, &opts, &store, &cb)
+    })
+    .await;
+    fwd.finish().await;
+    let (built, installed) = result??;
+    let mut report = bundle_report(&installed, !built.cached);
+    report.bundle_sha256 = Some(built.packed.sha256);
+    Ok(report)
+}
+
+/// VM names per image and per kernel.
+fn vm_users(state: &AppState) -> Result<(UsersMap, UsersMap), ImageError> {
+    let mut by_image = UsersMap::new();
+    let mut by_kernel = UsersMap::new();
+    for vm in db(state).list_vms()? {
+        by_image
+            .entry(vm.image.clone())
+            .or_default()
+            .push(vm.name.clone());
+        by_kernel.entry(vm.kernel).or_default().push(vm.name);
+    }
+    Ok((by_image, by_kernel))
+}
+
+type UsersMap = BTreeMap<String, Vec<String>>;
+
+fn origin_text(o: &Origin) -> (ArtifactSource, Option<String>) {
+    match o {
+        Origin::Catalog { url, .. } => (ArtifactSource::Catalog, Some(url.clone())),
+        Origin::Build { .. } => (ArtifactSource::Build, None),
+        Origin::File { path, .. } => (ArtifactSource::File, Some(path.clone())),
+        Origin::Imported { paths } => (ArtifactSource::Imported, Some(paths.join(", "))),
+    }
+}
+
+fn managed_image_info(i: &Installed, users: &UsersMap) -> ImageInfo {
+    let (source, origin) = i
+        .origin
+        .as_ref()
+        .map(|o| origin_text(&o.origin))
+        .unwrap_or((ArtifactSource::File, None));
+    ImageInfo {
+        name: i.manifest.name.clone(),
+        version: i.manifest.version.clone(),
+        arch: i.manifest.arch.clone(),
+        kernel: i.manifest.kernel_ref.clone().unwrap_or_default(),
+        size_bytes: i.manifest.artifact(manifest::ROOTFS).map_or(0, |a| a.size),
+        source,
+        origin,
+        managed: true,
+        rootfs: i
+            .rootfs()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        created: Some(i.manifest.created),
+        installed_at: i.origin.as_ref().map(|o| o.installed_at),
+        recipe_hash: i.manifest.recipe_hash.clone(),
+        used_by: users.get(&i.manifest.name).cloned().unwrap_or_default(),
+    }
+}
+
+fn registered_image_info(r: &ImageRecord, users: &UsersMap) -> ImageInfo {
+    ImageInfo {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        arch: r.arch.clone(),
+        kernel: r.kernel_ref.clone(),
+        size_bytes: r.size_bytes,
+        source: ArtifactSource::Registered,
+        origin: Some(r.rootfs_path.display().to_string()),
+        managed: false,
+        rootfs: r.rootfs_path.display().to_string(),
+        created: None,
+        installed_at: Some((r.created_at.unix_millis().max(0) / 1000) as u64),
+        recipe_hash: r.recipe_hash.clone(),
+        used_by: users.get(&r.name).cloned().unwrap_or_default(),
+    }
+}
+
+fn managed_kernel_info(i: &Installed, images: &UsersMap, vms: &UsersMap) -> KernelInfo {
+    let (source, origin) = i
+        .origin
+        .as_ref()
+        .map(|o| origin_text(&o.origin))
+        .unwrap_or((ArtifactSource::File, None));
+    let name = &i.manifest.name;
+    KernelInfo {
+        name: name.clone(),
+        version: i.manifest.version.clone(),
+        release: i.manifest.kernel_release.clone(),
+        size_bytes: i.manifest.total_size(),
+        source,
+        origin,
+        managed: true,
+        vmlinux: i
+            .vmlinux()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        initrd: i.initrd().map(|p| p.display().to_string()),
+        modules: i.modules_dir().map(|p| p.display().to_string()),
+        created: Some(i.manifest.created),
+        installed_at: i.origin.as_ref().map(|o| o.installed_at),
+        used_by_images: images.get(name).cloned().unwrap_or_default(),
+        used_by_vms: vms.get(name).cloned().unwrap_or_default(),
+    }
+}
+
+fn file_size(p: &Path) -> u64 {
+    std::fs::metadata(p).map_or(0, |m| m.len())
+}
+
+fn registered_kernel_info(r: &KernelRecord, images: &UsersMap, vms: &UsersMap) -> KernelInfo {
+    let size = file_size(&r.vmlinux_path) + r.initrd_path.as_deref().map_or(0, file_size);
+    KernelInfo {
+        name: r.name.clone(),
+        version: r.version.clone(),
+        release: r
+            .modules_path
+            .as_deref()
+            .and_then(|m| m.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+        size_bytes: size,
+        source: ArtifactSource::Registered,
+        origin: Some(r.vmlinux_path.display().to_string()),
+        managed: false,
+        vmlinux: r.vmlinux_path.display().to_string(),
+        initrd: r.initrd_path.as_ref().map(|p| p.display().to_string()),
+        modules: r.modules_path.as_ref().map(|p| p.display().to_string()),
+        created: None,
+        installed_at: Some((r.created_at.unix_millis().max(0) / 1000) as u64),
+        used_by_images: images.get(&r.name).cloned().unwrap_or_default(),
+        used_by_vms: vms.get(&r.name).cloned().unwrap_or_default(),
+    }
+}
+
+/// Every image, managed and registered, by name.
+pub fn list_images(state: &AppState) -> Result<Vec<ImageInfo>, ImageError> {
+    let (users, _) = vm_users(state)?;
+    let mut out: BTreeMap<String, ImageInfo> = BTreeMap::new();
+    for r in db(state).list_images()?.iter().filter(|r| !r.managed) {
+        out.insert(r.name.clone(), registered_image_info(r, &users));
+    }
+    // The store wins over a row left by an interrupted promote.
+    for i in store(state).list(Kind::Image)? {
+        out.insert(i.manifest.name.clone(), managed_image_info(&i, &users));
+    }
+    Ok(out.into_values().collect())
+}
+
+/// One image.
+pub fn show_image(state: &AppState, name: &str) -> Result<ImageInfo, ImageError> {
+    validate_name(name)?;
+    let (users, _) = vm_users(state)?;
+    if let Some(i) = store(state).get(Kind::Image, name)? {
+        return Ok(managed_image_info(&i, &users));
+    }
+    match registered_image(state, name)? {
+        Some(r) => Ok(registered_image_info(&r, &users)),
+        None => Err(ImageError::NotFound {
+            kind: Kind::Image,
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// Image names per kernel, over managed and registered images.
+fn image_users(state: &AppState) -> Result<UsersMap, ImageError> {
+    let mut map = UsersMap::new();
+    for i in list_images(state)? {
+        map.entry(i.kernel).or_default().push(i.name);
+    }
+    Ok(map)
+}
+
+/// Every kernel, managed and registered, by name.
+pub fn list_kernels(state: &AppState) -> Result<Vec<KernelInfo>, ImageError> {
+    let (_, vms) = vm_users(state)?;
+    let images = image_users(state)?;
+    let mut out: BTreeMap<String, KernelInfo> = BTreeMap::new();
+    for r in db(state).list_kernels()?.iter().filter(|r| !r.managed) {
+        out.insert(r.name.clone(), registered_kernel_info(r, &images, &vms));
+    }
+    for i in store(state).list(Kind::Kernel)? {
+        out.insert(
+            i.manifest.name.clone(),
+            managed_kernel_info(&i, &images, &vms),
+        );
+    }
+    Ok(out.into_values().collect())
+}
+
+/// One kernel.
+pub fn show_kernel(state: &AppState, name: &str) -> Result<KernelInfo, ImageError> {
+    validate_name(name)?;
+    let (_, vms) = vm_users(state)?;
+    let images = image_users(state)?;
+    if let Some(i) = store(state).get(Kind::Kernel, name)? {
+        return Ok(managed_kernel_info(&i, &images, &vms));
+    }
+    match registered_kernel(state, name)? {
+        Some(r) => Ok(registered_kernel_info(&r, &images, &vms)),
+        None => Err(ImageError::NotFound {
+            kind: Kind::Kernel,
+            name: name.to_owned(),
+        }),
+    }
+}
+
+/// Delete an image (store directory or registration) unless a VM uses it.
+/// Registered files themselves are left alone.
+pub async fn delete_image(state: &AppState, name: &str) -> Result<ArtifactDeleted, ImageError> {
+    validate_name(name)?;
+    let (users, _) = vm_users(state)?;
+    if let Some(vms) = users.get(name) {
+        return Err(ImageError::InUse {
+            kind: Kind::Image,
+            name: name.to_owned(),
+            users: vms.iter().map(|v| format!("VM {v}")).collect(),
+        });
+    }
+    let store = store(state);
+    let n = name.to_owned();
+    let in_store = blocking("delete", move || store.delete(Kind::Image, &n)).await??;
+    let in_db = match registered_image(state, name)? {
+        Some(_) => db(state).delete_image(name)?,
+        None => false,
+    };
+    Ok(ArtifactDeleted {
+        name: name.to_owned(),
+        existed: in_store || in_db,
+    })
+}
+
+/// Delete a kernel unless an image or a VM uses it.
+pub async fn delete_kernel(state: &AppState, name: &str) -> Result<ArtifactDeleted, ImageError> {
+    validate_name(name)?;
+    let (_, vms) = vm_users(state)?;
+    let images = image_users(state)?;
+    let mut users: Vec<String> = images
+        .get(name)
+        .into_iter()
+        .flatten()
+        .map(|i| format!("image {i}"))
+        .collect();
+    users.extend(
+        vms.get(name)
+            .into_iter()
+            .flatten()
+            .map(|v| format!("VM {v}")),
+    );
+    if !users.is_empty() {
+        return Err(ImageError::InUse {
+            kind: Kind::Kernel,
+            name: name.to_owned(),
+            users,
+        });
+    }
+    let store = store(state);
+    let n = name.to_owned();
+    let in_store = blocking("delete", move || store.delete(Kind::Kernel, &n)).await??;
+    let in_db = match registered_kernel(state, name)? {
+        Some(_) => db(state).delete_kernel(name)?,
+        None => false,
+    };
+    Ok(ArtifactDeleted {
+        name: name.to_owned(),
+        existed: in_store || in_db,
+    })
+}
+
+fn abs(what: &'static str, p: &str) -> Result<PathBuf, ImageError> {
+    let path = PathBuf::from(p);
+    if !path.is_absolute() {
+        return Err(ValidateError::Relative { what, path }.into());
+    }
+    Ok(path)
+}
+
+fn taken(state: &AppState, kind: Kind, name: &str) -> Result<(), ImageError> {
+    let what = if store(state).get(kind, name)?.is_some() {
+        "installed in the store"
+    } else if match kind {
+        Kind::Image => registered_image(state, name)?.is_some(),
+        Kind::Kernel => registered_kernel(state, name)?.is_some(),
+    } {
+        "registered"
+    } else {
+        return Ok(());
+    };
+    Err(ImageError::Exists {
+        kind,
+        name: name.to_owned(),
+        what,
+    })
+}
+
+/// Register host-side files as an image (and, with explicit kernel paths, a
+/// kernel of the same name). Every path must be absolute and pass the
+/// checks of `banger_image::validate` (ext4 magic, x86_64 ELF with a PVH
+/// note, readable initrd, modules directory).
+pub fn register(state: &AppState, req: &ImageRegisterRequest) -> Result<ImageInfo, ImageError> {
+    validate_name(&req.name)?;
+    let rootfs = abs("root filesystem", &req.rootfs)?;
+    let kernel_paths = req.initrd.is_some() || req.modules.is_some() || req.kernel.is_some();
+    let kernel_ref = match (&req.kernel_ref, kernel_paths) {
+        (Some(_), true) => {
+            return Err(ImageError::BadRequest {
+                message: "give either kernel_ref or kernel paths (kernel, initrd, modules), not both"
+                    .into(),
+            })
+        }
+        (None, false) => {
+            return Err(ImageError::BadRequest {
+                message: "a registered image needs a kernel: give kernel_ref (an installed kernel) or the kernel path".into(),
+            })
+        }
+        (Some(k), false) => {
+            validate_name(k)?;
+            Some(k.clone())
+        }
+        (None, true) => None,
+    };
+    let kernel = match &req.kernel {
+        Some(k) => Some(abs("kernel", k)?),
+        None if kernel_paths => {
+            return Err(ImageError::BadRequest {
+                message: "initrd and modules need the kernel path too".into(),
+            })
+        }
+        None => None,
+    };
+    let initrd = req
+        .initrd
+        .as_deref()
+        .map(|p| abs("initrd", p))
+        .transpose()?;
+    let modules = req
+        .modules
+        .as_deref()
+        .map(|p| abs("modules directory", p))
+        .transpose()?;
+
+    let info = validate::rootfs(&rootfs)?;
+    if let Some(k) = &kernel {
+        validate::vmlinux(k)?;
+    }
+    if let Some(i) = &initrd {
+        validate::initrd(i)?;
+    }
+    if let Some(m) = &modules {
+        validate::modules_dir(m)?;
+    }
+    taken(state, Kind::Image, &req.name)?;
+    let kernel_name = match (kernel_ref, kernel) {
+        (Some(k), _) => {
+            let have = store(state).get(Kind::Kernel, &k)?.is_some()
+                || registered_kernel(state, &k)?.is_some();
+            if !have {
+                return Err(ImageError::NotFound {
+                    kind: Kind::Kernel,
+                    name: k,
+                });
+            }
+            k
+        }
+        (None, Some(vmlinux)) => {
+            taken(state, Kind::Kernel, &req.name)?;
+            db(state).insert_kernel(&KernelRecord {
+                name: req.name.clone(),
+                version: "registered".into(),
+                vmlinux_path: vmlinux,
+                initrd_path: initrd,
+                modules_path: modules,
+                sha256: None,
+                source: DbSource::Registered,
+                managed: false,
+                created_at: Timestamp::now(),
+            })?;
+            req.name.clone()
+        }
+        (None, None) => unreachable!("checked above: a kernel_ref or a kernel path"),
+    };
+    let record = ImageRecord {
+        name: req.name.clone(),
+        version: "registered".into(),
+        arch: manifest::ARCH.into(),
+        kernel_ref: kernel_name,
+        rootfs_path: rootfs,
+        rootfs_sha256: None,
+        size_bytes: info.size,
+        source: DbSource::Registered,
+        managed: false,
+        recipe_hash: None,
+        created_at: Timestamp::now(),
+    };
+    db(state).insert_image(&record)?;
+    show_image(state, &req.name)
+}
+
+/// The registration of `name` if it can be promoted: registered, and not
+/// already in the store.
+pub fn promotable(state: &AppState, name: &str) -> Result<ImageRecord, ImageError> {
+    validate_name(name)?;
+    if store(state).get(Kind::Image, name)?.is_some() {
+        return Err(ImageError::AlreadyManaged {
+            name: name.to_owned(),
+        });
+    }
+    registered_image(state, name)?.ok_or_else(|| ImageError::NotFound {
+        kind: Kind::Image,
+        name: name.to_owned(),
+    })
+}
+
+/// Copy a registered image (and its registered kernel) into the managed
+/// store; afterwards the name is served from the store and the
+/// registration is gone. The host files are left in place.
+pub async fn promote(
+    state: &AppState,
+    name: &str,
+    sink: &EventSink,
+) -> Result<ImageInfo, ImageError> {
+    let image = promotable(state, name)?;
+    let store = store(state);
+    let kernel = image.kernel_ref.clone();
+    let fwd = Forwarder::new(sink);
+    let result = async {
+        if store.get(Kind::Kernel, &kernel)?.is_none() {
+            if let Some(k) = registered_kernel(state, &kernel)? {
+                sink.progress("promote", format!("copying kernel {kernel} into the store"))
+                    .await;
+                let (s, cb, kn) = (store.clone(), fwd.callback(), kernel.clone());
+                blocking("promote", move || {
+                    s.import(
+                        &kn,
+                        &k.version,
+                        Import::Kernel {
+                            vmlinux: &k.vmlinux_path,
+                            initrd: k.initrd_path.as_deref(),
+                            modules: k.modules_path.as_deref(),
+                        },
+                        &cb,
+                    )
+                })
+                .await??;
+                db(state).remove_registered_kernel(&kernel)?;
+            }
+        }
+        sink.progress("promote", format!("copying image {name} into the store"))
+            .await;
+        let (s, cb, n) = (store.clone(), fwd.callback(), name.to_owned());
+        blocking("promote", move || {
+            s.import(
+                &n,
+                &image.version,
+                Import::Image {
+                    rootfs: &image.rootfs_path,
+                    kernel_ref: &image.kernel_ref,
+                },
+                &cb,
+            )
+        })
+        .await??;
+        db(state).remove_registered_image(name)?;
+        Ok::<(), ImageError>(())
+    }
+    .await;
+    fwd.finish().await;
+    result?;
+    show_image(state, name)
+}
+
+/// The files an image boots from, from the store or a registration;
+/// `None` when no image of that name exists.
+pub fn lookup_image(state: &AppState, name: &str) -> Result<Option<(PathBuf, String)>, StoreError> {
+    if validate_name(name).is_err() {
+        return Ok(None);
+    }
+    if let Some(i) = store(state).get(Kind::Image, name)? {
+        let rootfs = i.rootfs().ok_or_else(|| StoreError::Damaged {
+            kind: Kind::Image,
+            name: name.to_owned(),
+            path: i.dir.clone(),
+            reason: "it has no rootfs.ext4".into(),
+        })?;
+        let kernel = i
+            .manifest
+            .kernel_ref
+            .clone()
+            .ok_or_else(|| StoreError::Damaged {
+                kind: Kind::Image,
+                name: name.to_owned(),
+                path: i.dir.clone(),
+                reason: "its manifest names no kernel".into(),
+            })?;
+        return Ok(Some((rootfs, kernel)));
+    }
+    let row = db(state)
+        .get_image(name)
+        .ok()
+        .flatten()
+        .filter(|r| !r.managed);
+    Ok(row.map(|r| (r.rootfs_path, r.kernel_ref)))
+}
+
+/// A kernel's `vmlinux` and initrd, from the store or a registration.
+pub fn lookup_kernel(
+    state: &AppState,
+    name: &str,
+) -> Result<Option<(PathBuf, Option<PathBuf>)>, StoreError> {
+    if validate_name(name).is_err() {
+        return Ok(None);
+    }
+    if let Some(k) = store(state).get(Kind::Kernel, name)? {
+        let vmlinux = k.vmlinux().ok_or_else(|| StoreError::Damaged {
+            kind: Kind::Kernel,
+            name: name.to_owned(),
+            path: k.dir.clone(),
+            reason: "it has no vmlinux".into(),
+        })?;
+        return Ok(Some((vmlinux, k.initrd())));
+    }
+    let row = db(state)
+        .get_kernel(name)
+        .ok()
+        .flatten()
+        .filter(|r| !r.managed);
+    Ok(row.map(|r| (r.vmlinux_path, r.initrd_path)))
+}

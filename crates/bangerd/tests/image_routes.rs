@@ -1,0 +1,515 @@
+//! The `/v1/images` and `/v1/kernels` routes of a real `bangerd`, pulling
+//! real bundles from a real HTTP server on 127.0.0.1 (a catalog file given
+//! by `BANGER_CATALOG_FILE` points at it): pull with progress, unpublished
+//! and missing bundles, on-demand pull by `vm create --no-start`,
+//! delete-in-use refusals, register validation and promote.
+
+#[path = "../../banger-image/tests/common/mod.rs"]
+mod bundles;
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use banger_cli::client::{Client, PlainRenderer, StreamRenderer};
+use banger_image::bundle::{self, Packed};
+use banger_wire::api::{ErrorCode, StreamEvent};
+use banger_wire::image::{
+    ArtifactSource, ImageInfo, ImageList, ImageRegisterRequest, InstallReport, KernelInfo,
+    PullRequest,
+};
+use banger_wire::vm::{VmCreateRequest, VmInfo};
+use bundles::{image_meta, image_src, kernel_meta, kernel_src, Behavior, TestServer};
+use common::{curl, Daemon, TestEnv};
+
+/// A daemon whose catalog offers `test-kernel` and `test-image` (published,
+/// served by `server`), `unpub` (unpublished) and `gone` (published, 404).
+struct Setup {
+    env: TestEnv,
+    daemon: Daemon,
+    server: TestServer,
+    kernel: Packed,
+    image: Packed,
+    _bundles: tempfile::TempDir,
+}
+
+fn entry(kind: &str, p: &Packed, url: &str, kernel_ref: Option<&str>) -> String {
+    let kref = kernel_ref.map_or(String::new(), |k| format!("kernel_ref = \"{k}\"\n"));
+    format!(
+        "[[{kind}]]\nname = \"{}\"\nversion = \"{}\"\nurl = \"{url}\"\nsize = {}\nsha256 = \"{}\"\n{kref}\n",
+        p.manifest.name, p.manifest.version, p.size, p.sha256
+    )
+}
+
+impl Setup {
+    async fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let ksrc = kernel_src(&dir.path().join("ksrc"));
+        let kernel = bundle::pack(
+            &ksrc,
+            &kernel_meta("test-kernel"),
+            &dir.path().join("k.tar.zst"),
+        )
+        .unwrap();
+        let isrc = image_src(&dir.path().join("isrc"), 64 << 20);
+        let image = bundle::pack(
+            &isrc,
+            &image_meta("test-image"),
+            &dir.path().join("i.tar.zst"),
+        )
+        .unwrap();
+        let server = TestServer::start();
+        server.route(
+            "/b/k.tar.zst",
+            Behavior::Full(std::fs::read(&kernel.path).unwrap()),
+        );
+        server.route(
+            "/b/i.tar.zst",
+            Behavior::Full(std::fs::read(&image.path).unwrap()),
+        );
+        let mut gone = image.clone();
+        gone.manifest.name = "gone".into();
+        let catalog = format!(
+            "format_version = 1\nbase_url = \"{}/b\"\n\n{}{}{}[[image]]\nname = \"unpub\"\nversion = \"1\"\nurl = \"u.tar.zst\"\nsize = 0\nsha256 = \"\"\nkernel_ref = \"test-kernel\"\n\n",
+            server.base_url,
+            entry("kernel", &kernel, "k.tar.zst", None),
+            entry("image", &image, "i.tar.zst", Some("test-kernel")),
+            entry("image", &gone, "missing.tar.zst", Some("test-kernel")),
+        );
+        let catalog_file = dir.path().join("catalog.toml");
+        std::fs::write(&catalog_file, catalog).unwrap();
+        let env = TestEnv::new();
+        let mut cmd = env.command(common::daemon_bin());
+        cmd.env("BANGER_CATALOG_FILE", &catalog_file)
+            .env_remove("BANGER_CATALOG_URL");
+        let daemon = Daemon::start_with(&env, cmd).await;
+        Setup {
+            env,
+            daemon,
+            server,
+            kernel,
+            image,
+            _bundles: dir,
+        }
+    }
+
+    fn client(&self) -> Client {
+        self.daemon.client()
+    }
+
+    fn curl(&self, args: &[&str]) -> (u16, String) {
+        curl(&self.env.socket(), args)
+    }
+}
+
+/// Records every event of a stream.
+#[derive(Default)]
+struct Recorder(Vec<StreamEvent>);
+
+impl StreamRenderer for Recorder {
+    fn event(&mut self, event: &StreamEvent) {
+        self.0.push(event.clone());
+    }
+    fn finish(&mut self, _success: bool) {}
+}
+
+fn error_of(e: banger_cli::client::ClientError) -> (ErrorCode, String) {
+    let api = e.api_error().expect("an API error").clone();
+    (api.code, api.message)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_installs_image_and_kernel_with_progress_and_lists_them() {
+    let s = Setup::new().await;
+    let client = s.client();
+    let mut rec = Recorder::default();
+    let result = client
+        .stream("/v1/images/test-image/pull", &PullRequest {}, &mut rec)
+        .await
+        .unwrap_or_else(|e| panic!("pull failed: {e}\n{}", s.env.log()));
+    let report: InstallReport = serde_json::from_value(result).unwrap();
+    let got: Vec<(&str, &str, bool)> = report
+        .installed
+        .iter()
+        .map(|b| (b.kind.as_str(), b.name.as_str(), b.fetched))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("kernel", "test-kernel", true),
+            ("image", "test-image", true)
+        ]
+    );
+    assert_eq!(
+        report.installed[0].bundle_sha256.as_deref(),
+        Some(s.kernel.sha256.as_str())
+    );
+    assert_eq!(
+        report.installed[1].bundle_sha256.as_deref(),
+        Some(s.image.sha256.as_str())
+    );
+    // Download progress carries byte counts against the bundle size, so the
+    // CLI can draw a bar with rate and ETA.
+    let last = rec
+        .0
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Progress {
+                phase,
+                current,
+                total,
+                ..
+            } if phase == "download" && *total == Some(s.image.size) => *current,
+            _ => None,
+        })
+        .max();
+    assert_eq!(last, Some(s.image.size), "events: {:?}", rec.0);
+
+    let list: ImageList = client.get_json("/v1/images").await.unwrap();
+    assert_eq!(list.images.len(), 1);
+    let img = &list.images[0];
+    assert_eq!(
+        (
+            img.name.as_str(),
+            img.kernel.as_str(),
+            img.source,
+            img.managed
+        ),
+        ("test-image", "test-kernel", ArtifactSource::Catalog, true)
+    );
+    assert_eq!(img.size_bytes, 64 << 20);
+    assert_eq!(
+        img.origin.as_deref(),
+        Some(format!("{}/b/i.tar.zst", s.server.base_url).as_str())
+    );
+    let k: KernelInfo = client.get_json("/v1/kernels/test-kernel").await.unwrap();
+    assert_eq!(k.used_by_images, ["test-image"]);
+    assert_eq!(k.release.as_deref(), Some("6.12.0-test"));
+
+    // A second pull downloads nothing.
+    let again = client
+        .stream(
+            "/v1/images/test-image/pull",
+            &PullRequest {},
+            &mut Recorder::default(),
+        )
+        .await
+        .unwrap();
+    let again: InstallReport = serde_json::from_value(again).unwrap();
+    assert!(again.installed.iter().all(|b| !b.fetched), "{again:?}");
+    assert_eq!(s.server.hits("/b/i.tar.zst"), 1);
+    assert_eq!(s.server.hits("/b/k.tar.zst"), 1);
+
+    // What `banger image pull` prints when stderr is not a terminal: one
+    // line per phase (byte-count updates are not repeated).
+    let mut plain = PlainRenderer::new(Vec::new());
+    for e in &rec.0 {
+        plain.event(e);
+    }
+    plain.finish(true);
+    let text = String::from_utf8(plain.into_inner()).unwrap();
+    let downloads = text
+        .lines()
+        .filter(|l| l.starts_with("[download] downloading "))
+        .count();
+    assert_eq!(downloads, 2, "{text}");
+    assert!(
+        text.contains("[install] installing image test-image\n"),
+        "{text}"
+    );
+    assert!(
+        text.lines().count() < 12,
+        "progress updates are not one line each: {text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unpublished_and_missing_bundles_name_the_build_command() {
+    let s = Setup::new().await;
+    let client = s.client();
+    let err = client
+        .stream(
+            "/v1/images/unpub/pull",
+            &PullRequest {},
+            &mut Recorder::default(),
+        )
+        .await
+        .unwrap_err();
+    let (code, msg) = error_of(err);
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
+    assert!(msg.contains("no published bundle"), "{msg}");
+    assert!(msg.contains("banger image build unpub"), "{msg}");
+
+    let err = client
+        .stream(
+            "/v1/images/gone/pull",
+            &PullRequest {},
+            &mut Recorder::default(),
+        )
+        .await
+        .unwrap_err();
+    let (_, msg) = error_of(err);
+    assert!(msg.contains("HTTP 404"), "{msg}");
+    assert!(msg.contains("banger image build gone"), "{msg}");
+
+    let err = client
+        .stream(
+            "/v1/images/nope/pull",
+            &PullRequest {},
+            &mut Recorder::default(),
+        )
+        .await
+        .unwrap_err();
+    let (code, msg) = error_of(err);
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
+    assert!(msg.contains("test-image"), "lists the known images: {msg}");
+
+    let (code, body) = s.curl(&["-X", "POST", "http://x/v1/images/Bad%20Name/pull"]);
+    assert_eq!(code, 400, "{body}");
+    // Nothing was installed by the failures (the kernel of `gone` was).
+    let list: ImageList = client.get_json("/v1/images").await.unwrap();
+    assert!(list.images.is_empty(), "{list:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_create_pulls_a_missing_image_and_delete_refuses_while_in_use() {
+    let s = Setup::new().await;
+    let client = s.client();
+    let mut rec = Recorder::default();
+    let req = VmCreateRequest {
+        name: Some("user1".into()),
+        image: Some("test-image".into()),
+        disk_size: Some("64M".into()),
+        memory: Some("256M".into()),
+        vcpu: Some(1),
+        no_start: true,
+    };
+    let result = client
+        .stream("/v1/vms", &req, &mut rec)
+        .await
+        .unwrap_or_else(|e| panic!("create failed: {e}\n{}", s.env.log()));
+    let vm: VmInfo = serde_json::from_value(result).unwrap();
+    assert_eq!((vm.name.as_str(), vm.state.as_str()), ("user1", "created"));
+    assert_eq!(vm.kernel, "test-kernel");
+    assert!(
+        rec.0
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Progress { phase, total, .. }
+            if phase == "download" && *total == Some(s.image.size))),
+        "the create stream shows the download: {:?}",
+        rec.0
+    );
+    assert_eq!(s.server.hits("/b/i.tar.zst"), 1);
+
+    let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/images/test-image"]);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("VM user1"), "{body}");
+    let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/kernels/test-kernel"]);
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("image test-image") && body.contains("VM user1"),
+        "{body}"
+    );
+    let img: ImageInfo = client.get_json("/v1/images/test-image").await.unwrap();
+    assert_eq!(img.used_by, ["user1"]);
+
+    let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/vms/user1"]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/images/test-image"]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"existed\":true"), "{body}");
+    let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/kernels/test-kernel"]);
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/kernels/test-kernel"]);
+    assert_eq!(
+        (code, body.contains("\"existed\":false")),
+        (200, true),
+        "{body}"
+    );
+    let (code, body) = s.curl(&["http://x/v1/images/test-image"]);
+    assert_eq!(code, 404, "{body}");
+}
+
+/// A small real ext4 file made by mkfs.ext4 (no root needed).
+fn ext4(path: &Path) -> PathBuf {
+    std::fs::File::create(path)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    path.to_owned()
+}
+
+async fn register_err(client: &Client, req: &ImageRegisterRequest) -> (ErrorCode, String) {
+    let err = client
+        .post_json::<_, ImageInfo>("/v1/images/register", req)
+        .await
+        .expect_err("register must fail");
+    error_of(err)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn register_validates_paths_and_promote_copies_into_the_store() {
+    let s = Setup::new().await;
+    let client = s.client();
+    let tmp = tempfile::tempdir().unwrap();
+    let good = ext4(&tmp.path().join("root.ext4"));
+    let not_ext4 = tmp.path().join("junk.img");
+    std::fs::write(&not_ext4, vec![0u8; 4096]).unwrap();
+    let not_elf = tmp.path().join("vmlinuz");
+    std::fs::write(&not_elf, b"MZ not an ELF kernel").unwrap();
+    let base = |rootfs: &Path| ImageRegisterRequest {
+        name: "mine".into(),
+        rootfs: rootfs.display().to_string(),
+        kernel_ref: Some("test-kernel".into()),
+        ..Default::default()
+    };
+
+    let missing = tmp.path().join("missing.ext4");
+    let (code, msg) = register_err(&client, &base(&missing)).await;
+    assert_eq!(code, ErrorCode::BadRequest, "{msg}");
+    assert!(msg.contains(&missing.display().to_string()), "{msg}");
+
+    let (code, msg) = register_err(&client, &base(&not_ext4)).await;
+    assert_eq!(code, ErrorCode::BadRequest, "{msg}");
+    assert!(
+        msg.contains("is not ext4") && msg.contains(&not_ext4.display().to_string()),
+        "{msg}"
+    );
+
+    let (code, msg) = register_err(&client, &base(Path::new("rel/root.ext4"))).await;
+    assert_eq!(code, ErrorCode::BadRequest, "{msg}");
+    assert!(
+        msg.contains("rel/root.ext4") && msg.contains("must be absolute"),
+        "{msg}"
+    );
+
+    let with_kernel = ImageRegisterRequest {
+        kernel_ref: None,
+        kernel: Some(not_elf.display().to_string()),
+        ..base(&good)
+    };
+    let (code, msg) = register_err(&client, &with_kernel).await;
+    assert_eq!(code, ErrorCode::BadRequest, "{msg}");
+    assert!(
+        msg.contains("not an x86_64 ELF") && msg.contains(&not_elf.display().to_string()),
+        "{msg}"
+    );
+
+    // The kernel it names must exist.
+    let (code, msg) = register_err(&client, &base(&good)).await;
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
+    assert!(msg.contains("test-kernel"), "{msg}");
+
+    client
+        .stream(
+            "/v1/kernels/test-kernel/pull",
+            &PullRequest {},
+            &mut Recorder::default(),
+        )
+        .await
+        .unwrap();
+    let info: ImageInfo = client
+        .post_json("/v1/images/register", &base(&good))
+        .await
+        .unwrap();
+    assert_eq!(
+        (info.source, info.managed, info.rootfs.as_str()),
+        (ArtifactSource::Registered, false, good.to_str().unwrap())
+    );
+    assert_eq!(info.size_bytes, 8 << 20);
+    let (code, msg) = register_err(&client, &base(&good)).await;
+    assert_eq!(code, ErrorCode::Conflict, "{msg}");
+    // Pulling over a registered name is refused too.
+    let (code, body) = s.curl(&["-X", "POST", "http://x/v1/images/mine/pull"]);
+    assert!(
+        code == 409 && body.contains("registered from host files"),
+        "{code} {body}"
+    );
+
+    let mut rec = Recorder::default();
+    let done = client
+        .stream("/v1/images/mine/promote", &serde_json::json!({}), &mut rec)
+        .await
+        .unwrap_or_else(|e| panic!("promote failed: {e}\n{}", s.env.log()));
+    let promoted: ImageInfo = serde_json::from_value(done).unwrap();
+    assert_eq!(
+        (promoted.source, promoted.managed),
+        (ArtifactSource::Imported, true)
+    );
+    let in_store = s.env.layout.state_dir.join("images/mine/rootfs.ext4");
+    assert_eq!(promoted.rootfs, in_store.display().to_string());
+    assert_eq!(
+        std::fs::read(&in_store).unwrap(),
+        std::fs::read(&good).unwrap()
+    );
+    assert!(good.exists(), "promote leaves the host file in place");
+    let list: ImageList = client.get_json("/v1/images").await.unwrap();
+    assert_eq!(list.images.len(), 1, "one record per name: {list:?}");
+    let (code, body) = s.curl(&["-X", "POST", "http://x/v1/images/mine/promote"]);
+    assert!(
+        code == 409 && body.contains("already managed"),
+        "{code} {body}"
+    );
+}
+
+/// `POST /v1/kernels/generic-6.12/build` as root builds the real kernel
+/// from its recipe and installs it (minutes; BANGER_BUILD_TESTS=1).
+#[tokio::test(flavor = "multi_thread")]
+async fn kernel_build_route_installs_the_kernel() {
+    if std::env::var("BANGER_BUILD_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipping kernel_build_route_installs_the_kernel: set BANGER_BUILD_TESTS=1 (root, network to the Debian mirror, minutes)");
+        return;
+    }
+    if !nix::unistd::geteuid().is_root() {
+        let msg =
+            "kernel_build_route_installs_the_kernel needs root (the daemon builds in-process)";
+        if std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("{msg} and BANGER_REQUIRE_PRIVILEGED=1 is set");
+        }
+        eprintln!("skipping {msg}");
+        return;
+    }
+    let env = TestEnv::new();
+    // The build cache is shared with the banger-image build tests, so a
+    // bundle built there (same recipe hash) is reused.
+    let cache = std::env::var_os("BANGER_BUILD_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/banger"));
+    std::fs::create_dir_all(&cache).unwrap();
+    std::fs::create_dir_all(env.dir.path().join("cache")).unwrap();
+    std::os::unix::fs::symlink(&cache, env.layout.cache_dir.clone()).ok();
+    let daemon = Daemon::start(&env).await;
+    let mut rec = Recorder::default();
+    let done = daemon
+        .client()
+        .stream(
+            "/v1/kernels/generic-6.12/build",
+            &serde_json::json!({}),
+            &mut rec,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("build failed: {e}\n{}", env.log()));
+    let report: InstallReport = serde_json::from_value(done).unwrap();
+    assert_eq!(report.installed.len(), 1);
+    assert_eq!(report.installed[0].name, "generic-6.12");
+    assert!(
+        rec.0
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Progress { phase, .. } if phase == "build")),
+        "{:?}",
+        rec.0
+    );
+    let k: KernelInfo = daemon
+        .client()
+        .get_json("/v1/kernels/generic-6.12")
+        .await
+        .unwrap();
+    assert_eq!(k.source, ArtifactSource::Build);
+    banger_image::validate::vmlinux(Path::new(&k.vmlinux)).unwrap();
+}
