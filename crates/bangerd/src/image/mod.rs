@@ -78,7 +78,7 @@ pub enum ImageError {
         name: String,
         known: String,
     },
-    #[error("building {kind} {name} needs root (mmdebstrap and chroot), and bangerd runs as uid {uid}: {reason}. Run the daemon as root (`sudo banger daemon stop`, then run banger as root), or install the system service (`sudo banger system install`) once its root helper builds bundles")]
+    #[error("building {kind} {name} needs root (mmdebstrap and chroot), and bangerd runs as uid {uid} without a root helper that can build: {reason}. Run banger as root (its per-user daemon then builds in-process) or install the system service with `sudo banger system install` (its root helper builds)")]
     NeedsRoot {
         kind: Kind,
         name: String,
@@ -321,14 +321,7 @@ async fn build_one(
 ) -> Result<InstalledBundle, ImageError> {
     let euid = nix::unistd::geteuid();
     if !euid.is_root() {
-        // The root helper has no bundle-building operation yet: say what
-        // works instead of failing deep inside mmdebstrap.
-        return Err(ImageError::NeedsRoot {
-            kind,
-            name: name.to_owned(),
-            uid: euid.as_raw(),
-            reason: "the root helper cannot build bundles in this version".into(),
-        });
+        return build_in_helper(state, kind, name, euid.as_raw(), sink).await;
     }
     sink.progress("build", format!("building {kind} {name} from its recipe"))
         .await;
@@ -354,6 +347,60 @@ async fn build_one(
     let mut report = bundle_report(&installed, !built.cached);
     report.bundle_sha256 = Some(built.packed.sha256);
     Ok(report)
+}
+
+/// Build through the root helper (system install): one request answered
+/// when the bundle is installed in our store, so progress is a note.
+async fn build_in_helper(
+    state: &AppState,
+    kind: Kind,
+    name: &str,
+    uid: u32,
+    sink: &EventSink,
+) -> Result<InstalledBundle, ImageError> {
+    use crate::helper::HelperCallError;
+    use banger_wire::helper::{BundleKind, HelperRequest, HelperResponse};
+    let needs_root = |reason: String| ImageError::NeedsRoot {
+        kind,
+        name: name.to_owned(),
+        uid,
+        reason,
+    };
+    if let crate::helper::RootHelper::Unavailable { reason } = &state.helper {
+        return Err(needs_root(reason.clone()));
+    }
+    sink.progress(
+        "build",
+        format!("the root helper is building {kind} {name} from its recipe (minutes; no progress until done)"),
+    )
+    .await;
+    let req = HelperRequest::BuildBundle {
+        kind: match kind {
+            Kind::Image => BundleKind::Image,
+            Kind::Kernel => BundleKind::Kernel,
+        },
+        name: name.to_owned(),
+    };
+    match state.helper.request(&req).await {
+        Ok(HelperResponse::Built {
+            version,
+            bundle_sha256,
+            cached,
+            ..
+        }) => Ok(InstalledBundle {
+            kind: kind.as_str().to_owned(),
+            name: name.to_owned(),
+            version,
+            fetched: !cached,
+            bundle_sha256: Some(bundle_sha256),
+        }),
+        Ok(other) => Err(ImageError::Vm(Box::new(crate::vm::VmError::HelperAnswer {
+            op: req.op_name(),
+            answer: format!("{other:?}"),
+        }))),
+        Err(HelperCallError::Unavailable { reason }) => Err(needs_root(reason)),
+        Err(e) => Err(ImageError::Vm(Box::new(crate::vm::VmError::Helper(e)))),
+    }
 }
 
 /// VM names per image and per kernel.
