@@ -426,12 +426,35 @@ mod tests {
                 r#"{"op":"ping","as_uid":0}"#,
                 "unknown field `as_uid` for op `ping`",
             ),
+            (
+                r#"{"op":"build_bundle","kind":"image","name":"../../../etc/debian-bookworm"}"#,
+                "build_bundle: no image recipe named \"../../../etc/debian-bookworm\"",
+            ),
+            (
+                r#"{"op":"build_bundle","kind":"kernel","name":"my-kernel"}"#,
+                "no kernel recipe named \"my-kernel\" (known: generic-6.12)",
+            ),
+            (
+                r#"{"op":"build_bundle","kind":"rootfs","name":"debian-bookworm"}"#,
+                "unknown variant `rootfs`",
+            ),
         ];
         for (line, needle) in cases {
             let err = client.request_line(line).await.unwrap().unwrap_err();
             assert_eq!(err.code, HelperErrorCode::Invalid, "{line}");
             assert!(err.message.contains(needle), "{line}: {}", err.message);
         }
+        // A valid build on a helper started without a store is refused.
+        let err = client
+            .request_line(r#"{"op":"build_bundle","kind":"kernel","name":"generic-6.12"}"#)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            err.message.contains("started without a store"),
+            "{}",
+            err.message
+        );
         let pong = client.request(&HelperRequest::Ping).await.unwrap();
         assert_eq!(
             pong,
