@@ -169,14 +169,11 @@ pub fn resource_of(path: &[&str], arg: &clap::Arg) -> Option<Resource> {
 
 fn attach(cmd: clap::Command, path: &mut Vec<String>) -> clap::Command {
     let borrowed: Vec<&str> = path.iter().map(String::as_str).collect();
-    let targets: Vec<(clap::Id, Resource)> = cmd
-        .get_arguments()
-        .filter_map(|a| resource_of(&borrowed, a).map(|k| (a.get_id().clone(), k)))
-        .collect();
-    let mut cmd = cmd;
-    for (id, kind) in targets {
-        cmd = cmd.mut_arg(id, |a| a.add(completer(kind)));
-    }
+    // `mut_args` keeps the order (and so the positions) of the arguments.
+    let mut cmd = cmd.mut_args(|a| match resource_of(&borrowed, &a) {
+        Some(kind) => a.add(completer(kind)),
+        None => a,
+    });
     let subs: Vec<String> = cmd
         .get_subcommands()
         .map(|s| s.get_name().to_owned())
