@@ -290,17 +290,16 @@ fn system_install_runs_the_product_under_real_systemd() {
         text(&out)
     );
     // A peer past the file permissions (root here) is still not the owner:
-    // the helper checks the peer's uid and says so.
-    let out = c.exec_input(
+    // the helper checks the peer's uid on connect and answers with the
+    // refusal before reading any request.
+    let out = c.exec(
         &[
             "socat",
-            "-t",
-            "5",
-            "-",
+            "-u",
             "UNIX-CONNECT:/run/banger-root/bangerd-root.sock",
+            "STDOUT",
         ],
         30,
-        b"{\"op\":\"ping\"}\n",
     );
     assert!(
         stdout(&out).contains("is not the owner uid"),
@@ -369,12 +368,27 @@ fn system_install_runs_the_product_under_real_systemd() {
     eprintln!("nspawn: whole test took {:.0?}", started.elapsed());
 }
 
-/// A VM boots through the root helper, survives `systemctl restart bangerd`
-/// and is deleted.
+/// A VM runs a command through the root helper; another survives
+/// `systemctl restart bangerd` and is deleted.
 fn boot_restart_delete(c: &Container, started: &Instant, journals: &dyn Fn() -> String) {
     let alice = |args: &[&str], secs: u32| c.as_user("alice", args, secs);
-    // Switch to `banger vm run --rm -- true` here once it exists; the VM
-    // created below is still needed for the restart check.
+    // The whole product path once: create, boot, SSH, run, delete.
+    let run = alice(&["banger", "vm", "run", "--rm", "--", "true"], BOOT_SECS);
+    assert!(
+        run.status.success(),
+        "vm run --rm -- true: {}\n{}",
+        text(&run),
+        journals()
+    );
+    let list = alice(&["banger", "vm", "list", "--json"], 60);
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list["vms"], serde_json::json!([]), "--rm left a VM");
+    eprintln!(
+        "nspawn: vm run --rm -- true exited 0 after {:.0?}",
+        started.elapsed()
+    );
+
+    // A VM that stays up, for the restart.
     let create = alice(&["banger", "vm", "create", "--name", "t1"], BOOT_SECS);
     assert!(
         create.status.success(),

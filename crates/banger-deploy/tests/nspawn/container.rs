@@ -12,7 +12,6 @@
 //!   asks systemd to halt; SIGKILL after a grace period), unmounts the
 //!   overlay and removes the temp dir, also when the test fails.
 
-use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -288,11 +287,6 @@ impl Container {
     /// Run `args` as root inside the container with a clean environment,
     /// killed after `timeout_secs`.
     pub fn exec(&self, args: &[&str], timeout_secs: u32) -> Output {
-        self.exec_input(args, timeout_secs, b"")
-    }
-
-    /// [`Container::exec`] with `input` on standard input.
-    pub fn exec_input(&self, args: &[&str], timeout_secs: u32, input: &[u8]) -> Output {
         let mut cmd = self.nsenter();
         cmd.args([
             "env",
@@ -303,7 +297,7 @@ impl Container {
         ])
         .args(["timeout", "--kill-after=10", &timeout_secs.to_string()])
         .args(args);
-        run_with_input(cmd, input)
+        output(cmd)
     }
 
     /// Run `args` as `user` (runuser, as a login would: the user's HOME, the
@@ -319,7 +313,7 @@ impl Container {
             .arg(format!("LOGNAME={user}"))
             .arg("LANG=C.UTF-8")
             .args(args);
-        run_with_input(cmd, b"")
+        output(cmd)
     }
 
     /// The journal of `unit` inside the container (for failure messages).
@@ -341,16 +335,10 @@ impl Container {
     }
 }
 
-fn run_with_input(mut cmd: Command, input: &[u8]) -> Output {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let mut stdin = child.stdin.take().unwrap();
-    // A command that does not read its input may close the pipe early.
-    let _ = stdin.write_all(input);
-    drop(stdin);
-    child.wait_with_output().unwrap()
+fn output(mut cmd: Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
 }
 
 impl Drop for Container {
