@@ -2,18 +2,19 @@
 //! namespace, booted under QEMU/TCG, with `[[file_sync]]` entries in the
 //! config. Three boots share one daemon:
 //!
-//! 1. `vm run --rm REPO -- sh -c '...; exit 7'`: exit 7, stdout and stderr on
+//! 1. `vm run REPO -- sh -c '...; exit 7'`: exit 7, stdout and stderr on
 //!    their own streams, tracked files only (no untracked, no ignored),
 //!    uncommitted edits, modes and symlinks, `git status`/`git diff` work in
-//!    the guest; the VM is gone afterwards (failing command);
-//! 2. `vm run --rm --include-untracked --branch feat REPO -- ...`: untracked
-//!    files go, ignored ones never, the new branch is checked out; the VM is
-//!    gone afterwards (successful command);
-//! 3. bare `vm run --name bare -- true`: the VM keeps running; file_sync
-//!    results are checked in it with `stat` (owner root:root, default and
-//!    custom file modes, a directory with mixed modes, the symlink escaping
-//!    the home skipped, the missing path warned about); `vm show` has the
-//!    phase timings.
+//!    the guest; the VM keeps running: the file_sync results are checked in
+//!    it with `stat` (owner root:root, default and custom file modes, a
+//!    directory with mixed modes, the symlink escaping the home skipped, the
+//!    missing path warned about) and `vm show` has the phase timings;
+//! 2. `vm run --rm --include-untracked --branch feat --from v1 REPO -- ...`:
+//!    untracked files go, ignored ones never, the new branch is checked out;
+//!    a SIGINT to banger (Ctrl-C) reaches the guest command, banger exits
+//!    130 and the VM is gone (--rm after a failure);
+//! 3. bare `vm run --rm --verbose -- true`: success, phase timings printed,
+//!    the VM is gone (--rm after a success).
 //!
 //! Before any boot: `--dry-run` prints the file list and creates nothing,
 //! workspace flags without a PATH are refused, a path outside a repository
@@ -22,9 +23,10 @@
 mod common;
 mod vm_harness;
 
+use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use vm_harness::{boot_tests, privileged, test_image, text, World};
 
@@ -157,7 +159,8 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
         return;
     }
 
-    // 1. Failing command, tracked files only, --rm.
+    // 1. Failing command, tracked files only; the VM is kept: file_sync
+    //    and the recorded timings are checked in it, then it is deleted.
     let script = "set -e
         echo to-stdout; echo to-stderr >&2
         test \"$(pwd)\" = /root/repo
@@ -171,7 +174,7 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
         git diff --stat | grep -q 'src/a.txt'
         exit 7";
     let out = world.banger(&[
-        "vm", "run", "--rm", "--name", "ws", repo_arg, "--", "sh", "-c", script,
+        "vm", "run", "--name", "ws", repo_arg, "--", "sh", "-c", script,
     ]);
     assert_eq!(
         out.status.code(),
@@ -186,6 +189,7 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
     assert!(stderr.contains("to-stderr\n"), "{}", text(&out));
     assert!(stderr.starts_with("spec: "), "{stderr}");
     assert!(stderr.contains("[workspace] copying 5 files"), "{stderr}");
+    assert!(stderr.contains("ws keeps running at 172.16.0."), "{stderr}");
     assert!(
         stderr.contains("file_sync[4]: ") && stderr.contains("does not exist; skipped"),
         "missing file_sync path warned: {stderr}"
@@ -194,15 +198,60 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
         stderr.contains("file_sync[3]: ") && stderr.contains("outside your home"),
         "escaping symlink warned: {stderr}"
     );
-    assert_no_vm_left(&world, "ws");
+    let vm = world.show("ws");
+    assert_eq!(vm.state, "running");
+    let show = world.banger_ok(&["vm", "show", "ws"]);
+    let timings = show
+        .split("timings (vm run):\n")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no timings in vm show: {show}"));
+    for phase in [
+        "resolve image",
+        "clone disk",
+        "boot",
+        "SSH ready",
+        "workspace copy",
+        "command",
+    ] {
+        assert!(
+            timings.contains(&format!("  {phase:<15} ")),
+            "{phase}: {show}"
+        );
+    }
+    let stat = world.banger_ok(&[
+        "vm",
+        "ssh",
+        "ws",
+        "--",
+        "cd /root && stat -c '%n %U:%G %a' .gitconfig bin/tool.sh .config/dots \
+         .config/dots/public .config/dots/secret .config/dots/sub .config/dots/sub/run; \
+         ls -a /root | tr '\\n' ' '",
+    ]);
+    let mut lines = stat.lines();
+    for want in [
+        ".gitconfig root:root 600",
+        "bin/tool.sh root:root 750",
+        ".config/dots root:root 750",
+        ".config/dots/public root:root 644",
+        ".config/dots/secret root:root 600",
+        ".config/dots/sub root:root 700",
+        ".config/dots/sub/run root:root 755",
+    ] {
+        assert_eq!(lines.next(), Some(want), "{stat}");
+    }
+    let listing = format!(" {} ", lines.next().unwrap_or_default());
+    assert!(listing.contains(" repo "), "{listing}");
+    assert!(
+        !listing.contains(" escape ") && !listing.contains(" missing "),
+        "skipped entries reached the guest: {listing}"
+    );
+    let deleted = world.banger_ok(&["vm", "delete", "--force", "ws"]);
+    assert_eq!(deleted, "deleted ws\n");
+    world.assert_nothing_left("ws", &vm.id, vm.ip.as_deref());
 
-    // 2. Successful command, untracked files, a new branch from a tag, --rm.
-    let script = "set -e
-        test -f untracked.env && test ! -e ignored.log && test ! -e build
-        test \"$(git branch --show-current)\" = feat
-        test \"$(git rev-parse HEAD)\" = V1
-        git status --porcelain | grep -q '^?? untracked.env$'
-        echo ok";
+    // 2. Untracked files, a new branch from a tag, --rm; the command is
+    //    interrupted (SIGINT to banger, as Ctrl-C would): it exits 130 and
+    //    the VM is deleted after the failure.
     let v1 = String::from_utf8(
         Command::new("git")
             .args(["-C", repo_arg, "rev-parse", "v1^{commit}"])
@@ -211,35 +260,97 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
             .stdout,
     )
     .unwrap();
-    let script = script.replace("V1", v1.trim());
+    let script = format!(
+        "set -e
+        test -f untracked.env && test ! -e ignored.log && test ! -e build
+        test \"$(git branch --show-current)\" = feat
+        test \"$(git rev-parse HEAD)\" = {}
+        test ! -e second.txt
+        git status --porcelain | grep -q '^?? untracked.env$'
+        echo ready
+        sleep 600",
+        v1.trim()
+    );
+    let mut child = world
+        .command(vm_harness::cli_bin())
+        .args([
+            "vm",
+            "run",
+            "--rm",
+            "--name",
+            "br",
+            "--include-untracked",
+            "--branch",
+            "feat",
+            "--from",
+            "v1",
+            repo_arg,
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr_pipe = child.stderr.take().unwrap();
+    let stderr_reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut { stderr_pipe }, &mut text);
+        text
+    });
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    if first != "ready\n" {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "guest checks failed (stdout {first:?}):\n{}\nlog:\n{}",
+            stderr_reader.join().unwrap(),
+            world.log_tail()
+        );
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    // Bounded: the interrupt travels over a second ssh, then the VM is
+    // deleted; generous for a loaded machine.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "banger did not exit after SIGINT; log:\n{}",
+                world.log_tail()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let stderr = stderr_reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert_no_vm_left(&world, "br");
+
+    // 3. Bare `vm run --rm -- true`: succeeds, prints the timings with
+    //    --verbose, and leaves nothing.
     let out = world.banger(&[
         "vm",
         "run",
         "--rm",
         "--name",
-        "br",
-        "--include-untracked",
-        "--branch",
-        "feat",
-        "--from",
-        "v1",
-        repo_arg,
+        "bare",
+        "--verbose",
         "--",
-        "sh",
-        "-c",
-        &script,
+        "true",
     ]);
-    assert!(
-        out.status.success(),
-        "{}\nlog:\n{}",
-        text(&out),
-        world.log_tail()
-    );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n");
-    assert_no_vm_left(&world, "br");
-
-    // 3. Bare, kept; file_sync checked inside with stat.
-    let out = world.banger(&["vm", "run", "--name", "bare", "--verbose", "--", "true"]);
     assert!(
         out.status.success(),
         "{}\nlog:\n{}",
@@ -260,38 +371,6 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
             "{phase}: {stderr}"
         );
     }
-    assert!(stderr.contains("bare keeps running"), "{stderr}");
-    let vm = world.show("bare");
-    assert_eq!(vm.state, "running");
-    let show = world.banger_ok(&["vm", "show", "bare"]);
-    assert!(show.contains("timings (vm run):\n"), "{show}");
-    let stat = world.banger_ok(&[
-        "vm",
-        "ssh",
-        "bare",
-        "--",
-        "cd /root && stat -c '%n %U:%G %a' .gitconfig bin/tool.sh .config/dots \
-         .config/dots/public .config/dots/secret .config/dots/sub .config/dots/sub/run; \
-         ls -a /root | tr '\\n' ' '",
-    ]);
-    let mut lines = stat.lines();
-    for want in [
-        ".gitconfig root:root 600",
-        "bin/tool.sh root:root 750",
-        ".config/dots root:root 750",
-        ".config/dots/public root:root 644",
-        ".config/dots/secret root:root 600",
-        ".config/dots/sub root:root 700",
-        ".config/dots/sub/run root:root 755",
-    ] {
-        assert_eq!(lines.next(), Some(want), "{stat}");
-    }
-    let listing = lines.next().unwrap_or_default();
-    assert!(
-        !listing.contains(" escape ") && !listing.contains(" missing "),
-        "skipped entries reached the guest: {listing}"
-    );
-    let deleted = world.banger_ok(&["vm", "delete", "--force", "bare"]);
-    assert_eq!(deleted, "deleted bare\n");
-    world.assert_nothing_left("bare", &vm.id, vm.ip.as_deref());
+    assert!(!stderr.contains("workspace copy"), "{stderr}");
+    assert_no_vm_left(&world, "bare");
 }
