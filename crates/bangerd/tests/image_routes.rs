@@ -301,6 +301,40 @@ async fn vm_create_pulls_a_missing_image_and_delete_refuses_while_in_use() {
     );
     assert_eq!(s.server.hits("/b/i.tar.zst"), 1);
 
+    // A name the catalog does not know is simply missing.
+    let unknown = VmCreateRequest {
+        name: Some("user2".into()),
+        image: Some("nope".into()),
+        ..req.clone()
+    };
+    let err = client
+        .stream("/v1/vms", &unknown, &mut Recorder::default())
+        .await
+        .unwrap_err();
+    let (code, msg) = error_of(err);
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
+    assert!(
+        msg.contains("image nope is not installed: run `banger image pull nope` or `banger image build nope`"),
+        "{msg}"
+    );
+    // An unpublished one fails with the reason and the build command.
+    let unpublished = VmCreateRequest {
+        name: Some("user3".into()),
+        image: Some("unpub".into()),
+        ..req.clone()
+    };
+    let err = client
+        .stream("/v1/vms", &unpublished, &mut Recorder::default())
+        .await
+        .unwrap_err();
+    let (_, msg) = error_of(err);
+    assert!(
+        msg.contains("no published bundle") && msg.contains("banger image build unpub"),
+        "{msg}"
+    );
+    let vms: banger_wire::vm::VmList = client.get_json("/v1/vms").await.unwrap();
+    assert_eq!(vms.vms.len(), 1, "failed creates leave no VM: {vms:?}");
+
     let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/images/test-image"]);
     assert_eq!(code, 409, "{body}");
     assert!(body.contains("VM user1"), "{body}");

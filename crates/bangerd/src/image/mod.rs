@@ -96,6 +96,16 @@ pub enum ImageError {
 }
 
 impl ImageError {
+    /// Whether it failed because the catalog has no entry of that name (as
+    /// opposed to an entry that could not be fetched).
+    pub fn is_unknown_name(&self) -> bool {
+        matches!(
+            self,
+            ImageError::Catalog(CatalogError::Unknown { .. })
+                | ImageError::Pull(PullError::Catalog(CatalogError::Unknown { .. }))
+        )
+    }
+
     /// The API error code this failure is served with.
     pub fn code(&self) -> ErrorCode {
         match self {

@@ -95,9 +95,20 @@ pub async fn ensure_image(
         format!("{kind} {what} is not installed; pulling it from the catalog"),
     )
     .await;
-    crate::image::pull(state, kind, &what, sink)
-        .await
-        .map_err(|e| VmError::Image(Box::new(e)))?;
+    match crate::image::pull(state, kind, &what, sink).await {
+        Ok(_) => {}
+        // Not a catalog name either: say what is missing and how to get it.
+        Err(e) if e.is_unknown_name() => {
+            return Err(match kind {
+                Kind::Image => VmError::ImageMissing { name: what },
+                Kind::Kernel => VmError::KernelMissing {
+                    image: name.to_owned(),
+                    kernel: what,
+                },
+            })
+        }
+        Err(e) => return Err(VmError::Image(Box::new(e))),
+    }
     find_image(state, name)?.ok_or_else(|| VmError::ImageMissing {
         name: name.to_owned(),
     })
