@@ -34,7 +34,8 @@ pub enum ImageCommand {
         name: String,
     },
     /// Build an image from its recipe and install it (and its kernel when
-    /// missing). Needs root: the daemon must run as root. Takes minutes.
+    /// missing). Needs root: a daemon running as root builds it, otherwise
+    /// the system install's root helper does. Takes minutes.
     Build(BuildArgs),
     /// List installed and registered images.
     #[command(visible_alias = "ls")]
@@ -85,7 +86,8 @@ pub enum KernelCommand {
         /// Catalog name, e.g. generic-6.12.
         name: String,
     },
-    /// Build a kernel from its recipe and install it. Needs root.
+    /// Build a kernel from its recipe and install it. Needs root (a root
+    /// daemon or the system install's root helper).
     Build(BuildArgs),
     /// List installed and registered kernels.
     #[command(visible_alias = "ls")]

@@ -364,6 +364,78 @@ async fn vm_create_pulls_a_missing_image_and_delete_refuses_while_in_use() {
     assert_eq!(code, 404, "{body}");
 }
 
+/// `banger image/kernel ...` as a user runs it, with stdout and stderr
+/// piped (so progress is plain lines, not bars).
+#[tokio::test(flavor = "multi_thread")]
+async fn cli_pulls_lists_shows_and_deletes() {
+    let cli = common::daemon_bin().with_file_name("banger");
+    if !cli.exists() {
+        eprintln!(
+            "skipping cli_pulls_lists_shows_and_deletes: {} is not built (cargo build -p banger-cli)",
+            cli.display()
+        );
+        return;
+    }
+    let s = Setup::new().await;
+    let banger = |args: &[&str]| {
+        let out = s
+            .env
+            .command(&cli)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = banger(&["image", "pull", "test-image"]);
+    assert!(ok, "{out}{err}");
+    assert_eq!(
+        out,
+        "kernel test-kernel 6.12.0 (installed)\nimage test-image 1.0 (installed)\n"
+    );
+    assert!(
+        err.contains(&format!(
+            "[download] downloading {}/b/i.tar.zst",
+            s.server.base_url
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("[install] installing image test-image"),
+        "{err}"
+    );
+
+    let (ok, out, err) = banger(&["image", "list"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAME "), "{out}");
+    assert!(
+        lines[1].starts_with("test-image ") && lines[1].contains(" catalog "),
+        "{out}"
+    );
+    let (ok, out, err) = banger(&["kernel", "show", "test-kernel", "--json"]);
+    assert!(ok, "{err}");
+    let k: KernelInfo = serde_json::from_str(&out).unwrap();
+    assert_eq!(k.used_by_images, ["test-image"]);
+
+    let (ok, out, err) = banger(&["kernel", "delete", "test-kernel"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("kernel test-kernel is in use by image test-image"),
+        "{err}"
+    );
+    let (ok, out, err) = banger(&["image", "delete", "test-image"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "deleted image test-image\n");
+    let (ok, out, err) = banger(&["image", "pull", "unpub"]);
+    assert!(!ok, "{out}");
+    assert!(err.contains("banger image build unpub"), "{err}");
+}
+
 /// A small real ext4 file made by mkfs.ext4 (no root needed).
 fn ext4(path: &Path) -> PathBuf {
     std::fs::File::create(path)
