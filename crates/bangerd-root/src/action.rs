@@ -47,6 +47,10 @@ pub enum Action {
     ChownToOwner { path: AllowedPath },
     /// See [`HelperRequest::BuildBundle`]; `name` is an embedded recipe.
     BuildBundle { kind: BundleKind, name: String },
+    /// See [`HelperRequest::BindDns`].
+    BindDns { address: Ipv4Net },
+    /// See [`HelperRequest::ResolvedLink`].
+    ResolvedLink { bridge: IfaceName, address: Ipv4Net },
 }
 
 impl Action {
@@ -85,6 +89,13 @@ impl Action {
             HelperRequest::BuildBundle { kind, name } => Action::BuildBundle {
                 name: validate::recipe_name(kind, &name)?,
                 kind,
+            },
+            HelperRequest::BindDns { address } => Action::BindDns {
+                address: validate::bridge_address(&address, policy.cidr)?,
+            },
+            HelperRequest::ResolvedLink { bridge, address } => Action::ResolvedLink {
+                bridge: IfaceName::parse(&bridge)?,
+                address: validate::bridge_address(&address, policy.cidr)?,
             },
         })
     }

@@ -303,7 +303,13 @@ async fn handle_connection(stream: UnixStream, shared: Arc<Shared>) {
             }
         };
         let reply = answer(&line, &shared).await;
-        if let Err(e) = write_reply(&mut write, &reply).await {
+        let written = match reply {
+            Ok(banger_wire::helper::HelperResponse::DnsSockets { udp, tcp }) => {
+                ops::dns::send_sockets(&mut write, &reply, udp, tcp).await
+            }
+            _ => write_reply(&mut write, &reply).await,
+        };
+        if let Err(e) = written {
             debug!(error = %e, "connection write failed");
             return;
         }

@@ -325,7 +325,7 @@ async fn in_transient_unit(
     let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
     match last.map(serde_json::from_str::<banger_wire::helper::HelperReply>) {
         Some(Ok(Ok(resp))) if out.status.success() => Ok(resp),
-        Some(Ok(Err(e))) => Err(build_err(e.message)),
+        Some(Ok(Err(e))) => Err(OpError::BuildUnit(e.message)),
         _ => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect();

@@ -3,6 +3,7 @@
 
 pub mod build;
 mod chown;
+pub mod dns;
 mod link;
 mod nft;
 mod tun;
@@ -66,6 +67,9 @@ pub enum OpError {
     /// A file passed validation but must not be touched.
     #[error("refusing to touch {path}: {reason}")]
     Refused { path: PathBuf, reason: &'static str },
+    /// Binding the DNS sockets or configuring systemd-resolved failed.
+    #[error("dns: cannot {what}: {message}")]
+    Dns { what: String, message: String },
     /// Building or installing a bundle failed.
     #[error("building {kind} {name} failed: {message}")]
     Build {
@@ -73,6 +77,10 @@ pub enum OpError {
         name: String,
         message: String,
     },
+    /// The build unit answered with an error (its message already names the
+    /// build).
+    #[error("{0}")]
+    BuildUnit(String),
 }
 
 impl OpError {
@@ -83,9 +91,11 @@ impl OpError {
             OpError::WrongKind { .. }
             | OpError::MissingBridge { .. }
             | OpError::Vanished { .. } => HelperErrorCode::Conflict,
-            OpError::Tun { .. } | OpError::File { .. } | OpError::Build { .. } => {
-                HelperErrorCode::Io
-            }
+            OpError::Tun { .. }
+            | OpError::File { .. }
+            | OpError::Build { .. }
+            | OpError::BuildUnit(_) => HelperErrorCode::Io,
+            OpError::Dns { .. } => HelperErrorCode::Io,
             OpError::Nft { .. } => HelperErrorCode::Nftables,
             OpError::Refused { .. } => HelperErrorCode::Invalid,
         }
@@ -142,6 +152,10 @@ pub async fn execute(action: &Action, policy: &Policy) -> Result<HelperResponse,
                 .owner_gid
                 .unwrap_or_else(|| owner_primary_gid(policy.owner_uid));
             return build::build_bundle(*kind, name, paths, policy.owner_uid, gid).await;
+        }
+        Action::BindDns { address } => return dns::bind(address.addr()),
+        Action::ResolvedLink { bridge, address } => {
+            dns::resolved_link(bridge, address.addr()).await?
         }
     };
     Ok(HelperResponse::Done { changed })
