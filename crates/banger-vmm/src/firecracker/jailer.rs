@@ -129,6 +129,28 @@ fn link_into(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<(), VmmError>
     chown(dst, uid, gid)
 }
 
+/// Refuse a dynamically linked Firecracker: the jailer execs it inside a
+/// chroot that holds no dynamic loader, and the exec then fails with a bare
+/// "No such file or directory" that names neither file.
+pub fn require_static(firecracker: &Path) -> Result<(), VmmError> {
+    let bytes = std::fs::read(firecracker).map_err(|e| jail_err(firecracker, "read", e))?;
+    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| VmmError::Jail {
+        path: firecracker.to_owned(),
+        reason: format!("not an ELF executable: {e}"),
+    })?;
+    match elf.interpreter {
+        Some(interp) => Err(VmmError::Jail {
+            path: firecracker.to_owned(),
+            reason: format!(
+                "is dynamically linked (it needs {interp}), but the jailer runs it in an \
+                 empty chroot: use a statically linked Firecracker (the released binaries \
+                 are static musl builds) or turn the jailer off"
+            ),
+        }),
+        None => Ok(()),
+    }
+}
+
 /// Lay out the jail root for `spec` and return what to spawn.
 pub(crate) fn prepare(
     cfg: &JailerConfig,
@@ -285,5 +307,28 @@ mod tests {
         }
         // Preparing again (a restart) replaces the links.
         prepare(&cfg, fc, &spec).unwrap();
+    }
+
+    #[test]
+    fn only_a_static_firecracker_can_be_jailed() {
+        // Debian's ldconfig is linked statically, its sh dynamically.
+        require_static(Path::new("/sbin/ldconfig")).unwrap();
+        let err = require_static(Path::new("/bin/sh"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(
+                "jail path /bin/sh: is dynamically linked (it needs /lib64/ld-linux-x86-64.so.2)"
+            ),
+            "{err}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let text = dir.path().join("firecracker");
+        std::fs::write(&text, "#!/bin/sh\n").unwrap();
+        let err = require_static(&text).unwrap_err().to_string();
+        assert!(err.contains("not an ELF executable"), "{err}");
+        let missing = dir.path().join("nope");
+        let err = require_static(&missing).unwrap_err().to_string();
+        assert!(err.contains("nope") && err.contains("read"), "{err}");
     }
 }

@@ -95,7 +95,10 @@ pub(crate) async fn launch(
             launch::create_truncated(&p.vmm_log)?;
             p
         }
-        Some(jail) => jailer::prepare(jail, &cfg.binary, spec)?,
+        Some(jail) => {
+            jailer::require_static(&cfg.binary)?;
+            jailer::prepare(jail, &cfg.binary, spec)?
+        }
     };
     launch::remove_stale_socket(&prepared.api_socket)?;
     if let Some(vsock) = &prepared.vsock_host {
