@@ -224,6 +224,40 @@ async fn pull_installs_image_and_kernel_with_progress_and_lists_them() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn concurrent_pulls_of_one_image_download_it_once() {
+    let s = Setup::new().await;
+    // Slow bodies so the two requests really overlap.
+    s.server.route(
+        "/b/i.tar.zst",
+        Behavior::Slow(std::fs::read(&s.image.path).unwrap()),
+    );
+    let pull = || async {
+        let result = s
+            .client()
+            .stream(
+                "/v1/images/test-image/pull",
+                &PullRequest {},
+                &mut Recorder::default(),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("pull failed: {e}\n{}", s.env.log()));
+        serde_json::from_value::<InstallReport>(result).unwrap()
+    };
+    let (a, b) = tokio::join!(pull(), pull());
+    let fetched = [&a, &b]
+        .iter()
+        .filter(|r| {
+            r.installed
+                .iter()
+                .any(|x| x.name == "test-image" && x.fetched)
+        })
+        .count();
+    assert_eq!(fetched, 1, "{a:?} {b:?}");
+    assert_eq!(s.server.hits("/b/i.tar.zst"), 1);
+    assert_eq!(s.server.hits("/b/k.tar.zst"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn unpublished_and_missing_bundles_name_the_build_command() {
     let s = Setup::new().await;
     let client = s.client();
@@ -581,15 +615,9 @@ async fn kernel_build_route_installs_the_kernel() {
         eprintln!("skipping {msg}");
         return;
     }
+    // A fresh cache dir: the route really builds (downloads the Debian
+    // kernel package, extracts vmlinux, makes the initrd), no cache hit.
     let env = TestEnv::new();
-    // The build cache is shared with the banger-image build tests, so a
-    // bundle built there (same recipe hash) is reused.
-    let cache = std::env::var_os("BANGER_BUILD_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/banger"));
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::create_dir_all(env.dir.path().join("cache")).unwrap();
-    std::os::unix::fs::symlink(&cache, env.layout.cache_dir.clone()).ok();
     let daemon = Daemon::start(&env).await;
     let mut rec = Recorder::default();
     let done = daemon
@@ -604,6 +632,7 @@ async fn kernel_build_route_installs_the_kernel() {
     let report: InstallReport = serde_json::from_value(done).unwrap();
     assert_eq!(report.installed.len(), 1);
     assert_eq!(report.installed[0].name, "generic-6.12");
+    assert!(report.installed[0].fetched, "built, not taken from a cache");
     assert!(
         rec.0
             .iter()
