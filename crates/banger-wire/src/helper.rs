@@ -35,6 +35,17 @@ pub enum HelperRequest {
     /// it) and install the bundle into the owner's store, owned by the owner.
     /// Answered with [`HelperResponse::Built`] when the build is done.
     BuildBundle { kind: BundleKind, name: String },
+    /// Bind a UDP socket and a TCP listener on port 53 of `address` (the
+    /// bridge's `IP/prefix`, as for `EnsureBridge`) for bangerd's `.vm`
+    /// DNS server, and pass them to the caller. Answered with
+    /// [`HelperResponse::DnsSockets`], whose line carries the two descriptors
+    /// as `SCM_RIGHTS` ancillary data (UDP first).
+    BindDns { address: String },
+    /// On systemd-resolved hosts, send `.vm` queries to `address` through
+    /// link `bridge` (per-link DNS server, routing-only domain `~vm`, not a
+    /// default route; `address` is the bridge's `IP/prefix`). `changed` is
+    /// false when resolved is not running.
+    ResolvedLink { bridge: String, address: String },
 }
 
 /// What a [`HelperRequest::BuildBundle`] builds (serialized `"image"` /
@@ -71,6 +82,8 @@ impl HelperRequest {
             HelperRequest::TeardownAll { .. } => "teardown_all",
             HelperRequest::ChownToOwner { .. } => "chown_to_owner",
             HelperRequest::BuildBundle { .. } => "build_bundle",
+            HelperRequest::BindDns { .. } => "bind_dns",
+            HelperRequest::ResolvedLink { .. } => "resolved_link",
         }
     }
 }
@@ -93,6 +106,9 @@ pub enum HelperResponse {
         bundle_sha256: String,
         cached: bool,
     },
+    /// Answer to [`HelperRequest::BindDns`]: the helper's descriptor numbers
+    /// of the sockets sent along (informational; the receiver gets its own).
+    DnsSockets { udp: i32, tcp: i32 },
 }
 
 /// Why the helper refused or failed a request.

@@ -187,7 +187,9 @@ async fn network_setup(
     state.helper.check_available()?;
     Ok(stream_operation(state, move |state, sink| async move {
         let _guard = state.network_lock.lock().await;
-        network::setup(&state.helper, &state.net, &req, &sink).await
+        let report = network::setup(&state.helper, &state.net, &req, &sink).await?;
+        crate::dns::ensure(&state).await;
+        Ok(report)
     }))
 }
 

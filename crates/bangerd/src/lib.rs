@@ -14,6 +14,7 @@
 pub mod api;
 pub mod config_view;
 pub mod daemon;
+pub mod dns;
 pub mod helper;
 pub mod image;
 pub mod lock;

@@ -447,6 +447,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         )
         .await?;
     }
+    crate::dns::ensure(state).await;
     let ip = {
         let preferred = extra.last_ip.filter(|ip| netplan.cidr.contains(ip));
         let candidates = preferred.into_iter().chain(netplan.candidates());

@@ -40,6 +40,7 @@ pub async fn recover(state: &Arc<AppState>) {
         }
     }
     crate::ssh_config::refresh(state);
+    crate::dns::ensure_if_bridge(state).await;
 }
 
 async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::VmError> {
