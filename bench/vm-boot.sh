@@ -56,8 +56,8 @@ now() { date +%s.%N; }
 secs() { python3 -c "print(f'{$2 - $1:.2f}')"; }
 log() { printf '%s\n' "$*" >&2; }
 
-# --- the image, with the guest boot files when it lacks them (see
-# crates/bangerd/tests/fixtures/guest/README.md) ---------------------------
+# --- the image, with the guest boot files when it lacks them (images built
+# before the recipes installed them; see docs/image-catalog.md) ------------
 KERNEL=$(jq -r .kernel_ref "$STORE/images/$IMAGE/manifest.json")
 mkdir -p "$W/store/images/$IMAGE" "$W/state/banger/images" "$W/state/banger/kernels"
 cp "$STORE/images/$IMAGE/manifest.json" "$W/store/images/$IMAGE/"
