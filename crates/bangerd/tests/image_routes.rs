@@ -598,6 +598,58 @@ async fn register_validates_paths_and_promote_copies_into_the_store() {
     );
 }
 
+/// A daemon without root and without a root helper refuses a build at
+/// once, saying what would make it work (run as `nobody` when the test runs
+/// as root).
+#[tokio::test(flavor = "multi_thread")]
+async fn build_without_root_names_the_fix() {
+    let env = TestEnv::new();
+    let cmd = if nix::unistd::geteuid().is_root() {
+        let st = Command::new("chown")
+            .args(["-R", "65534:65534"])
+            .arg(env.dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let mut cmd = env.command("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(common::daemon_bin());
+        cmd
+    } else {
+        env.command(common::daemon_bin())
+    };
+    let daemon = Daemon::start_with(&env, cmd).await;
+    let err = daemon
+        .client()
+        .stream(
+            "/v1/kernels/generic-6.12/build",
+            &serde_json::json!({}),
+            &mut Recorder::default(),
+        )
+        .await
+        .unwrap_err();
+    let (code, msg) = error_of(err);
+    assert_eq!(code, ErrorCode::Unsupported, "{msg}");
+    assert!(
+        msg.contains("building kernel generic-6.12 needs root")
+            && msg.contains("sudo banger system install")
+            && msg.contains("Run banger as root"),
+        "{msg}"
+    );
+    let err = daemon
+        .client()
+        .stream(
+            "/v1/kernels/nope/build",
+            &serde_json::json!({}),
+            &mut Recorder::default(),
+        )
+        .await
+        .unwrap_err();
+    let (code, msg) = error_of(err);
+    assert_eq!(code, ErrorCode::NotFound, "{msg}");
+    assert!(msg.contains("generic-6.12"), "lists the recipes: {msg}");
+}
+
 /// `POST /v1/kernels/generic-6.12/build` as root builds the real kernel
 /// from its recipe and installs it (minutes; BANGER_BUILD_TESTS=1).
 #[tokio::test(flavor = "multi_thread")]

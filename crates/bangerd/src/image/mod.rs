@@ -340,10 +340,9 @@ async fn build_one(
     opts.source_date_epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
         .and_then(|v| v.parse().ok());
-    if kind == Kind::Image {
-        opts.agent_binary =
-            Some(crate::vm::agent_binary(&state.layout).map_err(|e| ImageError::Vm(Box::new(e)))?);
-    }
+    // No agent baked in: the guest loads banger's agent from its config
+    // drive at boot, and the recipe hash stays the one the root helper and
+    // CI compute for the same recipe.
     let store = store(state);
     let fwd = Forwarder::new(sink);
     let cb = fwd.callback();
@@ -377,7 +376,8 @@ async fn build_in_helper(
         reason,
     };
     if let crate::helper::RootHelper::Unavailable { reason } = &state.helper {
-        return Err(needs_root(reason.clone()));
+        tracing::info!("no root helper for a build: {reason}");
+        return Err(needs_root("no root helper is connected".into()));
     }
     sink.progress(
         "build",
