@@ -109,12 +109,12 @@ pub async fn build_bundle(
 ) -> Result<HelperResponse, OpError> {
     match &paths.runner {
         BuildRunner::InProcess => {
-            let (name, paths) = (name.to_owned(), paths.clone());
-            tokio::task::spawn_blocking(move || build_here(kind, &name, &paths, uid, gid))
+            let (owned, paths) = (name.to_owned(), paths.clone());
+            tokio::task::spawn_blocking(move || build_here(kind, &owned, &paths, uid, gid))
                 .await
                 .map_err(|e| OpError::Build {
                     kind: kind.as_str(),
-                    name: "?".into(),
+                    name: name.to_owned(),
                     message: format!("build task failed: {e}"),
                 })?
         }
