@@ -148,19 +148,78 @@ mod tests {
     }
 
     #[test]
+    fn bind_dns_takes_only_a_bridge_address_inside_the_range() {
+        use crate::action::{Action, Policy};
+        use banger_wire::helper::HelperRequest;
+        let policy = Policy {
+            owner_uid: 1000,
+            owner_gid: None,
+            cidr: "172.16.0.0/24".parse().unwrap(),
+            allowed_dirs: vec![],
+            build: None,
+        };
+        let parse = |address: &str| {
+            Action::parse(
+                HelperRequest::BindDns {
+                    address: address.into(),
+                },
+                &policy,
+            )
+        };
+        assert_eq!(
+            parse("172.16.0.1/24").unwrap(),
+            Action::BindDns {
+                address: "172.16.0.1/24".parse().unwrap()
+            }
+        );
+        for bad in [
+            "10.0.0.1/24",
+            "172.16.0.0/24",
+            "172.16.0.1",
+            "0.0.0.0/24",
+            "::1/128",
+        ] {
+            assert!(parse(bad).is_err(), "{bad} accepted");
+        }
+        let link = Action::parse(
+            HelperRequest::ResolvedLink {
+                bridge: "banger0; rm".into(),
+                address: "172.16.0.1/24".into(),
+            },
+            &policy,
+        );
+        assert!(link.is_err(), "interface names are validated");
+    }
+
+    #[test]
     fn bind_gives_two_open_descriptors() {
         if !nix::unistd::geteuid().is_root() {
+            assert_ne!(
+                std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref(),
+                Ok("1"),
+                "bind_gives_two_open_descriptors needs root"
+            );
             eprintln!("skipping bind_gives_two_open_descriptors: port 53 needs root");
             return;
         }
-        // 127.0.0.53 is systemd-resolved's; pick another loopback address.
-        let HelperResponse::DnsSockets { udp, tcp } = bind(Ipv4Addr::new(127, 83, 0, 1)).unwrap()
-        else {
-            panic!("bind answers DnsSockets");
-        };
-        // SAFETY: fresh descriptors from `bind`, owned by nobody else.
-        let (udp, tcp) = unsafe { (UdpSocket::from_raw_fd(udp), TcpListener::from_raw_fd(tcp)) };
-        assert_eq!(udp.local_addr().unwrap().port(), DNS_PORT);
-        assert_eq!(tcp.local_addr().unwrap().port(), DNS_PORT);
+        // In a private network namespace (this thread's only), never the host's.
+        std::thread::spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare the netns");
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "up"])
+                .status()
+                .expect("run ip");
+            assert!(up.success());
+            let HelperResponse::DnsSockets { udp, tcp } = bind(Ipv4Addr::LOCALHOST).unwrap() else {
+                panic!("bind answers DnsSockets");
+            };
+            // SAFETY: fresh descriptors from `bind`, owned by nobody else.
+            let (udp, tcp) =
+                unsafe { (UdpSocket::from_raw_fd(udp), TcpListener::from_raw_fd(tcp)) };
+            assert_eq!(udp.local_addr().unwrap().port(), DNS_PORT);
+            assert_eq!(tcp.local_addr().unwrap().port(), DNS_PORT);
+        })
+        .join()
+        .expect("netns thread");
     }
 }
