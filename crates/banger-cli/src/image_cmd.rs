@@ -15,6 +15,7 @@ use clap::{Args, Subcommand};
 
 use crate::cli::GlobalArgs;
 use crate::client::{self, Client};
+use crate::vm_cmd::table;
 
 /// `banger image ...`
 #[derive(Debug, Subcommand)]
@@ -171,21 +172,11 @@ pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitC
             }
             ImageCommand::List { json } => {
                 let list: ImageList = client.get_json("/v1/images").await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&list)?);
-                } else {
-                    print!("{}", format_image_list(&list.images));
-                }
-                Ok(())
+                output(json, &list, |l| format_image_list(&l.images))
             }
             ImageCommand::Show { name, json } => {
                 let info: ImageInfo = client.get_json(&path("images", &name, "")).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&info)?);
-                } else {
-                    print!("{}", format_image_show(&info));
-                }
-                Ok(())
+                output(json, &info, format_image_show)
             }
             ImageCommand::Delete { name } => delete(&client, "images", "image", &name).await,
             ImageCommand::Register(a) => {
@@ -232,26 +223,30 @@ pub fn run_kernel(global: &GlobalArgs, cmd: KernelCommand) -> anyhow::Result<Exi
             }
             KernelCommand::List { json } => {
                 let list: KernelList = client.get_json("/v1/kernels").await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&list)?);
-                } else {
-                    print!("{}", format_kernel_list(&list.kernels));
-                }
-                Ok(())
+                output(json, &list, |l| format_kernel_list(&l.kernels))
             }
             KernelCommand::Show { name, json } => {
                 let info: KernelInfo = client.get_json(&path("kernels", &name, "")).await?;
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&info)?);
-                } else {
-                    print!("{}", format_kernel_show(&info));
-                }
-                Ok(())
+                output(json, &info, format_kernel_show)
             }
             KernelCommand::Delete { name } => delete(&client, "kernels", "kernel", &name).await,
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Print `value` as pretty JSON, or as the text `render` makes of it.
+fn output<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", render(value));
+    }
+    Ok(())
 }
 
 /// `/v1/{collection}/NAME...` with the name escaped for a URL path segment.
@@ -321,24 +316,6 @@ pub fn register_request(a: &RegisterArgs) -> anyhow::Result<ImageRegisterRequest
         initrd: opt("initrd", &a.initrd)?,
         modules: opt("modules", &a.modules)?,
     })
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| format!("{cell:<w$}", w = widths[c]))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 fn or_dash(v: &[String]) -> String {

@@ -295,7 +295,8 @@ pub fn format_list(vms: &[VmInfo]) -> String {
     table(&rows)
 }
 
-fn table(rows: &[Vec<String>]) -> String {
+/// Rows as left-aligned columns two spaces apart (first row: the header).
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))

@@ -118,6 +118,19 @@ fn error_of(e: banger_cli::client::ClientError) -> (ErrorCode, String) {
     (api.code, api.message)
 }
 
+/// POST a streamed route that must fail; its error code and message.
+async fn stream_err<B: serde::Serialize>(
+    client: &Client,
+    path: &str,
+    body: &B,
+) -> (ErrorCode, String) {
+    let err = client
+        .stream(path, body, &mut Recorder::default())
+        .await
+        .expect_err("the stream must end with an error");
+    error_of(err)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pull_installs_image_and_kernel_with_progress_and_lists_them() {
     let s = Setup::new().await;
@@ -261,40 +274,16 @@ async fn concurrent_pulls_of_one_image_download_it_once() {
 async fn unpublished_and_missing_bundles_name_the_build_command() {
     let s = Setup::new().await;
     let client = s.client();
-    let err = client
-        .stream(
-            "/v1/images/unpub/pull",
-            &PullRequest {},
-            &mut Recorder::default(),
-        )
-        .await
-        .unwrap_err();
-    let (code, msg) = error_of(err);
+    let (code, msg) = stream_err(&client, "/v1/images/unpub/pull", &PullRequest {}).await;
     assert_eq!(code, ErrorCode::NotFound, "{msg}");
     assert!(msg.contains("no published bundle"), "{msg}");
     assert!(msg.contains("banger image build unpub"), "{msg}");
 
-    let err = client
-        .stream(
-            "/v1/images/gone/pull",
-            &PullRequest {},
-            &mut Recorder::default(),
-        )
-        .await
-        .unwrap_err();
-    let (_, msg) = error_of(err);
+    let (_, msg) = stream_err(&client, "/v1/images/gone/pull", &PullRequest {}).await;
     assert!(msg.contains("HTTP 404"), "{msg}");
     assert!(msg.contains("banger image build gone"), "{msg}");
 
-    let err = client
-        .stream(
-            "/v1/images/nope/pull",
-            &PullRequest {},
-            &mut Recorder::default(),
-        )
-        .await
-        .unwrap_err();
-    let (code, msg) = error_of(err);
+    let (code, msg) = stream_err(&client, "/v1/images/nope/pull", &PullRequest {}).await;
     assert_eq!(code, ErrorCode::NotFound, "{msg}");
     assert!(msg.contains("test-image"), "lists the known images: {msg}");
 
@@ -341,11 +330,7 @@ async fn vm_create_pulls_a_missing_image_and_delete_refuses_while_in_use() {
         image: Some("nope".into()),
         ..req.clone()
     };
-    let err = client
-        .stream("/v1/vms", &unknown, &mut Recorder::default())
-        .await
-        .unwrap_err();
-    let (code, msg) = error_of(err);
+    let (code, msg) = stream_err(&client, "/v1/vms", &unknown).await;
     assert_eq!(code, ErrorCode::NotFound, "{msg}");
     assert!(
         msg.contains("image nope is not installed: run `banger image pull nope` or `banger image build nope`"),
@@ -357,11 +342,7 @@ async fn vm_create_pulls_a_missing_image_and_delete_refuses_while_in_use() {
         image: Some("unpub".into()),
         ..req.clone()
     };
-    let err = client
-        .stream("/v1/vms", &unpublished, &mut Recorder::default())
-        .await
-        .unwrap_err();
-    let (_, msg) = error_of(err);
+    let (_, msg) = stream_err(&client, "/v1/vms", &unpublished).await;
     assert!(
         msg.contains("no published bundle") && msg.contains("banger image build unpub"),
         "{msg}"
@@ -619,16 +600,12 @@ async fn build_without_root_names_the_fix() {
         env.command(common::daemon_bin())
     };
     let daemon = Daemon::start_with(&env, cmd).await;
-    let err = daemon
-        .client()
-        .stream(
-            "/v1/kernels/generic-6.12/build",
-            &serde_json::json!({}),
-            &mut Recorder::default(),
-        )
-        .await
-        .unwrap_err();
-    let (code, msg) = error_of(err);
+    let (code, msg) = stream_err(
+        &daemon.client(),
+        "/v1/kernels/generic-6.12/build",
+        &serde_json::json!({}),
+    )
+    .await;
     assert_eq!(code, ErrorCode::Unsupported, "{msg}");
     assert!(
         msg.contains("building kernel generic-6.12 needs root")
@@ -636,16 +613,12 @@ async fn build_without_root_names_the_fix() {
             && msg.contains("Run banger as root"),
         "{msg}"
     );
-    let err = daemon
-        .client()
-        .stream(
-            "/v1/kernels/nope/build",
-            &serde_json::json!({}),
-            &mut Recorder::default(),
-        )
-        .await
-        .unwrap_err();
-    let (code, msg) = error_of(err);
+    let (code, msg) = stream_err(
+        &daemon.client(),
+        "/v1/kernels/nope/build",
+        &serde_json::json!({}),
+    )
+    .await;
     assert_eq!(code, ErrorCode::NotFound, "{msg}");
     assert!(msg.contains("generic-6.12"), "lists the recipes: {msg}");
 }
