@@ -7,7 +7,7 @@
 #    clone of the same image and a fresh work disk, timed until `ssh true`
 #    with the pinned key succeeds; side by side in each round;
 # 2. the workspace copy of a FILES-file / MB-MiB repository: `vm run`'s own
-#    "workspace copy" phase (tar stream + git bundle + index refresh) versus
+#    "workspace copy" phase (tar stream + blob-less git pack) versus
 #    `git ls-files -z | tar --null -T - -c | ssh ... tar -x` into the same
 #    guest.
 #
@@ -178,6 +178,6 @@ t1=$(now); base=$(secs "$t0" "$t1")
 count=$(ns ssh "${SSH[@]}" "root@$ip" 'find /root/repo -path /root/repo/.git -prune -o -type f -print | wc -l; find /root/base -type f | wc -l' | tr '\n' ' ')
 banger vm delete --force ws >/dev/null
 printf '\n## workspace copy: %s files, %s MiB in the working tree (.git %s MiB)\n\n' "$FILES" "$repo_mb" "$git_mb"
-printf '| banger vm run (tar stream + git bundle + index refresh) | git ls-files \\| tar \\| ssh tar -x | files in guest (vm run, baseline) |\n|---|---|---|\n'
+printf '| banger vm run (tar stream + blob-less git pack) | git ls-files \\| tar \\| ssh tar -x | files in guest (vm run, baseline) |\n|---|---|---|\n'
 printf '| %s s | %s s | %s|\n' "$copy" "$base" "$count"
 printf '\nload after: %s\n' "$(cut -d' ' -f1-3 /proc/loadavg)"

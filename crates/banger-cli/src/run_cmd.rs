@@ -21,7 +21,7 @@ use clap::Args;
 use crate::cli::GlobalArgs;
 use crate::client::{self, Client, StreamRenderer};
 use crate::vm_cmd;
-use crate::workspace::{self, Workspace};
+use crate::workspace::Workspace;
 
 /// Where the workspace lands in the guest.
 pub const GUEST_REPO: &str = "/root/repo";
@@ -157,8 +157,10 @@ fn pid_file(token: &str) -> String {
 }
 
 /// The guest script that makes `/root/repo` a git repository at the host's
-/// HEAD (bundle on stdin), with the index at HEAD and the copied files as
-/// the working tree, and optionally checks out a new branch.
+/// HEAD (a pack from [`Workspace::write_pack`] on stdin), with the index at
+/// HEAD and the copied files as the working tree, optionally checks out a
+/// new branch, then rebuilds the blobs of the copied files in the
+/// background (the pack leaves them out).
 pub fn git_setup_script(
     head: &str,
     host_branch: Option<&str>,
@@ -172,10 +174,7 @@ pub fn git_setup_script(
          fi\n\
          cd {GUEST_REPO}\n\
          git init -q\n\
-         b=.git/banger-host.bundle\n\
-         cat > \"$b\"\n\
-         git bundle unbundle \"$b\" >/dev/null\n\
-         rm -f \"$b\"\n"
+         git index-pack --stdin >/dev/null\n"
     );
     match host_branch.filter(|b| valid_branch(b)) {
         Some(branch) => s.push_str(&format!(
@@ -183,10 +182,14 @@ pub fn git_setup_script(
         )),
         None => s.push_str(&format!("git update-ref --no-deref HEAD {head}\n")),
     }
-    s.push_str("git read-tree HEAD\ngit update-index -q --refresh >/dev/null || true\n");
+    s.push_str("git read-tree HEAD\n");
     if let Some((name, from)) = new_branch {
         s.push_str(&format!("git checkout -q -b {name} {from}\n"));
     }
+    s.push_str(
+        "setsid nice -n 19 sh -c 'git ls-files -z | xargs -0 -r git hash-object -w -- >/dev/null' \
+         >/dev/null 2>&1 </dev/null &\n",
+    );
     s
 }
 
@@ -566,7 +569,8 @@ fn wait_child(child: &mut Child, on_interrupt: &dyn Fn()) -> anyhow::Result<Exit
 }
 
 /// Stream the workspace into the guest: a tar of the selected files into
-/// `tar -x`, then a `git bundle` of HEAD's history into the git setup.
+/// `tar -x`, then a pack of HEAD's history (without the blobs the files
+/// give) into the git setup.
 fn copy_workspace(
     vm: &VmInfo,
     ws: &Workspace,
@@ -604,7 +608,7 @@ fn copy_workspace(
         .spawn()
         .context("cannot run `ssh` (install the OpenSSH client)")?;
     let stdin = child.stdin.take().expect("piped stdin");
-    let written = workspace::write_bundle(&ws.root, &extra, stdin);
+    let written = ws.write_pack(&extra, stdin);
     let status = child.wait().context("waiting for ssh")?;
     match status.code() {
         Some(0) => {}
@@ -698,7 +702,7 @@ mod tests {
     fn git_setup_checks_out_the_new_branch_from_ref() {
         let s = git_setup_script("abc", Some("main"), Some(("feat", "def")));
         assert!(s.contains("git symbolic-ref HEAD refs/heads/main\n"), "{s}");
-        assert!(s.ends_with("git checkout -q -b feat def\n"), "{s}");
+        assert!(s.contains("\ngit checkout -q -b feat def\n"), "{s}");
         let s = git_setup_script("abc", None, None);
         assert!(s.contains("git update-ref --no-deref HEAD abc\n"), "{s}");
     }

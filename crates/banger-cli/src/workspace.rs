@@ -264,38 +264,92 @@ impl<R: io::Read> io::Read for CountingReader<'_, R> {
     }
 }
 
-/// `git bundle create - HEAD [extra...]` in `root`, written to `out`: the
-/// history the guest copy needs (all of HEAD's, plus `extra` commits).
-pub fn write_bundle<W: Write>(
-    root: &Path,
-    extra: &[&str],
-    mut out: W,
-) -> Result<u64, WorkspaceError> {
-    let mut args = vec!["bundle", "create", "-q", "-", "HEAD"];
-    args.extend_from_slice(extra);
-    let mut child = Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(WorkspaceError::NoGit)?;
-    let mut stdout = child.stdout.take().expect("piped stdout");
-    let copied = io::copy(&mut stdout, &mut out);
-    drop(stdout);
-    let output = child.wait_with_output().map_err(WorkspaceError::NoGit)?;
-    if !output.status.success() {
-        return Err(WorkspaceError::Git {
-            dir: root.to_owned(),
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        });
+/// Parse `git ls-tree -r -z` output into `(path, object, is_symlink)` for
+/// blobs.
+fn tree_blobs(listing: &[u8]) -> Vec<(Vec<u8>, String, bool)> {
+    listing
+        .split(|b| *b == 0)
+        .filter_map(|rec| {
+            // `<mode> <type> <object>\t<path>`
+            let tab = rec.iter().position(|b| *b == b'\t')?;
+            let info = std::str::from_utf8(&rec[..tab]).ok()?;
+            let mut parts = info.split(' ');
+            let (mode, kind, object) = (parts.next()?, parts.next()?, parts.next()?);
+            (kind == "blob").then(|| (rec[tab + 1..].to_vec(), object.to_owned(), mode == "120000"))
+        })
+        .collect()
+}
+
+impl Workspace {
+    /// The objects the guest copy needs, as one pack written to `out`:
+    /// every commit and tree of HEAD's history (and of the `extra`
+    /// commits'), but only the blobs nothing else can give: HEAD's version of
+    /// each file changed in the working tree (for `git diff`), HEAD's
+    /// symlinks (git compares a link with its blob, not its hash), and all
+    /// blobs of the `extra` commits (to check them out). The blobs of unchanged
+    /// files are the copied files themselves; the guest rebuilds them.
+    /// Returns the pack's size.
+    pub fn write_pack<W: Write>(&self, extra: &[&str], mut out: W) -> Result<u64, WorkspaceError> {
+        let head_tree = git_ok(&self.root, &["ls-tree", "-r", "-z", "HEAD"])?;
+        let changed = git_ok(
+            &self.root,
+            &["diff", "--name-only", "--no-renames", "-z", "HEAD", "--"],
+        )?;
+        let changed: std::collections::HashSet<&[u8]> = changed
+            .split(|b| *b == 0)
+            .filter(|p| !p.is_empty())
+            .collect();
+        let mut wanted = vec![self.head.clone()];
+        wanted.extend(
+            tree_blobs(&head_tree)
+                .into_iter()
+                .filter(|(path, _, link)| *link || changed.contains(path.as_slice()))
+                .map(|(_, object, _)| object),
+        );
+        for commit in extra.iter().filter(|c| **c != self.head) {
+            wanted.push((*commit).to_owned());
+            let tree = git_ok(&self.root, &["ls-tree", "-r", "-z", commit])?;
+            wanted.extend(tree_blobs(&tree).into_iter().map(|(_, object, _)| object));
+        }
+        // Objects named on stdin are packed even though the filter leaves
+        // out the blobs reached through trees.
+        let args = [
+            "pack-objects",
+            "--revs",
+            "--stdout",
+            "-q",
+            "--filter=blob:none",
+        ];
+        let mut child = Command::new("git")
+            .arg("-C")
+            .arg(&self.root)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(WorkspaceError::NoGit)?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let list = wanted.join("\n") + "\n";
+        // Written from a thread: pack-objects may start writing before it
+        // has read everything.
+        let feeder = std::thread::spawn(move || stdin.write_all(list.as_bytes()));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let copied = io::copy(&mut stdout, &mut out);
+        drop(stdout);
+        let fed = feeder.join().unwrap_or(Ok(()));
+        let output = child.wait_with_output().map_err(WorkspaceError::NoGit)?;
+        if !output.status.success() || fed.is_err() {
+            return Err(WorkspaceError::Git {
+                dir: self.root.clone(),
+                args: args.join(" "),
+                stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            });
+        }
+        let n = copied.map_err(WorkspaceError::Write)?;
+        out.flush().map_err(WorkspaceError::Write)?;
+        Ok(n)
     }
-    let n = copied.map_err(WorkspaceError::Write)?;
-    out.flush().map_err(WorkspaceError::Write)?;
-    Ok(n)
 }
 
 #[cfg(test)]
@@ -430,8 +484,38 @@ mod tests {
             ws.resolve("no-such-branch"),
             Err(WorkspaceError::BadRef { .. })
         ));
-        let mut bundle = Vec::new();
-        write_bundle(&ws.root, &[], &mut bundle).unwrap();
-        assert!(bundle.starts_with(b"# v2 git bundle\n"));
+    }
+
+    #[test]
+    fn pack_has_history_and_only_the_blobs_the_files_cannot_give() {
+        let dir = repo();
+        let ws = Workspace::open(dir.path(), false).unwrap();
+        let count_blobs = |extra: &[&str]| {
+            let mut pack = Vec::new();
+            ws.write_pack(extra, &mut pack).unwrap();
+            assert!(pack.starts_with(b"PACK"));
+            let guest = tempfile::tempdir().unwrap();
+            sh(guest.path(), "git init -q .");
+            let mut child = Command::new("git")
+                .args(["index-pack", "--stdin"])
+                .current_dir(guest.path())
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(&pack).unwrap();
+            assert!(child.wait().unwrap().success());
+            let out = Command::new("sh")
+                .arg("-c")
+                .arg("git verify-pack -v .git/objects/pack/*.idx | grep -c ' blob '")
+                .current_dir(guest.path())
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        };
+        // HEAD's src/a.txt (edited), deleted.txt (deleted) and link (a
+        // symlink); not run.sh or .gitignore, which the copied files give.
+        assert_eq!(count_blobs(&[]), "3");
+        assert_eq!(count_blobs(&[&ws.head]), "3");
     }
 }
