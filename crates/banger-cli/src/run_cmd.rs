@@ -363,8 +363,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let ssh_at = clock.at(&["ssh"]).unwrap_or(t2);
     drop(clock);
     if let Err(e) = started {
-        let timed_out = e.to_string().contains("did not become reachable over SSH");
-        if timed_out {
+        if ssh_wait_timed_out(&e) {
             eprintln!(
                 "{name} did not answer SSH in time; it is kept so you can see why: \
                  `banger vm logs {name}`, then `banger vm delete --force {name}`"
@@ -414,6 +413,17 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         eprint!("{}", format_timings(&timings));
     }
     outcome
+}
+
+/// Whether a failed start is the daemon giving up on the guest's SSH (its
+/// `SshNotReady` error): the VM is then kept for `banger vm logs`.
+fn ssh_wait_timed_out(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<client::ClientError>()
+            .and_then(client::ClientError::api_error)
+            .is_some_and(|api| api.message.contains("did not become reachable over SSH"))
+    })
 }
 
 async fn delete(client: &Client, name: &str) -> anyhow::Result<()> {
@@ -690,6 +700,29 @@ mod tests {
         );
         assert_eq!(shell_quote(""), "''");
         assert_eq!(shell_quote("a/b.c"), "a/b.c");
+    }
+
+    #[test]
+    fn only_an_ssh_wait_timeout_keeps_the_vm() {
+        use banger_wire::api::{ApiError, ErrorCode};
+        let failed = |message: &str| {
+            anyhow::Error::new(client::ClientError::StreamFailed {
+                path: "/v1/vms/x/start".into(),
+                error: ApiError {
+                    code: ErrorCode::Internal,
+                    message: message.into(),
+                },
+            })
+        };
+        assert!(ssh_wait_timed_out(&failed(
+            "VM x did not become reachable over SSH: timed out; last lines of its serial console:\n..."
+        )));
+        assert!(!ssh_wait_timed_out(&failed(
+            "VM x: the VMM exited while the guest was booting"
+        )));
+        assert!(!ssh_wait_timed_out(&anyhow::anyhow!(
+            "did not become reachable over SSH (not from the daemon)"
+        )));
     }
 
     #[test]
