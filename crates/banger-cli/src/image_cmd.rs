@@ -277,10 +277,10 @@ pub fn format_install(report: &InstallReport) -> String {
         .installed
         .iter()
         .map(|b| {
-            let how = if b.fetched {
-                "installed"
-            } else {
-                "already installed"
+            let how = match (b.fetched, b.from_cache) {
+                (false, _) => "already installed",
+                (true, false) => "installed",
+                (true, true) => "installed from the build cache",
             };
             format!("{} {} {} ({how})\n", b.kind, b.name, b.version)
         })
@@ -562,6 +562,7 @@ mod tests {
                     name: "generic-6.12".into(),
                     version: "6.12.95".into(),
                     fetched: false,
+                    from_cache: false,
                     bundle_sha256: None,
                 },
                 InstalledBundle {
@@ -569,13 +570,23 @@ mod tests {
                     name: "debian-bookworm".into(),
                     version: "12.1".into(),
                     fetched: true,
+                    from_cache: false,
                     bundle_sha256: Some("ab".repeat(32)),
+                },
+                InstalledBundle {
+                    kind: "image".into(),
+                    name: "debian-bookworm-minimal".into(),
+                    version: "12.1".into(),
+                    fetched: true,
+                    from_cache: true,
+                    bundle_sha256: None,
                 },
             ],
         };
         assert_eq!(
             format_install(&r),
-            "kernel generic-6.12 6.12.95 (already installed)\nimage debian-bookworm 12.1 (installed)\n"
+            "kernel generic-6.12 6.12.95 (already installed)\nimage debian-bookworm 12.1 (installed)\n\
+             image debian-bookworm-minimal 12.1 (installed from the build cache)\n"
         );
     }
 

@@ -124,6 +124,10 @@ pub struct InstalledBundle {
     pub version: String,
     /// False when it was already installed and nothing was fetched or built.
     pub fetched: bool,
+    /// A build that took the bundle of the same recipe hash from the build
+    /// cache instead of building (it was still installed).
+    #[serde(default)]
+    pub from_cache: bool,
     /// Bundle sha256, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_sha256: Option<String>,

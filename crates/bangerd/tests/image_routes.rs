@@ -657,7 +657,10 @@ async fn kernel_build_route_installs_the_kernel() {
     let report: InstallReport = serde_json::from_value(done).unwrap();
     assert_eq!(report.installed.len(), 1);
     assert_eq!(report.installed[0].name, "generic-6.12");
-    assert!(report.installed[0].fetched, "built, not taken from a cache");
+    assert!(
+        report.installed[0].fetched && !report.installed[0].from_cache,
+        "built, not taken from a cache: {report:?}"
+    );
     assert!(
         rec.0
             .iter()

@@ -250,6 +250,7 @@ fn bundle_report(i: &Installed, fetched: bool) -> InstalledBundle {
         name: i.manifest.name.clone(),
         version: i.manifest.version.clone(),
         fetched,
+        from_cache: false,
         bundle_sha256: sha,
     }
 }
@@ -353,7 +354,8 @@ async fn build_one(
     .await;
     fwd.finish().await;
     let (built, installed) = result??;
-    let mut report = bundle_report(&installed, !built.cached);
+    let mut report = bundle_report(&installed, true);
+    report.from_cache = built.cached;
     report.bundle_sha256 = Some(built.packed.sha256);
     Ok(report)
 }
@@ -401,7 +403,8 @@ async fn build_in_helper(
             kind: kind.as_str().to_owned(),
             name: name.to_owned(),
             version,
-            fetched: !cached,
+            fetched: true,
+            from_cache: cached,
             bundle_sha256: Some(bundle_sha256),
         }),
         Ok(other) => Err(ImageError::Vm(Box::new(crate::vm::VmError::HelperAnswer {
