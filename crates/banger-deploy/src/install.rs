@@ -406,11 +406,14 @@ pub fn uninstall(opts: &UninstallOptions) -> Result<UninstallReport, InstallErro
     }
 
     if live {
-        if let Err(e) = systemctl::run(&["daemon-reload"]) {
-            report.warnings.push(e.to_string());
-        }
+        // reset-failed first: asking about a unit by name loads it, so
+        // after the reload it could stay behind as a `not-found` entry; the
+        // reload then drops both units, now without files or state.
         for (name, _) in &unit_files {
             let _ = systemctl::run(&["reset-failed", name]);
+        }
+        if let Err(e) = systemctl::run(&["daemon-reload"]) {
+            report.warnings.push(e.to_string());
         }
     }
     Ok(report)
