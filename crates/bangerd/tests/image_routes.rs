@@ -579,6 +579,101 @@ async fn register_validates_paths_and_promote_copies_into_the_store() {
     );
 }
 
+/// `image register --kernel ... --initrd ... --modules ...` with a real
+/// kernel (from the prepared test store, BANGER_TEST_STORE): the kernel is
+/// registered under the image's name, a VM can be created from the pair,
+/// and promote copies both into the store.
+#[tokio::test(flavor = "multi_thread")]
+async fn register_with_kernel_files_creates_and_promotes_both() {
+    let store = std::env::var_os("BANGER_TEST_STORE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp/teststore"));
+    let kdir = store.join("kernels/generic-6.12");
+    let Some(release) = std::fs::read_dir(kdir.join("modules"))
+        .ok()
+        .and_then(|mut rd| rd.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.file_name())
+    else {
+        eprintln!(
+            "skipping register_with_kernel_files_creates_and_promotes_both: no built kernel at {} (set BANGER_TEST_STORE; scripts/test-store.sh makes one)",
+            kdir.display()
+        );
+        return;
+    };
+    let s = Setup::new().await;
+    let client = s.client();
+    let tmp = tempfile::tempdir().unwrap();
+    let rootfs = ext4(&tmp.path().join("root.ext4"));
+    let req = ImageRegisterRequest {
+        name: "handmade".into(),
+        rootfs: rootfs.display().to_string(),
+        kernel: Some(kdir.join("vmlinux").display().to_string()),
+        initrd: Some(kdir.join("initrd").display().to_string()),
+        modules: Some(kdir.join("modules").join(&release).display().to_string()),
+        ..Default::default()
+    };
+    let img: ImageInfo = client
+        .post_json("/v1/images/register", &req)
+        .await
+        .unwrap_or_else(|e| panic!("register failed: {e}"));
+    assert_eq!(img.kernel, "handmade");
+    let k: KernelInfo = client.get_json("/v1/kernels/handmade").await.unwrap();
+    assert_eq!(
+        (k.source, k.managed, k.release.as_deref()),
+        (ArtifactSource::Registered, false, release.to_str())
+    );
+    assert_eq!(k.used_by_images, ["handmade"]);
+
+    let vm = VmCreateRequest {
+        name: Some("hand".into()),
+        image: Some("handmade".into()),
+        disk_size: Some("64M".into()),
+        memory: Some("256M".into()),
+        vcpu: Some(1),
+        no_start: true,
+    };
+    let done = client
+        .stream("/v1/vms", &vm, &mut Recorder::default())
+        .await
+        .unwrap_or_else(|e| panic!("create from a registered image failed: {e}"));
+    let vm: VmInfo = serde_json::from_value(done).unwrap();
+    assert_eq!(
+        (vm.image.as_str(), vm.kernel.as_str()),
+        ("handmade", "handmade")
+    );
+
+    let done = client
+        .stream(
+            "/v1/images/handmade/promote",
+            &serde_json::json!({}),
+            &mut Recorder::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("promote failed: {e}\n{}", s.env.log()));
+    let img: ImageInfo = serde_json::from_value(done).unwrap();
+    assert_eq!(
+        (img.source, img.used_by.as_slice()),
+        (ArtifactSource::Imported, ["hand".to_owned()].as_slice())
+    );
+    let k: KernelInfo = client.get_json("/v1/kernels/handmade").await.unwrap();
+    assert_eq!((k.source, k.managed), (ArtifactSource::Imported, true));
+    let state = &s.env.layout.state_dir;
+    assert!(state.join("kernels/handmade/modules.ext4").is_file());
+    assert_eq!(
+        std::fs::metadata(state.join("kernels/handmade/vmlinux"))
+            .unwrap()
+            .len(),
+        std::fs::metadata(kdir.join("vmlinux")).unwrap().len()
+    );
+    let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/kernels/handmade"]);
+    assert!(
+        code == 409 && body.contains("image handmade") && body.contains("VM hand"),
+        "{code} {body}"
+    );
+}
+
 /// A daemon without root and without a root helper refuses a build at
 /// once, saying what would make it work (run as `nobody` when the test runs
 /// as root).
