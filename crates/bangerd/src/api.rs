@@ -200,7 +200,10 @@ async fn network_teardown(
     state.helper.check_available()?;
     Ok(stream_operation(state, move |state, sink| async move {
         let _guard = state.network_lock.lock().await;
-        network::teardown(&state.helper, &state.net, &sink).await
+        let report = network::teardown(&state.helper, &state.net, &sink).await;
+        // The teardown deleted every banger tap, idle pool taps included.
+        state.vms.taps.forget();
+        report
     }))
 }
 

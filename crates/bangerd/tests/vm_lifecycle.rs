@@ -10,6 +10,34 @@ use std::time::Duration;
 
 use vm_harness::{boot_tests, privileged, test_image, text, World};
 
+/// Names of the links in the test's namespace.
+fn link_names(world: &World) -> Vec<String> {
+    world
+        .ns
+        .links()
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|n| n.split('@').next().unwrap_or(n).to_owned())
+        .collect()
+}
+
+/// Wait until `tap_pool_size` (default 4) idle pool taps exist besides
+/// the one a running VM took from the pool (`in_use`).
+fn wait_for_full_pool(world: &World, in_use: Option<&str>) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let pool: Vec<String> = link_names(world)
+            .into_iter()
+            .filter(|n| n.starts_with("banger-p") && Some(n.as_str()) != in_use)
+            .collect();
+        if pool.len() == 4 || std::time::Instant::now() > deadline {
+            assert_eq!(pool.len(), 4, "pool taps: {pool:?}");
+            return pool;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn create_ssh_stop_start_ports_delete_leaves_nothing() {
     let test = "create_ssh_stop_start_ports_delete_leaves_nothing";
@@ -40,6 +68,11 @@ async fn create_ssh_stop_start_ports_delete_leaves_nothing() {
     let ip = vm.ip.clone().expect("a running VM has an address");
     let details = vm.details.clone().unwrap();
     assert_eq!(details.ssh.host.as_deref(), Some(ip.as_str()));
+    // The first start finds the tap pool empty and makes its own tap; the
+    // pool is filled behind it.
+    let first_tap = vm.tap.clone().expect("a running VM has a tap");
+    assert!(first_tap.starts_with("banger-t"), "{first_tap}");
+    let pool = wait_for_full_pool(&world, None);
     assert!(
         matches!(
             details.disks.clone_strategy.as_deref(),
@@ -141,9 +174,10 @@ async fn create_ssh_stop_start_ports_delete_leaves_nothing() {
     assert!(stopped.contains("life is stopped"), "{stopped}");
     assert!(world.qemus().is_empty(), "QEMU left after stop");
     assert!(
-        !world.ns.links().contains("banger-t"),
-        "tap left after stop"
+        !link_names(&world).contains(&first_tap),
+        "tap {first_tap} left after stop"
     );
+    assert_eq!(wait_for_full_pool(&world, None), pool, "the pool is kept");
     let vm = world.show("life");
     assert_eq!(
         (vm.state.as_str(), vm.ip.as_deref(), vm.tap.as_deref()),
@@ -154,10 +188,21 @@ async fn create_ssh_stop_start_ports_delete_leaves_nothing() {
         "lease kept while stopped"
     );
 
-    world.banger_ok(&["vm", "start", "life"]);
+    let started = world.banger(&["vm", "start", "life"]);
+    assert!(started.status.success(), "{}", text(&started));
     let marker = world.banger_ok(&["vm", "ssh", "life", "--", "cat", "/root/marker"]);
     assert_eq!(marker, "persisted\n");
     let vm = world.show("life");
+    // This start took a ready tap from the pool, which is refilled.
+    let second_tap = vm.tap.clone().expect("a running VM has a tap");
+    assert!(pool.contains(&second_tap), "{second_tap} not from {pool:?}");
+    assert!(
+        String::from_utf8_lossy(&started.stderr).contains("(ready from the pool)"),
+        "{}",
+        text(&started)
+    );
+    let refilled = wait_for_full_pool(&world, Some(&second_tap));
+    assert!(!refilled.contains(&second_tap), "{refilled:?}");
     assert_eq!(
         vm.ip.as_deref(),
         Some(ip.as_str()),
@@ -212,8 +257,8 @@ async fn create_ssh_stop_start_ports_delete_leaves_nothing() {
         "{vm:?}"
     );
     assert!(
-        !world.ns.links().contains("banger-t"),
-        "tap left after the VMM died"
+        !link_names(&world).contains(&second_tap),
+        "tap {second_tap} left after the VMM died"
     );
     assert!(
         world.db().list_leases().unwrap().is_empty(),

@@ -8,6 +8,7 @@
 //! - [`info`]: what `list`/`show`/`ports` report.
 //! - [`api`]: the `/v1/vms` routes.
 //! - [`paths`]: where a VM's files live.
+//! - [`tap_pool`]: taps made ahead of time (`tap_pool_size`).
 //!
 //! Resources a VM holds only while it runs: its VMM process, its tap, its IP
 //! lease and its run dir. Resources it holds until deleted: its record, its
@@ -21,6 +22,7 @@ pub mod ops;
 pub mod paths;
 pub mod recover;
 pub mod request;
+pub mod tap_pool;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -220,6 +222,8 @@ pub struct VmManager {
     samples: Mutex<HashMap<String, AgentSample>>,
     /// One agent connection at a time per VM id.
     agent_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Taps ready for the next starts.
+    pub taps: tap_pool::TapPool,
 }
 
 /// One poll of a VM's agent.
@@ -255,6 +259,7 @@ impl VmManager {
             locks: Mutex::new(HashMap::new()),
             samples: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
+            taps: tap_pool::TapPool::default(),
         }
     }
 

@@ -453,16 +453,21 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         let candidates = preferred.into_iter().chain(netplan.candidates());
         db(state).allocate_lease(&vm.id, candidates)?
     };
-    let tap = assign_tap(state, &vm.id)?;
-    helper_done(
-        state,
-        HelperRequest::CreateTap {
-            name: tap.clone(),
-            bridge: state.net.bridge.clone(),
-        },
-    )
-    .await?;
-    sink.progress("network", format!("address {ip} on tap {tap}"))
+    let (tap, pooled) = assign_tap(state, &vm.id)?;
+    if !pooled {
+        helper_done(
+            state,
+            HelperRequest::CreateTap {
+                name: tap.clone(),
+                bridge: state.net.bridge.clone(),
+            },
+        )
+        .await?;
+    }
+    // The bridge exists now, so the pool can be (re)filled for the next start.
+    tokio::spawn(super::tap_pool::refill(state.clone()));
+    let from = if pooled { " (ready from the pool)" } else { "" };
+    sink.progress("network", format!("address {ip} on tap {tap}{from}"))
         .await;
 
     let host_key = SshHostKey {
@@ -810,19 +815,24 @@ fn prepare_run_dir(dir: &Path) -> Result<(), VmError> {
     }
 }
 
-/// Pick the lowest free `banger-t<N>` and record it on the VM, in one go
-/// under the database lock so two starts never pick the same tap.
-fn assign_tap(state: &AppState, id: &str) -> Result<String, VmError> {
+/// Take a ready tap from the pool, else pick the lowest free `banger-t<N>`,
+/// and record it on the VM, in one go under the database lock so two starts
+/// never pick the same tap. True when the tap came from the pool (it exists
+/// already; any other still has to be created).
+fn assign_tap(state: &AppState, id: &str) -> Result<(String, bool), VmError> {
     let db = db(state);
     let vms = db.list_vms()?;
     if let Some(tap) = vms.iter().find(|v| v.id == id).and_then(|v| v.tap.clone()) {
-        return Ok(tap);
+        return Ok((tap, false));
     }
+    let pooled = state.vms.taps.take();
     let used: std::collections::HashSet<String> = vms.into_iter().filter_map(|v| v.tap).collect();
-    let tap = (0u32..)
-        .map(|n| format!("{TAP_PREFIX}{n}"))
-        .find(|t| !used.contains(t))
-        .expect("an unbounded range always has a free name");
+    let tap = pooled.clone().unwrap_or_else(|| {
+        (0u32..)
+            .map(|n| format!("{TAP_PREFIX}{n}"))
+            .find(|t| !used.contains(t))
+            .expect("an unbounded range always has a free name")
+    });
     db.update_vm(
         id,
         &VmPatch {
@@ -830,7 +840,7 @@ fn assign_tap(state: &AppState, id: &str) -> Result<String, VmError> {
             ..VmPatch::default()
         },
     )?;
-    Ok(tap)
+    Ok((tap, pooled.is_some()))
 }
 
 async fn helper_done(state: &AppState, req: HelperRequest) -> Result<bool, VmError> {
