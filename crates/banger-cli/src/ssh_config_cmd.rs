@@ -8,11 +8,11 @@
 //! it always applies. Everything else in the file is kept byte for byte,
 //! with its permissions; the file is replaced atomically.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use banger_deploy::fsutil::{write_atomic, Perms};
 use banger_host::paths::Layout;
 use clap::Args;
 
@@ -61,6 +61,8 @@ pub enum SshConfigCmdError {
     },
     #[error("{path} has a `{BEGIN_MARKER}` line without its `{END_MARKER}`; fix it by hand")]
     Unterminated { path: PathBuf },
+    #[error(transparent)]
+    Write(#[from] banger_deploy::fsutil::FsError),
 }
 
 fn io(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> SshConfigCmdError {
@@ -158,28 +160,28 @@ fn resolve(config: &Path, home: &Path, line: &str) -> Result<PathBuf, SshConfigC
     }
 }
 
-/// Replace `path` with `text` atomically, with permissions `mode`.
-fn replace(path: &Path, text: &str, mode: u32) -> Result<(), SshConfigCmdError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{name}.banger.{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.set_permissions(std::fs::Permissions::from_mode(mode))
-            .map_err(io("set permissions of", &tmp))?;
-        f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io("replace", path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+/// Replace `path` with `text` atomically, keeping `meta`'s owner and mode
+/// (a new file: ours, 0600).
+fn replace(
+    path: &Path,
+    text: &str,
+    meta: Option<&std::fs::Metadata>,
+) -> Result<(), SshConfigCmdError> {
+    use std::os::unix::fs::MetadataExt;
+    let perms = match meta {
+        Some(m) => Perms {
+            mode: m.mode() & 0o7777,
+            uid: m.uid(),
+            gid: m.gid(),
+        },
+        None => Perms {
+            mode: 0o600,
+            uid: nix::unistd::getuid().as_raw(),
+            gid: nix::unistd::getgid().as_raw(),
+        },
+    };
+    write_atomic(path, text.as_bytes(), perms)?;
+    Ok(())
 }
 
 /// What [`install`] or [`uninstall`] did.
@@ -195,17 +197,13 @@ pub fn install(home: &Path, target: &Path) -> Result<(PathBuf, Outcome), SshConf
     let ssh_dir = home.join(".ssh");
     let config = ssh_dir.join("config");
     let file = resolve(&config, home, &line)?;
-    let (text, mode) = match std::fs::read(&file) {
+    let (text, meta) = match std::fs::read(&file) {
         Ok(bytes) => {
-            let mode = std::fs::metadata(&file)
-                .map_err(io("stat", &file))?
-                .permissions()
-                .mode()
-                & 0o7777;
+            let meta = std::fs::metadata(&file).map_err(io("stat", &file))?;
             let text = String::from_utf8(bytes).map_err(|e| {
                 io("read", &file)(std::io::Error::new(std::io::ErrorKind::InvalidData, e))
             })?;
-            (text, mode)
+            (text, Some(meta))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             std::fs::DirBuilder::new()
@@ -213,14 +211,14 @@ pub fn install(home: &Path, target: &Path) -> Result<(PathBuf, Outcome), SshConf
                 .mode(0o700)
                 .create(&ssh_dir)
                 .map_err(io("create", &ssh_dir))?;
-            (String::new(), 0o600)
+            (String::new(), None)
         }
         Err(e) => return Err(io("read", &file)(e)),
     };
     match with_block(&text, &line, &file)? {
         None => Ok((file, Outcome::Unchanged)),
         Some(new) => {
-            replace(&file, &new, mode)?;
+            replace(&file, &new, meta.as_ref())?;
             Ok((file, Outcome::Changed))
         }
     }
@@ -241,12 +239,8 @@ pub fn uninstall(home: &Path, target: &Path) -> Result<(PathBuf, Outcome), SshCo
     match without_block(&text, &file)? {
         None => Ok((file, Outcome::Unchanged)),
         Some(new) => {
-            let mode = std::fs::metadata(&file)
-                .map_err(io("stat", &file))?
-                .permissions()
-                .mode()
-                & 0o7777;
-            replace(&file, &new, mode)?;
+            let meta = std::fs::metadata(&file).map_err(io("stat", &file))?;
+            replace(&file, &new, Some(&meta))?;
             Ok((file, Outcome::Changed))
         }
     }

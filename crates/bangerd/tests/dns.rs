@@ -7,43 +7,20 @@
 
 mod common;
 mod vm_harness;
+mod vm_records;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
 use banger_cli::client::PlainRenderer;
-use banger_state::{StateDb, Timestamp, VmRecord, VmState};
+use banger_state::{StateDb, VmState};
 use banger_wire::api::NetworkSetupRequest;
 use vm_harness::{boot_tests, privileged, test_image, text, World};
+use vm_records::record;
 
 /// The bridge address of the default config, where the zone is served.
 const DNS: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 1);
-
-fn record(name: &str, n: u8, ip: Option<Ipv4Addr>, state: VmState) -> VmRecord {
-    let now = Timestamp::now();
-    VmRecord {
-        id: format!("{n:02x}{}", "d".repeat(30)),
-        name: name.into(),
-        image: "img".into(),
-        kernel: "k".into(),
-        state,
-        vcpu: 1,
-        memory_mib: 256,
-        disk_bytes: 1 << 30,
-        ip,
-        mac: format!("02:00:00:00:02:{n:02x}"),
-        tap: None,
-        backend: None,
-        vmm_pid: None,
-        vmm_start_time: None,
-        clone_strategy: None,
-        created_at: now,
-        updated_at: now,
-        last_activity_at: None,
-        spec: serde_json::json!({}),
-    }
-}
 
 /// Bring up the bridge through the daemon (which then starts the zone).
 async fn network_up(world: &World) {

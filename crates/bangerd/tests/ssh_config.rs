@@ -3,14 +3,16 @@
 //! in step with the VM records. No root, no boot.
 
 mod common;
+mod vm_records;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use banger_state::{StateDb, Timestamp, VmRecord, VmState};
+use banger_state::{StateDb, VmState};
 use bangerd::ssh_config::{render, write, SshFiles, SshHost};
 use common::{Daemon, TestEnv};
+use vm_records::record;
 
 /// A temp HOME and, outside it, a config dir (so the `Include` line is an
 /// absolute path: `ssh -G` expands `~` from the passwd entry, not `$HOME`).
@@ -214,39 +216,16 @@ fn a_symlinked_config_is_followed_only_inside_home() {
     assert!(text.starts_with("# >>> banger ssh-config >>>\n") && text.ends_with("Host x\n"));
 }
 
-fn record(name: &str, n: u8) -> VmRecord {
-    let now = Timestamp::now();
-    VmRecord {
-        id: format!("{n:02x}{}", "0".repeat(30)),
-        name: name.into(),
-        image: "img".into(),
-        kernel: "k".into(),
-        state: VmState::Created,
-        vcpu: 1,
-        memory_mib: 256,
-        disk_bytes: 1 << 30,
-        ip: None,
-        mac: format!("02:00:00:00:00:{n:02x}"),
-        tap: None,
-        backend: None,
-        vmm_pid: None,
-        vmm_start_time: None,
-        clone_strategy: None,
-        created_at: now,
-        updated_at: now,
-        last_activity_at: None,
-        spec: serde_json::json!({}),
-    }
-}
-
 #[tokio::test]
 async fn the_daemon_rewrites_its_ssh_config_when_vms_come_and_go() {
     let env = TestEnv::new();
     std::fs::create_dir_all(&env.layout.state_dir).unwrap();
     {
         let db = StateDb::open(&env.layout.database()).unwrap();
-        db.insert_vm(&record("alpha", 1)).unwrap();
-        db.insert_vm(&record("beta", 2)).unwrap();
+        db.insert_vm(&record("alpha", 1, None, VmState::Created))
+            .unwrap();
+        db.insert_vm(&record("beta", 2, None, VmState::Created))
+            .unwrap();
     }
     let _daemon = Daemon::start(&env).await;
     let path = env.layout.ssh_config();
