@@ -217,7 +217,8 @@ fn system_install_runs_the_product_under_real_systemd() {
     );
     eprintln!("nspawn: installed after {:.0?}", started.elapsed());
 
-    // Everything from here on as alice, no sudo.
+    // The owner's daily use: as alice, no sudo (root only for systemctl
+    // restart and uninstall, as an admin would).
     let alice = |args: &[&str], secs: u32| c.as_user("alice", args, secs);
     let journals = || {
         format!(
