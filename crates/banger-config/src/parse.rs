@@ -720,11 +720,13 @@ fn check_bridge_name(s: &str) -> Result<String, String> {
     {
         return Err(format!("{s:?} {form}"));
     }
-    if let Some(n) = rest.strip_prefix("-t") {
-        if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) {
-            return Err(format!(
-                "{s:?} collides with banger's tap names (banger-t<N>)"
-            ));
+    for tap in ["-t", "-p"] {
+        if let Some(n) = rest.strip_prefix(tap) {
+            if !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()) {
+                return Err(format!(
+                    "{s:?} collides with banger's tap names (banger-t<N>, banger-p<N>)"
+                ));
+            }
         }
     }
     Ok(s.to_owned())
@@ -939,6 +941,10 @@ mod tests {
         assert!(check_bridge_name("banger-t3")
             .unwrap_err()
             .contains("tap names"));
+        assert!(check_bridge_name("banger-p12")
+            .unwrap_err()
+            .contains("tap names"));
+        assert!(check_bridge_name("banger-pub").is_ok());
     }
 
     #[test]
