@@ -42,6 +42,9 @@ pub enum LoggingError {
     AlreadySet,
 }
 
+/// Filter directives keeping the `.vm` DNS server's per-query logging out.
+const QUIET_DNS: &str = "hickory_server=error,hickory_proto=error,hickory_net=error";
+
 /// Install the global subscriber. `RUST_LOG` wins over `level` (the config's
 /// `log_level`) so one run can be debugged without editing the config.
 pub fn init(target: &LogTarget, level: &str) -> Result<(), LoggingError> {
@@ -50,10 +53,14 @@ pub fn init(target: &LogTarget, level: &str) -> Result<(), LoggingError> {
             level: v.clone(),
             message: e.to_string(),
         })?,
-        _ => EnvFilter::try_new(level).map_err(|e| LoggingError::Level {
-            level: level.to_owned(),
-            message: e.to_string(),
-        })?,
+        // hickory-server logs every DNS query at info and junk packets at
+        // warn: a guest could fill the log, so only its errors are kept.
+        _ => {
+            EnvFilter::try_new(format!("{level},{QUIET_DNS}")).map_err(|e| LoggingError::Level {
+                level: level.to_owned(),
+                message: e.to_string(),
+            })?
+        }
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -96,6 +96,7 @@ pub async fn teardown(
             })
             .await?,
     )?;
+    crate::dns::stop().await;
     let message = if changed {
         "removed"
     } else {

@@ -255,11 +255,25 @@ async fn the_vm_zone_answers_real_clients_and_survives_abuse() {
     let (status, _) = dig(&world, &["sandbox.vm", "A"]);
     assert_eq!(status, "NXDOMAIN");
     assert_eq!(resolve(&ns, "sandbox.vm."), Err("NXDOMAIN".into()));
+
+    // Tearing the network down stops the zone; setting it up again serves
+    // on the new bridge.
+    let client = world.daemon.as_ref().unwrap().client();
+    let mut quiet = PlainRenderer::new(Vec::new());
+    client
+        .stream("/v1/network/teardown", &serde_json::json!({}), &mut quiet)
+        .await
+        .unwrap();
+    network_up(&world).await;
+    let (status, answers) = dig(&world, &["sleepy.vm", "A"]);
+    assert_eq!((status.as_str(), answers.len()), ("NOERROR", 0));
     let log = world.env.log();
-    assert!(
-        log.contains("serving the .vm zone on 172.16.0.1:53"),
+    assert_eq!(
+        log.matches("serving the .vm zone on 172.16.0.1:53").count(),
+        2,
         "{log}"
     );
+    assert!(log.contains("stopped serving the .vm zone"));
 }
 
 #[tokio::test]

@@ -309,6 +309,14 @@ pub async fn ensure_if_bridge(state: &Arc<AppState>) {
     }
 }
 
+/// Stop serving (the bridge and its address are gone); the next [`ensure`]
+/// binds again and re-wires systemd-resolved for the new link.
+pub async fn stop() {
+    if SERVER.lock().await.take().is_some() {
+        tracing::info!("stopped serving the .vm zone");
+    }
+}
+
 async fn start(state: &Arc<AppState>) -> Result<Running, DnsError> {
     let address = state.net.address.clone();
     let ip: Ipv4Addr = address
