@@ -46,17 +46,17 @@ pub enum Command {
     /// Create, run, inspect and remove VMs.
     #[command(subcommand)]
     Vm(crate::vm_cmd::VmCommand),
+    /// Print a shell completion script (bash, zsh, fish, powershell); see
+    /// `banger completion --help` for how to install it.
+    Completion(crate::completion_cmd::CompletionArgs),
+    /// Print or install the ~/.ssh/config line that makes `ssh NAME.vm` work.
+    SshConfig(crate::ssh_config_cmd::SshConfigArgs),
     /// Print the banger version.
     Version,
 }
 
 /// `banger config ...`
 #[derive(Debug, Subcommand)]
-    /// Print a shell completion script (bash, zsh, fish, powershell); see
-    /// `banger completion --help` for how to install it.
-    Completion(crate::completion_cmd::CompletionArgs),
-    /// Print or install the ~/.ssh/config line that makes `ssh NAME.vm` work.
-    SshConfig(crate::ssh_config_cmd::SshConfigArgs),
 pub enum ConfigCommand {
     /// Print the effective configuration, each value with where it came from
     /// (config, host, built-in).

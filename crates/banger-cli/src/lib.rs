@@ -9,8 +9,8 @@ pub mod daemon_cmd;
 pub mod doctor;
 pub mod image_cmd;
 pub mod run_cmd;
-pub mod system_cmd;
 pub mod ssh_config_cmd;
+pub mod system_cmd;
 pub mod vm_cmd;
 pub mod workspace;
 
@@ -18,8 +18,8 @@ use clap::Parser;
 
 /// Parse the process arguments, run the command, and return the exit code.
 pub fn run() -> std::process::ExitCode {
-    let args = cli::Cli::parse();
     completion_cmd::complete_if_asked();
+    let args = cli::Cli::parse();
     match dispatch(args) {
         Ok(code) => code,
         Err(e) => {
@@ -40,11 +40,11 @@ fn dispatch(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Kernel(c) => image_cmd::run_kernel(&global, c),
         Command::System(c) => system_cmd::run(&global, c),
         Command::Vm(c) => vm_cmd::run(&global, c),
+        Command::SshConfig(c) => ssh_config_cmd::run(&global, c),
+        Command::Completion(c) => completion_cmd::run(&global, c),
         Command::Version => {
             println!("banger {}", banger_wire::VERSION);
             Ok(std::process::ExitCode::SUCCESS)
-        Command::SshConfig(c) => ssh_config_cmd::run(&global, c),
-        Command::Completion(c) => completion_cmd::run(&global, c),
         }
     }
 }

@@ -22,7 +22,7 @@ pub mod logging;
 pub mod network;
 pub mod notify;
 pub mod socket;
+pub mod ssh_config;
 pub mod vm;
 
-pub mod ssh_config;
 pub use daemon::{run, DaemonError, Options};

@@ -238,7 +238,6 @@ pub async fn create(
             format!("create failed, removing {}", record.name),
         )
         .await;
-    crate::ssh_config::refresh(&state);
         if let Err(undo) = purge(&state, &id).await {
             tracing::error!(vm = %record.name, "rolling back a failed create failed: {undo}");
             sink.send(StreamEvent::Log {
@@ -250,6 +249,7 @@ pub async fn create(
         return Err(e);
     }
     let vm = find(&state, &record.name)?;
+    crate::ssh_config::refresh(&state);
     if resolved.no_start {
         sink.progress("ready", format!("{} created (not started)", vm.name))
             .await;
@@ -633,7 +633,6 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
     extra.last_ip = Some(ip);
     extra.last_error = None;
     {
-    crate::ssh_config::refresh(state);
         let db = db(state);
         db.update_vm(
             &vm.id,
@@ -645,6 +644,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         )?;
         db.touch_vm(&vm.id)?;
     }
+    crate::ssh_config::refresh(state);
     Ok(())
 }
 
@@ -890,7 +890,6 @@ pub async fn release_runtime(
         extra.last_error = error;
     }
     db(state).update_vm(
-    crate::ssh_config::refresh(state);
         id,
         &VmPatch {
             state: Some(to),
@@ -902,6 +901,7 @@ pub async fn release_runtime(
             ..VmPatch::default()
         },
     )?;
+    crate::ssh_config::refresh(state);
     match tap_error {
         Some(e) => Err(e),
         None => Ok(()),
@@ -1126,7 +1126,6 @@ pub async fn purge(state: &AppState, id: &str) -> Result<(), VmError> {
     let Some(vm) = db(state).get_vm(id)? else {
         return Ok(());
     };
-    crate::ssh_config::refresh(state);
     release_runtime(state, id, VmState::Stopped, None).await?;
     let last_ip = vm.ip.or(VmExtra::from_json(&vm.spec).last_ip);
     KnownHosts::new(paths::known_hosts(&state.layout)).remove(&vm.name, last_ip)?;
@@ -1138,6 +1137,7 @@ pub async fn purge(state: &AppState, id: &str) -> Result<(), VmError> {
         _ => {}
     }
     db(state).delete_vm(id)?;
+    crate::ssh_config::refresh(state);
     Ok(())
 }
 
