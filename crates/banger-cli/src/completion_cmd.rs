@@ -148,11 +148,19 @@ pub fn resource_of(path: &[&str], arg: &clap::Arg) -> Option<Resource> {
     let by_id = |id: &str| match id {
         "vm" | "vms" => Some(Resource::Vm),
         "image" | "images" => Some(Resource::Image),
-        "kernel" | "kernels" => Some(Resource::Kernel),
+        "kernel" | "kernels" | "kernel_ref" => Some(Resource::Kernel),
         "session" | "sessions" => Some(Resource::Session),
         _ => None,
     };
     let id = arg.get_id().as_str();
+    // `image register --kernel PATH` takes a file, not a kernel name.
+    let path_hint = matches!(
+        arg.get_value_hint(),
+        clap::ValueHint::AnyPath | clap::ValueHint::FilePath | clap::ValueHint::DirPath
+    );
+    if path_hint {
+        return None;
+    }
     if let Some(kind) = by_id(id) {
         return Some(kind);
     }
@@ -246,6 +254,33 @@ mod tests {
             assert!(arg(sub, id).get::<ArgValueCompleter>().is_some(), "{sub}");
         }
         assert_eq!(resource_of(&["vm", "create"], &arg("create", "name")), None);
+        let image = cmd.find_subcommand("image").unwrap();
+        let image_arg = |sub: &str, id: &str| {
+            image
+                .find_subcommand(sub)
+                .unwrap()
+                .get_arguments()
+                .find(|a| a.get_id() == id)
+                .unwrap()
+                .clone()
+        };
+        assert_eq!(
+            resource_of(&["image", "show"], &image_arg("show", "name")),
+            Some(Resource::Image)
+        );
+        assert_eq!(
+            resource_of(&["image", "pull"], &image_arg("pull", "name")),
+            None
+        );
+        assert_eq!(
+            resource_of(&["image", "register"], &image_arg("register", "kernel_ref")),
+            Some(Resource::Kernel)
+        );
+        assert_eq!(
+            resource_of(&["image", "register"], &image_arg("register", "kernel")),
+            None,
+            "a kernel file path keeps file completion"
+        );
         assert_eq!(
             resource_of(&["vm", "create"], &arg("create", "image")),
             Some(Resource::Image)
