@@ -199,6 +199,17 @@ async fn pull_installs_image_and_kernel_with_progress_and_lists_them() {
     assert_eq!(k.used_by_images, ["test-image"]);
     assert_eq!(k.release.as_deref(), Some("6.12.0-test"));
 
+    // A damaged store entry is left out of the list, not fatal to it.
+    let broken = s.env.layout.state_dir.join("images/broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("manifest.json"), b"{not json").unwrap();
+    let list: ImageList = client.get_json("/v1/images").await.unwrap();
+    assert_eq!(list.images.len(), 1, "{list:?}");
+    let (code, body) = s.curl(&["http://x/v1/images/broken"]);
+    assert!(code == 500 && body.contains("damaged"), "{code} {body}");
+    let (code, body) = s.curl(&["-X", "DELETE", "http://x/v1/images/broken"]);
+    assert_eq!(code, 200, "{body}");
+
     // A second pull downloads nothing.
     let again = client
         .stream(

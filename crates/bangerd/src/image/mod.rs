@@ -541,6 +541,40 @@ fn registered_kernel_info(r: &KernelRecord, images: &UsersMap, vms: &UsersMap) -
     }
 }
 
+/// Every readable bundle of `kind` in the store. A damaged directory is
+/// logged and left out, so one bad entry does not hide the others (`show`
+/// and `delete` of that name still reach it).
+fn installed(state: &AppState, kind: Kind) -> Result<Vec<Installed>, ImageError> {
+    let store = store(state);
+    let dir = store.kind_dir(kind);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(StoreError::Io {
+                op: "list",
+                path: dir,
+                source,
+            }
+            .into())
+        }
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| validate_name(n).is_ok())
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        match store.get(kind, &name) {
+            Ok(Some(i)) => out.push(i),
+            Ok(None) => {}
+            Err(e) => tracing::warn!("leaving {kind} {name} out of the list: {e}"),
+        }
+    }
+    Ok(out)
+}
+
 /// Every image, managed and registered, by name.
 pub fn list_images(state: &AppState) -> Result<Vec<ImageInfo>, ImageError> {
     let (users, _) = vm_users(state)?;
@@ -549,7 +583,7 @@ pub fn list_images(state: &AppState) -> Result<Vec<ImageInfo>, ImageError> {
         out.insert(r.name.clone(), registered_image_info(r, &users));
     }
     // The store wins over a row left by an interrupted promote.
-    for i in store(state).list(Kind::Image)? {
+    for i in installed(state, Kind::Image)? {
         out.insert(i.manifest.name.clone(), managed_image_info(&i, &users));
     }
     Ok(out.into_values().collect())
@@ -588,7 +622,7 @@ pub fn list_kernels(state: &AppState) -> Result<Vec<KernelInfo>, ImageError> {
     for r in db(state).list_kernels()?.iter().filter(|r| !r.managed) {
         out.insert(r.name.clone(), registered_kernel_info(r, &images, &vms));
     }
-    for i in store(state).list(Kind::Kernel)? {
+    for i in installed(state, Kind::Kernel)? {
         out.insert(
             i.manifest.name.clone(),
             managed_kernel_info(&i, &images, &vms),
