@@ -8,7 +8,8 @@
 //!    the guest; the VM keeps running: the file_sync results are checked in
 //!    it with `stat` (owner root:root, default and custom file modes, a
 //!    directory with mixed modes, the symlink escaping the home skipped, the
-//!    missing path warned about) and `vm show` has the phase timings;
+//!    missing path warned about), `vm show` has the phase timings, and the
+//!    mise bootstrap (the repository has `.mise.toml`) left its log;
 //! 2. `vm run --rm --include-untracked --branch feat --from v1 REPO -- ...`:
 //!    untracked files go, ignored ones never, the new branch is checked out;
 //!    a SIGINT to banger (Ctrl-C) reaches the guest command, banger exits
@@ -56,6 +57,7 @@ fn make_repo(dir: &Path) {
          echo committed > src/a.txt
          printf '#!/bin/sh\\necho tool\\n' > run.sh && chmod 755 run.sh
          ln -s src/a.txt link
+         printf '[tools]\\n' > .mise.toml
          git add -A && git commit -qm init
          git tag v1
          echo second > second.txt && git add second.txt && git commit -qm second
@@ -130,12 +132,12 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        ".gitignore\nlink\nrun.sh\nsecond.txt\nsrc/a.txt\n"
+        ".gitignore\n.mise.toml\nlink\nrun.sh\nsecond.txt\nsrc/a.txt\n"
     );
     let out = world.banger(&["vm", "run", "--dry-run", "--include-untracked", repo_arg]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
-        ".gitignore\nlink\nrun.sh\nsecond.txt\nsrc/a.txt\nuntracked.env\n",
+        ".gitignore\n.mise.toml\nlink\nrun.sh\nsecond.txt\nsrc/a.txt\nuntracked.env\n",
         "{}",
         text(&out)
     );
@@ -188,7 +190,7 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
     assert_eq!(stdout, "to-stdout\n", "{}", text(&out));
     assert!(stderr.contains("to-stderr\n"), "{}", text(&out));
     assert!(stderr.starts_with("spec: "), "{stderr}");
-    assert!(stderr.contains("[workspace] copying 5 files"), "{stderr}");
+    assert!(stderr.contains("[workspace] copying 6 files"), "{stderr}");
     assert!(stderr.contains("ws keeps running at 172.16.0."), "{stderr}");
     assert!(
         stderr.contains("file_sync[4]: ") && stderr.contains("does not exist; skipped"),
@@ -245,6 +247,23 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
         !listing.contains(" escape ") && !listing.contains(" missing "),
         "skipped entries reached the guest: {listing}"
     );
+    // The repository has .mise.toml: the bootstrap ran in the background
+    // and, with no mise in the minimal image, logged why it did nothing.
+    let tooling = world.banger_ok(&[
+        "vm",
+        "ssh",
+        "ws",
+        "--",
+        "log=/root/.cache/banger/vm-run-tooling-my_repo.log; \
+         for i in $(seq 60); do [ -s $log ] && break; sleep 1; done; cat $log",
+    ]);
+    assert!(!tooling.trim().is_empty(), "empty tooling log");
+    if image_name == vm_harness::DEFAULT_TEST_IMAGE {
+        assert_eq!(
+            tooling.trim(),
+            "mise is not installed in this image; skipped"
+        );
+    }
     let deleted = world.banger_ok(&["vm", "delete", "--force", "ws"]);
     assert_eq!(deleted, "deleted ws\n");
     world.assert_nothing_left("ws", &vm.id, vm.ip.as_deref());
