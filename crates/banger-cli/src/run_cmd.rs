@@ -350,7 +350,12 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         first: Vec::new(),
     };
     let t0 = Instant::now();
-    let created = runtime.block_on(vm_cmd::create_vm(&client, &req, &mut clock))?;
+    let Some(created) = unless_interrupted(&runtime, vm_cmd::create_vm(&client, &req, &mut clock))
+    else {
+        clock.finish(false);
+        return interrupted(&runtime, &client, args.name.as_deref(), args.rm);
+    };
+    let created = created?;
     let t1 = Instant::now();
     let disk_at = clock.at(&["identity", "disk"]).unwrap_or(t1);
     add(&mut phases, "resolve image", since(t0, disk_at));
@@ -358,7 +363,11 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let name = created.name.clone();
 
     clock.first.clear();
-    let started = runtime.block_on(vm_cmd::start_vm(&client, &name, &mut clock));
+    let Some(started) = unless_interrupted(&runtime, vm_cmd::start_vm(&client, &name, &mut clock))
+    else {
+        clock.finish(false);
+        return interrupted(&runtime, &client, Some(&name), args.rm);
+    };
     let t2 = Instant::now();
     let ssh_at = clock.at(&["ssh"]).unwrap_or(t2);
     drop(clock);
@@ -413,6 +422,45 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         eprint!("{}", format_timings(&timings));
     }
     outcome
+}
+
+/// Run `fut` to its end, or stop waiting for it at the first Ctrl-C
+/// (`None`); the daemon goes on with the operation either way.
+fn unless_interrupted<T>(
+    runtime: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    runtime.block_on(async {
+        tokio::select! {
+            done = fut => Some(done),
+            _ = tokio::signal::ctrl_c() => None,
+        }
+    })
+}
+
+/// Ctrl-C before the VM answered SSH: with `--rm` and a known name, delete
+/// the VM (the daemon first finishes the step it is in); exit 130.
+fn interrupted(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    name: Option<&str>,
+    rm: bool,
+) -> anyhow::Result<ExitCode> {
+    match (name, rm) {
+        (Some(name), true) => {
+            eprintln!("interrupted: deleting {name} once its current step ends");
+            if let Err(e) = runtime.block_on(delete(client, name)) {
+                eprintln!("warning: deleting {name} failed: {e:#}");
+            }
+        }
+        (Some(name), false) => eprintln!(
+            "interrupted: {name} is left as it is; `banger vm delete --force {name}` removes it"
+        ),
+        (None, _) => {
+            eprintln!("interrupted while creating the VM; it may be left: see `banger vm list`")
+        }
+    }
+    Ok(ExitCode::from(130))
 }
 
 /// Whether a failed start is the daemon giving up on the guest's SSH (its

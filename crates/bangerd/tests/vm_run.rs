@@ -1,6 +1,6 @@
 //! `banger vm run` end to end through the real CLI and daemon, in a network
 //! namespace, booted under QEMU/TCG, with `[[file_sync]]` entries in the
-//! config. Three boots share one daemon:
+//! config. Four boots share one daemon:
 //!
 //! 1. `vm run REPO -- sh -c '...; exit 7'`: exit 7, stdout and stderr on
 //!    their own streams, tracked files only (no untracked, no ignored),
@@ -16,6 +16,8 @@
 //!    130 and the VM is gone (--rm after a failure);
 //! 3. bare `vm run --rm --verbose -- true`: success, phase timings printed,
 //!    the VM is gone (--rm after a success).
+//! 4. `vm run --rm -- true` interrupted (SIGINT) while the guest boots:
+//!    exit 130, the VM is deleted.
 //!
 //! Before any boot: `--dry-run` prints the file list and creates nothing,
 //! workspace flags without a PATH are refused, a path outside a repository
@@ -392,4 +394,60 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
     }
     assert!(!stderr.contains("workspace copy"), "{stderr}");
     assert_no_vm_left(&world, "bare");
+
+    // 4. Ctrl-C while the guest boots, with --rm: banger exits 130 and the
+    //    VM is deleted (once the daemon's boot step ends).
+    let mut child = world
+        .command(vm_harness::cli_bin())
+        .args(["vm", "run", "--rm", "--name", "intr", "--", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 {
+            let _ = child.kill();
+            panic!("vm run ended before booting:\n{seen}");
+        }
+        seen.push_str(&line);
+        if line.starts_with("[boot] ") {
+            break;
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let rest = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    // Bounded by the daemon's boot timeout (the delete waits for the boot).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!(
+                "banger did not exit after SIGINT; log:\n{}",
+                world.log_tail()
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    seen.push_str(&rest.join().unwrap());
+    assert_eq!(status.code(), Some(130), "{seen}");
+    assert!(
+        seen.contains("interrupted: deleting intr once its current step ends"),
+        "{seen}"
+    );
+    assert_no_vm_left(&world, "intr");
 }
