@@ -28,10 +28,12 @@ const BATCH: usize = 512 << 10;
 /// Errors of a pull. Every variant names the URL or name involved.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    #[error("{kind} {name} has no published bundle in this banger's catalog; build it locally with `{build}`")]
+    #[error("{kind} {name}{} has no published bundle in this banger's catalog; build locally with `{build}`", needed_by.as_deref().map(|n| format!(" (needed by {n})")).unwrap_or_default())]
     NotPublished {
         kind: Kind,
         name: String,
+        /// The entry that was asked for, when this one is its dependency.
+        needed_by: Option<String>,
         build: String,
     },
     #[error("cannot reach {url}: {reason}\nthe catalog is unreachable from here; build it locally instead with `{build}`")]
@@ -134,9 +136,47 @@ pub async fn pull_with_deps(
     store: &Store,
     progress: ProgressFn<'_>,
 ) -> Result<Vec<Pulled>, PullError> {
+    let closure = catalog.closure(kind, name)?;
+    // Say first that the entry asked for is unpublished, rather than that
+    // its kernel is.
+    if let Some(entry) = closure
+        .iter()
+        .find(|e| (e.kind, e.name.as_str()) == (kind, name) && !e.is_published())
+    {
+        return Err(PullError::NotPublished {
+            kind,
+            name: entry.name.clone(),
+            needed_by: None,
+            build: kind.build_command(name),
+        });
+    }
     let mut out = Vec::new();
-    for entry in catalog.closure(kind, name)? {
-        out.push(pull(entry, base_url, store, progress).await?);
+    for entry in closure {
+        let pulled = pull(entry, base_url, store, progress).await;
+        // Building the requested entry builds its dependencies too, so that
+        // is the command to suggest when a dependency cannot be pulled.
+        let pulled = pulled.map_err(|e| match e {
+            PullError::NotPublished {
+                kind: k, name: n, ..
+            } if (k, n.as_str()) != (kind, name) => PullError::NotPublished {
+                kind: k,
+                name: n,
+                needed_by: Some(format!("{kind} {name}")),
+                build: kind.build_command(name),
+            },
+            PullError::Unreachable { url, reason, .. } => PullError::Unreachable {
+                url,
+                reason,
+                build: kind.build_command(name),
+            },
+            PullError::Status { url, status, .. } => PullError::Status {
+                url,
+                status,
+                build: kind.build_command(name),
+            },
+            other => other,
+        })?;
+        out.push(pulled);
     }
     Ok(out)
 }
@@ -153,6 +193,7 @@ pub async fn pull(
         return Err(PullError::NotPublished {
             kind: entry.kind,
             name: entry.name.clone(),
+            needed_by: None,
             build,
         });
     }

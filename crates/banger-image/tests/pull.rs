@@ -354,6 +354,52 @@ async fn unpublished_entry_says_how_to_build() {
 }
 
 #[tokio::test]
+async fn an_unpublished_kernel_names_the_image_build() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::new(tmp.path().join("state"));
+    let catalog = |image_sha: &str| {
+        banger_image::catalog::Catalog::parse(&format!(
+            "format_version = 1\nbase_url = \"http://127.0.0.1:9\"\n\
+             [[kernel]]\nname = \"k\"\nversion = \"1\"\nurl = \"k.tar.zst\"\nsize = 0\nsha256 = \"\"\n\
+             [[image]]\nname = \"i\"\nversion = \"1\"\nkernel_ref = \"k\"\nurl = \"i.tar.zst\"\n\
+             size = 10\nsha256 = \"{image_sha}\"\n"
+        ))
+        .unwrap()
+    };
+    let pull = |c: banger_image::catalog::Catalog| {
+        let store = store.clone();
+        async move {
+            pull::pull_with_deps(
+                &c,
+                Kind::Image,
+                "i",
+                "http://127.0.0.1:9",
+                &store,
+                &banger_image::progress::ignore,
+            )
+            .await
+            .unwrap_err()
+            .to_string()
+        }
+    };
+    // The image is published, its kernel is not: building the image builds both.
+    let err = pull(catalog(&"a".repeat(64))).await;
+    assert_eq!(
+        err,
+        "kernel k (needed by image i) has no published bundle in this banger's catalog; \
+         build locally with `banger image build i`"
+    );
+    // Neither is: the image is named first.
+    let err = pull(catalog("")).await;
+    assert_eq!(
+        err,
+        "image i has no published bundle in this banger's catalog; \
+         build locally with `banger image build i`"
+    );
+    store_clean(&store);
+}
+
+#[tokio::test]
 async fn concurrent_pulls_download_once() {
     let tmp = tempfile::tempdir().unwrap();
     let (p, bytes) = kernel_bundle(tmp.path(), "k");

@@ -344,7 +344,7 @@ async fn vm_create_pulls_a_missing_image_and_delete_refuses_while_in_use() {
     let (code, msg) = stream_err(&client, "/v1/vms", &unknown).await;
     assert_eq!(code, ErrorCode::NotFound, "{msg}");
     assert!(
-        msg.contains("image nope is not installed: run `banger image pull nope` or `banger image build nope`"),
+        msg.contains("image nope is not installed: banger has no catalog entry or recipe of that name (it can build: debian-bookworm, debian-bookworm-minimal)"),
         "{msg}"
     );
     // An unpublished one fails with the reason and the build command.

@@ -112,7 +112,7 @@ async fn bad_create_input_is_refused_clearly_and_creates_nothing() {
         &world,
         &["vm", "create", "--name", "img", "--image", "nope", "--no-start"],
         &[
-            "image nope is not installed: run `banger image pull nope` or `banger image build nope`",
+            "image nope is not installed: banger has no catalog entry or recipe of that name (it can build: debian-bookworm, debian-bookworm-minimal)",
             "code not_found",
         ],
     );

@@ -54,8 +54,8 @@ pub enum VmError {
     NameTaken { name: String },
     #[error("no VM named {name:?}")]
     NotFound { name: String },
-    #[error("image {name} is not installed: run `banger image pull {name}` or `banger image build {name}`")]
-    ImageMissing { name: String },
+    #[error("image {name} is not installed: {hint}")]
+    ImageMissing { name: String, hint: String },
     #[error("kernel {kernel} (needed by image {image}) is not installed: run `banger kernel pull {kernel}` or `banger kernel build {kernel}`")]
     KernelMissing { image: String, kernel: String },
     #[error("installed {kind} {name} is unusable: {reason}")]

@@ -100,7 +100,7 @@ pub async fn ensure_image(
         // Not a catalog name either: say what is missing and how to get it.
         Err(e) if e.is_unknown_name() => {
             return Err(match kind {
-                Kind::Image => VmError::ImageMissing { name: what },
+                Kind::Image => image_missing(&what),
                 Kind::Kernel => VmError::KernelMissing {
                     image: name.to_owned(),
                     kernel: what,
@@ -109,9 +109,26 @@ pub async fn ensure_image(
         }
         Err(e) => return Err(VmError::Image(Box::new(e))),
     }
-    find_image(state, name)?.ok_or_else(|| VmError::ImageMissing {
+    find_image(state, name)?.ok_or_else(|| image_missing(name))
+}
+
+/// An image that is neither installed nor in the catalog: say how to get
+/// it, building from a recipe when banger has one.
+fn image_missing(name: &str) -> VmError {
+    let recipes = banger_image::recipe::RecipeSet::embedded().names(Kind::Image);
+    let hint = if recipes.iter().any(|r| r == name) {
+        format!("the catalog has no bundle for it; build it from its recipe with `banger image build {name}`")
+    } else {
+        format!(
+            "banger has no catalog entry or recipe of that name (it can build: {}); \
+             `banger image list` shows what is installed, `banger image register` adds your own",
+            recipes.join(", ")
+        )
+    };
+    VmError::ImageMissing {
         name: name.to_owned(),
-    })
+        hint,
+    }
 }
 
 /// The image `name` (installed in the store or registered) with its
@@ -1232,5 +1249,24 @@ mod tests {
             guest_cid(net, Ipv4Addr::new(172, 16, 0, 2)),
             guest_cid(net, Ipv4Addr::new(172, 16, 0, 3))
         );
+    }
+
+    #[test]
+    fn a_missing_image_with_a_recipe_is_built_else_listed() {
+        let with_recipe = image_missing("debian-bookworm-minimal").to_string();
+        assert_eq!(
+            with_recipe,
+            "image debian-bookworm-minimal is not installed: the catalog has no bundle for it; \
+             build it from its recipe with `banger image build debian-bookworm-minimal`"
+        );
+        let unknown = image_missing("nope").to_string();
+        assert!(
+            unknown.starts_with(
+                "image nope is not installed: banger has no catalog entry or recipe of that name \
+                 (it can build: debian-bookworm, debian-bookworm-minimal); "
+            ),
+            "{unknown}"
+        );
+        assert!(unknown.contains("banger image register"), "{unknown}");
     }
 }
