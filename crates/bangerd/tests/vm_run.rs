@@ -1,6 +1,6 @@
 //! `banger vm run` end to end through the real CLI and daemon, in a network
 //! namespace, booted under QEMU/TCG, with `[[file_sync]]` entries in the
-//! config. Four boots share one daemon:
+//! config. Five boots share one daemon:
 //!
 //! 1. `vm run REPO -- sh -c '...; exit 7'`: exit 7, stdout and stderr on
 //!    their own streams, tracked files only (no untracked, no ignored),
@@ -18,6 +18,8 @@
 //!    the VM is gone (--rm after a success).
 //! 4. `vm run --rm -- true` interrupted (SIGINT) while the guest boots:
 //!    exit 130, the VM is deleted.
+//! 5. `vm run REPO` without a command: a shell in /root/repo reading stdin,
+//!    its exit status, the VM kept with the how-to-reach message.
 //!
 //! Before any boot: `--dry-run` prints the file list and creates nothing,
 //! workspace flags without a PATH are refused, a path outside a repository
@@ -26,7 +28,7 @@
 mod common;
 mod vm_harness;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -450,4 +452,36 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
         "{seen}"
     );
     assert_no_vm_left(&world, "intr");
+
+    // 5. Interactive mode (no command) with a workspace: the shell starts in
+    //    /root/repo and reads stdin (no terminal here); its status is
+    //    banger's, the VM keeps running and banger says how to reach it.
+    let mut child = world
+        .command(vm_harness::cli_bin())
+        .args(["vm", "run", "--name", "shell", repo_arg])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"pwd\ngit branch --show-current\nexit 3\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "/root/repo\nmain\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("shell keeps running at 172.16.0.")
+            && stderr.contains("`banger vm ssh shell` to reconnect")
+            && stderr.contains("`banger vm delete --force shell` to delete it"),
+        "{stderr}"
+    );
+    let vm = world.show("shell");
+    assert_eq!(vm.state, "running");
+    world.banger_ok(&["vm", "delete", "--force", "shell"]);
+    world.assert_nothing_left("shell", &vm.id, vm.ip.as_deref());
 }
