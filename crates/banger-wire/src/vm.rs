@@ -244,6 +244,16 @@ mod tests {
     }
 
     #[test]
+    fn timings_default_to_empty_and_reject_unknown_fields() {
+        let t: VmTimings =
+            serde_json::from_str(r#"{"phases":[{"phase":"boot","millis":1500}]}"#).unwrap();
+        assert_eq!(t.phases[0].phase, "boot");
+        assert_eq!(t.phases[0].millis, 1500);
+        assert_eq!(VmTimings::default().phases.len(), 0);
+        assert!(serde_json::from_str::<VmTimings>(r#"{"phases":[],"x":1}"#).is_err());
+    }
+
+    #[test]
     fn spec_source_is_kebab_case() {
         assert_eq!(
             serde_json::to_string(&SpecSource::BuiltIn).unwrap(),
