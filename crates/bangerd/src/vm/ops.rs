@@ -691,14 +691,19 @@ pub fn console_tail(path: &Path) -> String {
 /// before its boot counts as stalled (a healthy one prints within a second).
 pub const FIRST_OUTPUT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How many times in a row a guest may crash before its console exists
+/// and be launched again (each such crash costs about a second).
+pub const EARLY_CRASH_LAUNCHES: u32 = 5;
+
 /// Launch the VMM and watch the serial console: a guest that prints nothing
-/// within [`FIRST_OUTPUT_TIMEOUT`], or whose VMM exits before it printed
-/// anything, is launched once more. Under QEMU/TCG the guest kernel here
-/// sometimes dies in `start_kernel` before its console exists (a divide
-/// error in early timer setup, seen with `earlyprintk` in about one boot out
-/// of ten to twenty on the development machine); the next launch boots. A
-/// second failure is left to the boot timeout or exit check, which report
-/// it.
+/// within [`FIRST_OUTPUT_TIMEOUT`] is launched once more, and one whose VMM
+/// exits before it printed anything up to [`EARLY_CRASH_LAUNCHES`] times in
+/// all. Under QEMU/TCG the guest kernel here sometimes dies in
+/// `start_kernel` before its console exists (a divide error in early timer
+/// setup, seen with `earlyprintk`): about one boot in twenty on a quiet
+/// machine, but in bursts of half the boots or more while the host is busy
+/// with disk-heavy work; a later launch boots. What is left is reported by
+/// the boot timeout or the exit check.
 async fn launch_watched(
     vmm: &banger_vmm::Vmm,
     spec: &VmSpec,
@@ -709,7 +714,7 @@ async fn launch_watched(
         name: name.to_owned(),
         source: Box::new(source),
     };
-    let mut attempt = 1;
+    let (mut stalls, mut crashes) = (0, 0);
     loop {
         let before = file_len(&spec.serial_log);
         let handle = vmm
@@ -717,8 +722,12 @@ async fn launch_watched(
             .await
             .map_err(vmm_err)?;
         let seen = first_output(&spec.serial_log, before, &handle, FIRST_OUTPUT_TIMEOUT).await;
-        if attempt == 2 || seen == Console::Printed {
-            return Ok(handle);
+        match seen {
+            Console::Printed => return Ok(handle),
+            Console::Silent if stalls == 1 => return Ok(handle),
+            Console::ExitedSilently if crashes + 1 == EARLY_CRASH_LAUNCHES => return Ok(handle),
+            Console::Silent => stalls += 1,
+            Console::ExitedSilently => crashes += 1,
         }
         let message = match seen {
             Console::Silent => format!(
@@ -739,7 +748,6 @@ async fn launch_watched(
         .await;
         handle.kill().await.map_err(vmm_err)?;
         handle.cleanup().map_err(vmm_err)?;
-        attempt += 1;
     }
 }
 
