@@ -18,7 +18,15 @@ echo "==> banger doctor"
     exit 1
 }
 
-# The default image (and its kernel) is pulled from the catalog on first use;
+# `vm run` pulls a missing image from the catalog, but the shipped catalog
+# has no published bundles yet: build the default image (and its kernel)
+# from the recipes in images/ once (a few minutes; needs the Debian mirror).
+image=debian-bookworm
+if ! "$bin/banger" image show "$image" >/dev/null 2>&1; then
+    echo "==> banger image build $image"
+    "$bin/banger" image build "$image"
+fi
+
 # --rm deletes the VM afterwards and the command's exit status is ours.
 echo "==> banger vm run --rm -- uname -a"
 exec "$bin/banger" vm run --rm -- uname -a

@@ -185,7 +185,7 @@ pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitC
                 println!(
                     "registered image {} ({}, kernel {})",
                     info.name,
-                    banger_config::format_size(info.size_bytes),
+                    size(info.size_bytes),
                     info.kernel
                 );
                 Ok(())
@@ -352,7 +352,7 @@ pub fn format_image_list(images: &[ImageInfo]) -> String {
             i.name.clone(),
             i.version.clone(),
             i.kernel.clone(),
-            banger_config::format_size(i.size_bytes),
+            size(i.size_bytes),
             i.source.to_string(),
             i.used_by.len().to_string(),
         ]);
@@ -374,7 +374,7 @@ pub fn format_image_show(i: &ImageInfo) -> String {
         ("version", i.version.clone()),
         ("arch", i.arch.clone()),
         ("kernel", i.kernel.clone()),
-        ("size", banger_config::format_size(i.size_bytes)),
+        ("size", size(i.size_bytes)),
         (
             "source",
             if i.managed {
@@ -401,6 +401,17 @@ pub fn format_image_show(i: &ImageInfo) -> String {
     kv(&rows)
 }
 
+/// A size as the config writes it when it is round (`2G`, `40M`), else in
+/// binary units with two decimals (`78.31 MiB`) rather than raw bytes.
+fn size(bytes: u64) -> String {
+    let exact = banger_config::format_size(bytes);
+    if bytes >= 1024 && exact.ends_with('B') {
+        indicatif::HumanBytes(bytes).to_string()
+    } else {
+        exact
+    }
+}
+
 /// The `banger kernel list` table.
 pub fn format_kernel_list(kernels: &[KernelInfo]) -> String {
     let mut rows = vec![[
@@ -414,7 +425,7 @@ pub fn format_kernel_list(kernels: &[KernelInfo]) -> String {
             k.name.clone(),
             k.version.clone(),
             k.release.clone().unwrap_or_else(|| "-".into()),
-            banger_config::format_size(k.size_bytes),
+            size(k.size_bytes),
             k.source.to_string(),
             k.used_by_images.len().to_string(),
             k.used_by_vms.len().to_string(),
@@ -429,7 +440,7 @@ pub fn format_kernel_show(k: &KernelInfo) -> String {
         ("name", k.name.clone()),
         ("version", k.version.clone()),
         ("release", k.release.clone().unwrap_or_else(|| "-".into())),
-        ("size", banger_config::format_size(k.size_bytes)),
+        ("size", size(k.size_bytes)),
         (
             "source",
             if k.managed {
@@ -548,6 +559,16 @@ mod tests {
             "{list}"
         );
         let show = format_kernel_show(&k);
+        assert!(show.contains("size:     40M\n"), "{show}");
+        let odd = KernelInfo {
+            size_bytes: 82_118_110,
+            ..k.clone()
+        };
+        assert!(
+            format_kernel_show(&odd).contains("size:     78.31 MiB\n"),
+            "{}",
+            format_kernel_show(&odd)
+        );
         assert!(show.contains("images:   debian-bookworm\n"), "{show}");
         assert!(show.contains("vms:      -\n"), "{show}");
         assert!(show.contains("created:  1970-01-01\n"), "{show}");
