@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use banger_host::paths::Layout;
 use banger_wire::api::StreamEvent;
-use banger_wire::vm::{PhaseTiming, VmCreateRequest, VmInfo, VmTimings};
+use banger_wire::vm::{PhaseTiming, VmInfo, VmTimings};
 use clap::Args;
 
 use crate::cli::GlobalArgs;
@@ -36,21 +36,8 @@ pub struct RunArgs {
     /// to /root/repo (tracked files with their working-tree content). Leave it
     /// out for a bare VM.
     pub path: Option<PathBuf>,
-    /// VM name: a DNS label (a-z, 0-9, '-'); generated when omitted.
-    #[arg(long)]
-    pub name: Option<String>,
-    /// Image (default: `default_image_name` from the config).
-    #[arg(long)]
-    pub image: Option<String>,
-    /// Number of vCPUs (default: `[vm_defaults]`, else a quarter of the host's CPUs).
-    #[arg(long)]
-    pub vcpu: Option<u32>,
-    /// Memory, like 1G or 512M, or a number of MiB.
-    #[arg(long)]
-    pub memory: Option<String>,
-    /// Size of the work disk mounted at /root, like 16G.
-    #[arg(long)]
-    pub disk_size: Option<String>,
+    #[command(flatten)]
+    pub spec: vm_cmd::VmSpecArgs,
     /// Delete the VM when the command or shell ends, whatever its status
     /// (kept when the guest never answered SSH, to read its logs).
     #[arg(long)]
@@ -337,14 +324,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
 
     // Create (image, disks) without booting, then start: a failed create is
     // rolled back by the daemon; a failed start leaves the VM to inspect.
-    let req = VmCreateRequest {
-        name: args.name.clone(),
-        image: args.image.clone(),
-        vcpu: args.vcpu,
-        memory: args.memory.clone(),
-        disk_size: args.disk_size.clone(),
-        no_start: true,
-    };
+    let req = args.spec.request(true);
     let mut clock = PhaseClock {
         inner: render.as_mut(),
         first: Vec::new(),
@@ -353,7 +333,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
     let Some(created) = unless_interrupted(&runtime, vm_cmd::create_vm(&client, &req, &mut clock))
     else {
         clock.finish(false);
-        return interrupted(&runtime, &client, args.name.as_deref(), args.rm);
+        return interrupted(&runtime, &client, args.spec.name.as_deref(), args.rm);
     };
     let created = created?;
     let t1 = Instant::now();

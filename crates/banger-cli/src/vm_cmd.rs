@@ -102,9 +102,9 @@ pub enum VmCommand {
     },
 }
 
-/// `banger vm create` flags.
-#[derive(Debug, Args)]
-pub struct CreateArgs {
+/// The flags `vm create` and `vm run` share: a new VM's name, image and size.
+#[derive(Debug, Default, Clone, Args)]
+pub struct VmSpecArgs {
     /// VM name: a DNS label (a-z, 0-9, '-'); generated when omitted.
     #[arg(long)]
     pub name: Option<String>,
@@ -121,6 +121,27 @@ pub struct CreateArgs {
     /// Size of the work disk mounted at /root, like 16G (default: `[vm_defaults]`, else 8G).
     #[arg(long)]
     pub disk_size: Option<String>,
+}
+
+impl VmSpecArgs {
+    /// The create request for these flags.
+    pub fn request(&self, no_start: bool) -> VmCreateRequest {
+        VmCreateRequest {
+            name: self.name.clone(),
+            image: self.image.clone(),
+            vcpu: self.vcpu,
+            memory: self.memory.clone(),
+            disk_size: self.disk_size.clone(),
+            no_start,
+        }
+    }
+}
+
+/// `banger vm create` flags.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    pub spec: VmSpecArgs,
     /// Create the disks and the record, but do not boot.
     #[arg(long)]
     pub no_start: bool,
@@ -184,14 +205,7 @@ pub(crate) fn vm_path(name: &str, rest: &str) -> String {
 }
 
 async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
-    let req = VmCreateRequest {
-        name: args.name,
-        image: args.image,
-        vcpu: args.vcpu,
-        memory: args.memory,
-        disk_size: args.disk_size,
-        no_start: args.no_start,
-    };
+    let req = args.spec.request(args.no_start);
     let mut render = client::stderr_renderer();
     let vm = create_vm(client, &req, render.as_mut()).await?;
     println!("{}", ready_line(&vm));
