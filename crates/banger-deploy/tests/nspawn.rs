@@ -132,6 +132,7 @@ const INSTALLED_PATHS: &[&str] = &[
 struct Vm {
     state: String,
     vmm_pid: Option<u32>,
+    ip: Option<String>,
 }
 
 fn show(c: &Container, name: &str) -> Vm {
@@ -141,6 +142,7 @@ fn show(c: &Container, name: &str) -> Vm {
     Vm {
         state: v["state"].as_str().unwrap_or_default().to_owned(),
         vmm_pid: v["vmm_pid"].as_u64().map(|p| p as u32),
+        ip: v["ip"].as_str().map(str::to_owned),
     }
 }
 
@@ -476,6 +478,9 @@ fn boot_restart_delete(c: &Container, started: &Instant, journals: &dyn Fn() -> 
     );
     let ssh = alice(&["banger", "vm", "ssh", "t1", "--", "true"], 300);
     assert!(ssh.status.success(), "vm ssh after restart: {}", text(&ssh));
+    // The restarted daemon wired resolved again (same link, same settings).
+    let ip = after.ip.expect("a running VM has an address");
+    resolved_routes_vm(c, "t1", &ip, journals);
 
     let del = alice(&["banger", "vm", "delete", "--force", "t1"], 300);
     assert!(del.status.success(), "vm delete: {}", text(&del));
@@ -484,5 +489,132 @@ fn boot_restart_delete(c: &Container, started: &Instant, journals: &dyn Fn() -> 
             .status
             .success(),
         "VMM pid {vmm} outlived vm delete"
+    );
+    network_teardown_forgets_the_link(c, journals);
+}
+
+/// The bridge the default config makes.
+const BRIDGE: &str = "banger0";
+
+/// systemd-resolved (running in the container) has the bridge address as
+/// `BRIDGE`'s DNS server and `~vm` as its routing domain, and real clients
+/// on the host resolve `NAME.vm` to `ip` through it: `resolvectl query`
+/// (resolved's D-Bus API) and `getent hosts` (glibc through nss-resolve).
+fn resolved_routes_vm(c: &Container, name: &str, ip: &str, journals: &dyn Fn() -> String) {
+    let addr = c.exec(&["ip", "-4", "-o", "addr", "show", "dev", BRIDGE], 30);
+    let bridge_ip = stdout(&addr)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .unwrap_or_else(|| panic!("{BRIDGE} has an IPv4 address: {}", text(&addr)))
+        .to_owned();
+    // The daemon wires resolved right after it binds port 53, which a
+    // restarted daemon does after it answers `daemon status`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (dns, domain) = loop {
+        let dns = c.exec(&["resolvectl", "dns", BRIDGE], 30);
+        let domain = c.exec(&["resolvectl", "domain", BRIDGE], 30);
+        if stdout(&dns).split_whitespace().any(|w| w == bridge_ip)
+            && stdout(&domain).split_whitespace().any(|w| w == "~vm")
+        {
+            break (dns, domain);
+        }
+        if Instant::now() >= deadline {
+            let status = c.exec(&["resolvectl", "status"], 30);
+            panic!(
+                "resolved does not route .vm to {bridge_ip} via {BRIDGE}:\ndns: {}\ndomain: {}\nstatus: {}\n{}",
+                text(&dns),
+                text(&domain),
+                text(&status),
+                journals()
+            );
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    };
+    eprintln!("nspawn: resolved: {} / {}", stdout(&dns), stdout(&domain));
+    let route = c.exec(&["resolvectl", "default-route", BRIDGE], 30);
+    assert!(
+        stdout(&route).ends_with("no"),
+        "{BRIDGE} must not be resolved's default route: {}",
+        text(&route)
+    );
+    let fqdn = format!("{name}.vm");
+    let query = c.exec(&["resolvectl", "query", "--cache=no", &fqdn], 60);
+    assert!(
+        query.status.success() && stdout(&query).contains(ip),
+        "resolvectl query {fqdn} (want {ip}): {}\nstatus: {}\n{}",
+        text(&query),
+        stdout(&c.exec(&["resolvectl", "status"], 30)),
+        journals()
+    );
+    eprintln!("nspawn: {}", stdout(&query));
+    // As alice: any program on the host, through glibc and nss-resolve.
+    let getent = c.as_user("alice", &["getent", "ahostsv4", &fqdn], 60);
+    assert_eq!(
+        stdout(&getent).split_whitespace().next(),
+        Some(ip),
+        "getent ahostsv4 {fqdn}: {}",
+        text(&getent)
+    );
+    // Only `.vm` goes to the bridge: another name is not sent there.
+    let other = c.exec(&["resolvectl", "query", "--cache=no", "example.com"], 60);
+    assert!(
+        !stdout(&other).contains(&bridge_ip) && !stdout(&other).contains(BRIDGE),
+        "example.com was routed to {BRIDGE}: {}",
+        text(&other)
+    );
+}
+
+/// `POST /v1/network/teardown` (no CLI command yet) deletes the bridge, and
+/// with the link resolved forgets its `.vm` routing: nothing to revert.
+fn network_teardown_forgets_the_link(c: &Container, journals: &dyn Fn() -> String) {
+    let teardown = c.as_user(
+        "alice",
+        &[
+            "curl",
+            "--silent",
+            "--show-error",
+            "--fail",
+            "--unix-socket",
+            "/run/banger/bangerd.sock",
+            "-H",
+            "content-type: application/json",
+            "--data",
+            "{}",
+            "http://bangerd/v1/network/teardown",
+        ],
+        120,
+    );
+    assert!(
+        teardown.status.success(),
+        "network teardown: {}\n{}",
+        text(&teardown),
+        journals()
+    );
+    eprintln!("nspawn: network teardown: {}", stdout(&teardown));
+    let link = c.exec(&["ip", "link", "show", BRIDGE], 30);
+    assert!(
+        !link.status.success(),
+        "{BRIDGE} after teardown: {}",
+        text(&link)
+    );
+    let status = c.exec(&["resolvectl", "status"], 30);
+    assert!(
+        status.status.success() && !stdout(&status).contains(BRIDGE),
+        "resolved still knows {BRIDGE}: {}",
+        text(&status)
+    );
+    let dns = c.exec(&["resolvectl", "dns", BRIDGE], 30);
+    assert!(
+        !dns.status.success(),
+        "resolvectl dns {BRIDGE} after teardown: {}",
+        text(&dns)
+    );
+    let query = c.exec(&["resolvectl", "query", "--cache=no", "t1.vm"], 60);
+    assert!(
+        !query.status.success(),
+        "t1.vm still resolves after teardown: {}",
+        text(&query)
     );
 }
