@@ -448,6 +448,25 @@ fn boot_restart_delete(c: &Container, started: &Instant, journals: &dyn Fn() -> 
         "nspawn: VM booted and answered SSH after {:.0?}",
         started.elapsed()
     );
+    // The daemon wired resolved when its first boot made the bridge.
+    let ip = before.ip.clone().expect("a running VM has an address");
+    resolved_routes_vm(c, "t1", &ip, journals);
+    let helper_log = c.exec(
+        &[
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "-u",
+            "bangerd-root.service",
+        ],
+        30,
+    );
+    assert!(
+        stdout(&helper_log).contains("systemd-resolved routes .vm to the bridge"),
+        "the helper did not log its resolvectl calls: {}",
+        text(&helper_log)
+    );
 
     // KillMode=process: the VMM outlives the daemon and is adopted again.
     let out = c.exec(&["systemctl", "restart", "bangerd.service"], 120);
@@ -479,7 +498,12 @@ fn boot_restart_delete(c: &Container, started: &Instant, journals: &dyn Fn() -> 
     let ssh = alice(&["banger", "vm", "ssh", "t1", "--", "true"], 300);
     assert!(ssh.status.success(), "vm ssh after restart: {}", text(&ssh));
     // The restarted daemon wired resolved again (same link, same settings).
-    let ip = after.ip.expect("a running VM has an address");
+    assert_eq!(after.ip.as_deref(), Some(ip.as_str()));
+    resolved_routes_vm(c, "t1", &ip, journals);
+    // resolved keeps runtime link settings across its own restart
+    // (/run/systemd/resolve/netif/).
+    let out = c.exec(&["systemctl", "restart", "systemd-resolved.service"], 120);
+    assert!(out.status.success(), "restart resolved: {}", text(&out));
     resolved_routes_vm(c, "t1", &ip, journals);
 
     let del = alice(&["banger", "vm", "delete", "--force", "t1"], 300);
@@ -489,6 +513,22 @@ fn boot_restart_delete(c: &Container, started: &Instant, journals: &dyn Fn() -> 
             .status
             .success(),
         "VMM pid {vmm} outlived vm delete"
+    );
+    // The deleted VM's name no longer resolves on the host. resolved answers
+    // either with the zone's NXDOMAIN ("not found") or, once the bridge has
+    // lost its carrier with its last port, with "No appropriate name
+    // servers": it keeps no DNS scope on a link without carrier
+    // (docs/dns-routing.md).
+    let gone = c.exec(&["resolvectl", "query", "--cache=no", "t1.vm"], 60);
+    assert!(
+        !gone.status.success() && !stdout(&gone).contains(&ip),
+        "t1.vm after vm delete: {}",
+        text(&gone)
+    );
+    eprintln!(
+        "nspawn: after vm delete, resolvectl query t1.vm: {}\n{}",
+        String::from_utf8_lossy(&gone.stderr).trim(),
+        stdout(&c.exec(&["resolvectl", "status", BRIDGE], 30))
     );
     network_teardown_forgets_the_link(c, journals);
 }
@@ -616,5 +656,9 @@ fn network_teardown_forgets_the_link(c: &Container, journals: &dyn Fn() -> Strin
         !query.status.success(),
         "t1.vm still resolves after teardown: {}",
         text(&query)
+    );
+    eprintln!(
+        "nspawn: after teardown, resolvectl query t1.vm: {}",
+        String::from_utf8_lossy(&query.stderr).trim()
     );
 }
