@@ -63,7 +63,7 @@ fn argv_golden_tcg() {
         "-name",
         "vm-7",
         "-machine",
-        "microvm,pit=on,pic=on,rtc=on",
+        "microvm,pit=on,pic=off,rtc=on",
         "-accel",
         "tcg",
         "-cpu",
