@@ -40,6 +40,9 @@ pub enum Command {
     /// Pull, build, list, inspect and delete guest kernels.
     #[command(subcommand)]
     Kernel(crate::image_cmd::KernelCommand),
+    /// Set up or remove the host network for guests (bridge, taps, NAT).
+    #[command(subcommand)]
+    Network(crate::network_cmd::NetworkCommand),
     /// Install, inspect or remove banger's systemd units (bangerd, bangerd-root).
     #[command(subcommand)]
     System(crate::system_cmd::SystemCommand),

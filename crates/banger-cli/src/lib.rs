@@ -8,6 +8,7 @@ pub mod config_cmd;
 pub mod daemon_cmd;
 pub mod doctor;
 pub mod image_cmd;
+pub mod network_cmd;
 pub mod run_cmd;
 pub mod ssh_config_cmd;
 pub mod system_cmd;
@@ -38,6 +39,7 @@ fn dispatch(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Doctor(c) => doctor::run(&global, c),
         Command::Image(c) => image_cmd::run_image(&global, c),
         Command::Kernel(c) => image_cmd::run_kernel(&global, c),
+        Command::Network(c) => network_cmd::run(&global, c),
         Command::System(c) => system_cmd::run(&global, c),
         Command::Vm(c) => vm_cmd::run(&global, c),
         Command::SshConfig(c) => ssh_config_cmd::run(&global, c),

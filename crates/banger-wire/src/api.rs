@@ -155,7 +155,12 @@ fn default_true() -> bool {
 /// `POST /v1/network/teardown` body (an empty body is the same as `{}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NetworkTeardownRequest {}
+pub struct NetworkTeardownRequest {
+    /// Tear down even while VMs run (they lose their network; refused
+    /// with `conflict` otherwise).
+    #[serde(default)]
+    pub force: bool,
+}
 
 /// The `Done` result of the network routes: what the host network looks like now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -195,9 +195,37 @@ async fn network_setup(
 
 async fn network_teardown(
     State(state): State<Arc<AppState>>,
-    JsonBody(NetworkTeardownRequest {}): JsonBody<NetworkTeardownRequest>,
+    JsonBody(NetworkTeardownRequest { force }): JsonBody<NetworkTeardownRequest>,
 ) -> Result<Response, Failure> {
     state.helper.check_available()?;
+    if !force {
+        let running: Vec<String> = {
+            let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+            db.list_vms()
+                .map_err(|e| Failure::new(ErrorCode::State, e.to_string()))?
+                .into_iter()
+                .filter(|v| {
+                    matches!(
+                        v.state,
+                        banger_state::VmState::Running
+                            | banger_state::VmState::Starting
+                            | banger_state::VmState::Stopping
+                    )
+                })
+                .map(|v| v.name)
+                .collect()
+        };
+        if !running.is_empty() {
+            return Err(Failure::new(
+                ErrorCode::Conflict,
+                format!(
+                    "VMs still run on the bridge ({}): stop them first, or tear down \
+                     anyway with --force (they lose their network)",
+                    running.join(", ")
+                ),
+            ));
+        }
+    }
     Ok(stream_operation(state, move |state, sink| async move {
         let _guard = state.network_lock.lock().await;
         let report = network::teardown(&state.helper, &state.net, &sink).await;

@@ -4,6 +4,7 @@
 //! without root gets `helper_unavailable`.
 
 mod common;
+mod vm_records;
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -137,14 +138,37 @@ async fn child_helper_sets_up_and_tears_down_the_network_in_a_netns() {
             .changed
     );
 
+    // A running VM keeps the bridge: teardown is refused, naming it, and
+    // nothing is removed; `force` tears down anyway.
+    let db = banger_state::StateDb::open(&env.layout.database()).unwrap();
+    db.insert_vm(&vm_records::record(
+        "busy",
+        1,
+        None,
+        banger_state::VmState::Running,
+    ))
+    .unwrap();
+    let (code, body) = curl(
+        &env.socket(),
+        &["-X", "POST", "-d", "{}", "http://x/v1/network/teardown"],
+    );
+    assert_eq!(code, 409, "{body}");
+    assert!(
+        body.contains("VMs still run on the bridge (busy)") && body.contains("--force"),
+        "{body}"
+    );
+    assert!(ns.ip(&["link", "show", "dev", "banger0"]).is_some());
+
     let mut render = PlainRenderer::new(Vec::new());
     let down = client
         .stream(
             "/v1/network/teardown",
-            &NetworkTeardownRequest {},
+            &NetworkTeardownRequest { force: true },
             &mut render,
         )
         .await
+        .unwrap();
+    db.delete_vm(&vm_records::record("busy", 1, None, banger_state::VmState::Running).id)
         .unwrap();
     assert!(
         serde_json::from_value::<NetworkReport>(down)
