@@ -40,7 +40,15 @@ fn dispatch(args: cli::Cli) -> anyhow::Result<std::process::ExitCode> {
         Command::Image(c) => image_cmd::run_image(&global, c),
         Command::Kernel(c) => image_cmd::run_kernel(&global, c),
         Command::Network(c) => network_cmd::run(&global, c),
-        Command::System(c) => system_cmd::run(&global, c),
+        Command::System(c) => {
+            let root = nix::unistd::geteuid().is_root();
+            if let system_cmd::SystemCommand::Uninstall { root: None, .. } = &c {
+                if root {
+                    network_cmd::remove_before_uninstall();
+                }
+            }
+            system_cmd::run(&global, c)
+        }
         Command::Vm(c) => vm_cmd::run(&global, c),
         Command::SshConfig(c) => ssh_config_cmd::run(&global, c),
         Command::Completion(c) => completion_cmd::run(&global, c),

@@ -110,6 +110,39 @@ pub fn teardown_line(r: &NetworkReport) -> String {
     }
 }
 
+/// Before `banger system uninstall` removes the units (run as root), have
+/// the running system daemon remove the bridge,
+/// banger's taps and its nftables table (VMs are killed with the units
+/// anyway); nothing of banger's is then left in the host network. A daemon
+/// that is not running or fails leaves a warning naming the manual fix.
+pub fn remove_before_uninstall() {
+    let outcome = (|| -> anyhow::Result<Option<String>> {
+        let layout = banger_host::paths::Layout::detect()?;
+        if layout.mode != banger_wire::api::InstallMode::System {
+            return Ok(None);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the async runtime")?;
+        runtime.block_on(async {
+            let Some(client) = Client::connect_existing(&layout).await? else {
+                return Ok(None);
+            };
+            let report = teardown(&client, true).await?;
+            Ok(Some(teardown_line(&report)))
+        })
+    })();
+    match outcome {
+        Ok(Some(line)) => println!("{line}"),
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "warning: could not remove banger's host network through the daemon: {e:#}\n\
+             (remove it by hand: `ip link del BRIDGE` for the config's bridge_name, default banger0, and `nft delete table inet banger`)"
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -128,9 +128,6 @@ pub fn run(_global: &crate::cli::GlobalArgs, cmd: SystemCommand) -> anyhow::Resu
             Ok(ExitCode::SUCCESS)
         }
         SystemCommand::Uninstall { purge, root } => {
-            if root.is_none() {
-                remove_host_network();
-            }
             let report =
                 banger_deploy::uninstall(&banger_deploy::UninstallOptions { root, purge })?;
             if report.removed.is_empty() {
@@ -199,37 +196,5 @@ fn print_status(st: &SystemStatus) {
             None => "not visible to this user",
         };
         println!("socket:   {:<40} {state}", s.path.display());
-    }
-}
-
-/// Before the units go, have the running system daemon remove the bridge,
-/// banger's taps and its nftables table (VMs are killed with the units
-/// anyway); nothing of banger's is then left in the host network. A daemon
-/// that is not running or fails leaves a warning naming the manual fix.
-fn remove_host_network() {
-    let outcome = (|| -> anyhow::Result<Option<String>> {
-        let layout = banger_host::paths::Layout::detect()?;
-        if layout.mode != banger_wire::api::InstallMode::System {
-            return Ok(None);
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        runtime.block_on(async {
-            let Some(client) = crate::client::Client::connect_existing(&layout).await? else {
-                return Ok(None);
-            };
-            let report = crate::network_cmd::teardown(&client, true).await?;
-            Ok(Some(crate::network_cmd::teardown_line(&report)))
-        })
-    })();
-    match outcome {
-        Ok(Some(line)) => println!("{line}"),
-        Ok(None) => {}
-        Err(e) => eprintln!(
-            "warning: could not remove banger's host network through the daemon: {e:#}\n\
-             (remove it by hand: `ip link del BRIDGE` for the config's bridge_name, default banger0, and `nft delete table inet banger`)"
-        ),
     }
 }

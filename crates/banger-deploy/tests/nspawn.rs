@@ -335,6 +335,12 @@ fn system_install_runs_the_product_under_real_systemd() {
         boot_restart_delete(&c, &started, &journals);
     }
 
+    // The host network is there again (the owner's `banger network setup`),
+    // so the uninstall must remove it.
+    let setup = c.as_user("alice", &["/usr/local/bin/banger", "network", "setup"], 120);
+    assert!(setup.status.success(), "network setup: {}", text(&setup));
+    assert!(c.exec(&["ip", "link", "show", BRIDGE], 30).status.success());
+
     // Uninstall with --purge: nothing of the install is left.
     let uninstall = c.exec(
         &["/usr/local/bin/banger", "system", "uninstall", "--purge"],
@@ -354,6 +360,20 @@ fn system_install_runs_the_product_under_real_systemd() {
         })
         .collect();
     assert!(left.is_empty(), "left after uninstall --purge: {left:?}");
+    // Nor anything of banger's in the host network.
+    let link = c.exec(&["ip", "link", "show", BRIDGE], 30);
+    assert!(
+        !link.status.success(),
+        "{BRIDGE} after uninstall: {}\nuninstall: {}",
+        text(&link),
+        text(&uninstall)
+    );
+    let table = c.exec(&["nft", "list", "table", "inet", "banger"], 30);
+    assert!(
+        !table.status.success(),
+        "nft table inet banger after uninstall: {}",
+        text(&table)
+    );
     let units = c.exec(
         &["systemctl", "list-unit-files", "--no-legend", "bangerd*"],
         30,
@@ -606,24 +626,12 @@ fn resolved_routes_vm(c: &Container, name: &str, ip: &str, journals: &dyn Fn() -
     );
 }
 
-/// `POST /v1/network/teardown` (no CLI command yet) deletes the bridge, and
-/// with the link resolved forgets its `.vm` routing: nothing to revert.
+/// `banger network teardown` deletes the bridge, and with the link resolved
+/// forgets its `.vm` routing: nothing to revert.
 fn network_teardown_forgets_the_link(c: &Container, journals: &dyn Fn() -> String) {
     let teardown = c.as_user(
         "alice",
-        &[
-            "curl",
-            "--silent",
-            "--show-error",
-            "--fail",
-            "--unix-socket",
-            "/run/banger/bangerd.sock",
-            "-H",
-            "content-type: application/json",
-            "--data",
-            "{}",
-            "http://bangerd/v1/network/teardown",
-        ],
+        &["/usr/local/bin/banger", "network", "teardown"],
         120,
     );
     assert!(
