@@ -199,7 +199,14 @@ async fn real_kernel_and_image_boot_to_userspace_under_tcg() {
     if modules.is_some() {
         // The modules disk was found at /dev/vdc: udev loaded the ACPI
         // button driver from it.
-        let serial = wait_for_text(&spec.serial_log, "Power Button", Duration::from_secs(60)).await;
+        // Wait for the very line checked: "input: Power Button as ..." can
+        // come first.
+        let serial = wait_for_text(
+            &spec.serial_log,
+            "ACPI: button: Power Button",
+            Duration::from_secs(60),
+        )
+        .await;
         assert!(
             serial.contains("ACPI: button: Power Button"),
             "the button driver did not load from the modules disk; serial log:\n{serial}"

@@ -698,12 +698,11 @@ pub const EARLY_CRASH_LAUNCHES: u32 = 5;
 /// Launch the VMM and watch the serial console: a guest that prints nothing
 /// within [`FIRST_OUTPUT_TIMEOUT`] is launched once more, and one whose VMM
 /// exits before it printed anything up to [`EARLY_CRASH_LAUNCHES`] times in
-/// all. Under QEMU/TCG the guest kernel here sometimes dies in
-/// `start_kernel` before its console exists (a divide error in early timer
-/// setup, seen with `earlyprintk`): about one boot in twenty on a quiet
-/// machine, but in bursts of half the boots or more while the host is busy
-/// with disk-heavy work; a later launch boots. What is left is reported by
-/// the boot timeout or the exit check.
+/// all. The early crash seen here (a "divide error" in `start_kernel`: a
+/// PIT tick delivered as vector 0 by QEMU's unprogrammed 8259, half the
+/// boots on a busy host) is gone with `pic=off`; the relaunch stays as a
+/// guard against other early-boot failures, each of which costs about a
+/// second. What is left is reported by the boot timeout or the exit check.
 async fn launch_watched(
     vmm: &banger_vmm::Vmm,
     spec: &VmSpec,
