@@ -335,13 +335,9 @@ async fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
     } else {
         print!("{}", format_show(&vm));
         // Phase timings of `banger vm run` (none for other VMs).
-        let timings: banger_wire::vm::VmTimings = client
-            .get_json(&vm_path(name, "/timings"))
-            .await
-            .unwrap_or_default();
-        if !timings.phases.is_empty() {
+        if let Some(timings) = vm.details.as_ref().and_then(|d| d.timings.as_ref()) {
             println!("timings (vm run):");
-            for line in crate::run_cmd::format_timings(&timings).lines() {
+            for line in crate::run_cmd::format_timings(timings).lines() {
                 println!("  {line}");
             }
         }
@@ -598,6 +594,7 @@ mod tests {
                 stats: None,
                 agent_error: None,
                 stats_at: None,
+                timings: None,
             }),
         }
     }

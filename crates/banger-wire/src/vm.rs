@@ -177,6 +177,9 @@ pub struct VmDetails {
     /// the daemon polls every `stats_poll_interval`.
     #[serde(default)]
     pub stats_at: Option<i64>,
+    /// The phase timings `banger vm run` recorded for this VM, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<VmTimings>,
 }
 
 /// `GET /v1/vms` answer.

@@ -206,6 +206,17 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
     );
     let vm = world.show("ws");
     assert_eq!(vm.state, "running");
+    // `vm show --json` carries the same timings as the text.
+    let recorded: Vec<String> = vm
+        .details
+        .as_ref()
+        .and_then(|d| d.timings.as_ref())
+        .map(|t| t.phases.iter().map(|p| p.phase.clone()).collect())
+        .unwrap_or_default();
+    assert!(
+        recorded.iter().any(|p| p == "workspace copy"),
+        "timings in vm show --json: {recorded:?}"
+    );
     let show = world.banger_ok(&["vm", "show", "ws"]);
     let timings = show
         .split("timings (vm run):\n")

@@ -201,7 +201,9 @@ async fn activity(
 /// Where `banger vm run`'s phase timings of a VM are kept: beside its
 /// disks, so they go with the VM.
 fn timings_path(state: &AppState, vm: &VmRecord) -> std::path::PathBuf {
-    VmPaths::new(&state.layout, &vm.id).dir.join("timings.json")
+    VmPaths::new(&state.layout, &vm.id)
+        .dir
+        .join(info::TIMINGS_FILE)
 }
 
 /// The phase timings `banger vm run` recorded (empty when there are none).

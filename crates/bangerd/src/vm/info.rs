@@ -87,9 +87,22 @@ pub async fn vm_show(state: &AppState, vm: &VmRecord, ask_agent: bool) -> VmInfo
         stats,
         agent_error,
         stats_at,
+        timings: read_timings(&p.dir),
     });
     info
 }
+
+/// The phase timings `banger vm run` left in the VM's directory; a file
+/// that is missing or does not parse is no timings (they are only shown).
+pub fn read_timings(vm_dir: &std::path::Path) -> Option<banger_wire::vm::VmTimings> {
+    let bytes = std::fs::read(vm_dir.join(TIMINGS_FILE)).ok()?;
+    serde_json::from_slice::<banger_wire::vm::VmTimings>(&bytes)
+        .ok()
+        .filter(|t| !t.phases.is_empty())
+}
+
+/// Where `banger vm run`'s phase timings of a VM are kept, in its directory.
+pub const TIMINGS_FILE: &str = "timings.json";
 
 /// Ask a running VM's agent for its health and stats now, and remember the
 /// answer for `vm show`.
