@@ -113,6 +113,22 @@ fn assert_no_vm_left(world: &World, name: &str) {
     assert!(left.is_empty(), "VM directories left: {left:?}");
 }
 
+/// `child`'s exit status once it is gone, within `secs`; else it is killed
+/// and the test fails with the daemon's log.
+fn exit_after_sigint(
+    child: &mut std::process::Child,
+    secs: u64,
+    world: &World,
+) -> std::process::ExitStatus {
+    common::wait_child_within(child, std::time::Duration::from_secs(secs)).unwrap_or_else(|| {
+        let _ = child.kill();
+        panic!(
+            "banger did not exit after SIGINT; log:\n{}",
+            world.log_tail()
+        )
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn vm_run_workspace_command_rm_bare_and_file_sync() {
     let test = "vm_run_workspace_command_rm_bare_and_file_sync";
@@ -355,20 +371,7 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
     .unwrap();
     // Bounded: the interrupt travels over a second ssh, then the VM is
     // deleted; generous for a loaded machine.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "banger did not exit after SIGINT; log:\n{}",
-                world.log_tail()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = exit_after_sigint(&mut child, 180, &world);
     let stderr = stderr_reader.join().unwrap();
     assert_eq!(status.code(), Some(130), "{stderr}");
     assert_no_vm_left(&world, "br");
@@ -442,20 +445,7 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
         text
     });
     // Bounded by the daemon's boot timeout (the delete waits for the boot).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if std::time::Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "banger did not exit after SIGINT; log:\n{}",
-                world.log_tail()
-            );
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let status = exit_after_sigint(&mut child, 300, &world);
     seen.push_str(&rest.join().unwrap());
     assert_eq!(status.code(), Some(130), "{seen}");
     assert!(

@@ -153,16 +153,20 @@ impl Drop for Daemon {
 
 /// Wait (bounded) for `child` to exit.
 pub fn wait_child(child: &mut Child) -> ExitStatus {
-    let deadline = Instant::now() + PROCESS_TIMEOUT;
+    wait_child_within(child, PROCESS_TIMEOUT)
+        .unwrap_or_else(|| panic!("process {} did not exit", child.id()))
+}
+
+/// `child`'s exit status, or `None` when it still runs after `limit`.
+pub fn wait_child_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            return Some(status);
         }
-        assert!(
-            Instant::now() < deadline,
-            "process {} did not exit",
-            child.id()
-        );
+        if Instant::now() >= deadline {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
 }
