@@ -28,11 +28,8 @@ pub enum HelperRequest {
     /// Remove everything banger created: taps with banger's prefix, the
     /// bridge, and the nftables table.
     TeardownAll { bridge: String },
-    /// Give an existing file or directory under banger's own state, cache or
-    /// run directories to the owner (for VMM resources root created).
-    ChownToOwner { path: String },
     /// Build the embedded recipe `name` of `kind` as root (mmdebstrap needs
-    /// it) and install the bundle into the owner's store, owned by the owner.
+    /// it) and install the bundle into the owner's store as the owner.
     /// Answered with [`HelperResponse::Built`] when the build is done.
     BuildBundle { kind: BundleKind, name: String },
     /// Bind a UDP socket and a TCP listener on port 53 of `address` (the
@@ -80,7 +77,6 @@ impl HelperRequest {
             HelperRequest::EnsureNat { .. } => "ensure_nat",
             HelperRequest::RemoveNat => "remove_nat",
             HelperRequest::TeardownAll { .. } => "teardown_all",
-            HelperRequest::ChownToOwner { .. } => "chown_to_owner",
             HelperRequest::BuildBundle { .. } => "build_bundle",
             HelperRequest::BindDns { .. } => "bind_dns",
             HelperRequest::ResolvedLink { .. } => "resolved_link",

@@ -2,20 +2,20 @@
 //! every argument has been validated against the helper's [`Policy`]. Nothing
 //! here touches the host, so it is tested without privileges.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use banger_wire::helper::{BundleKind, HelperRequest};
 use ipnet::Ipv4Net;
 
 use crate::ops::build::BuildPaths;
-use crate::validate::{self, AllowedPath, IfaceName, ValidateError};
+use crate::validate::{self, IfaceName, ValidateError};
 
 /// What the helper was started with: whom it serves and what it may touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
-    /// The only uid whose requests are served; taps and chowned files go to it.
+    /// The only uid whose requests are served; taps and built bundles go to it.
     pub owner_uid: u32,
-    /// Group given to chowned files; `None` leaves their group unchanged.
+    /// The owner's group for built bundles; `None`: its primary group.
     pub owner_gid: Option<u32>,
     /// The configured guest range; bridge addresses and NAT CIDRs must lie in it.
     pub cidr: Ipv4Net,
@@ -43,8 +43,6 @@ pub enum Action {
     RemoveNat,
     /// See [`HelperRequest::TeardownAll`].
     TeardownAll { bridge: IfaceName },
-    /// See [`HelperRequest::ChownToOwner`].
-    ChownToOwner { path: AllowedPath },
     /// See [`HelperRequest::BuildBundle`]; `name` is an embedded recipe.
     BuildBundle { kind: BundleKind, name: String },
     /// See [`HelperRequest::BindDns`].
@@ -83,9 +81,6 @@ impl Action {
             HelperRequest::TeardownAll { bridge } => Action::TeardownAll {
                 bridge: IfaceName::parse(&bridge)?,
             },
-            HelperRequest::ChownToOwner { path } => Action::ChownToOwner {
-                path: validate::validate_path(Path::new(&path), &policy.allowed_dirs)?,
-            },
             HelperRequest::BuildBundle { kind, name } => Action::BuildBundle {
                 name: validate::recipe_name(kind, &name)?,
                 kind,
@@ -103,6 +98,8 @@ impl Action {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn policy(dir: &Path) -> Policy {
@@ -134,14 +131,6 @@ mod tests {
                 address: "172.16.0.1/24".parse().unwrap()
             }
         );
-        let a = Action::parse(
-            HelperRequest::ChownToOwner {
-                path: tmp.path().display().to_string(),
-            },
-            &p,
-        )
-        .unwrap();
-        assert!(matches!(a, Action::ChownToOwner { path } if path.relative.as_os_str().is_empty()));
         assert_eq!(
             Action::parse(HelperRequest::RemoveNat, &p).unwrap(),
             Action::RemoveNat
@@ -206,12 +195,6 @@ mod tests {
                     bridge: "lo".into(),
                 },
                 "interface name \"lo\"",
-            ),
-            (
-                HelperRequest::ChownToOwner {
-                    path: "/etc/shadow".into(),
-                },
-                "outside banger's",
             ),
             (
                 HelperRequest::BuildBundle {

@@ -1,7 +1,7 @@
 //! `bangerd-root`: banger's root helper.
 //!
 //! A small privileged process that performs only named host-kernel
-//! operations for `bangerd` (bridge, taps, NAT, chown of banger's own files).
+//! operations for `bangerd` (bridge, taps, NAT, DNS sockets, image builds).
 //! Requests arrive as one JSON object per line on a Unix socket
 //! ([`banger_wire::helper`]); the peer is checked with `SO_PEERCRED` against
 //! the owner uid; every argument is validated ([`validate`]) into a typed

@@ -30,8 +30,8 @@ enum Command {
         /// The request, e.g. '{"op":"ping"}'.
         json: String,
     },
-    /// Build an embedded recipe and install it into the install's store,
-    /// owned by the owner; prints the helper reply as one JSON line. The
+    /// Build an embedded recipe as root and install it into the install's
+    /// store as the owner; prints the helper reply as one JSON line. The
     /// system-mode helper runs this in a transient unit (docs/security.md).
     BuildBundle {
         /// Install metadata file (state, cache dir and owner).
@@ -60,7 +60,8 @@ struct ServeArgs {
     /// The only uid served; taps are given to it (child mode).
     #[arg(long, required_unless_present = "system")]
     owner_uid: Option<u32>,
-    /// Group given to chowned files (child mode; default: unchanged).
+    /// The owner's group for built bundles (child mode; default: its
+    /// primary group).
     #[arg(long)]
     owner_gid: Option<u32>,
     /// The guest range (required in child mode; in system mode it overrides
@@ -70,13 +71,18 @@ struct ServeArgs {
     /// A directory of banger's that paths may resolve under (repeatable).
     #[arg(long, required_unless_present = "system")]
     allowed_dir: Vec<PathBuf>,
-    /// State dir whose store `build_bundle` installs into (child mode;
-    /// without it builds are refused).
-    #[arg(long, requires = "build_cache_dir")]
+    /// State dir whose store `build_bundle` installs into, as the owner
+    /// (child mode; without it builds are refused).
+    #[arg(long, requires_all = ["build_cache_dir", "build_work_dir"])]
     build_state_dir: Option<PathBuf>,
-    /// Cache dir for `build_bundle` bundles and scratch (child mode).
+    /// The owner's cache dir, where a copy of each built bundle is left
+    /// (child mode).
     #[arg(long, requires = "build_state_dir")]
     build_cache_dir: Option<PathBuf>,
+    /// Root's scratch space and bundle cache: every component must be a
+    /// directory only root can write (child mode).
+    #[arg(long, requires = "build_state_dir")]
+    build_work_dir: Option<PathBuf>,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -115,11 +121,15 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     };
     let mut config = ServeConfig::child(socket, owner_uid, cidr, args.allowed_dir);
     config.policy.owner_gid = args.owner_gid;
-    if let (Some(state_dir), Some(cache_dir)) = (args.build_state_dir, args.build_cache_dir) {
+    if let (Some(state_dir), Some(cache_dir), Some(work_dir)) = (
+        args.build_state_dir,
+        args.build_cache_dir,
+        args.build_work_dir,
+    ) {
         config.policy.build = Some(BuildPaths {
             state_dir,
             cache_dir,
-            work_dir: None,
+            work_dir,
             runner: BuildRunner::InProcess,
         });
     }

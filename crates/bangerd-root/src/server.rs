@@ -425,7 +425,7 @@ mod tests {
             ),
             (
                 r#"{"op":"chown_to_owner","path":"/etc/shadow"}"#,
-                "outside banger's directories",
+                "unknown variant `chown_to_owner`",
             ),
             (r#"[1,2,3]"#, "malformed request"),
             (

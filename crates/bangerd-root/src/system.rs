@@ -75,7 +75,7 @@ pub fn build_paths_in_unit(install: &InstallMetadata) -> BuildPaths {
     BuildPaths {
         state_dir: PathBuf::from(&install.state_dir),
         cache_dir: PathBuf::from(&install.cache_dir),
-        work_dir: Some(PathBuf::from(SYSTEM_WORK_DIR)),
+        work_dir: PathBuf::from(SYSTEM_WORK_DIR),
         runner: BuildRunner::InProcess,
     }
 }
@@ -103,7 +103,7 @@ pub fn system_config(install: &InstallMetadata, install_file: &Path, cidr: Ipv4N
             build: Some(BuildPaths {
                 state_dir: PathBuf::from(&install.state_dir),
                 cache_dir: PathBuf::from(&install.cache_dir),
-                work_dir: Some(PathBuf::from(SYSTEM_WORK_DIR)),
+                work_dir: PathBuf::from(SYSTEM_WORK_DIR),
                 runner: BuildRunner::TransientUnit {
                     install_file: install_file.to_owned(),
                 },
@@ -163,7 +163,7 @@ config_path = "/etc/banger/config.toml"
             (
                 PathBuf::from("/var/lib/banger"),
                 PathBuf::from("/var/cache/banger"),
-                Some(PathBuf::from(SYSTEM_WORK_DIR))
+                PathBuf::from(SYSTEM_WORK_DIR)
             )
         );
         assert_eq!(

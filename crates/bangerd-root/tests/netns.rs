@@ -544,30 +544,11 @@ async fn invalid_requests_are_refused_clearly_and_change_nothing() {
             HelperErrorCode::Invalid,
             "prefix",
         ),
-        (
-            format!(r#"{{"op":"chown_to_owner","path":"{s}/../outside/precious"}}"#),
-            HelperErrorCode::Invalid,
-            "'..'",
-        ),
+        // The operation was removed: nothing in banger sent it.
         (
             format!(r#"{{"op":"chown_to_owner","path":"{s}/escape"}}"#),
             HelperErrorCode::Invalid,
-            "outside banger's directories",
-        ),
-        (
-            format!(r#"{{"op":"chown_to_owner","path":"{s}/escape-dir/precious"}}"#),
-            HelperErrorCode::Invalid,
-            "outside banger's directories",
-        ),
-        (
-            format!(r#"{{"op":"chown_to_owner","path":"{s}/hardlink"}}"#),
-            HelperErrorCode::Invalid,
-            "more than one hard link",
-        ),
-        (
-            r#"{"op":"chown_to_owner","path":"/etc/shadow"}"#.into(),
-            HelperErrorCode::Invalid,
-            "outside banger's directories",
+            "unknown variant `chown_to_owner`",
         ),
         (
             r#"{"op":"ensure_bridge","name":"banger0""#.into(),
@@ -617,7 +598,7 @@ async fn the_owner_is_served_and_every_other_uid_is_rejected() {
     if !privileged() {
         return;
     }
-    // Owner nobody: nobody's taps and files become nobody's; root is refused.
+    // Owner nobody: nobody's taps become nobody's; root is refused.
     let fx = Fixture::start(NOBODY);
     fx.open_dirs_to_everyone();
     let before = fx.ns.links();
@@ -640,12 +621,6 @@ async fn the_owner_is_served_and_every_other_uid_is_rejected() {
     assert_eq!(fx.request_as(NOBODY, bridge), Ok(done(true)));
     assert_eq!(fx.request_as(NOBODY, tap), Ok(done(true)));
     assert_eq!(fx.ns.tap_owner("banger-t7"), NOBODY.to_string());
-    let disk = fx.dir("state").join("disk.img");
-    std::fs::write(&disk, b"").unwrap();
-    let chown = format!(r#"{{"op":"chown_to_owner","path":"{}"}}"#, disk.display());
-    assert_eq!(fx.request_as(NOBODY, &chown), Ok(done(true)));
-    assert_eq!(fx.request_as(NOBODY, &chown), Ok(done(false)));
-    assert_eq!(std::fs::metadata(&disk).unwrap().uid(), NOBODY);
 
     // Owner root, socket opened to all by mistake: nobody is still refused.
     let fx = Fixture::start(0);

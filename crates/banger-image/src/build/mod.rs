@@ -106,6 +106,10 @@ pub struct BuildOptions {
     /// Recipes (default: the ones compiled in).
     pub recipes: RecipeSet,
     /// Bundle cache: `<cache_dir>/{images,kernels}/<recipe_hash>.tar.zst`.
+    /// A build writes there by path and trusts what it finds there as its
+    /// own earlier work, so when root builds for someone else this must be
+    /// a directory only root can change (the root helper uses its own
+    /// root-owned work dir, never the owner's cache).
     pub cache_dir: PathBuf,
     /// Scratch space (default `<cache_dir>/build`); needs a few GB.
     pub work_dir: Option<PathBuf>,
@@ -121,9 +125,6 @@ pub struct BuildOptions {
     pub security_mirror: Option<String>,
     /// Rebuild even when the cache holds a bundle for this recipe hash.
     pub force: bool,
-    /// Owner (uid, gid) given to the bundle file, e.g. the daemon's user
-    /// when the root helper builds.
-    pub owner: Option<(u32, u32)>,
 }
 
 impl BuildOptions {
@@ -138,7 +139,6 @@ impl BuildOptions {
             mirror: None,
             security_mirror: None,
             force: false,
-            owner: None,
         }
     }
 
@@ -296,7 +296,7 @@ impl Work {
     }
 }
 
-/// Write the finished bundle to the cache (and chown it when asked).
+/// Write the finished bundle to the cache.
 fn finish_bundle(
     src: &Path,
     meta: &crate::bundle::BundleMeta,
@@ -315,11 +315,6 @@ fn finish_bundle(
         format!("packing {}", out.display()),
     ));
     let packed = crate::bundle::pack(src, meta, &out)?;
-    if let Some((uid, gid)) = opts.owner {
-        for p in [dir, out.as_path()] {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(io_err("chown", p))?;
-        }
-    }
     progress(Progress::note(
         Phase::Build,
         format!(

@@ -1,23 +1,32 @@
 //! Building an embedded recipe as root and installing the bundle into the
 //! owner's store (see [`banger_wire::helper::HelperRequest::BuildBundle`]).
 //!
-//! The owner controls the state and cache directories, so everything root
-//! leaves there is handed over with descriptor-relative, never-follow
-//! `fchown`s: a component swapped for a symlink mid-walk fails the walk
-//! instead of redirecting a chown onto a host file.
+//! The owner can write its state and cache directories, so root never opens,
+//! writes, chowns or renames anything there: it may have swapped any
+//! component for a symlink to a host file. Root builds and keeps its bundle
+//! cache in its own work directory, which no other user can change (checked
+//! component by component before every build), then opens the finished
+//! bundle and hands the descriptor to a thread that has dropped to the
+//! owner's uid and gids. That thread copies the bundle into the owner's cache
+//! (refusing symlinks) and installs it into the owner's store, with exactly
+//! the owner's rights: whatever the owner planted there, it reaches only what
+//! the owner could reach anyway, and everything it creates is the owner's
+//! without a chown.
 
+use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 
-use banger_image::build::{build_and_install, BuildOptions};
-use banger_image::store::Store;
+use banger_image::build::{build, BuildOptions, Built};
+use banger_image::store::{Installed, Origin, Store};
 use banger_image::{Kind, Progress};
 use banger_wire::helper::{BundleKind, HelperResponse};
-use nix::fcntl::{openat2, AtFlags, OFlag, OpenHow, ResolveFlag};
-use nix::sys::stat::Mode;
-use nix::unistd::{fchown, fchownat, Gid, Uid};
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, renameat, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
 use tracing::info;
 
 use super::OpError;
@@ -30,13 +39,13 @@ pub const UNIT_PREFIX: &str = "banger-build-";
 pub const SYSTEM_WORK_DIR: &str = "/var/cache/banger-build";
 
 /// Properties of the transient unit a system-mode build runs in (besides
-/// `ReadWritePaths=` of the install's state and cache dirs). The helper's own
-/// sandbox (nix/units.json) cannot run mmdebstrap: it lacks
-/// `CAP_SYS_CHROOT`, `CAP_MKNOD`, `CAP_DAC_OVERRIDE`, `CAP_FOWNER`,
-/// `CAP_SETUID`/`CAP_SETGID`, forbids setuid files (dpkg installs some), W^X
-/// memory (npm's node) and device nodes beyond its allow-list. Builds get
-/// this looser, short-lived sandbox instead of widening the long-running
-/// helper; docs/security.md has the trade-off and both scores.
+/// `ReadWritePaths=` of the install's state and cache dirs, which the part
+/// of the build that runs as the owner writes). The helper's own sandbox
+/// (nix/units.json) cannot run mmdebstrap: it lacks the capabilities below,
+/// forbids setuid files (dpkg installs some), W^X memory (npm's node) and
+/// namespaces. Builds get this looser, short-lived sandbox instead of
+/// widening the long-running helper; docs/security.md has the trade-off and
+/// both scores.
 pub const BUILD_UNIT_PROPERTIES: &[&str] = &[
     "CacheDirectory=banger-build",
     "CacheDirectoryMode=0700",
@@ -47,6 +56,10 @@ pub const BUILD_UNIT_PROPERTIES: &[&str] = &[
     "PrivateTmp=yes",
     "PrivateIPC=yes",
     "PrivateMounts=yes",
+    // mmdebstrap finds mknod refused and bind-mounts the few nodes a chroot
+    // needs (null, zero, full, random, urandom, tty) from this private /dev.
+    "PrivateDevices=yes",
+    "ProtectKernelTunables=yes",
     "ProtectKernelModules=yes",
     "ProtectKernelLogs=yes",
     "ProtectControlGroups=yes",
@@ -58,11 +71,19 @@ pub const BUILD_UNIT_PROPERTIES: &[&str] = &[
     "RestrictRealtime=yes",
     "LockPersonality=yes",
     "SystemCallArchitectures=native",
-    "CapabilityBoundingSet=~CAP_SYS_MODULE CAP_SYS_RAWIO CAP_SYS_BOOT CAP_SYS_TIME CAP_SYS_PTRACE \
-     CAP_MAC_ADMIN CAP_MAC_OVERRIDE CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_PACCT \
-     CAP_LINUX_IMMUTABLE CAP_IPC_LOCK CAP_SYS_TTY_CONFIG CAP_BLOCK_SUSPEND CAP_LEASE \
-     CAP_AUDIT_CONTROL CAP_AUDIT_READ CAP_AUDIT_WRITE CAP_NET_BIND_SERVICE \
-     CAP_NET_BROADCAST CAP_NET_RAW CAP_WAKE_ALARM CAP_SYSLOG",
+    // What the build uses, by whom (docs/root-helper.md):
+    // CAP_SYS_ADMIN: mmdebstrap mounts proc, sysfs and the device nodes into
+    //   the chroot and unshares namespaces;
+    // CAP_SYS_CHROOT: mmdebstrap/dpkg maintainer scripts, `chroot depmod`;
+    // CAP_CHOWN, CAP_FOWNER, CAP_FSETID, CAP_DAC_OVERRIDE,
+    //   CAP_DAC_READ_SEARCH: dpkg unpacking files of every owner and mode
+    //   (setuid ones included) into the tree, mke2fs reading it back;
+    // CAP_SETFCAP: dpkg/postinst `setcap` (iputils-ping);
+    // CAP_SETUID, CAP_SETGID: apt drops to `_apt` to download, and the
+    //   helper drops to the owner to install the result;
+    // CAP_KILL: apt and mmdebstrap stop their helper processes (other uids).
+    "CapabilityBoundingSet=CAP_SYS_ADMIN CAP_SYS_CHROOT CAP_CHOWN CAP_FOWNER CAP_FSETID \
+     CAP_DAC_OVERRIDE CAP_DAC_READ_SEARCH CAP_SETFCAP CAP_SETUID CAP_SETGID CAP_KILL",
     "UMask=0022",
     "Nice=10",
     "IOSchedulingClass=idle",
@@ -73,10 +94,13 @@ pub const BUILD_UNIT_PROPERTIES: &[&str] = &[
 pub struct BuildPaths {
     /// The owner's state dir; the store lives under it.
     pub state_dir: PathBuf,
-    /// The owner's cache dir; finished bundles are cached under it.
+    /// The owner's cache dir; a copy of each finished bundle is left under
+    /// `<cache_dir>/{images,kernels}/` for the owner.
     pub cache_dir: PathBuf,
-    /// Scratch space (`None`: `<cache_dir>/build`).
-    pub work_dir: Option<PathBuf>,
+    /// Root's own scratch space and bundle cache: an absolute path whose
+    /// every component is a root-owned directory no other user can write
+    /// (see [`root_private_dir`]); created 0700 when missing.
+    pub work_dir: PathBuf,
     /// How the build process runs.
     pub runner: BuildRunner,
 }
@@ -124,7 +148,8 @@ pub async fn build_bundle(
     }
 }
 
-/// Build, install and hand the result to `uid:gid`, in this process
+/// Build as root in [`BuildPaths::work_dir`], then install the bundle into
+/// the owner's store as the owner (`uid`, `gid`), in this process
 /// (blocking; minutes).
 pub fn build_here(
     kind: BundleKind,
@@ -138,41 +163,29 @@ pub fn build_here(
         name: name.to_owned(),
         message,
     };
-    let mut opts = BuildOptions::new(&paths.cache_dir);
-    opts.work_dir = paths.work_dir.clone();
-    opts.owner = Some((uid, gid));
-    let store = Store::new(&paths.state_dir);
+    root_private_dir(&paths.work_dir)?;
+    // The bundle cache is root's: a cache hit is a bundle root built, never
+    // one the owner planted.
+    let mut opts = BuildOptions::new(paths.work_dir.join("bundles"));
+    opts.work_dir = Some(paths.work_dir.clone());
     let log = |p: Progress| {
         // mmdebstrap's per-package info lines would flood the journal.
         if !p.message.contains(": I: ") {
             info!(phase = p.phase.as_str(), "{kind:?} {name}: {}", p.message);
         }
     };
-    let (built, installed) = build_and_install(image_kind(kind), name, &opts, &store, &log)
-        .map_err(|e| build_err(e.to_string()))?;
-    let kind_dir = store.kind_dir(image_kind(kind));
-    let rel = installed
-        .dir
-        .strip_prefix(&paths.state_dir)
-        .map_err(|_| {
-            build_err(format!(
-                "installed outside the store: {}",
-                installed.dir.display()
-            ))
-        })?
-        .to_owned();
-    // The store's own directories may have been created just now, by root.
-    for dir in [
-        kind_dir
-            .strip_prefix(&paths.state_dir)
-            .unwrap_or(Path::new("")),
-        Path::new("locks"),
-    ] {
-        give_tree(&paths.state_dir, dir, uid, gid, false)?;
-    }
-    let lock = PathBuf::from("locks").join(format!("{}-{name}.lock", kind.as_str()));
-    give_tree(&paths.state_dir, &lock, uid, gid, false)?;
-    give_tree(&paths.state_dir, &rel, uid, gid, true)?;
+    let built = build(image_kind(kind), name, &opts, &log).map_err(|e| build_err(e.to_string()))?;
+    let bundle = File::open(&built.packed.path).map_err(|source| OpError::File {
+        what: "open the built bundle",
+        path: built.packed.path.clone(),
+        source,
+    })?;
+    let installed = as_owner(uid, gid, || {
+        hand_over(kind, name, bundle, &built, paths, &log).map_err(|e| match e {
+            OpError::Build { .. } | OpError::Refused { .. } => e,
+            other => build_err(other.to_string()),
+        })
+    })?;
     Ok(HelperResponse::Built {
         path: installed.dir.display().to_string(),
         version: installed.manifest.version.clone(),
@@ -182,7 +195,218 @@ pub fn build_here(
     })
 }
 
-fn file_err(what: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> OpError {
+/// Create `dir` (mode 0700) where missing and make sure no user but root can
+/// change any component of it: each is a real directory (not a symlink)
+/// owned by root, and none is writable by group or others, except an
+/// intermediate directory with the sticky bit (`/tmp`), where others cannot
+/// rename or remove root's entries. Root then uses paths under `dir` freely.
+pub fn root_private_dir(dir: &Path) -> Result<(), OpError> {
+    let refused = |path: &Path, reason| OpError::Refused {
+        path: path.to_owned(),
+        reason,
+    };
+    if !dir.is_absolute() {
+        return Err(refused(dir, "the build work directory must be absolute"));
+    }
+    let mut cur = PathBuf::from("/");
+    let mut parts = dir.components().skip(1).peekable();
+    while let Some(part) = parts.next() {
+        let Component::Normal(part) = part else {
+            return Err(refused(
+                dir,
+                "the build work directory contains '..' or '.'",
+            ));
+        };
+        cur.push(part);
+        let last = parts.peek().is_none();
+        // The parent was checked already, so this mkdir cannot be redirected.
+        match std::fs::DirBuilder::new().mode(0o700).create(&cur) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(source) => {
+                return Err(OpError::File {
+                    what: "create",
+                    path: cur,
+                    source,
+                })
+            }
+        }
+        let meta = std::fs::symlink_metadata(&cur).map_err(|source| OpError::File {
+            what: "stat",
+            path: cur.clone(),
+            source,
+        })?;
+        if !meta.file_type().is_dir() {
+            return Err(refused(&cur, "it is not a directory (a symbolic link?)"));
+        }
+        if meta.uid() != 0 {
+            return Err(refused(
+                &cur,
+                "root builds only under directories root owns",
+            ));
+        }
+        let others_write = meta.mode() & 0o022 != 0;
+        let sticky = meta.mode() & 0o1000 != 0;
+        if others_write && (last || !sticky) {
+            return Err(refused(&cur, "users other than root can write it"));
+        }
+    }
+    Ok(())
+}
+
+/// Run `f` on a fresh thread whose uid and gids are the owner's.
+///
+/// glibc's `setresuid`/`setgroups` switch every thread of the process (its
+/// setxid broadcast), which would leave the helper unprivileged; the raw
+/// system calls change only the calling thread, and that thread ends with
+/// `f`, so root's credentials never come back to code that ran as the owner.
+fn as_owner<T: Send>(
+    uid: u32,
+    gid: u32,
+    f: impl FnOnce() -> Result<T, OpError> + Send,
+) -> Result<T, OpError> {
+    let cred_err = |what: &'static str| {
+        move |source: std::io::Error| OpError::Credentials { what, uid, source }
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                // SAFETY: plain system calls on this thread's credentials
+                // with integer arguments (a null, empty group list).
+                let rc = unsafe {
+                    libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
+                };
+                if rc != 0 {
+                    return Err(cred_err("drop the supplementary groups")(
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                // SAFETY: as above.
+                if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
+                    return Err(cred_err("switch to the owner's group")(
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                // SAFETY: as above.
+                if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
+                    return Err(cred_err("switch to the owner's uid")(
+                        std::io::Error::last_os_error(),
+                    ));
+                }
+                // geteuid/getegid read the calling thread's credentials.
+                // SAFETY: no arguments, cannot fail.
+                let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+                if (euid, egid) != (uid, gid) {
+                    return Err(cred_err("switch to the owner")(std::io::Error::other(
+                        format!("still running as {euid}:{egid}"),
+                    )));
+                }
+                f()
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(cred_err("run as the owner")(std::io::Error::other(
+                    "the thread panicked",
+                )))
+            })
+    })
+}
+
+/// As the owner: copy `bundle` to `<cache_dir>/{images,kernels}/<hash>.tar.zst`
+/// (refusing symlinks there) and install it into the store.
+fn hand_over(
+    kind: BundleKind,
+    name: &str,
+    mut bundle: File,
+    built: &Built,
+    paths: &BuildPaths,
+    log: &(dyn Fn(Progress) + Send + Sync),
+) -> Result<Installed, OpError> {
+    let kind_name = match kind {
+        BundleKind::Image => "images",
+        BundleKind::Kernel => "kernels",
+    };
+    let dir_path = paths.cache_dir.join(kind_name);
+    let file_name = format!("{}.tar.zst", built.recipe_hash);
+    let dest = dir_path.join(&file_name);
+    let partial = format!(".{file_name}.partial");
+    let cache = nix::fcntl::open(
+        &paths.cache_dir,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(no_symlink("open the cache directory", &paths.cache_dir))?;
+    // SAFETY: `open` returned a fresh descriptor that nothing else owns.
+    let cache = unsafe { OwnedFd::from_raw_fd(cache) };
+    match mkdirat(
+        Some(cache.as_raw_fd()),
+        kind_name,
+        Mode::from_bits_truncate(0o750),
+    ) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(file_err("create", &dir_path)(e)),
+    }
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let dir = openat2(cache.as_raw_fd(), kind_name, how).map_err(no_symlink("open", &dir_path))?;
+    // SAFETY: `openat2` returned a fresh descriptor that nothing else owns.
+    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
+    let dirfd = Some(dir.as_raw_fd());
+    match unlinkat(dirfd, partial.as_str(), UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(file_err("remove", &dir_path.join(&partial))(e)),
+    }
+    let out = openat(
+        dirfd,
+        partial.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o640),
+    )
+    .map_err(file_err("create", &dir_path.join(&partial)))?;
+    // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
+    let mut out = File::from(unsafe { OwnedFd::from_raw_fd(out) });
+    std::io::copy(&mut bundle, &mut out)
+        .and_then(|_| out.sync_all())
+        .map_err(|source| OpError::File {
+            what: "write",
+            path: dir_path.join(&partial),
+            source,
+        })?;
+    drop(out);
+    // A symlink here is the owner's own business (rename would replace the
+    // link, not follow it), but it is a sign of tampering: say so.
+    match fstatat(
+        dirfd,
+        file_name.as_str(),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    ) {
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+            let _ = unlinkat(dirfd, partial.as_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(OpError::Refused {
+                path: dest,
+                reason: "it is a symbolic link",
+            });
+        }
+        Ok(_) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(file_err("stat", &dest)(e)),
+    }
+    renameat(dirfd, partial.as_str(), dirfd, file_name.as_str())
+        .map_err(file_err("rename into place", &dest))?;
+    let store = Store::new(&paths.state_dir);
+    let origin = Origin::Build {
+        bundle_sha256: built.packed.sha256.clone(),
+    };
+    store
+        .install_file(&dest, image_kind(kind), name, origin, log)
+        .map_err(|e| OpError::Build {
+            kind: kind.as_str(),
+            name: name.to_owned(),
+            message: e.to_string(),
+        })
+}
+
+fn file_err(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError {
     let path = path.to_owned();
     move |e| OpError::File {
         what,
@@ -191,82 +415,17 @@ fn file_err(what: &'static str, path: &Path) -> impl FnOnce(nix::Error) -> OpErr
     }
 }
 
-/// `fchown` `rel` (beneath `base`, no symlink anywhere on the way) to
-/// `uid:gid`, and with `recursive` everything under it. A missing `rel` is
-/// not an error (nothing to hand over).
-fn give_tree(base: &Path, rel: &Path, uid: u32, gid: u32, recursive: bool) -> Result<(), OpError> {
-    let full = base.join(rel);
-    let base_fd = nix::fcntl::open(
-        base,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(file_err("open the state directory", base))?;
-    // SAFETY: `open` returned a fresh descriptor that nothing else owns.
-    let base_fd = unsafe { OwnedFd::from_raw_fd(base_fd) };
-    let target = if rel.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        rel
-    };
-    let how = OpenHow::new()
-        .flags(OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let fd = match openat2(base_fd.as_raw_fd(), target, how) {
-        Ok(fd) => fd,
-        Err(nix::errno::Errno::ENOENT) => return Ok(()),
-        Err(e) => return Err(file_err("open", &full)(e)),
-    };
-    // SAFETY: `openat2` returned a fresh descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    give_fd(fd, &full, uid, gid, recursive)
-}
-
-fn give_fd(fd: OwnedFd, path: &Path, uid: u32, gid: u32, recursive: bool) -> Result<(), OpError> {
-    let (u, g) = (Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)));
-    fchown(fd.as_raw_fd(), u, g).map_err(file_err("chown", path))?;
-    let is_dir = nix::sys::stat::fstat(fd.as_raw_fd())
-        .map_err(file_err("stat", path))?
-        .st_mode
-        & libc::S_IFMT
-        == libc::S_IFDIR;
-    if !recursive || !is_dir {
-        return Ok(());
+/// Like [`file_err`], but a symlink where a directory belongs (`ELOOP`, or
+/// `ENOTDIR` from `O_DIRECTORY|O_NOFOLLOW`) is named as such.
+fn no_symlink(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError {
+    let path = path.to_owned();
+    move |e| match e {
+        Errno::ELOOP | Errno::ENOTDIR => OpError::Refused {
+            path,
+            reason: "it is a symbolic link or not a directory",
+        },
+        e => file_err(what, &path)(e),
     }
-    let dup =
-        nix::unistd::dup(fd.as_raw_fd()).map_err(file_err("duplicate the descriptor of", path))?;
-    let mut dir = nix::dir::Dir::from_fd(dup).map_err(file_err("list", path))?;
-    let dir_fd = dir.as_raw_fd();
-    let entries: Vec<(std::ffi::CString, Option<nix::dir::Type>)> = dir
-        .iter()
-        .filter_map(Result::ok)
-        .filter(|e| ![&b"."[..], &b".."[..]].contains(&e.file_name().to_bytes()))
-        .map(|e| (e.file_name().to_owned(), e.file_type()))
-        .collect();
-    for (name, ty) in entries {
-        let child = path.join(std::ffi::OsStr::from_bytes(name.to_bytes()));
-        if ty == Some(nix::dir::Type::Directory) {
-            let sub = nix::fcntl::openat(
-                Some(dir_fd),
-                name.as_c_str(),
-                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(file_err("open", &child))?;
-            // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
-            give_fd(unsafe { OwnedFd::from_raw_fd(sub) }, &child, uid, gid, true)?;
-        } else {
-            fchownat(
-                Some(dir_fd),
-                name.as_c_str(),
-                u,
-                g,
-                AtFlags::AT_SYMLINK_NOFOLLOW,
-            )
-            .map_err(file_err("chown", &child))?;
-        }
-    }
-    Ok(())
 }
 
 /// The unit's name, type, description and properties as `systemd-run`
@@ -324,7 +483,11 @@ async fn in_transient_unit(
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
     match last.map(serde_json::from_str::<banger_wire::helper::HelperReply>) {
-        Some(Ok(Ok(resp))) if out.status.success() => Ok(resp),
+        Some(Ok(Ok(resp @ HelperResponse::Built { .. }))) if out.status.success() => Ok(resp),
+        Some(Ok(Ok(other))) => Err(build_err(format!(
+            "the build unit answered {other:?} ({}), not a built bundle",
+            out.status
+        ))),
         Some(Ok(Err(e))) => Err(OpError::BuildUnit(e.message)),
         _ => {
             let stderr = String::from_utf8_lossy(&out.stderr);
@@ -370,7 +533,7 @@ mod tests {
         let paths = BuildPaths {
             state_dir: "/var/lib/banger".into(),
             cache_dir: "/var/cache/banger".into(),
-            work_dir: Some(SYSTEM_WORK_DIR.into()),
+            work_dir: SYSTEM_WORK_DIR.into(),
             runner: BuildRunner::InProcess,
         };
         let options = unit_options(BundleKind::Kernel, "generic-6.12", &paths);

@@ -2,7 +2,6 @@
 //! Every operation is idempotent and reports whether it changed anything.
 
 pub mod build;
-mod chown;
 pub mod dns;
 mod link;
 mod nft;
@@ -81,6 +80,14 @@ pub enum OpError {
     /// build).
     #[error("{0}")]
     BuildUnit(String),
+    /// A thread could not take on the owner's credentials.
+    #[error("cannot {what} (uid {uid}): {source}")]
+    Credentials {
+        what: &'static str,
+        uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl OpError {
@@ -94,7 +101,8 @@ impl OpError {
             OpError::Tun { .. }
             | OpError::File { .. }
             | OpError::Build { .. }
-            | OpError::BuildUnit(_) => HelperErrorCode::Io,
+            | OpError::BuildUnit(_)
+            | OpError::Credentials { .. } => HelperErrorCode::Io,
             OpError::Dns { .. } => HelperErrorCode::Io,
             OpError::Nft { .. } => HelperErrorCode::Nftables,
             OpError::Refused { .. } => HelperErrorCode::Invalid,
@@ -136,9 +144,6 @@ pub async fn execute(action: &Action, policy: &Policy) -> Result<HelperResponse,
         Action::TeardownAll { bridge } => {
             let links = link::Net::connect()?.teardown(bridge).await?;
             nft::remove_nat().await? | links
-        }
-        Action::ChownToOwner { path } => {
-            chown::chown_to_owner(path, policy.owner_uid, policy.owner_gid)?
         }
         Action::BuildBundle { kind, name } => {
             let Some(paths) = &policy.build else {
