@@ -252,6 +252,21 @@ impl Install {
         self.paths.state_dir.join("kernels").join(KERNEL)
     }
 
+    /// A build fails with an error naming `link`, installs nothing, and
+    /// leaves `victim` as `before` recorded it.
+    fn refused_naming(&self, link: &Path, victim: &Path, before: &[Snapshot]) {
+        let err = self
+            .build()
+            .expect_err("the build went through the symlink");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&link.display().to_string()) && msg.contains("symbolic link"),
+            "the error does not name the link: {msg}"
+        );
+        assert_eq!(snapshot(victim), before, "the symlink's target changed");
+        assert!(!self.installed().exists(), "installed despite the refusal");
+    }
+
     /// A root-owned directory outside banger's, holding one root-owned file.
     fn victim_dir(&self) -> PathBuf {
         let dir = self.tmp.path().join("victim");
@@ -261,9 +276,12 @@ impl Install {
     }
 }
 
+/// Path, uid, gid, mode and (for a file) content.
+type Snapshot = (String, u32, u32, u32, Vec<u8>);
+
 /// What an attacker must not have changed: `path` (not followed) and,
 /// for a directory, its entries, with their owners and contents.
-fn snapshot(path: &Path) -> Vec<(String, u32, u32, u32, Vec<u8>)> {
+fn snapshot(path: &Path) -> Vec<Snapshot> {
     let mut out = Vec::new();
     let meta = std::fs::symlink_metadata(path).unwrap();
     let content = if meta.is_file() {
@@ -306,18 +324,8 @@ fn a_symlinked_cache_dir_is_refused_and_its_target_untouched() {
     owner_symlink(&victim, &link);
     let before = snapshot(&victim);
 
-    let err = install.build().expect_err("the build followed the symlink");
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&link.display().to_string()) && msg.contains("symbolic link"),
-        "the error does not name the link: {msg}"
-    );
-    assert_eq!(snapshot(&victim), before, "the symlink's target changed");
+    install.refused_naming(&link, &victim, &before);
     assert_eq!(std::fs::metadata(&victim).unwrap().uid(), 0);
-    assert!(
-        !install.installed().exists(),
-        "installed despite the refusal"
-    );
 }
 
 /// The owner swapped the bundle's path in its cache for a symlink to a
@@ -339,19 +347,7 @@ fn a_symlinked_bundle_path_is_refused_and_its_target_untouched() {
     owner_symlink(&victim, &link);
     let before = snapshot(&victim);
 
-    let err = install
-        .build()
-        .expect_err("the build went through the symlink");
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&link.display().to_string()) && msg.contains("symbolic link"),
-        "the error does not name the link: {msg}"
-    );
-    assert_eq!(snapshot(&victim), before, "the symlink's target changed");
-    assert!(
-        !install.installed().exists(),
-        "installed despite the refusal"
-    );
+    install.refused_naming(&link, &victim, &before);
 }
 
 /// A bundle the owner planted in its own cache under the recipe hash is
