@@ -385,7 +385,7 @@ fn hand_over(
             let _ = unlinkat(dirfd, partial.as_str(), UnlinkatFlags::NoRemoveDir);
             return Err(OpError::Refused {
                 path: dest,
-                reason: "it is a symbolic link",
+                reason: "it is a symbolic link (remove it; the next build writes the bundle there)",
             });
         }
         Ok(_) | Err(Errno::ENOENT) => {}
@@ -422,7 +422,8 @@ fn no_symlink(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError 
     move |e| match e {
         Errno::ELOOP | Errno::ENOTDIR => OpError::Refused {
             path,
-            reason: "it is a symbolic link or not a directory",
+            reason:
+                "it is a symbolic link or not a directory (remove it; the next build recreates it)",
         },
         e => file_err(what, &path)(e),
     }
