@@ -280,8 +280,9 @@ unsafe fn child(uid: u32, gid: u32, home: &CString, dirs: &[Vec<CString>], wr: O
         }
         // An existing directory (an older banger, the user) gets the mode
         // the SSH key needs.
-        // SAFETY: `st` is plain data filled by fstat on an open descriptor.
+        // SAFETY: `stat` is plain data; all zeroes is a valid value.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstat fills `st` for an open descriptor.
         if unsafe { libc::fstat(fd, &mut st) } != 0 {
             fail(record(di, comps.len() - 1, Kind::Open, errno()));
         }
