@@ -322,6 +322,30 @@ mod tests {
         vec![".config/banger".into(), ".local/state/banger".into()]
     }
 
+    /// A scratch directory (traversable by everyone) holding `home`, owned
+    /// by uid 4242 / gid 4343 when `owned`, else by root; `None` when not
+    /// root (these tests switch uids), unless BANGER_REQUIRE_PRIVILEGED=1.
+    fn scratch(test: &str, owned: bool) -> Option<(tempfile::TempDir, PathBuf, Owner)> {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+                "{test} needs root"
+            );
+            eprintln!("skipping {test}: needs root");
+            return None;
+        }
+        let t = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let home = t.path().join("home");
+        std::fs::create_dir(&home).unwrap();
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
+        if owned {
+            nix::unistd::chown(&home, Some(4242.into()), Some(4343.into())).unwrap();
+        }
+        let owner = owner_of(&home, 4242, 4343);
+        Some((t, home, owner))
+    }
+
     #[test]
     fn entries_must_be_plain_relative_paths() {
         for bad in ["/etc", "../x", "a/../b", "", "./a", "a/"] {
@@ -335,16 +359,9 @@ mod tests {
     /// changes nothing. Needs root (the child drops to the uid).
     #[test]
     fn creates_the_directories_as_the_owner_in_a_fresh_home() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root");
+        let Some((_t, home, owner)) = scratch("creates_the_directories_as_the_owner", true) else {
             return;
-        }
-        let t = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let home = t.path().join("home");
-        std::fs::create_dir(&home).unwrap();
-        nix::unistd::chown(&home, Some(4242.into()), Some(4343.into())).unwrap();
-        let owner = owner_of(&home, 4242, 4343);
+        };
         let changed = ensure_home_dirs(&owner, &home, &dirs()).unwrap();
         assert_eq!(
             changed,
@@ -383,22 +400,14 @@ mod tests {
     /// down is never followed.
     #[test]
     fn symlinks_in_the_home_are_refused_and_never_followed() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root");
+        let Some((t, home, owner)) = scratch("symlinks_in_the_home_are_refused", true) else {
             return;
-        }
-        let t = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let home = t.path().join("home");
+        };
         let target = t.path().join("root-owned");
-        std::fs::create_dir(&home).unwrap();
         std::fs::create_dir(&target).unwrap();
         std::fs::create_dir(home.join(".local")).unwrap();
+        nix::unistd::chown(&home.join(".local"), Some(4242.into()), Some(4343.into())).unwrap();
         std::os::unix::fs::symlink(&target, home.join(".local/state")).unwrap();
-        for p in [&home, &home.join(".local")] {
-            nix::unistd::chown(p, Some(4242.into()), Some(4343.into())).unwrap();
-        }
-        let owner = owner_of(&home, 4242, 4343);
         let err = ensure_home_dirs(&owner, &home, &dirs()).unwrap_err();
         assert!(
             matches!(&err, HomeError::NotDirectory { path, .. } if *path == home.join(".local/state")),
@@ -423,16 +432,9 @@ mod tests {
     /// write, root would succeed and the owner fails.
     #[test]
     fn the_child_has_only_the_owners_rights() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipping: needs root");
+        let Some((_t, home, owner)) = scratch("the_child_has_only_the_owners_rights", false) else {
             return;
-        }
-        let t = tempfile::tempdir().unwrap();
-        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let home = t.path().join("home");
-        std::fs::create_dir(&home).unwrap();
-        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let owner = owner_of(&home, 4242, 4343);
+        };
         let err = ensure_home_dirs(&owner, &home, &dirs()).unwrap_err();
         assert!(
             matches!(&err, HomeError::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied),

@@ -324,31 +324,16 @@ fn curl_as_nobody(test: &str, socket: &std::path::Path) -> Option<(u16, String)>
         eprintln!("skipping {test}: needs root to connect as another user");
         return None;
     }
-    let out = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=+dac_override",
-            "--ambient-caps=+dac_override",
-            "curl",
-            "-sS",
-            "--max-time",
-            "20",
-            "--unix-socket",
-        ])
-        .arg(socket)
-        .args(["-w", "\n%{http_code}", "http://x/v1/status"])
-        .output()
-        .expect("run setpriv (util-linux)");
-    assert!(
-        out.status.success(),
-        "curl as nobody: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let (body, code) = text.rsplit_once('\n').expect("status line");
-    Some((code.trim().parse().unwrap(), body.to_owned()))
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+dac_override",
+        "--ambient-caps=+dac_override",
+        "curl",
+    ]);
+    Some(common::curl_via(setpriv, socket, &["http://x/v1/status"]))
 }
 
 /// Every connection's peer is checked: another user who gets past the
