@@ -166,21 +166,25 @@ impl PeerPolicy {
             Some(n) => format!("uid {uid} ({n})"),
             None => format!("uid {uid}"),
         };
-        let owner = format!("its owner {} (uid {})", self.owner_name, self.owner_uid);
+        // A daemon run by root: "its owner root (uid 0) and root" says less.
+        let users = match self.owner_uid {
+            0 => "root".to_owned(),
+            uid => format!("its owner {} (uid {uid}) and root", self.owner_name),
+        };
         let (allowed, hint) = match (&self.group, &self.group_setting) {
             (Some(g), _) => (
-                format!("{owner}, root and members of group {}", g.name),
+                format!("{}, and members of group {}", users, g.name),
                 format!("; ask an admin to add you to group {}", g.name),
             ),
             (None, Some(setting)) => (
-                format!("{owner} and root"),
+                users,
                 format!(
                     "; an admin can admit a group with socket_group in {}",
                     setting.display()
                 ),
             ),
             (None, None) => (
-                format!("{owner} and root"),
+                users,
                 "; run your own banger as yourself (each user gets their own per-user daemon)"
                     .to_owned(),
             ),
@@ -492,9 +496,15 @@ mod tests {
         );
         let msg = policy(Some(2000)).refusal(77, None).to_string();
         assert!(msg.starts_with("uid 77 may not use"), "{msg}");
-        assert!(msg.contains("root and members of group banger"), "{msg}");
+        assert!(
+            msg.contains("only its owner alice (uid 1500) and root, and members of group banger may connect; ask an admin"),
+            "{msg}"
+        );
         let msg = PeerPolicy::per_user(0).refusal(1502, None).to_string();
-        assert!(msg.contains("per-user daemon"), "{msg}");
+        assert!(
+            msg.contains("only root may connect; run your own banger as yourself"),
+            "{msg}"
+        );
     }
 
     #[test]
