@@ -40,6 +40,14 @@ in
             users.groups.${if user == null then "GROUP" else user.group}.gid = 1000;'';
       }
       {
+        assertion = cfg.socketGroup == null || config.users.groups ? ${cfg.socketGroup};
+        message = ''
+          services.banger.socketGroup = "${toString cfg.socketGroup}", but users.groups has no
+          such group. Declare it (users.groups.${toString cfg.socketGroup} = { };) and add the
+          users who may drive the daemon, or leave socketGroup null: then only the owner
+          and root may connect.'';
+      }
+      {
         assertion = cidrProblem == null;
         message = ''
           services.banger.network.cidr = "${cfg.network.cidr}" ${toString cidrProblem}.

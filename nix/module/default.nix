@@ -8,6 +8,7 @@
     ./network.nix
     ./dns.nix
     ./images.nix
+    ./home.nix
     ./assertions.nix
   ];
 }

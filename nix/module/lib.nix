@@ -44,7 +44,8 @@ rec {
       ];
     in
     "# Written by the banger NixOS module; read by every banger process.\n"
-    + lib.concatStrings (map (k: line k meta.${k}) keys);
+    + lib.concatStrings (map (k: line k meta.${k}) keys)
+    + lib.optionalString ((meta.socket_group or null) != null) (line "socket_group" meta.socket_group);
 
   # Parse "a.b.c.d/n"; null when malformed.
   parseCidr = s:

@@ -24,6 +24,20 @@ in
       '';
     };
 
+    socketGroup = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "banger";
+      description = ''
+        A group whose members may also use the daemon's API socket
+        (`socket_group` in {file}`/etc/banger/install.toml`; the socket is
+        then mode 0660 with this group). By default only the owner and root
+        may connect, whatever the socket's mode: bangerd checks every
+        connection's peer credentials. Never use the owner's primary group
+        here when that is `users`: every normal user is in it.
+      '';
+    };
+
     package = mkOption {
       type = types.package;
       defaultText = literalExpression "banger.packages.\${pkgs.stdenv.hostPlatform.system}.banger";

@@ -25,6 +25,7 @@ let
     owner_user = cfg.owner;
     owner_uid = ownerUser.uid;
     owner_gid = config.users.groups.${ownerGroup}.gid;
+    socket_group = cfg.socketGroup;
     version = cfg.package.version;
     bin_dir = "${cfg.package}/bin";
     lib_dir = "${cfg.package}/lib/banger";

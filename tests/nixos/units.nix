@@ -31,6 +31,14 @@
     eff = machine.succeed(f"grep CapEff /proc/{pid}/status").split()[1]
     assert int(eff, 16) == 0, eff
 
+    # In the daemon's mount namespace the home is read-only except banger's
+    # directories, which banger-home.service made as alice.
+    machine.succeed("test \"$(stat -c %U:%a /home/alice/.config/banger)\" = alice:700")
+    machine.succeed("test \"$(stat -c %U:%a /home/alice/.local/state/banger)\" = alice:700")
+    machine.fail(f"nsenter -t {pid} -m -- touch /home/alice/.bashrc")
+    machine.fail(f"nsenter -t {pid} -m -- mkdir /home/alice/.ssh")
+    machine.succeed(f"nsenter -t {pid} -m -- touch /home/alice/.local/state/banger/probe")
+
     # Restarting keeps working (RuntimeDirectoryPreserve, tmpfiles).
     machine.succeed("systemctl restart bangerd-root.service bangerd.service")
     machine.wait_for_unit("bangerd.service")

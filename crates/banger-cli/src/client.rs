@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use banger_host::paths::{ensure_private_dir, Layout, PrivateDirError};
 use banger_wire::api::{
-    ApiError, DaemonStatus, InstallMode, LogLevel, ShutdownResponse, StreamEvent,
+    ApiError, DaemonStatus, ErrorCode, InstallMode, LogLevel, ShutdownResponse, StreamEvent,
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -46,10 +46,13 @@ pub enum ClientError {
         source: std::io::Error,
     },
     #[error(
-        "permission denied on the bangerd socket {socket}; in a system install, add your user \
-         to the socket's group (see `banger system status`) and log in again"
+        "permission denied on the bangerd socket {socket}: it admits only its owner, root and, \
+         when the install sets socket_group, that group's members (see `banger system status`)"
     )]
     PermissionDenied { socket: PathBuf },
+    /// The daemon's per-connection `SO_PEERCRED` check turned this user away.
+    #[error("bangerd on {socket} refused this user: {message}")]
+    Refused { socket: PathBuf, message: String },
     #[error(
         "bangerd (system service) is not answering on {socket}; start it with \
          `sudo systemctl start bangerd` and check `banger system status`"
@@ -411,7 +414,15 @@ impl Client {
             Ok(b) => b.to_bytes(),
             Err(source) => return self.http_error(method, path, source),
         };
-        api_failure(method, path, status, &bytes)
+        match api_failure(method, path, status, &bytes) {
+            ClientError::Api { error, .. } if error.code == ErrorCode::Forbidden => {
+                ClientError::Refused {
+                    socket: self.socket.clone(),
+                    message: error.message,
+                }
+            }
+            other => other,
+        }
     }
 
     fn http_error(&self, method: Method, path: &str, source: hyper::Error) -> ClientError {

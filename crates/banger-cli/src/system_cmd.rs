@@ -28,6 +28,10 @@ pub enum SystemCommand {
         /// this `banger`).
         #[arg(long, value_name = "DIR")]
         from: Option<PathBuf>,
+        /// Also let the members of GROUP use the daemon socket (mode 0660
+        /// with that group). Without it only the owner and root may connect.
+        #[arg(long, value_name = "GROUP")]
+        socket_group: Option<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -66,6 +70,7 @@ pub fn run(_global: &crate::cli::GlobalArgs, cmd: SystemCommand) -> anyhow::Resu
             owner,
             root,
             from,
+            socket_group,
             json,
         } => {
             let bin_src_dir = match from {
@@ -77,6 +82,7 @@ pub fn run(_global: &crate::cli::GlobalArgs, cmd: SystemCommand) -> anyhow::Resu
                 owner,
                 root: root.clone(),
                 bin_src_dir,
+                socket_group,
             })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);

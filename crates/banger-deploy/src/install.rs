@@ -10,6 +10,7 @@ use banger_wire::install::InstallMetadata;
 use serde::Serialize;
 
 use crate::fsutil::{self, FsError, Perms};
+use crate::home::{self, HomeError};
 use crate::owner::{self, Owner, OwnerError};
 use crate::spec::{Placeholders, RenderedUnit, Spec, SpecError};
 use crate::systemctl::{self, SystemctlError};
@@ -33,6 +34,8 @@ pub enum InstallError {
     },
     #[error("tmpfiles entry {line:?} in nix/units.json is not `d PATH MODE USER GROUP -`")]
     BadTmpfilesLine { line: String },
+    #[error("socket group {name:?} does not exist on this host (create it with `groupadd {name}`, or leave --socket-group out so only the owner and root may connect)")]
+    UnknownSocketGroup { name: String },
     #[error("cannot serialize the install metadata: {0}")]
     Metadata(#[from] toml::ser::Error),
     #[error(transparent)]
@@ -41,6 +44,8 @@ pub enum InstallError {
     Owner(#[from] OwnerError),
     #[error(transparent)]
     Fs(#[from] FsError),
+    #[error(transparent)]
+    Home(#[from] HomeError),
     #[error(transparent)]
     Systemctl(#[from] SystemctlError),
 }
@@ -56,6 +61,9 @@ pub struct InstallOptions {
     /// Directory holding the built binaries (the agent may also be in
     /// `../lib/banger/`).
     pub bin_src_dir: PathBuf,
+    /// A group whose members may also use the daemon socket (`socket_group`
+    /// in install.toml). `None`: only the owner and root.
+    pub socket_group: Option<String>,
 }
 
 /// What `install` did.
@@ -231,7 +239,15 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     let units = spec.render_units(&placeholders(&owner, &l.bin_dir))?;
     let tmpfiles = spec.render_tmpfiles(&placeholders(&owner, &l.bin_dir))?;
     let dirs = managed_dirs(&spec, &owner)?;
-    let meta = metadata(&spec, &owner);
+    let mut meta = metadata(&spec, &owner);
+    if let Some(name) = &opts.socket_group {
+        // The daemon refuses to start with an unknown group; say so now.
+        // A staging tree's groups are the tree builder's business.
+        if root.is_none() && !matches!(nix::unistd::Group::from_name(name), Ok(Some(_))) {
+            return Err(InstallError::UnknownSocketGroup { name: name.clone() });
+        }
+        meta.socket_group = Some(name.clone());
+    }
     let install_toml = render_install_toml(&meta)?;
 
     let mut changed = Vec::new();
@@ -263,6 +279,14 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport, InstallError> {
     for d in &dirs {
         let p = at(&d.path);
         note(p.clone(), fsutil::ensure_dir(&p, d.perms)?);
+    }
+    // bangerd may write only these under the home, and cannot create them
+    // itself: made here, as the owner. In a staging tree the owner's uid
+    // means nothing on this host; whoever builds the tree's homes makes them.
+    if root.is_none() {
+        for p in home::ensure_home_dirs(&owner, &owner.home, &spec.home_dirs)? {
+            note(p, true);
+        }
     }
     for (file, text) in [
         (&l.install_toml, &install_toml),

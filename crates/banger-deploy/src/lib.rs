@@ -6,8 +6,10 @@
 //! - [`install`]: `banger system install`, `uninstall`, `restart`.
 //! - [`status`]: `banger system status`.
 //! - [`owner`]: looking up the owner user (host database or staging tree).
+//! - [`home`]: banger's directories in the owner's home, created as the owner.
 
 pub mod fsutil;
+pub mod home;
 pub mod install;
 pub mod owner;
 pub mod spec;

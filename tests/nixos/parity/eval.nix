@@ -25,9 +25,12 @@ let
 
   failed = cfg: map (a: a.message) (builtins.filter (a: !a.assertion) cfg.assertions);
 
+  # The units of nix/units.json; the module's own helper units
+  # (banger-home, banger-images) are checked on their own.
+  specUnits = builtins.attrNames (builtins.fromJSON (builtins.readFile ../../../nix/units.json)).units;
   bangerUnits = cfg: lib.mapAttrs
     (_: s: { inherit (s) unitConfig serviceConfig wantedBy; })
-    (lib.filterAttrs (n: _: lib.hasPrefix "banger" n) cfg.systemd.services);
+    (lib.filterAttrs (n: _: builtins.elem n specUnits) cfg.systemd.services);
 
   summary = cfg: {
     failedAssertions = failed cfg;
@@ -37,6 +40,7 @@ let
     installToml = builtins.fromTOML cfg.environment.etc."banger/install.toml".source.text;
     settings = cfg.environment.etc."banger/config.toml".source.value;
     systemPackages = map (p: p.name) cfg.environment.systemPackages;
+    home = { inherit (cfg.systemd.services.banger-home) script serviceConfig before wantedBy; };
   };
 
   fakeKernel = {
@@ -82,5 +86,9 @@ in
   rootOwner = failed (eval { services.banger = { enable = true; owner = "root"; }; users.users.root.uid = 0; });
   noUid = failed (eval { services.banger = { enable = true; owner = "carol"; }; users.users.carol.isNormalUser = true; });
   dnsWithoutResolved = failed (eval { services.banger = { enable = true; owner = "alice"; dns.enable = true; }; services.resolved.enable = false; });
+  unknownSocketGroup = failed (eval { services.banger = { enable = true; owner = "alice"; socketGroup = "nope"; }; });
+  socketGroup =
+    let cfg = eval { services.banger = { enable = true; owner = "alice"; socketGroup = "banger"; }; users.groups.banger = { }; };
+    in { failedAssertions = failed cfg; installToml = builtins.fromTOML cfg.environment.etc."banger/install.toml".source.text; };
   foreignImage = failed (eval { services.banger = { enable = true; owner = "alice"; images = [ { type = "derivation"; name = "hello"; outPath = "/nix/store/h"; } ]; }; });
 }

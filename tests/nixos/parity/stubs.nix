@@ -49,6 +49,7 @@ in
           serviceConfig = mkOption { type = types.attrsOf types.anything; default = { }; };
           wantedBy = mkOption { type = types.listOf types.str; default = [ ]; };
           after = mkOption { type = types.listOf types.str; default = [ ]; };
+          before = mkOption { type = types.listOf types.str; default = [ ]; };
           requires = mkOption { type = types.listOf types.str; default = [ ]; };
           restartTriggers = mkOption { type = types.listOf types.anything; default = [ ]; };
           script = mkOption { type = types.lines; default = ""; };

@@ -91,6 +91,7 @@ impl Staging {
             owner: OWNER.into(),
             root: Some(self.root().to_owned()),
             bin_src_dir: self.bins.path().to_owned(),
+            socket_group: None,
         }
     }
 }

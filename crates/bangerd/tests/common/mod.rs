@@ -186,7 +186,13 @@ pub fn wait_pid_gone(pid: u32) -> bool {
 
 /// `curl --unix-socket SOCK` with extra args; returns (HTTP status, body).
 pub fn curl(socket: &Path, args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
+    curl_via(Command::new("curl"), socket, args)
+}
+
+/// [`curl`] run by `cmd`: `curl` itself, or a wrapper (`setpriv ... curl`)
+/// whose last argument is `curl`.
+pub fn curl_via(mut cmd: Command, socket: &Path, args: &[&str]) -> (u16, String) {
+    let out = cmd
         .args(["-sS", "--max-time", "20", "--unix-socket"])
         .arg(socket)
         .args(["-w", "\n%{http_code}"])
