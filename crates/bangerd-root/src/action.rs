@@ -8,7 +8,7 @@ use banger_wire::helper::{BundleKind, HelperRequest};
 use ipnet::Ipv4Net;
 
 use crate::ops::build::BuildPaths;
-use crate::validate::{self, AllowedPath, IfaceName, ValidateError};
+use crate::validate::{self, AllowedPath, Fence, IfaceName, ValidateError};
 
 /// What the helper was started with: whom it serves and what it may touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,12 @@ pub enum Action {
     /// See [`HelperRequest::DeleteTap`].
     DeleteTap { name: IfaceName },
     /// See [`HelperRequest::EnsureNat`].
-    EnsureNat { bridge: IfaceName, cidr: Ipv4Net },
+    EnsureNat {
+        bridge: IfaceName,
+        cidr: Ipv4Net,
+        address: Ipv4Net,
+        fence: Fence,
+    },
     /// See [`HelperRequest::RemoveNat`].
     RemoveNat,
     /// See [`HelperRequest::TeardownAll`].
@@ -75,9 +80,16 @@ impl Action {
             HelperRequest::DeleteTap { name } => Action::DeleteTap {
                 name: IfaceName::parse(&name)?,
             },
-            HelperRequest::EnsureNat { bridge, cidr } => Action::EnsureNat {
+            HelperRequest::EnsureNat {
+                bridge,
+                cidr,
+                address,
+                fence,
+            } => Action::EnsureNat {
                 bridge: IfaceName::parse(&bridge)?,
                 cidr: validate::nat_cidr(&cidr, policy.cidr)?,
+                address: validate::bridge_address(&address, policy.cidr)?,
+                fence: validate::fence(&fence)?,
             },
             HelperRequest::RemoveNat => Action::RemoveNat,
             HelperRequest::TeardownAll { bridge } => Action::TeardownAll {
