@@ -203,8 +203,22 @@ mod tests {
                 HelperRequest::EnsureNat {
                     bridge: "banger0".into(),
                     cidr: "0.0.0.0/0".into(),
+                    address: "172.16.0.1/24".into(),
+                    fence: Default::default(),
                 },
                 "outside the configured range",
+            ),
+            (
+                HelperRequest::EnsureNat {
+                    bridge: "banger0".into(),
+                    cidr: "172.16.0.0/24".into(),
+                    address: "172.16.0.1/24".into(),
+                    fence: banger_wire::helper::GuestFence {
+                        deny_destinations: vec!["192.168.1.0/16".into()],
+                        ..Default::default()
+                    },
+                },
+                "guest fence: deny_destinations: \"192.168.1.0/16\" has host bits set",
             ),
             (
                 HelperRequest::EnsureBridge {

@@ -287,6 +287,32 @@ pub fn validate_path(path: &Path, allowed_dirs: &[PathBuf]) -> Result<AllowedPat
 mod tests {
     use super::*;
 
+    #[test]
+    fn fence_is_normalized_and_bounded() {
+        let f = fence(&GuestFence {
+            allow_host_ports: vec![8080, 22, 8080],
+            deny_destinations: vec!["10.0.0.0/8".into(), "10.0.0.0/8".into()],
+            ..GuestFence::default()
+        })
+        .unwrap();
+        assert_eq!(f.allow_host_ports, [22, 8080]);
+        assert_eq!(
+            f.deny_destinations,
+            ["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]
+        );
+        assert!(!f.allow_guest_to_guest && !f.allow_link_local);
+        let many = GuestFence {
+            allow_host_ports: (1..=65).collect(),
+            ..GuestFence::default()
+        };
+        assert!(fence(&many).unwrap_err().to_string().contains("at most 64"));
+        let many = GuestFence {
+            deny_destinations: (0..65).map(|i| format!("10.0.{i}.0/24")).collect(),
+            ..GuestFence::default()
+        };
+        assert!(fence(&many).unwrap_err().to_string().contains("at most 64"));
+    }
+
     fn range() -> Ipv4Net {
         "172.16.0.0/24".parse().unwrap()
     }
