@@ -70,7 +70,8 @@ fn connects_from(ns: &str, addr: &'static str, port: u16) -> bool {
 /// `REMOTE_PORT` on `REMOTE` and on `METADATA` (routed from the host, as a
 /// cloud host routes its metadata service).
 struct Internet {
-    ns: Netns,
+    // Deleting the namespace removes the veth and the routes' next hop.
+    _ns: Netns,
     _listener: TcpListener,
 }
 
@@ -121,7 +122,7 @@ impl Internet {
         ]);
         let listener = listen_in(r, REMOTE_PORT);
         Internet {
-            ns,
+            _ns: ns,
             _listener: listener,
         }
     }
@@ -281,7 +282,7 @@ async fn guests_reach_nat_and_dns_only_until_the_config_opens_more() {
     }
 
     for vm in ["ga", "gb"] {
-        world.banger_ok(&["vm", "delete", vm]);
+        world.banger_ok(&["vm", "delete", "--force", vm]);
     }
     world.banger_ok(&["network", "teardown"]);
     let rules = world.ns.ruleset();

@@ -82,6 +82,17 @@ fn chain(
     })
 }
 
+/// `forward` (filter hook, priority filter), in either table.
+fn forward_chain(family: NfFamily) -> NfListObject<'static> {
+    chain(
+        family,
+        "forward",
+        NfHook::Forward,
+        NfChainType::Filter,
+        PRIO_FILTER,
+    )
+}
+
 fn rule(
     family: NfFamily,
     chain: &'static str,
@@ -172,13 +183,7 @@ fn desired_inet(
             PRIO_SRCNAT,
         ),
         chain(F, "input", NfHook::Input, NfChainType::Filter, PRIO_FILTER),
-        chain(
-            F,
-            "forward",
-            NfHook::Forward,
-            NfChainType::Filter,
-            PRIO_FILTER,
-        ),
+        forward_chain(F),
         // Guests reach the outside world under the host's address.
         rule(
             F,
@@ -281,13 +286,7 @@ fn desired_bridge(fence: &Fence) -> Option<Vec<NfListObject<'static>>> {
     // nft_meta_bridge.
     let taps = format!("{IFACE_PREFIX}-*");
     Some(vec![
-        chain(
-            F,
-            "forward",
-            NfHook::Forward,
-            NfChainType::Filter,
-            PRIO_FILTER,
-        ),
+        forward_chain(F),
         rule(
             F,
             "forward",
