@@ -145,6 +145,31 @@ pub struct VmDefaultsConfig {
     pub disk_size: Option<u64>,
 }
 
+/// The `[network]` table: what guests may reach beyond the default fence
+/// (NAT to the outside, DNS on the bridge address). See docs/security.md.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkConfig {
+    /// Ports (TCP and UDP) on the bridge address guests may reach.
+    pub allow_host_ports: Setting<Vec<u16>>,
+    /// Guests may reach each other.
+    pub allow_guest_to_guest: Setting<bool>,
+    /// Guests may reach 169.254.0.0/16 (link-local, cloud metadata).
+    pub allow_link_local: Setting<bool>,
+    /// Networks guests must not reach through NAT (e.g. the LAN).
+    pub deny_destinations: Setting<Vec<Ipv4Net>>,
+}
+
+impl Default for NetworkConfig {
+    fn default() -> Self {
+        NetworkConfig {
+            allow_host_ports: Setting::built_in(Vec::new()),
+            allow_guest_to_guest: Setting::built_in(false),
+            allow_link_local: Setting::built_in(false),
+            deny_destinations: Setting::built_in(Vec::new()),
+        }
+    }
+}
+
 /// One validated `[[file_sync]]` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileSyncEntry {
@@ -183,6 +208,7 @@ pub struct Config {
     pub catalog_url: Setting<String>,
     pub vm_defaults: VmDefaultsConfig,
     pub file_sync: Vec<FileSyncEntry>,
+    pub network: NetworkConfig,
 }
 
 impl Config {
@@ -212,6 +238,7 @@ impl Config {
             catalog_url: Setting::built_in(DEFAULT_CATALOG_URL.to_owned()),
             vm_defaults: VmDefaultsConfig::default(),
             file_sync: Vec::new(),
+            network: NetworkConfig::default(),
         }
     }
 }

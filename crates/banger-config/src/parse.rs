@@ -17,8 +17,8 @@ use crate::error::{ConfigError, Problem};
 use crate::units::{parse_duration, parse_size};
 use crate::vm_defaults::{MIN_DISK_BYTES, MIN_MEMORY_MIB, MIN_VCPU};
 use crate::{
-    first_host, Config, EnvOverrides, FileSyncEntry, Provenance, Setting, VmDefaultsConfig,
-    VmmChoice, CATALOG_URL_ENV, MAX_TAP_POOL_SIZE,
+    first_host, Config, EnvOverrides, FileSyncEntry, NetworkConfig, Provenance, Setting,
+    VmDefaultsConfig, VmmChoice, CATALOG_URL_ENV, MAX_TAP_POOL_SIZE,
 };
 
 const ROOT_KEYS: &[&str] = &[
@@ -39,9 +39,18 @@ const ROOT_KEYS: &[&str] = &[
     "catalog_url",
     "vm_defaults",
     "file_sync",
+    "network",
 ];
 const VM_DEFAULTS_KEYS: &[&str] = &["vcpu", "memory_mib", "disk_size"];
 const FILE_SYNC_KEYS: &[&str] = &["host", "guest", "mode"];
+const NETWORK_KEYS: &[&str] = &[
+    "allow_host_ports",
+    "allow_guest_to_guest",
+    "allow_link_local",
+    "deny_destinations",
+];
+/// Most entries of a `[network]` list (the root helper's limit too).
+const MAX_NETWORK_ENTRIES: usize = 64;
 /// Upper bound for `vm_defaults.vcpu`: catches typos, well above what any
 /// supported VMM boots.
 const MAX_VCPU: i64 = 255;
@@ -69,6 +78,7 @@ struct Raw {
     catalog_url: Seen<String>,
     vm_defaults: VmDefaultsConfig,
     file_sync: Vec<FileSyncEntry>,
+    network: NetworkConfig,
 }
 
 /// Parse and validate `src` (no environment overrides applied).
@@ -148,6 +158,7 @@ fn build(raw: Raw, origin: &Path, home: &Path) -> Config {
         catalog_url: pick(raw.catalog_url, d.catalog_url),
         vm_defaults: raw.vm_defaults,
         file_sync: raw.file_sync,
+        network: raw.network,
     }
 }
 
@@ -306,6 +317,7 @@ impl Walker<'_> {
                 "catalog_url" => raw.catalog_url = self.string(item, line, key, "a URL", check_url),
                 "vm_defaults" => raw.vm_defaults = self.vm_defaults(item, line),
                 "file_sync" => raw.file_sync = self.file_sync(item, line),
+                "network" => raw.network = self.network(item, line),
                 _ => self.unknown(line, name.to_owned(), name, ROOT_KEYS),
             }
         }
@@ -354,6 +366,100 @@ impl Walker<'_> {
             }
         }
         out
+    }
+
+    fn network(&mut self, item: &Item, line: usize) -> NetworkConfig {
+        let mut out = NetworkConfig::default();
+        let Some(table) = self.table(item, line, "network", "a table ([network])") else {
+            return out;
+        };
+        for (name, item) in table.iter() {
+            let line = self.key_line(table, name, item, line);
+            let key = format!("network.{name}");
+            match name {
+                "allow_host_ports" => {
+                    if let Some(ports) =
+                        self.list(item, line, &key, "a port number like 8080", |v| {
+                            let n = v.as_integer().ok_or_else(|| {
+                                format!("expected a port number, found {}", describe_value(v))
+                            })?;
+                            int_in::<u16>(n, 1, 65535)
+                        })
+                    {
+                        out.allow_host_ports = Setting::config(ports);
+                    }
+                }
+                "deny_destinations" => {
+                    if let Some(nets) = self.list(item, line, &key, "an IPv4 network string", |v| {
+                        let s = v.as_str().ok_or_else(|| {
+                            format!(
+                                "expected an IPv4 network string like \"192.168.0.0/16\", \
+                                     found {}",
+                                describe_value(v)
+                            )
+                        })?;
+                        let net = check_cidr(s)?;
+                        if net.prefix_len() == 0 {
+                            return Err(format!(
+                                "{s:?} would deny every destination; list the networks to deny"
+                            ));
+                        }
+                        Ok(net)
+                    }) {
+                        out.deny_destinations = Setting::config(nets);
+                    }
+                }
+                "allow_guest_to_guest" | "allow_link_local" => {
+                    let Some(b) = item.as_bool() else {
+                        self.wrong_type(line, &key, "true or false", item);
+                        continue;
+                    };
+                    if name == "allow_guest_to_guest" {
+                        out.allow_guest_to_guest = Setting::config(b);
+                    } else {
+                        out.allow_link_local = Setting::config(b);
+                    }
+                }
+                _ => self.unknown(line, key, name, NETWORK_KEYS),
+            }
+        }
+        out
+    }
+
+    /// An array of at most [`MAX_NETWORK_ENTRIES`] values, each checked by
+    /// `check`; `None` (with problems recorded) unless all are valid.
+    fn list<T>(
+        &mut self,
+        item: &Item,
+        line: usize,
+        key: &str,
+        what: &str,
+        check: impl Fn(&Value) -> Result<T, String>,
+    ) -> Option<Vec<T>> {
+        let Some(arr) = item.as_array() else {
+            self.wrong_type(line, key, &format!("an array of {what}s"), item);
+            return None;
+        };
+        if arr.len() > MAX_NETWORK_ENTRIES {
+            self.problem(
+                line,
+                key,
+                format!(
+                    "{} entries; at most {MAX_NETWORK_ENTRIES} are allowed",
+                    arr.len()
+                ),
+            );
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, v) in arr.iter().enumerate() {
+            let vline = self.span_line(v.span(), line);
+            match check(v) {
+                Ok(x) => out.push(x),
+                Err(message) => self.problem(vline, format!("{key}[{i}]"), message),
+            }
+        }
+        (out.len() == arr.len()).then_some(out)
     }
 
     fn file_sync(&mut self, item: &Item, line: usize) -> Vec<FileSyncEntry> {

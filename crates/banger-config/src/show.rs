@@ -94,6 +94,26 @@ impl Config {
             row("vm_defaults.disk_size", &vm.disk_bytes, |v| {
                 Some(s(format_size(*v)))
             }),
+            row(
+                "network.allow_host_ports",
+                &self.network.allow_host_ports,
+                |v| Some(Value::Array(v.iter().map(|p| int(u64::from(*p))).collect())),
+            ),
+            row(
+                "network.allow_guest_to_guest",
+                &self.network.allow_guest_to_guest,
+                |v| Some(Value::Boolean(*v)),
+            ),
+            row(
+                "network.allow_link_local",
+                &self.network.allow_link_local,
+                |v| Some(Value::Boolean(*v)),
+            ),
+            row(
+                "network.deny_destinations",
+                &self.network.deny_destinations,
+                |v| Some(Value::Array(v.iter().map(|n| s(n.to_string())).collect())),
+            ),
             ShownSetting {
                 key: "file_sync",
                 value: Some(Value::Array(file_sync)),

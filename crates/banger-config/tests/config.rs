@@ -45,6 +45,12 @@ tap_pool_size = 16
 default_dns = ["9.9.9.9", "2620:fe::fe"]
 catalog_url = "https://mirror.example.org/banger/v1/"
 
+[network]
+allow_host_ports = [8080, 53]
+allow_guest_to_guest = true
+allow_link_local = true
+deny_destinations = ["192.168.0.0/16", "10.1.2.3/32"]
+
 [vm_defaults]
 vcpu = 3
 memory_mib = 3072
@@ -107,6 +113,19 @@ fn every_key_set_is_read_with_config_provenance() {
     assert_eq!(
         cfg.catalog_url,
         Setting::config("https://mirror.example.org/banger/v1".to_owned())
+    );
+    assert_eq!(
+        cfg.network.allow_host_ports,
+        Setting::config(vec![8080, 53])
+    );
+    assert_eq!(cfg.network.allow_guest_to_guest, Setting::config(true));
+    assert_eq!(cfg.network.allow_link_local, Setting::config(true));
+    assert_eq!(
+        cfg.network.deny_destinations,
+        Setting::config(vec![
+            "192.168.0.0/16".parse().unwrap(),
+            "10.1.2.3/32".parse().unwrap()
+        ])
     );
     assert_eq!(cfg.vm_defaults.vcpu, Some(3));
     assert_eq!(cfg.vm_defaults.memory_mib, Some(3072));
@@ -364,6 +383,19 @@ const INVALID: &[(&str, &str, usize, &str)] = &[
     ("[vm_defaults]\ndisk_size = \"16\"\n", "vm_defaults.disk_size", 2, "no unit"),
     ("[vm_defaults]\ndisk_size = \"512M\"\n", "vm_defaults.disk_size", 2, "at least 1G"),
     ("[vm_defaults]\ndisk_size = \"1048577K\"\n", "vm_defaults.disk_size", 2, "whole number of MiB"),
+    // network
+    ("[network]\nallow_ports = [1]\n", "network.allow_ports", 2, "expected one of: allow_host_ports"),
+    ("network = 1\n", "network", 1, "expected a table"),
+    ("[network]\nallow_host_ports = 8080\n", "network.allow_host_ports", 2, "expected an array"),
+    ("[network]\nallow_host_ports = [\n  80,\n  0]\n", "network.allow_host_ports[1]", 4, "at least 1"),
+    ("[network]\nallow_host_ports = [65536]\n", "network.allow_host_ports[0]", 2, "at most 65535"),
+    ("[network]\nallow_host_ports = [\"80\"]\n", "network.allow_host_ports[0]", 2, "found string \"80\""),
+    ("[network]\nallow_guest_to_guest = \"yes\"\n", "network.allow_guest_to_guest", 2, "expected true or false"),
+    ("[network]\nallow_link_local = 1\n", "network.allow_link_local", 2, "expected true or false"),
+    ("[network]\ndeny_destinations = [\"192.168.1.1/16\"]\n", "network.deny_destinations[0]", 2, "host bits set"),
+    ("[network]\ndeny_destinations = [\"lan\"]\n", "network.deny_destinations[0]", 2, "not an IPv4 network"),
+    ("[network]\ndeny_destinations = [\"0.0.0.0/0\"]\n", "network.deny_destinations[0]", 2, "every destination"),
+    ("[network]\ndeny_destinations = [10]\n", "network.deny_destinations[0]", 2, "found integer 10"),
     // file_sync
     ("[[file_sync]]\nhost = \"\"\nguest = \"~/a\"\n", "file_sync[0].host", 2, "must not be empty"),
     ("[[file_sync]]\nhost = \"~/a\"\nguest = \"\"\n", "file_sync[0].guest", 3, "must not be empty"),
@@ -546,6 +578,14 @@ fn effective_lists_every_key_in_config_syntax() {
         Some("[\"9.9.9.9\", \"2620:fe::fe\"]")
     );
     assert_eq!(get("file_sync").provenance, Provenance::Config);
+    assert_eq!(
+        get("network.allow_host_ports").value_text().as_deref(),
+        Some("[8080, 53]")
+    );
+    assert_eq!(
+        get("network.deny_destinations").value_text().as_deref(),
+        Some("[\"192.168.0.0/16\", \"10.1.2.3/32\"]")
+    );
     let defaults = parse("").unwrap();
     let vm = resolve_vm_defaults(
         &defaults,
@@ -563,6 +603,19 @@ fn effective_lists_every_key_in_config_syntax() {
         Provenance::BuiltIn
     );
     assert_eq!(get("file_sync").value_text().as_deref(), Some("[]"));
+    // Fenced unless the config opens it.
+    assert_eq!(
+        get("network.allow_guest_to_guest").value_text().as_deref(),
+        Some("false")
+    );
+    assert_eq!(
+        get("network.allow_link_local").provenance,
+        Provenance::BuiltIn
+    );
+    assert_eq!(
+        get("network.allow_host_ports").value_text().as_deref(),
+        Some("[]")
+    );
 }
 
 fn docs() -> String {
@@ -588,4 +641,8 @@ fn docs_document_every_key_and_their_example_is_valid() {
     let example = parse(&docs[start..end]).unwrap_or_else(|e| panic!("docs example: {e}"));
     assert_eq!(example.tap_pool_size, Setting::config(8));
     assert_eq!(example.file_sync.len(), 2);
+    assert_eq!(
+        example.network.allow_host_ports,
+        Setting::config(vec![8080])
+    );
 }

@@ -20,9 +20,18 @@ pub enum HelperRequest {
     CreateTap { name: String, bridge: String },
     /// Delete a tap banger created.
     DeleteTap { name: String },
-    /// Masquerade `cidr` leaving through any interface but `bridge`, and allow
-    /// forwarding for it, in banger's own nftables table.
-    EnsureNat { bridge: String, cidr: String },
+    /// Masquerade `cidr` leaving through any interface but `bridge` and fence
+    /// the guests in, in banger's own nftables tables: from `bridge` the host
+    /// accepts only DNS on `address` (the bridge's `IP/prefix`, as for
+    /// `EnsureBridge`) plus what `fence` opens, guests cannot reach each
+    /// other, link-local addresses nor `fence.deny_destinations`.
+    EnsureNat {
+        bridge: String,
+        cidr: String,
+        address: String,
+        #[serde(default)]
+        fence: GuestFence,
+    },
     /// Drop banger's nftables table.
     RemoveNat,
     /// Remove everything banger created: taps with banger's prefix, the
@@ -43,6 +52,23 @@ pub enum HelperRequest {
     /// default route; `address` is the bridge's `IP/prefix`). `changed` is
     /// false when resolved is not running.
     ResolvedLink { bridge: String, address: String },
+}
+
+/// What a guest may reach beyond the default (NAT to the outside and DNS on
+/// the bridge address); the config's `[network]` table. The default opens
+/// nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuestFence {
+    /// TCP and UDP ports on the bridge address that guests may reach.
+    pub allow_host_ports: Vec<u16>,
+    /// Let guests reach each other (on the bridge and through the host).
+    pub allow_guest_to_guest: bool,
+    /// Let guests reach 169.254.0.0/16 (cloud metadata services live there).
+    pub allow_link_local: bool,
+    /// IPv4 networks (`a.b.c.d/len`) guests must not reach through NAT, e.g.
+    /// the LAN.
+    pub deny_destinations: Vec<String>,
 }
 
 /// What a [`HelperRequest::BuildBundle`] builds (serialized `"image"` /

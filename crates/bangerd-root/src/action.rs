@@ -8,7 +8,7 @@ use banger_wire::helper::{BundleKind, HelperRequest};
 use ipnet::Ipv4Net;
 
 use crate::ops::build::BuildPaths;
-use crate::validate::{self, IfaceName, ValidateError};
+use crate::validate::{self, Fence, IfaceName, ValidateError};
 
 /// What the helper was started with: whom it serves and what it may touch.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,12 @@ pub enum Action {
     /// See [`HelperRequest::DeleteTap`].
     DeleteTap { name: IfaceName },
     /// See [`HelperRequest::EnsureNat`].
-    EnsureNat { bridge: IfaceName, cidr: Ipv4Net },
+    EnsureNat {
+        bridge: IfaceName,
+        cidr: Ipv4Net,
+        address: Ipv4Net,
+        fence: Fence,
+    },
     /// See [`HelperRequest::RemoveNat`].
     RemoveNat,
     /// See [`HelperRequest::TeardownAll`].
@@ -73,9 +78,16 @@ impl Action {
             HelperRequest::DeleteTap { name } => Action::DeleteTap {
                 name: IfaceName::parse(&name)?,
             },
-            HelperRequest::EnsureNat { bridge, cidr } => Action::EnsureNat {
+            HelperRequest::EnsureNat {
+                bridge,
+                cidr,
+                address,
+                fence,
+            } => Action::EnsureNat {
                 bridge: IfaceName::parse(&bridge)?,
                 cidr: validate::nat_cidr(&cidr, policy.cidr)?,
+                address: validate::bridge_address(&address, policy.cidr)?,
+                fence: validate::fence(&fence)?,
             },
             HelperRequest::RemoveNat => Action::RemoveNat,
             HelperRequest::TeardownAll { bridge } => Action::TeardownAll {
@@ -180,8 +192,22 @@ mod tests {
                 HelperRequest::EnsureNat {
                     bridge: "banger0".into(),
                     cidr: "0.0.0.0/0".into(),
+                    address: "172.16.0.1/24".into(),
+                    fence: Default::default(),
                 },
                 "outside the configured range",
+            ),
+            (
+                HelperRequest::EnsureNat {
+                    bridge: "banger0".into(),
+                    cidr: "172.16.0.0/24".into(),
+                    address: "172.16.0.1/24".into(),
+                    fence: banger_wire::helper::GuestFence {
+                        deny_destinations: vec!["192.168.1.0/16".into()],
+                        ..Default::default()
+                    },
+                },
+                "guest fence: deny_destinations: \"192.168.1.0/16\" has host bits set",
             ),
             (
                 HelperRequest::EnsureBridge {

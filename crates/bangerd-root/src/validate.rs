@@ -5,6 +5,7 @@
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
+use banger_wire::helper::GuestFence;
 use ipnet::Ipv4Net;
 
 /// Every link banger creates starts with this prefix (bridge `banger0`,
@@ -26,6 +27,9 @@ pub enum ValidateError {
     /// A NAT CIDR was malformed or outside the configured range.
     #[error("NAT CIDR {cidr:?} is invalid: {reason}")]
     NatCidr { cidr: String, reason: String },
+    /// A guest fence setting was malformed.
+    #[error("guest fence: {field}: {reason}")]
+    Fence { field: &'static str, reason: String },
     /// A path was relative, did not resolve, or resolved outside banger's dirs.
     #[error("path {path:?} is not allowed: {reason}")]
     Path { path: PathBuf, reason: String },
@@ -158,6 +162,71 @@ pub fn nat_cidr(cidr: &str, range: Ipv4Net) -> Result<Ipv4Net, ValidateError> {
     Ok(net)
 }
 
+/// Most entries a fence list may hold (each becomes nftables rules).
+pub const MAX_FENCE_ENTRIES: usize = 64;
+
+/// A validated [`GuestFence`]: ports sorted and unique, networks parsed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Fence {
+    pub allow_host_ports: Vec<u16>,
+    pub allow_guest_to_guest: bool,
+    pub allow_link_local: bool,
+    pub deny_destinations: Vec<Ipv4Net>,
+}
+
+/// Check a wire fence: ports 1-65535, networks without host bits, at most
+/// [`MAX_FENCE_ENTRIES`] of each.
+pub fn fence(wire: &GuestFence) -> Result<Fence, ValidateError> {
+    let too_many = |field, n: usize| ValidateError::Fence {
+        field,
+        reason: format!("{n} entries; at most {MAX_FENCE_ENTRIES} are allowed"),
+    };
+    if wire.allow_host_ports.len() > MAX_FENCE_ENTRIES {
+        return Err(too_many("allow_host_ports", wire.allow_host_ports.len()));
+    }
+    if wire.deny_destinations.len() > MAX_FENCE_ENTRIES {
+        return Err(too_many("deny_destinations", wire.deny_destinations.len()));
+    }
+    if wire.allow_host_ports.contains(&0) {
+        return Err(ValidateError::Fence {
+            field: "allow_host_ports",
+            reason: "port 0 is not a port".into(),
+        });
+    }
+    let mut ports = wire.allow_host_ports.clone();
+    ports.sort_unstable();
+    ports.dedup();
+    let mut nets = Vec::new();
+    for text in &wire.deny_destinations {
+        let reason = match text.parse::<Ipv4Net>() {
+            Ok(net) if net.prefix_len() == 0 => {
+                format!("{text:?} would deny every destination; stop the VM instead")
+            }
+            Ok(net) if net.trunc() == net => {
+                nets.push(net);
+                continue;
+            }
+            Ok(net) => format!(
+                "{text:?} has host bits set (the network is {})",
+                net.trunc()
+            ),
+            Err(_) => format!("{text:?} is not an IPv4 network like 192.168.0.0/16"),
+        };
+        return Err(ValidateError::Fence {
+            field: "deny_destinations",
+            reason,
+        });
+    }
+    nets.sort_unstable();
+    nets.dedup();
+    Ok(Fence {
+        allow_host_ports: ports,
+        allow_guest_to_guest: wire.allow_guest_to_guest,
+        allow_link_local: wire.allow_link_local,
+        deny_destinations: nets,
+    })
+}
+
 /// A path that resolved inside one of banger's directories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AllowedPath {
@@ -217,6 +286,32 @@ pub fn validate_path(path: &Path, allowed_dirs: &[PathBuf]) -> Result<AllowedPat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fence_is_normalized_and_bounded() {
+        let f = fence(&GuestFence {
+            allow_host_ports: vec![8080, 22, 8080],
+            deny_destinations: vec!["10.0.0.0/8".into(), "10.0.0.0/8".into()],
+            ..GuestFence::default()
+        })
+        .unwrap();
+        assert_eq!(f.allow_host_ports, [22, 8080]);
+        assert_eq!(
+            f.deny_destinations,
+            ["10.0.0.0/8".parse::<Ipv4Net>().unwrap()]
+        );
+        assert!(!f.allow_guest_to_guest && !f.allow_link_local);
+        let many = GuestFence {
+            allow_host_ports: (1..=65).collect(),
+            ..GuestFence::default()
+        };
+        assert!(fence(&many).unwrap_err().to_string().contains("at most 64"));
+        let many = GuestFence {
+            deny_destinations: (0..65).map(|i| format!("10.0.{i}.0/24")).collect(),
+            ..GuestFence::default()
+        };
+        assert!(fence(&many).unwrap_err().to_string().contains("at most 64"));
+    }
 
     fn range() -> Ipv4Net {
         "172.16.0.0/24".parse().unwrap()

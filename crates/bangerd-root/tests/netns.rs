@@ -10,7 +10,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use banger_wire::helper::{HelperErrorCode, HelperReply, HelperRequest, HelperResponse};
+use banger_wire::helper::{
+    GuestFence, HelperErrorCode, HelperReply, HelperRequest, HelperResponse,
+};
 use bangerd_root::{ClientError, HelperClient};
 use serde_json::Value;
 
@@ -258,9 +260,26 @@ fn create_tap(name: &str) -> HelperRequest {
 }
 
 fn ensure_nat() -> HelperRequest {
+    ensure_nat_with(GuestFence::default())
+}
+
+fn ensure_nat_with(fence: GuestFence) -> HelperRequest {
     HelperRequest::EnsureNat {
         bridge: "banger0".into(),
         cidr: CIDR.into(),
+        address: "172.16.0.1/24".into(),
+        fence,
+    }
+}
+
+/// A fence using every kind of rule the helper writes (so the idempotence
+/// checks cover how `nft` lists each of them back).
+fn open_fence() -> GuestFence {
+    GuestFence {
+        allow_host_ports: vec![8080, 3000],
+        allow_guest_to_guest: false,
+        allow_link_local: false,
+        deny_destinations: vec!["192.168.0.0/16".into(), "10.1.2.3/32".into()],
     }
 }
 
@@ -309,17 +328,21 @@ async fn setup_creates_bridge_taps_and_table_and_teardown_removes_them() {
         );
         assert_eq!(fx.ns.tap_owner(tap), "0");
     }
-    assert!(
-        fx.ns.tables().contains(&"inet banger".to_owned()),
-        "{:?}",
-        fx.ns.tables()
-    );
+    for t in ["inet banger", "bridge banger"] {
+        assert!(
+            fx.ns.tables().contains(&t.to_owned()),
+            "{t}: {:?}",
+            fx.ns.tables()
+        );
+    }
     let table = fx.ns.exec("nft", &["list", "table", "inet", "banger"]);
     assert!(
         table.contains("ip saddr 172.16.0.0/24 oifname != \"banger0\" masquerade"),
         "{table}"
     );
-    assert!(table.contains("iifname \"banger0\" accept"), "{table}");
+    // Fenced: the bridge's traffic ends in drops, never a blanket accept.
+    assert!(!table.contains("iifname \"banger0\" accept"), "{table}");
+    assert!(table.contains("iifname \"banger0\" drop"), "{table}");
     assert_eq!(
         fx.ns.exec("cat", &["/proc/sys/net/ipv4/ip_forward"]).trim(),
         "1"
@@ -334,7 +357,8 @@ async fn setup_creates_bridge_taps_and_table_and_teardown_removes_them() {
         .collect();
     assert!(!left.iter().any(|n| n.starts_with("banger")), "{left:?}");
     assert!(left.contains(&"othertap".to_owned()), "{left:?}");
-    assert!(!fx.ns.tables().contains(&"inet banger".to_owned()));
+    let tables = fx.ns.tables();
+    assert!(!tables.iter().any(|t| t.ends_with(" banger")), "{tables:?}");
 }
 
 #[tokio::test]
@@ -347,6 +371,16 @@ async fn every_operation_is_idempotent_and_repairs_drift() {
     let pairs = [
         (ensure_bridge(), true),
         (create_tap("banger-t3"), true),
+        (ensure_nat(), true),
+        (ensure_nat_with(open_fence()), true),
+        (
+            ensure_nat_with(GuestFence {
+                allow_guest_to_guest: true,
+                allow_link_local: true,
+                ..open_fence()
+            }),
+            true,
+        ),
         (ensure_nat(), true),
         (
             HelperRequest::DeleteTap {
@@ -525,19 +559,61 @@ async fn invalid_requests_are_refused_clearly_and_change_nothing() {
             "prefix /16 differs",
         ),
         (
-            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"0.0.0.0/0"}"#.into(),
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"0.0.0.0/0","address":"172.16.0.1/24"}"#.into(),
             HelperErrorCode::Invalid,
             "outside the configured range",
         ),
         (
-            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/16"}"#.into(),
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/16","address":"172.16.0.1/24"}"#.into(),
             HelperErrorCode::Invalid,
             "outside the configured range",
         ),
         (
-            r#"{"op":"ensure_nat","bridge":"docker0","cidr":"172.16.0.0/24"}"#.into(),
+            r#"{"op":"ensure_nat","bridge":"docker0","cidr":"172.16.0.0/24","address":"172.16.0.1/24"}"#.into(),
             HelperErrorCode::Invalid,
             "prefix",
+        ),
+        (
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/24","address":"10.0.0.1/24"}"#
+                .into(),
+            HelperErrorCode::Invalid,
+            "outside the configured range",
+        ),
+        (
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/24","address":"172.16.0.1/24","fence":{"allow_host_ports":[0]}}"#
+                .into(),
+            HelperErrorCode::Invalid,
+            "port 0",
+        ),
+        (
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/24","address":"172.16.0.1/24","fence":{"allow_host_ports":[70000]}}"#
+                .into(),
+            HelperErrorCode::Invalid,
+            "malformed",
+        ),
+        (
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/24","address":"172.16.0.1/24","fence":{"deny_destinations":["10.0.0.1/8"]}}"#
+                .into(),
+            HelperErrorCode::Invalid,
+            "host bits",
+        ),
+        (
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/24","address":"172.16.0.1/24","fence":{"deny_destinations":["0.0.0.0/0"]}}"#
+                .into(),
+            HelperErrorCode::Invalid,
+            "every destination",
+        ),
+        (
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/24","address":"172.16.0.1/24","fence":{"deny_destinations":["1.2.3.4/32 accept"]}}"#
+                .into(),
+            HelperErrorCode::Invalid,
+            "not an IPv4 network",
+        ),
+        (
+            r#"{"op":"ensure_nat","bridge":"banger0","cidr":"172.16.0.0/24","address":"172.16.0.1/24","fence":{"allow_everything":true}}"#
+                .into(),
+            HelperErrorCode::Invalid,
+            "unknown field",
         ),
         (
             r#"{"op":"teardown_all","bridge":"lo"}"#.into(),

@@ -125,15 +125,7 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
     );
     let db = banger_state::StateDb::open(&layout.database())?;
     let schema_version = db.schema_version();
-    let net = NetSettings {
-        bridge: config.bridge_name.value.clone(),
-        address: format!(
-            "{}/{}",
-            config.bridge_ip.value,
-            config.cidr.value.prefix_len()
-        ),
-        cidr: config.cidr.value.to_string(),
-    };
+    let net = NetSettings::from_config(&config);
     let config_json = crate::config_view::effective_json(&config);
     let backend = crate::config_view::backend(&config);
     let vms = crate::vm::VmManager::new(&config);

@@ -2,7 +2,7 @@
 //! its address and banger's NAT table. Each step streams a progress event.
 
 use banger_wire::api::{ApiError, ErrorCode, NetworkReport, NetworkSetupRequest};
-use banger_wire::helper::{HelperRequest, HelperResponse};
+use banger_wire::helper::{GuestFence, HelperRequest, HelperResponse};
 
 use crate::api::EventSink;
 use crate::helper::RootHelper;
@@ -16,6 +16,45 @@ pub struct NetSettings {
     pub address: String,
     /// `cidr`, e.g. `172.16.0.0/24`.
     pub cidr: String,
+    /// The `[network]` table: what guests may reach beyond NAT and DNS.
+    pub fence: GuestFence,
+}
+
+impl NetSettings {
+    /// The network part of `config`.
+    pub fn from_config(config: &banger_config::Config) -> NetSettings {
+        let net = &config.network;
+        NetSettings {
+            bridge: config.bridge_name.value.clone(),
+            address: format!(
+                "{}/{}",
+                config.bridge_ip.value,
+                config.cidr.value.prefix_len()
+            ),
+            cidr: config.cidr.value.to_string(),
+            fence: GuestFence {
+                allow_host_ports: net.allow_host_ports.value.clone(),
+                allow_guest_to_guest: net.allow_guest_to_guest.value,
+                allow_link_local: net.allow_link_local.value,
+                deny_destinations: net
+                    .deny_destinations
+                    .value
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect(),
+            },
+        }
+    }
+
+    /// The helper request that sets up NAT and the guest fence.
+    pub fn ensure_nat(&self) -> HelperRequest {
+        HelperRequest::EnsureNat {
+            bridge: self.bridge.clone(),
+            cidr: self.cidr.clone(),
+            address: self.address.clone(),
+            fence: self.fence.clone(),
+        }
+    }
 }
 
 /// Ensure the bridge (and NAT unless `req.nat` is false).
@@ -55,14 +94,7 @@ pub async fn setup(
             format!("ensuring NAT for {} leaving through other links", net.cidr),
         )
         .await;
-        nat_changed = done(
-            helper
-                .request(&HelperRequest::EnsureNat {
-                    bridge: net.bridge.clone(),
-                    cidr: net.cidr.clone(),
-                })
-                .await?,
-        )?;
+        nat_changed = done(helper.request(&net.ensure_nat()).await?)?;
         sink.progress("nat", outcome(nat_changed, "NAT rules"))
             .await;
     }

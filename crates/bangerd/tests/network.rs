@@ -121,6 +121,11 @@ async fn child_helper_sets_up_and_tears_down_the_network_in_a_netns() {
         .nft(&["list", "table", "inet", "banger"])
         .expect("nft table exists");
     assert!(table.contains("masquerade"), "{table}");
+    // Fenced by default: guests kept apart on the bridge.
+    let bridge_table = ns
+        .nft(&["list", "table", "bridge", "banger"])
+        .expect("nft bridge table exists");
+    assert!(bridge_table.contains("drop"), "{bridge_table}");
 
     // Idempotent: the second run changes nothing.
     let mut quiet = PlainRenderer::new(Vec::new());
@@ -179,10 +184,12 @@ async fn child_helper_sets_up_and_tears_down_the_network_in_a_netns() {
         ns.ip(&["link", "show", "dev", "banger0"]).is_none(),
         "bridge still there"
     );
-    assert!(
-        ns.nft(&["list", "table", "inet", "banger"]).is_none(),
-        "nft table still there"
-    );
+    for family in ["inet", "bridge"] {
+        assert!(
+            ns.nft(&["list", "table", family, "banger"]).is_none(),
+            "nft table {family} banger still there"
+        );
+    }
 
     // The same stream through curl: NDJSON lines ending in one Done.
     let (code, body) = curl(

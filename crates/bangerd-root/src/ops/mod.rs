@@ -136,9 +136,14 @@ pub async fn execute(action: &Action, policy: &Policy) -> Result<HelperResponse,
                 .await?
         }
         Action::DeleteTap { name } => link::Net::connect()?.delete_tap(name).await?,
-        Action::EnsureNat { bridge, cidr } => {
+        Action::EnsureNat {
+            bridge,
+            cidr,
+            address,
+            fence,
+        } => {
             let forward = nft::enable_ip_forward()?;
-            nft::ensure_nat(bridge, *cidr).await? | forward
+            nft::ensure_nat(bridge, *cidr, address.addr(), fence).await? | forward
         }
         Action::RemoveNat => nft::remove_nat().await?,
         Action::TeardownAll { bridge } => {

@@ -1,10 +1,26 @@
-//! banger's one nftables table, `table inet banger`, through `nft -j`.
+//! banger's nftables tables, through `nft -j`: `table inet banger` (NAT and
+//! the guest fence at the IP layer) and `table bridge banger` (no frames
+//! between two guests' taps).
 //!
-//! The table is built from typed values (validated interface name and CIDR)
-//! and replaced atomically; no other table is ever read for changes or
-//! written.
+//! The tables are built from typed values (validated interface name, CIDRs,
+//! ports) and replaced atomically, both in one transaction; no other table
+//! is ever read for changes or written.
+//!
+//! The fence, for traffic entering from the bridge:
+//! - input (to any host address): replies to the host's own connections,
+//!   DNS (udp/tcp 53) and `allow_host_ports` on the bridge address; nothing
+//!   else.
+//! - forward: guest to guest only with `allow_guest_to_guest`; nothing is
+//!   forwarded into the bridge but replies (so only the host itself opens
+//!   connections to guests); 169.254.0.0/16 only with `allow_link_local`;
+//!   never `deny_destinations`; everything else from the guest range is
+//!   masqueraded out.
+//! - bridge forward: frames between two banger taps are dropped unless
+//!   `allow_guest_to_guest` (without `br_netfilter` the IP-layer rules never
+//!   see bridged traffic).
 
 use std::borrow::Cow;
+use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 use nftables::expr::{
@@ -16,15 +32,18 @@ use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::OpError;
-use crate::validate::IfaceName;
+use crate::validate::{Fence, IfaceName, IFACE_PREFIX};
 
-/// Name of banger's table (family `inet`).
+/// Name of banger's tables (families `inet` and `bridge`).
 pub const TABLE_NAME: &str = "banger";
-const FAMILY: NfFamily = NfFamily::INet;
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 // Standard priorities `srcnat` and `filter`.
 const PRIO_SRCNAT: i32 = 100;
 const PRIO_FILTER: i32 = 0;
+/// Where link-local metadata services (169.254.169.254) live.
+const LINK_LOCAL: &str = "169.254.0.0/16";
+/// The `.vm` DNS server bangerd runs on the bridge address.
+const DNS_PORT: u32 = 53;
 
 fn nft_err(what: &'static str) -> impl FnOnce(NftablesError) -> OpError {
     move |e| {
@@ -37,9 +56,22 @@ fn nft_err(what: &'static str) -> impl FnOnce(NftablesError) -> OpError {
     }
 }
 
-fn chain(name: &'static str, hook: NfHook, kind: NfChainType, prio: i32) -> Chain<'static> {
-    Chain {
-        family: FAMILY,
+fn family_name(family: NfFamily) -> &'static str {
+    match family {
+        NfFamily::Bridge => "bridge",
+        _ => "inet",
+    }
+}
+
+fn chain(
+    family: NfFamily,
+    name: &'static str,
+    hook: NfHook,
+    kind: NfChainType,
+    prio: i32,
+) -> NfListObject<'static> {
+    NfListObject::Chain(Chain {
+        family,
         table: TABLE_NAME.into(),
         name: name.into(),
         _type: Some(kind),
@@ -47,17 +79,32 @@ fn chain(name: &'static str, hook: NfHook, kind: NfChainType, prio: i32) -> Chai
         prio: Some(prio),
         policy: Some(NfChainPolicy::Accept),
         ..Chain::default()
-    }
+    })
 }
 
-fn rule(chain: &'static str, expr: Vec<Statement<'static>>) -> Rule<'static> {
-    Rule {
-        family: FAMILY,
+/// `forward` (filter hook, priority filter), in either table.
+fn forward_chain(family: NfFamily) -> NfListObject<'static> {
+    chain(
+        family,
+        "forward",
+        NfHook::Forward,
+        NfChainType::Filter,
+        PRIO_FILTER,
+    )
+}
+
+fn rule(
+    family: NfFamily,
+    chain: &'static str,
+    expr: Vec<Statement<'static>>,
+) -> NfListObject<'static> {
+    NfListObject::Rule(Rule {
+        family,
         table: TABLE_NAME.into(),
         chain: chain.into(),
         expr: expr.into(),
         ..Rule::default()
-    }
+    })
 }
 
 fn matches(
@@ -76,96 +123,218 @@ fn text(s: &str) -> Expression<'static> {
     Expression::String(Cow::Owned(s.to_owned()))
 }
 
-/// The chains and rules of the table, in the order `nft` lists them.
-fn desired(bridge: &IfaceName, cidr: Ipv4Net) -> Vec<NfListObject<'static>> {
-    let saddr = Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::Payload(Payload::PayloadField(
         PayloadField {
-            protocol: "ip".into(),
-            field: "saddr".into(),
+            protocol: protocol.into(),
+            field: field.into(),
         },
-    )));
-    let prefix = Expression::Named(NamedExpression::Prefix(Prefix {
-        addr: Box::new(text(&cidr.network().to_string())),
-        len: u32::from(cidr.prefix_len()),
-    }));
+    )))
+}
+
+/// `net` as nft lists it: a bare address for a /32, else a prefix.
+fn network(net: Ipv4Net) -> Expression<'static> {
+    if net.prefix_len() == 32 {
+        return text(&net.addr().to_string());
+    }
+    Expression::Named(NamedExpression::Prefix(Prefix {
+        addr: Box::new(text(&net.network().to_string())),
+        len: u32::from(net.prefix_len()),
+    }))
+}
+
+fn iif(bridge: &IfaceName) -> Statement<'static> {
+    matches(meta(MetaKey::Iifname), Operator::EQ, text(bridge.as_str()))
+}
+
+fn oif(bridge: &IfaceName) -> Statement<'static> {
+    matches(meta(MetaKey::Oifname), Operator::EQ, text(bridge.as_str()))
+}
+
+fn established() -> Statement<'static> {
     let ct_state = Expression::Named(NamedExpression::CT(CT {
         key: "state".into(),
         ..CT::default()
     }));
-    let accept = Statement::Accept(None);
-    vec![
-        NfListObject::Chain(chain(
+    matches(
+        ct_state,
+        Operator::IN,
+        Expression::List(vec![text("established"), text("related")]),
+    )
+}
+
+/// The inet table's chains and rules, in the order `nft` lists them.
+fn desired_inet(
+    bridge: &IfaceName,
+    cidr: Ipv4Net,
+    address: Ipv4Addr,
+    fence: &Fence,
+) -> Vec<NfListObject<'static>> {
+    const F: NfFamily = NfFamily::INet;
+    let accept = || Statement::Accept(None);
+    let drop = || Statement::Drop(None);
+    let daddr = || payload("ip", "daddr");
+    let mut out = vec![
+        chain(
+            F,
             "postrouting",
             NfHook::Postrouting,
             NfChainType::NAT,
             PRIO_SRCNAT,
-        )),
-        NfListObject::Chain(chain(
-            "forward",
-            NfHook::Forward,
-            NfChainType::Filter,
-            PRIO_FILTER,
-        )),
+        ),
+        chain(F, "input", NfHook::Input, NfChainType::Filter, PRIO_FILTER),
+        forward_chain(F),
         // Guests reach the outside world under the host's address.
-        NfListObject::Rule(rule(
+        rule(
+            F,
             "postrouting",
             vec![
-                matches(saddr, Operator::EQ, prefix),
+                matches(payload("ip", "saddr"), Operator::EQ, network(cidr)),
                 matches(meta(MetaKey::Oifname), Operator::NEQ, text(bridge.as_str())),
                 Statement::Masquerade(None),
             ],
-        )),
-        NfListObject::Rule(rule(
-            "forward",
+        ),
+        // Input: answers to the host's own connections (SSH to the guest).
+        rule(F, "input", vec![iif(bridge), established(), accept()]),
+    ];
+    let open_port = |proto: &'static str, port: u32| {
+        rule(
+            F,
+            "input",
             vec![
-                matches(meta(MetaKey::Iifname), Operator::EQ, text(bridge.as_str())),
-                accept.clone(),
-            ],
-        )),
-        NfListObject::Rule(rule(
-            "forward",
-            vec![
-                matches(meta(MetaKey::Oifname), Operator::EQ, text(bridge.as_str())),
+                iif(bridge),
+                matches(daddr(), Operator::EQ, text(&address.to_string())),
                 matches(
-                    ct_state,
-                    Operator::IN,
-                    Expression::List(vec![text("established"), text("related")]),
+                    payload(proto, "dport"),
+                    Operator::EQ,
+                    Expression::Number(port),
                 ),
-                accept,
+                accept(),
             ],
-        )),
-    ]
+        )
+    };
+    for port in
+        std::iter::once(DNS_PORT).chain(fence.allow_host_ports.iter().map(|&p| u32::from(p)))
+    {
+        out.push(open_port("udp", port));
+        out.push(open_port("tcp", port));
+    }
+    out.push(rule(F, "input", vec![iif(bridge), drop()]));
+
+    // Forward: replies to guests first.
+    out.push(rule(
+        F,
+        "forward",
+        vec![oif(bridge), established(), accept()],
+    ));
+    // Guest to guest routed through the host (a guest sending to another
+    // guest's address via the gateway's MAC).
+    out.push(rule(
+        F,
+        "forward",
+        vec![
+            iif(bridge),
+            oif(bridge),
+            if fence.allow_guest_to_guest {
+                accept()
+            } else {
+                drop()
+            },
+        ],
+    ));
+    // Nobody else opens connections into the guest network.
+    out.push(rule(F, "forward", vec![oif(bridge), drop()]));
+    let mut denied = Vec::new();
+    if !fence.allow_link_local {
+        denied.push(LINK_LOCAL.parse().expect("LINK_LOCAL is a network"));
+    }
+    denied.extend(fence.deny_destinations.iter().copied());
+    for net in denied {
+        out.push(rule(
+            F,
+            "forward",
+            vec![
+                iif(bridge),
+                matches(daddr(), Operator::EQ, network(net)),
+                drop(),
+            ],
+        ));
+    }
+    // Only the guest range leaves (no spoofed sources), only IPv4 (the NAT
+    // is IPv4).
+    out.push(rule(
+        F,
+        "forward",
+        vec![
+            iif(bridge),
+            matches(payload("ip", "saddr"), Operator::EQ, network(cidr)),
+            accept(),
+        ],
+    ));
+    out.push(rule(F, "forward", vec![iif(bridge), drop()]));
+    out
 }
 
-fn table() -> Table<'static> {
+/// The bridge table, or `None` when guests may talk to each other.
+fn desired_bridge(fence: &Fence) -> Option<Vec<NfListObject<'static>>> {
+    if fence.allow_guest_to_guest {
+        return None;
+    }
+    const F: NfFamily = NfFamily::Bridge;
+    // Every tap banger makes is `banger-t<N>` or `banger-p<N>`; matching on
+    // the ports rather than `meta ibrname` works on kernels without
+    // nft_meta_bridge.
+    let taps = format!("{IFACE_PREFIX}-*");
+    Some(vec![
+        forward_chain(F),
+        rule(
+            F,
+            "forward",
+            vec![
+                matches(meta(MetaKey::Iifname), Operator::EQ, text(&taps)),
+                matches(meta(MetaKey::Oifname), Operator::EQ, text(&taps)),
+                Statement::Drop(None),
+            ],
+        ),
+    ])
+}
+
+fn table(family: NfFamily) -> Table<'static> {
     Table {
-        family: FAMILY,
+        family,
         name: TABLE_NAME.into(),
         handle: None,
     }
 }
 
-async fn table_exists() -> Result<bool, OpError> {
+/// Families in which `table <family> banger` exists.
+async fn existing_tables() -> Result<Vec<NfFamily>, OpError> {
     let listed = helper::get_current_ruleset_with_args_async(DEFAULT_NFT, ["list", "tables"])
         .await
         .map_err(nft_err("list tables"))?;
-    Ok(listed.objects.iter().any(|o| {
-        matches!(o, NfObject::ListObject(NfListObject::Table(t)) if t.family == FAMILY && t.name == TABLE_NAME)
-    }))
+    Ok(listed
+        .objects
+        .iter()
+        .filter_map(|o| match o {
+            NfObject::ListObject(NfListObject::Table(t)) if t.name == TABLE_NAME => Some(t.family),
+            _ => None,
+        })
+        .filter(|f| matches!(f, NfFamily::INet | NfFamily::Bridge))
+        .collect())
 }
 
-/// Does the existing table hold exactly the desired chains and rules?
-async fn table_matches(want: &[NfListObject<'static>]) -> Result<bool, OpError> {
+/// Does the existing table of `family` hold exactly the desired chains and rules?
+async fn table_matches(family: NfFamily, want: &[NfListObject<'static>]) -> Result<bool, OpError> {
     let listed = match helper::get_current_ruleset_with_args_async(
         DEFAULT_NFT,
-        ["list", "table", "inet", TABLE_NAME],
+        ["list", "table", family_name(family), TABLE_NAME],
     )
     .await
     {
         Ok(listed) => listed,
         // Content this crate cannot parse is not ours: replace it.
         Err(NftablesError::NftInvalidJson(_)) => return Ok(false),
-        Err(e) => return Err(nft_err("list table inet banger")(e)),
+        Err(e) => return Err(nft_err("list table banger")(e)),
     };
     let mut have = Vec::new();
     for obj in listed.objects.iter() {
@@ -186,42 +355,78 @@ async fn table_matches(want: &[NfListObject<'static>]) -> Result<bool, OpError> 
     Ok(have == want)
 }
 
-/// Make `table inet banger` masquerade `cidr` and accept forwarding for
-/// `bridge`; replace it atomically when it differs.
-pub(super) async fn ensure_nat(bridge: &IfaceName, cidr: Ipv4Net) -> Result<bool, OpError> {
-    let want = desired(bridge, cidr);
-    if table_exists().await? && table_matches(&want).await? {
+/// Make `table inet banger` masquerade `cidr` and fence the guests on
+/// `bridge` (bridge address `address`) in, and `table bridge banger` keep
+/// guests apart unless `fence` allows it; replace both atomically when
+/// either differs.
+pub(super) async fn ensure_nat(
+    bridge: &IfaceName,
+    cidr: Ipv4Net,
+    address: Ipv4Addr,
+    fence: &Fence,
+) -> Result<bool, OpError> {
+    let want = [
+        (
+            NfFamily::INet,
+            Some(desired_inet(bridge, cidr, address, fence)),
+        ),
+        (NfFamily::Bridge, desired_bridge(fence)),
+    ];
+    let existing = existing_tables().await?;
+    let mut same = true;
+    for (family, objects) in &want {
+        same &= match objects {
+            Some(objects) => existing.contains(family) && table_matches(*family, objects).await?,
+            None => !existing.contains(family),
+        };
+    }
+    if same {
         return Ok(false);
     }
     // `add` before `delete` makes the delete valid whether or not the table
     // existed; the whole batch is one netlink transaction.
-    let mut objects = vec![
-        NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-        NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table()))),
-        NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table()))),
-    ];
-    objects.extend(want.into_iter().map(|o| NfObject::CmdObject(NfCmd::Add(o))));
+    let mut objects = Vec::new();
+    for (family, desired) in want {
+        objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table(
+            family,
+        )))));
+        objects.push(NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(
+            table(family),
+        ))));
+        if let Some(desired) = desired {
+            objects.push(NfObject::CmdObject(NfCmd::Add(NfListObject::Table(table(
+                family,
+            )))));
+            objects.extend(
+                desired
+                    .into_iter()
+                    .map(|o| NfObject::CmdObject(NfCmd::Add(o))),
+            );
+        }
+    }
     helper::apply_ruleset_async(&Nftables {
         objects: objects.into(),
     })
     .await
-    .map_err(nft_err("apply table inet banger"))?;
+    .map_err(nft_err("apply tables inet banger and bridge banger"))?;
     Ok(true)
 }
 
-/// Delete `table inet banger` if it exists.
+/// Delete banger's tables that exist.
 pub(super) async fn remove_nat() -> Result<bool, OpError> {
-    if !table_exists().await? {
+    let existing = existing_tables().await?;
+    if existing.is_empty() {
         return Ok(false);
     }
-    let objects = vec![NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(
-        table(),
-    )))];
+    let objects: Vec<NfObject<'static>> = existing
+        .into_iter()
+        .map(|f| NfObject::CmdObject(NfCmd::Delete(NfListObject::Table(table(f)))))
+        .collect();
     helper::apply_ruleset_async(&Nftables {
         objects: objects.into(),
     })
     .await
-    .map_err(nft_err("delete table inet banger"))?;
+    .map_err(nft_err("delete banger's tables"))?;
     Ok(true)
 }
 

@@ -455,14 +455,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
             },
         )
         .await?;
-        helper_done(
-            state,
-            HelperRequest::EnsureNat {
-                bridge: state.net.bridge.clone(),
-                cidr: state.net.cidr.clone(),
-            },
-        )
-        .await?;
+        helper_done(state, state.net.ensure_nat()).await?;
     }
     crate::dns::ensure(state).await;
     let ip = {
