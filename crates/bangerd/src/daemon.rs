@@ -299,11 +299,12 @@ async fn serve_api(
 
     let stop_tx = state.shutdown.clone();
     let router = api::router(state);
-    let mut graceful_rx = shutdown_rx.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        router,
+        crate::http::Timeouts::default(),
+        shutdown_rx.clone(),
+    ));
 
     tokio::select! {
         _ = signals.sigterm.recv() => tracing::info!("SIGTERM received"),
@@ -313,11 +314,7 @@ async fn serve_api(
     notify::stopping();
     stop_tx.send_replace(true);
     let result = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(source))) => Err(DaemonError::Serve {
-            socket: socket_path,
-            source,
-        }),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(join)) => Err(DaemonError::Serve {
             socket: socket_path,
             source: std::io::Error::other(join.to_string()),
