@@ -181,9 +181,11 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
     runtime.block_on(crate::vm::recover::recover(&state));
     let auto_stop = runtime.spawn(crate::vm::recover::auto_stop_loop(state.clone()));
     let stats = runtime.spawn(crate::vm::recover::stats_loop(state.clone()));
+    let consoles = runtime.spawn(crate::vm::console::rotate_loop(state.clone()));
     let result = runtime.block_on(serve_api(state, listener, signals, shutdown_rx));
     auto_stop.abort();
     stats.abort();
+    consoles.abort();
 
     if let Some(child) = child {
         child.stop(Duration::from_secs(5));
