@@ -579,6 +579,22 @@ mod tests {
     use super::*;
     use banger_wire::vm::{VmDetails, VmDisks, VmSshAccess};
 
+    #[test]
+    fn table_cells_from_the_guest_are_escaped_and_aligned() {
+        // A process name as the agent reports it from /proc/<pid>/comm.
+        let rows = vec![
+            vec!["PORT".to_owned(), "PROCESS".to_owned()],
+            vec!["22".to_owned(), "sshd".to_owned()],
+            vec!["80".to_owned(), "x\x1b]52;c;aGk=\x07\rnginx\n".to_owned()],
+        ];
+        let text = table(&rows);
+        assert!(!text.contains(['\x1b', '\x07', '\r']), "{text:?}");
+        assert_eq!(
+            text,
+            "PORT  PROCESS\n22    sshd\n80    x\\e]52;c;aGk=\\x07\\rnginx\\n\n"
+        );
+    }
+
     fn vm() -> VmInfo {
         VmInfo {
             id: "0123".into(),
