@@ -215,3 +215,75 @@ async fn a_guest_flooding_its_console_stays_under_the_cap() {
     world.banger_ok(&["vm", "delete", "--force", "flood"]);
     world.assert_nothing_left("flood", &vm.id, vm.ip.as_deref());
 }
+
+/// `vm logs -f` keeps following across a rotation of the live log: the
+/// daemon rotates it (past `serial_log_max`) and what the guest writes next
+/// still reaches the follower.
+#[tokio::test(flavor = "multi_thread")]
+async fn vm_logs_follow_continues_after_the_log_is_rotated() {
+    use std::io::BufRead;
+    let env = TestEnv::new();
+    let cfg = env.layout.default_config.clone();
+    std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    std::fs::write(&cfg, "serial_log_max = \"16K\"\n").unwrap();
+    let vm = vm_records::record("follow", 2, None, VmState::Stopped);
+    {
+        let db = StateDb::open(&env.layout.database()).unwrap();
+        db.insert_vm(&vm).unwrap();
+    }
+    let dir = env.layout.state_dir.join("vms").join(&vm.id);
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("serial.log");
+    std::fs::write(&log, b"before rotation\n").unwrap();
+    let _daemon = Daemon::start(&env).await;
+
+    let mut follower = env
+        .command(banger_bin())
+        .args(["vm", "logs", "-f", "follow"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return,
+                Ok(_) => {}
+                Err(e) => panic!("{needle:?} never reached the follower: {e}"),
+            }
+        }
+    };
+    wait_for("before rotation");
+
+    // The VMM's side: an O_APPEND writer that stays open.
+    let mut vmm = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    for _ in 0..400 {
+        vmm.write_all(b"filler line of the console, fifty bytes long....\n")
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !rotated(&log).exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never rotated the log; log:\n{}",
+            env.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    vmm.write_all(b"after rotation\n").unwrap();
+    wait_for("after rotation");
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
