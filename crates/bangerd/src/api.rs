@@ -94,6 +94,9 @@ impl IntoResponse for Failure {
     }
 }
 
+/// How long a JSON request body may take to arrive in full.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A JSON request body. An empty body means `T::default()`; anything else
 /// must parse as `T` (unknown fields rejected), else 400 `bad_request`. The
 /// content type is not checked so `curl -d '{}'` works as typed.
@@ -108,12 +111,26 @@ where
     type Rejection = Failure;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            Failure::new(
-                ErrorCode::BadRequest,
-                format!("cannot read request body: {}", r.body_text()),
-            )
-        })?;
+        // The head had its own timeout (crate::http); a body that trickles
+        // or stops would hold this request forever without this one.
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                Failure::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|r| {
+                Failure::new(
+                    ErrorCode::BadRequest,
+                    format!("cannot read request body: {}", r.body_text()),
+                )
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(T::default()));
         }

@@ -287,3 +287,28 @@ async fn vm_logs_follow_continues_after_the_log_is_rotated() {
     let _ = follower.kill();
     let _ = follower.wait();
 }
+
+/// A client that sends a complete head but stops inside its body gets a
+/// 400 naming the timeout instead of holding the request forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stalls_inside_the_request_body_gets_an_error() {
+    let env = TestEnv::new();
+    let daemon = Daemon::start(&env).await;
+    let mut stalled = UnixStream::connect(&daemon.socket).unwrap();
+    stalled
+        .write_all(
+            b"POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+              Content-Length: 100\r\n\r\n{\"name\":",
+        )
+        .unwrap();
+    stalled
+        .set_read_timeout(Some(bangerd::api::BODY_READ_TIMEOUT * 4))
+        .unwrap();
+    let mut answer = [0u8; 4096];
+    let n = stalled
+        .read(&mut answer)
+        .expect("the daemon must answer a stalled body, not wait for it");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("did not arrive within"), "{answer}");
+}
