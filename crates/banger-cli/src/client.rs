@@ -709,7 +709,8 @@ impl<W: Write> StreamRenderer for PlainRenderer<W> {
                 total,
                 ..
             } => {
-                let key = (phase.clone(), message.clone());
+                let (phase, message) = (crate::term::line(phase), crate::term::line(message));
+                let key = (phase.to_string(), message.to_string());
                 if self.last.as_ref() == Some(&key) {
                     return;
                 }
@@ -726,12 +727,12 @@ impl<W: Write> StreamRenderer for PlainRenderer<W> {
             StreamEvent::Log {
                 level: LogLevel::Info,
                 message,
-            } => writeln!(self.out, "{message}"),
+            } => writeln!(self.out, "{}", crate::term::text(message)),
             StreamEvent::Log {
                 level: LogLevel::Warn,
                 message,
             } => {
-                writeln!(self.out, "warning: {message}")
+                writeln!(self.out, "warning: {}", crate::term::text(message))
             }
             StreamEvent::Done { .. } | StreamEvent::Error { .. } => Ok(()),
         };
@@ -796,14 +797,19 @@ impl StreamRenderer for ProgressRenderer {
                 total,
             } => {
                 let bar = self.bar_for(phase, *total);
-                bar.set_message(format!("[{phase}] {message}"));
+                bar.set_message(format!(
+                    "[{}] {}",
+                    crate::term::line(phase),
+                    crate::term::line(message)
+                ));
                 if let Some(c) = current {
                     bar.set_position(*c);
                 }
             }
             StreamEvent::Log { level, message } => {
+                let message = crate::term::text(message);
                 let line = match level {
-                    LogLevel::Info => message.clone(),
+                    LogLevel::Info => message.into_owned(),
                     LogLevel::Warn => format!("warning: {message}"),
                 };
                 match &self.current {

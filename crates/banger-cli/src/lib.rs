@@ -12,6 +12,7 @@ pub mod network_cmd;
 pub mod run_cmd;
 pub mod ssh_config_cmd;
 pub mod system_cmd;
+pub mod term;
 pub mod vm_cmd;
 pub mod workspace;
 
@@ -24,7 +25,8 @@ pub fn run() -> std::process::ExitCode {
     match dispatch(args) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // Daemon errors can quote a guest (its console, its agent).
+            eprintln!("error: {}", term::text(&format!("{e:#}")));
             std::process::ExitCode::FAILURE
         }
     }

@@ -310,13 +310,22 @@ pub fn format_list(vms: &[VmInfo]) -> String {
 }
 
 /// Rows as left-aligned columns two spaces apart (first row: the header).
+/// Cells are escaped ([`crate::term::line`]): some come from the guest.
 pub(crate) fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| crate::term::line(c).into_owned())
+                .collect()
+        })
+        .collect();
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for r in rows {
+    for r in &rows {
         let line: Vec<String> = r
             .iter()
             .enumerate()
@@ -445,7 +454,17 @@ pub fn format_show(vm: &VmInfo) -> String {
             rows.push(("agent error", e.clone()));
         }
     }
-    rows.iter().map(|(k, v)| format!("{k:<15} {v}\n")).collect()
+    // Errors may quote the guest's console over several lines; every other
+    // value is one line, and anything the guest named is escaped.
+    rows.iter()
+        .map(|(k, v)| {
+            let v = match *k {
+                "last error" | "agent error" => crate::term::text(v),
+                _ => crate::term::line(v),
+            };
+            format!("{k:<15} {v}\n")
+        })
+        .collect()
 }
 
 fn human(bytes: u64) -> String {
@@ -456,12 +475,18 @@ async fn logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
     let path = vm_path(name, if follow { "/logs?follow=true" } else { "/logs" });
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
+    // The console is the guest's: its escape sequences are shown, not run.
+    let mut escaper = crate::term::StreamEscaper::default();
     client
         .get_stream(&path, &mut |chunk| {
-            out.write_all(chunk)?;
+            out.write_all(escaper.push(chunk).as_bytes())?;
             out.flush()
         })
         .await?;
+    let rest = escaper.finish();
+    if !rest.is_empty() {
+        let _ = out.write_all(rest.as_bytes());
+    }
     Ok(())
 }
 
@@ -553,6 +578,22 @@ fn exec_ssh(vm: &VmInfo, command: &[String]) -> anyhow::Result<ExitCode> {
 mod tests {
     use super::*;
     use banger_wire::vm::{VmDetails, VmDisks, VmSshAccess};
+
+    #[test]
+    fn table_cells_from_the_guest_are_escaped_and_aligned() {
+        // A process name as the agent reports it from /proc/<pid>/comm.
+        let rows = vec![
+            vec!["PORT".to_owned(), "PROCESS".to_owned()],
+            vec!["22".to_owned(), "sshd".to_owned()],
+            vec!["80".to_owned(), "x\x1b]52;c;aGk=\x07\rnginx\n".to_owned()],
+        ];
+        let text = table(&rows);
+        assert!(!text.contains(['\x1b', '\x07', '\r']), "{text:?}");
+        assert_eq!(
+            text,
+            "PORT  PROCESS\n22    sshd\n80    x\\e]52;c;aGk=\\x07\\rnginx\\n\n"
+        );
+    }
 
     fn vm() -> VmInfo {
         VmInfo {

@@ -41,6 +41,10 @@ pub const DEFAULT_IMAGE_NAME: &str = "debian-bookworm";
 pub const DEFAULT_SSH_KEY: &str = ".local/state/banger/ssh/id_ed25519";
 /// Default `stats_poll_interval`.
 pub const DEFAULT_STATS_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// Default `serial_log_max`.
+pub const DEFAULT_SERIAL_LOG_MAX: u64 = 2 << 20;
+/// Smallest `serial_log_max`.
+pub const MIN_SERIAL_LOG_MAX: u64 = 16 << 10;
 /// Default `metrics_poll_interval`.
 pub const DEFAULT_METRICS_POLL_INTERVAL: Duration = Duration::from_secs(60);
 /// Default `bridge_name`.
@@ -199,6 +203,8 @@ pub struct Config {
     pub auto_stop_stale_after: Setting<Option<Duration>>,
     pub stats_poll_interval: Setting<Duration>,
     pub metrics_poll_interval: Setting<Duration>,
+    /// Bytes of a VM's live serial log before it is rotated.
+    pub serial_log_max: Setting<u64>,
     pub bridge_name: Setting<String>,
     pub bridge_ip: Setting<Ipv4Addr>,
     pub cidr: Setting<Ipv4Net>,
@@ -228,6 +234,7 @@ impl Config {
             auto_stop_stale_after: Setting::built_in(None),
             stats_poll_interval: Setting::built_in(DEFAULT_STATS_POLL_INTERVAL),
             metrics_poll_interval: Setting::built_in(DEFAULT_METRICS_POLL_INTERVAL),
+            serial_log_max: Setting::built_in(DEFAULT_SERIAL_LOG_MAX),
             bridge_name: Setting::built_in(DEFAULT_BRIDGE_NAME.to_owned()),
             bridge_ip: Setting::built_in(first_host(cidr)),
             cidr: Setting::built_in(cidr),

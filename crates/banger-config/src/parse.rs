@@ -31,6 +31,7 @@ const ROOT_KEYS: &[&str] = &[
     "auto_stop_stale_after",
     "stats_poll_interval",
     "metrics_poll_interval",
+    "serial_log_max",
     "bridge_name",
     "bridge_ip",
     "cidr",
@@ -70,6 +71,7 @@ struct Raw {
     auto_stop_stale_after: Seen<Duration>,
     stats_poll_interval: Seen<Duration>,
     metrics_poll_interval: Seen<Duration>,
+    serial_log_max: Seen<u64>,
     bridge_name: Seen<String>,
     bridge_ip: Seen<Ipv4Addr>,
     cidr: Seen<Ipv4Net>,
@@ -150,6 +152,7 @@ fn build(raw: Raw, origin: &Path, home: &Path) -> Config {
         auto_stop_stale_after: pick_some(raw.auto_stop_stale_after, d.auto_stop_stale_after),
         stats_poll_interval: pick(raw.stats_poll_interval, d.stats_poll_interval),
         metrics_poll_interval: pick(raw.metrics_poll_interval, d.metrics_poll_interval),
+        serial_log_max: pick(raw.serial_log_max, d.serial_log_max),
         bridge_name: pick(raw.bridge_name, d.bridge_name),
         bridge_ip: pick(raw.bridge_ip, bridge_default),
         cidr,
@@ -280,6 +283,10 @@ impl Walker<'_> {
                 "metrics_poll_interval" => {
                     raw.metrics_poll_interval =
                         self.string(item, line, key, "a duration like \"60s\"", check_interval)
+                }
+                "serial_log_max" => {
+                    raw.serial_log_max =
+                        self.string(item, line, key, "a size like \"2M\"", check_serial_log_max)
                 }
                 "bridge_name" => {
                     raw.bridge_name = self.string(
@@ -879,6 +886,14 @@ fn check_disk_size(s: &str) -> Result<u64, String> {
     }
     if bytes % (1 << 20) != 0 {
         return Err(format!("{s:?} is not a whole number of MiB"));
+    }
+    Ok(bytes)
+}
+
+fn check_serial_log_max(s: &str) -> Result<u64, String> {
+    let bytes = parse_size(s)?;
+    if bytes < crate::MIN_SERIAL_LOG_MAX {
+        return Err(format!("{s:?} is too small; must be at least 16K"));
     }
     Ok(bytes)
 }

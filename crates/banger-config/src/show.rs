@@ -79,6 +79,9 @@ impl Config {
             row("metrics_poll_interval", &self.metrics_poll_interval, |v| {
                 Some(s(format_duration(*v)))
             }),
+            row("serial_log_max", &self.serial_log_max, |v| {
+                Some(s(format_size(*v)))
+            }),
             row("bridge_name", &self.bridge_name, |v| Some(s(v))),
             row("bridge_ip", &self.bridge_ip, |v| Some(s(v.to_string()))),
             row("cidr", &self.cidr, |v| Some(s(v.to_string()))),

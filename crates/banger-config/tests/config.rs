@@ -38,6 +38,7 @@ default_image_name = "ubuntu-noble"
 auto_stop_stale_after = "2h"
 stats_poll_interval = "30s"
 metrics_poll_interval = "5m"
+serial_log_max = "512K"
 bridge_name = "banger-br1"
 bridge_ip = "10.20.0.254"
 cidr = "10.20.0.0/24"
@@ -100,6 +101,7 @@ fn every_key_set_is_read_with_config_provenance() {
         cfg.metrics_poll_interval,
         Setting::config(Duration::from_secs(300))
     );
+    assert_eq!(cfg.serial_log_max, Setting::config(512 << 10));
     assert_eq!(cfg.bridge_name, Setting::config("banger-br1".to_owned()));
     assert_eq!(
         cfg.bridge_ip,
@@ -191,6 +193,7 @@ fn empty_file_gives_built_in_defaults() {
         cfg.metrics_poll_interval,
         Setting::built_in(Duration::from_secs(60))
     );
+    assert_eq!(cfg.serial_log_max, Setting::built_in(2 << 20));
     assert_eq!(cfg.bridge_name, Setting::built_in("banger0".to_owned()));
     assert_eq!(
         cfg.bridge_ip,
@@ -355,6 +358,8 @@ const INVALID: &[(&str, &str, usize, &str)] = &[
     ("auto_stop_stale_after = \"0s\"\n", "auto_stop_stale_after", 1, "at least 1s"),
     ("stats_poll_interval = \"30\"\n", "stats_poll_interval", 1, "not a duration"),
     ("metrics_poll_interval = \"500ms\"\n", "metrics_poll_interval", 1, "at least 1s"),
+    ("serial_log_max = \"1K\"\n", "serial_log_max", 1, "at least 16K"),
+    ("serial_log_max = \"big\"\n", "serial_log_max", 1, "expected an integer and a unit"),
     ("bridge_name = \"br0\"\n", "bridge_name", 1, "banger[a-z0-9-]{0,9}"),
     ("bridge_name = \"banger-toolong12\"\n", "bridge_name", 1, "15 bytes"),
     ("bridge_name = \"banger-t0\"\n", "bridge_name", 1, "tap names"),

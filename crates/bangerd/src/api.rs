@@ -94,6 +94,9 @@ impl IntoResponse for Failure {
     }
 }
 
+/// How long a JSON request body may take to arrive in full.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A JSON request body. An empty body means `T::default()`; anything else
 /// must parse as `T` (unknown fields rejected), else 400 `bad_request`. The
 /// content type is not checked so `curl -d '{}'` works as typed.
@@ -108,12 +111,26 @@ where
     type Rejection = Failure;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            Failure::new(
-                ErrorCode::BadRequest,
-                format!("cannot read request body: {}", r.body_text()),
-            )
-        })?;
+        // The head had its own timeout (crate::http); a body that trickles
+        // or stops would hold this request forever without this one.
+        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state));
+        let bytes = read
+            .await
+            .map_err(|_| {
+                Failure::new(
+                    ErrorCode::BadRequest,
+                    format!(
+                        "the request body did not arrive within {} s",
+                        BODY_READ_TIMEOUT.as_secs()
+                    ),
+                )
+            })?
+            .map_err(|r| {
+                Failure::new(
+                    ErrorCode::BadRequest,
+                    format!("cannot read request body: {}", r.body_text()),
+                )
+            })?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(JsonBody(T::default()));
         }
@@ -235,33 +252,93 @@ async fn network_teardown(
     }))
 }
 
+/// How many NDJSON lines a streamed response buffers for a slow client
+/// before progress lines are dropped.
+pub const STREAM_BUFFER: usize = 64;
+
 /// Sends [`StreamEvent`]s of one streamed response as NDJSON lines.
+///
+/// Progress and log lines never wait for the client: an operation holds
+/// locks (a VM's, the network's) while it reports, and a client that stops
+/// reading must not hold them with it. When [`STREAM_BUFFER`] lines are
+/// unread, further ones are dropped (and counted in the next line that fits);
+/// only the final `Done`/`Error`, sent after the operation let go of
+/// everything, waits for room.
 #[derive(Debug, Clone)]
 pub struct EventSink {
     tx: mpsc::Sender<Bytes>,
+    dropped: Arc<std::sync::atomic::AtomicU64>,
+}
+
+fn ndjson_line(event: &StreamEvent) -> Option<Bytes> {
+    match serde_json::to_vec(event) {
+        Ok(mut line) => {
+            line.push(b'\n');
+            Some(Bytes::from(line))
+        }
+        Err(e) => {
+            tracing::error!("cannot serialize stream event {event:?}: {e}");
+            None
+        }
+    }
 }
 
 impl EventSink {
-    /// Send one event. A client that went away does not stop the operation:
-    /// host changes half-done are worse than an unread progress line.
+    fn new(tx: mpsc::Sender<Bytes>) -> EventSink {
+        EventSink {
+            tx,
+            dropped: Arc::default(),
+        }
+    }
+
+    /// Send one progress or log event without waiting: a client that reads
+    /// slowly loses progress lines, one that went away loses all of them, and
+    /// neither stops the operation (host changes half-done are worse than an
+    /// unread progress line).
     pub async fn send(&self, event: StreamEvent) {
-        let mut line = match serde_json::to_vec(&event) {
-            Ok(line) => line,
-            Err(e) => {
-                tracing::error!("cannot serialize stream event {event:?}: {e}");
-                return;
+        use std::sync::atomic::Ordering;
+        let dropped = self.dropped.load(Ordering::Relaxed);
+        if dropped > 0 {
+            let note = StreamEvent::Log {
+                level: banger_wire::api::LogLevel::Warn,
+                message: format!("{dropped} progress lines were dropped: the client reads slowly"),
+            };
+            if let Some(line) = ndjson_line(&note) {
+                if self.tx.try_send(line).is_ok() {
+                    self.dropped.fetch_sub(dropped, Ordering::Relaxed);
+                }
             }
+        }
+        let Some(line) = ndjson_line(&event) else {
+            return;
         };
-        line.push(b'\n');
-        if self.tx.send(Bytes::from(line)).await.is_err() {
-            tracing::debug!("stream client went away; continuing the operation");
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("stream client went away; continuing the operation");
+            }
+        }
+    }
+
+    /// Send the last event of a stream, waiting for room: the operation is
+    /// over and holds nothing, and the client needs this line most. A client
+    /// that never reads again is cut off by the server's write-stall timeout,
+    /// which closes the channel.
+    async fn send_final(&self, event: StreamEvent) {
+        if let Some(line) = ndjson_line(&event) {
+            if self.tx.send(line).await.is_err() {
+                tracing::debug!("stream client went away before the result");
+            }
         }
     }
 
     /// A sink whose events go nowhere (operations started by the daemon itself).
     pub fn discard() -> EventSink {
         let (tx, _) = mpsc::channel(1);
-        EventSink { tx }
+        EventSink::new(tx)
     }
 
     /// Convenience for a [`StreamEvent::Progress`] without counts.
@@ -278,14 +355,15 @@ impl EventSink {
 
 /// Run `op` in its own task and stream its events, ending with exactly one
 /// `Done` (its result) or `Error`.
-pub(crate) fn stream_operation<F, Fut, R>(state: Arc<AppState>, op: F) -> Response
+pub(crate) fn stream_operation<S, F, Fut, R>(state: S, op: F) -> Response
 where
-    F: FnOnce(Arc<AppState>, EventSink) -> Fut + Send + 'static,
+    S: Send + 'static,
+    F: FnOnce(S, EventSink) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = Result<R, ApiError>> + Send + 'static,
     R: serde::Serialize,
 {
-    let (tx, rx) = mpsc::channel::<Bytes>(64);
-    let sink = EventSink { tx };
+    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
+    let sink = EventSink::new(tx);
     tokio::spawn(async move {
         let last = match op(state, sink.clone()).await {
             Ok(result) => match serde_json::to_value(&result) {
@@ -302,10 +380,79 @@ where
                 StreamEvent::Error { error }
             }
         };
-        sink.send(last).await;
+        sink.send_final(last).await;
     });
     let body = futures::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
     });
     ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// A client that starts a streamed operation and never reads the body:
+    /// the operation still runs to its end and lets go of its lock, and what
+    /// a reader finally gets is the result plus a note about dropped lines.
+    #[tokio::test]
+    async fn a_client_that_stops_reading_never_blocks_the_operation_or_its_lock() {
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        let (finished_tx, finished_rx) = tokio::sync::oneshot::channel();
+        let response = stream_operation(lock.clone(), move |lock, sink| async move {
+            {
+                let _held = lock.lock().await;
+                for i in 0..20 * STREAM_BUFFER {
+                    sink.progress("flood", format!("line {i}")).await;
+                }
+            }
+            let _ = finished_tx.send(());
+            Ok::<_, ApiError>("done")
+        });
+        tokio::time::timeout(Duration::from_secs(60), finished_rx)
+            .await
+            .expect("the operation must finish while nobody reads its stream")
+            .unwrap();
+        assert!(
+            lock.try_lock().is_ok(),
+            "the operation's lock is still held"
+        );
+
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let lines: Vec<StreamEvent> = body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .collect();
+        assert!(lines.len() <= STREAM_BUFFER + 1, "{} lines", lines.len());
+        assert!(
+            matches!(lines.last(), Some(StreamEvent::Done { result }) if result == "done"),
+            "{lines:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn dropped_progress_lines_are_counted_for_the_reader() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let sink = EventSink::new(tx);
+        for i in 0..5 {
+            sink.progress("p", format!("{i}")).await;
+        }
+        rx.recv().await.unwrap();
+        rx.recv().await.unwrap();
+        sink.progress("p", "after").await;
+        let note: StreamEvent = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert!(
+            matches!(&note, StreamEvent::Log { message, .. } if message.starts_with("3 progress lines were dropped")),
+            "{note:?}"
+        );
+        let next: StreamEvent = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
+        assert!(
+            matches!(&next, StreamEvent::Progress { message, .. } if message == "after"),
+            "{next:?}"
+        );
+    }
 }

@@ -173,9 +173,11 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
     runtime.block_on(crate::vm::recover::recover(&state));
     let auto_stop = runtime.spawn(crate::vm::recover::auto_stop_loop(state.clone()));
     let stats = runtime.spawn(crate::vm::recover::stats_loop(state.clone()));
+    let consoles = runtime.spawn(crate::vm::console::rotate_loop(state.clone()));
     let result = runtime.block_on(serve_api(state, listener, signals, shutdown_rx));
     auto_stop.abort();
     stats.abort();
+    consoles.abort();
 
     if let Some(child) = child {
         child.stop(Duration::from_secs(5));
@@ -317,11 +319,12 @@ async fn serve_api(
 
     let stop_tx = state.shutdown.clone();
     let router = api::router(state);
-    let mut graceful_rx = shutdown_rx.clone();
-    let server = axum::serve(listener, router).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|stop| *stop).await;
-    });
-    let server = tokio::spawn(async move { server.await });
+    let server = tokio::spawn(crate::http::serve(
+        listener,
+        router,
+        crate::http::Timeouts::default(),
+        shutdown_rx.clone(),
+    ));
 
     tokio::select! {
         _ = signals.sigterm.recv() => tracing::info!("SIGTERM received"),
@@ -331,11 +334,7 @@ async fn serve_api(
     notify::stopping();
     stop_tx.send_replace(true);
     let result = match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-        Ok(Ok(Ok(()))) => Ok(()),
-        Ok(Ok(Err(source))) => Err(DaemonError::Serve {
-            socket: socket_path,
-            source,
-        }),
+        Ok(Ok(())) => Ok(()),
         Ok(Err(join)) => Err(DaemonError::Serve {
             socket: socket_path,
             source: std::io::Error::other(join.to_string()),

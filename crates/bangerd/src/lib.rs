@@ -5,6 +5,7 @@
 //!   helper, socket, signals, sd-notify).
 //! - [`api`]: the HTTP/1.1 + JSON API under `/v1` (axum), its error mapping
 //!   and NDJSON progress streams.
+//! - [`http`]: serving the API with header-read and write-stall timeouts.
 //! - [`helper`]: reaching the root helper (child process or system socket).
 //! - [`network`]: the host network operations streamed by the API.
 //! - [`image`]: images and kernels (`/v1/images`, `/v1/kernels`).
@@ -16,6 +17,7 @@ pub mod config_view;
 pub mod daemon;
 pub mod dns;
 pub mod helper;
+pub mod http;
 pub mod image;
 pub mod lock;
 pub mod logging;

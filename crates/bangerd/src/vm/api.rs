@@ -245,9 +245,11 @@ async fn put_timings(
     Ok(Json(timings))
 }
 
-/// The serial console log as `text/plain`; with `?follow=true` the answer
-/// keeps going with new output until the client hangs up or the VM is
-/// deleted.
+/// The serial console log as `text/plain`: the rotated part
+/// (`serial.log.1`, when there is one) and then the live log. With
+/// `?follow=true` the answer keeps going with new output until the client
+/// hangs up or the VM is deleted; a rotation of the live log (it shrinks)
+/// starts it again from its beginning.
 async fn logs(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
@@ -256,52 +258,105 @@ async fn logs(
     let follow = flags(query, &["follow"])?.iter().any(|f| f == "follow");
     let vm = record(&state, &name)?;
     let path = VmPaths::new(&state.layout, &vm.id).serial_log;
-    let file = match tokio::fs::File::open(&path).await {
-        Ok(f) => Some(f),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(source) => {
-            return Err(fail(VmError::Io {
-                op: "open",
-                path,
-                source,
-            }))
-        }
-    };
+    // Both files are opened now, so a rotation while the answer is written
+    // cannot show the same lines twice or skip the live ones.
+    let old = open_log(&super::console::rotated(&path)).await?;
+    let live = open_log(&path).await?;
     let dir = path.parent().map(ToOwned::to_owned).unwrap_or_default();
-    let stream = futures::stream::unfold(
-        (file, path, dir, follow),
-        |(mut file, path, dir, follow)| async move {
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                if file.is_none() {
-                    file = tokio::fs::File::open(&path).await.ok();
-                }
-                if let Some(f) = file.as_mut() {
-                    match f.read(&mut buf).await {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            buf.truncate(n);
-                            return Some((
-                                Ok::<_, std::io::Error>(Bytes::from(buf)),
-                                (file, path, dir, follow),
-                            ));
-                        }
-                        Err(e) => return Some((Err(e), (None, path, dir, false))),
-                    }
-                }
-                // The VM's directory goes away when it is deleted.
-                if !follow || !dir.exists() {
-                    return None;
-                }
-                tokio::time::sleep(FOLLOW_POLL).await;
-            }
-        },
-    );
+    let log = LogStream {
+        old,
+        live,
+        pos: 0,
+        path,
+        dir,
+        follow,
+    };
+    let stream = futures::stream::unfold(log, |mut log| async move {
+        log.next_chunk()
+            .await
+            .map(|chunk| (chunk.map(Bytes::from), log))
+    });
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+async fn open_log(path: &std::path::Path) -> Result<Option<tokio::fs::File>, Failure> {
+    match tokio::fs::File::open(path).await {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(fail(VmError::Io {
+            op: "open",
+            path: path.to_owned(),
+            source,
+        })),
+    }
+}
+
+/// The state of one `logs` answer.
+struct LogStream {
+    /// The rotated log, read first and then dropped.
+    old: Option<tokio::fs::File>,
+    live: Option<tokio::fs::File>,
+    /// How far into `live` we are.
+    pos: u64,
+    path: std::path::PathBuf,
+    dir: std::path::PathBuf,
+    follow: bool,
+}
+
+impl LogStream {
+    async fn next_chunk(&mut self) -> Option<std::io::Result<Vec<u8>>> {
+        use tokio::io::AsyncSeekExt;
+        let mut buf = vec![0u8; 64 << 10];
+        if let Some(old) = self.old.as_mut() {
+            match old.read(&mut buf).await {
+                Ok(0) => self.old = None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Some(Ok(buf));
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        loop {
+            if self.live.is_none() {
+                self.live = tokio::fs::File::open(&self.path).await.ok();
+                self.pos = 0;
+            }
+            if let Some(f) = self.live.as_mut() {
+                match f.read(&mut buf).await {
+                    Ok(0) => {
+                        // Rotated: the file is shorter than what we read.
+                        let len = f.metadata().await.map_or(self.pos, |m| m.len());
+                        if len < self.pos {
+                            if let Err(e) = f.seek(std::io::SeekFrom::Start(0)).await {
+                                return Some(Err(e));
+                            }
+                            self.pos = 0;
+                            continue;
+                        }
+                    }
+                    Ok(n) => {
+                        self.pos += n as u64;
+                        buf.truncate(n);
+                        return Some(Ok(buf));
+                    }
+                    Err(e) => {
+                        self.follow = false;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            // The VM's directory goes away when it is deleted.
+            if !self.follow || !self.dir.exists() {
+                return None;
+            }
+            tokio::time::sleep(FOLLOW_POLL).await;
+        }
+    }
 }
 
 #[cfg(test)]

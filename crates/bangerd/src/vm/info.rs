@@ -126,6 +126,13 @@ pub async fn sample_agent(state: &AppState, vm: &VmRecord) -> Result<AgentSample
 /// How long a fresh agent connection is drained of stale bytes.
 const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
+/// At most this many stale bytes are drained: a real leftover is one
+/// answer line; a guest that keeps writing is refused, not read forever.
+pub const DRAIN_MAX_BYTES: usize = 256 << 10;
+
+/// Draining ends after this long even if bytes keep trickling in.
+pub const DRAIN_MAX_TIME: Duration = Duration::from_secs(2);
+
 /// A connection to one VM's guest agent, holding that VM's agent lock: QEMU's
 /// virtio-serial socket serves one client at a time, so the stats sampler,
 /// `vm show` and `vm ports` take turns instead of stalling each other.
@@ -187,7 +194,12 @@ pub async fn connect_agent(state: &AppState, vm: &VmRecord) -> Result<AgentConn,
                 source: std::io::Error::other(e.to_string()),
             })
         })?;
-    drain_stale(&mut stream).await;
+    drain_stale(&mut stream).await.map_err(|e| {
+        agent_err(banger_vsock_agent::client::AgentClientError::Io {
+            op: "drain stale answers",
+            source: std::io::Error::other(e),
+        })
+    })?;
     Ok(AgentConn {
         client: AgentClient::from_stream(stream).with_timeout(AGENT_TIMEOUT),
         _turn: turn,
@@ -198,18 +210,55 @@ pub async fn connect_agent(state: &AppState, vm: &VmRecord) -> Result<AgentConn,
 /// request. A virtio-serial port keeps what the guest wrote while no host
 /// was connected (the answer to a request whose client died, e.g. a killed
 /// daemon) and QEMU hands it to the next client, which would take it for the
-/// answer to its own first request.
-async fn drain_stale(stream: &mut tokio::net::UnixStream) {
+/// answer to its own first request. Bounded by [`DRAIN_MAX_BYTES`] and
+/// [`DRAIN_MAX_TIME`]: a guest that does not go quiet is an error.
+pub async fn drain_stale<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<usize, DrainError> {
+    drain_within(stream, DRAIN_QUIET, DRAIN_MAX_TIME).await
+}
+
+/// [`drain_stale`] with its quiet period and time bound given.
+async fn drain_within<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    quiet_for: Duration,
+    max_time: Duration,
+) -> Result<usize, DrainError> {
     use tokio::io::AsyncReadExt;
     let mut buf = [0u8; 4096];
+    let mut total = 0usize;
+    let deadline = tokio::time::Instant::now() + max_time;
     loop {
-        match tokio::time::timeout(DRAIN_QUIET, stream.read(&mut buf)).await {
+        let quiet = (tokio::time::Instant::now() + quiet_for).min(deadline);
+        match tokio::time::timeout_at(quiet, stream.read(&mut buf)).await {
             Ok(Ok(n)) if n > 0 => {
+                total += n;
                 tracing::debug!(bytes = n, "discarded stale bytes from the agent channel");
+                if total > DRAIN_MAX_BYTES {
+                    return Err(DrainError::TooMuch { bytes: total });
+                }
             }
-            _ => return,
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(DrainError::NeverQuiet { bytes: total });
+            }
+            _ => return Ok(total),
         }
     }
+}
+
+/// Why a fresh agent connection could not be drained.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DrainError {
+    /// More than [`DRAIN_MAX_BYTES`] arrived before the first request.
+    #[error(
+        "the agent channel sent {bytes} bytes before any request (more than {DRAIN_MAX_BYTES})"
+    )]
+    TooMuch { bytes: usize },
+    /// Bytes kept arriving for [`DRAIN_MAX_TIME`].
+    #[error(
+        "the agent channel kept sending for {DRAIN_MAX_TIME:?} before any request ({bytes} bytes)"
+    )]
+    NeverQuiet { bytes: usize },
 }
 
 /// The guest's listening sockets, from its agent.
@@ -224,4 +273,58 @@ pub async fn vm_ports(state: &AppState, vm: &VmRecord) -> Result<VmPorts, VmErro
         ip: vm.ip.map(|ip| ip.to_string()),
         ports,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_stale_answer_is_drained_and_then_the_channel_is_quiet() {
+        let (mut ours, mut guest) = tokio::net::UnixStream::pair().unwrap();
+        guest.write_all(b"{\"stale\":true}\n").await.unwrap();
+        assert_eq!(drain_stale(&mut ours).await, Ok(15));
+        assert_eq!(drain_stale(&mut ours).await, Ok(0));
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_floods_the_agent_channel_is_refused_by_size() {
+        let (mut ours, mut guest) = tokio::net::UnixStream::pair().unwrap();
+        let flood = tokio::spawn(async move {
+            let chunk = vec![b'x'; 64 << 10];
+            while guest.write_all(&chunk).await.is_ok() {}
+        });
+        let result = tokio::time::timeout(Duration::from_secs(60), drain_stale(&mut ours))
+            .await
+            .expect("draining must end on its own");
+        assert!(
+            matches!(result, Err(DrainError::TooMuch { bytes }) if bytes > DRAIN_MAX_BYTES),
+            "{result:?}"
+        );
+        drop(ours);
+        flood.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_guest_that_trickles_forever_is_refused_by_time() {
+        let (mut ours, mut guest) = tokio::net::UnixStream::pair().unwrap();
+        // A byte every 20 ms never leaves a quiet second (even on a loaded
+        // machine), so only the time bound can end this drain.
+        let trickle = tokio::spawn(async move {
+            while guest.write_all(b"x").await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let drain = drain_within(&mut ours, Duration::from_secs(1), Duration::from_secs(3));
+        let result = tokio::time::timeout(Duration::from_secs(60), drain)
+            .await
+            .expect("draining must end on its own");
+        assert!(
+            matches!(result, Err(DrainError::NeverQuiet { bytes }) if bytes <= DRAIN_MAX_BYTES),
+            "{result:?}"
+        );
+        drop(ours);
+        trickle.await.unwrap();
+    }
 }

@@ -8,6 +8,7 @@
 //! - [`info`]: what `list`/`show`/`ports` report.
 //! - [`api`]: the `/v1/vms` routes.
 //! - [`paths`]: where a VM's files live.
+//! - [`console`]: the serial log's cap and rotation, reading its tail.
 //! - [`tap_pool`]: taps made ahead of time (`tap_pool_size`).
 //!
 //! Resources a VM holds only while it runs: its VMM process, its tap, its IP
@@ -17,6 +18,7 @@
 //! under that VM's lock, so a watcher never races a stop.
 
 pub mod api;
+pub mod console;
 pub mod info;
 pub mod ops;
 pub mod paths;

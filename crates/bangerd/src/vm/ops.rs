@@ -662,11 +662,10 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
 /// removes the log with the VM), without terminal escapes.
 pub fn console_tail(path: &Path) -> String {
     const LINES: usize = 25;
-    let Ok(bytes) = std::fs::read(path) else {
+    let Ok(bytes) = super::console::read_tail(path, 16 << 10) else {
         return format!("({} is unreadable)", path.display());
     };
-    let start = bytes.len().saturating_sub(16 << 10);
-    let text = String::from_utf8_lossy(&bytes[start..]);
+    let text = String::from_utf8_lossy(&bytes);
     let clean: String = text
         .chars()
         .filter(|c| *c == '\n' || *c == '\t' || !c.is_control())

@@ -195,13 +195,40 @@ pub async fn stats_loop(state: Arc<AppState>) {
         };
         let ids: Vec<&str> = running.iter().map(|v| v.id.as_str()).collect();
         state.vms.retain_samples(&ids);
-        for vm in &running {
-            if let Err(e) = super::info::sample_agent(&state, vm).await {
-                tracing::debug!(vm = %vm.name, "stats sample failed: {e}");
-                state.vms.set_sample(&vm.id, None);
-            }
+        let results = each_within(&running, SAMPLE_TIMEOUT, |vm| {
+            super::info::sample_agent(&state, vm)
+        })
+        .await;
+        for (vm, result) in running.iter().zip(results) {
+            let failure = match result {
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => e.to_string(),
+                None => format!("no answer within {SAMPLE_TIMEOUT:?}"),
+            };
+            tracing::debug!(vm = %vm.name, "stats sample failed: {failure}");
+            state.vms.set_sample(&vm.id, None);
         }
     }
+}
+
+/// How long one VM's stats sample may take (agent lock, connect, drain,
+/// two requests) before it counts as failed.
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Run `f` for every item at once, each bounded by `limit`: one guest that
+/// never answers costs the others nothing. `None` is a timeout; results come
+/// in the order of `items`.
+pub async fn each_within<'a, T, F, Fut, R>(items: &'a [T], limit: Duration, f: F) -> Vec<Option<R>>
+where
+    F: Fn(&'a T) -> Fut,
+    Fut: std::future::Future<Output = R>,
+{
+    futures::future::join_all(
+        items
+            .iter()
+            .map(|item| async { tokio::time::timeout(limit, f(item)).await.ok() }),
+    )
+    .await
 }
 
 /// What the auto-stop sweep makes of one running VM.
@@ -273,6 +300,71 @@ fn parse_proc_net_tcp(text: &str) -> Vec<(Ipv4Addr, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two agent endpoints on real sockets: one served by the real agent
+    /// request loop, one that accepts and never answers (a hung guest). Both
+    /// are sampled in one round: the silent one times out, and the other is
+    /// served while the silent one is still being waited for (sampled one
+    /// after another, it would only be reached once the silent one gave up).
+    #[tokio::test]
+    async fn one_silent_agent_does_not_stall_the_others() {
+        use banger_vsock_agent::client::AgentClient;
+        use banger_vsock_agent::server::{serve_stream, AgentContext};
+        use std::sync::Mutex;
+        use tokio::io::AsyncReadExt;
+
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let dir = tempfile::tempdir().unwrap();
+        let answering = dir.path().join("answering.sock");
+        let silent = dir.path().join("silent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&answering).unwrap();
+        let log = events.clone();
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            log.lock().unwrap().push("answering served");
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let mut writer = stream;
+            let _ = serve_stream(&AgentContext::default(), &mut reader, &mut writer);
+        });
+        let silent_listener = tokio::net::UnixListener::bind(&silent).unwrap();
+        let log = events.clone();
+        let hung = tokio::spawn(async move {
+            let (mut stream, _) = silent_listener.accept().await.unwrap();
+            // Never answer; note when the sampler gives up (EOF).
+            let mut buf = [0u8; 1024];
+            while stream.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            log.lock().unwrap().push("silent given up");
+        });
+
+        // Silent first: sampled one after another, it would delay the other.
+        let endpoints = [silent.clone(), answering.clone()];
+        let results = tokio::time::timeout(
+            Duration::from_secs(120),
+            each_within(&endpoints, Duration::from_secs(5), |path| async move {
+                // The client's own timeout is far longer than the per-VM
+                // bound: only `each_within` can end the silent one.
+                let mut client = AgentClient::connect_unix(path)
+                    .await?
+                    .with_timeout(Duration::from_secs(3600));
+                client.health().await
+            }),
+        )
+        .await
+        .expect("a round of samples must end");
+        assert!(results[0].is_none(), "the silent agent must time out");
+        let health = results[1]
+            .as_ref()
+            .expect("the answering agent is not bounded by the silent one")
+            .as_ref()
+            .expect("the answering agent answers");
+        assert!(!health.version.is_empty());
+        hung.await.unwrap();
+        assert_eq!(
+            *events.lock().unwrap(),
+            ["answering served", "silent given up"],
+            "the answering agent was only asked after the silent one timed out"
+        );
+    }
 
     fn vm(name: &str, ip: u8, idle_secs: i64) -> VmRecord {
         let now = banger_state::Timestamp::now().unix_millis();
