@@ -17,6 +17,7 @@ pub mod daemon;
 pub mod dns;
 pub mod helper;
 pub mod image;
+pub mod live_config;
 pub mod lock;
 pub mod logging;
 pub mod network;
