@@ -436,7 +436,11 @@ fn show_config_notices(resp: &Response<Incoming>) {
         .headers()
         .get_all(banger_wire::api::CONFIG_NOTICE_HEADER)
     {
-        let line = String::from_utf8_lossy(value.as_bytes()).into_owned();
+        // Only text reaches the terminal, whatever the header holds.
+        let line: String = String::from_utf8_lossy(value.as_bytes())
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
         if !shown.contains(&line) {
             eprintln!("warning: {line}");
             shown.push(line);

@@ -80,6 +80,24 @@ impl Env {
         cmd
     }
 
+    /// Write the default config.toml; returns its path.
+    fn write_config(&self, text: &str) -> PathBuf {
+        let config = self.path("config/banger/config.toml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    /// `GET /v1/config` of the running daemon.
+    fn served_config(&self) -> serde_json::Value {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = banger_cli::client::Client::at(self.runtime().join("bangerd.sock"));
+        runtime.block_on(client.get_json("/v1/config")).unwrap()
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.banger().args(args).output().unwrap()
     }
@@ -313,25 +331,13 @@ fn auto_start_defers_to_a_daemon_that_holds_the_lock() {
 #[test]
 fn config_endpoint_matches_config_show_json() {
     let env = Env::new();
-    let config = env.path("config/banger/config.toml");
-    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    std::fs::write(
-        &config,
-        "bridge_name = \"banger7\"\n[vm_defaults]\nvcpu = 2\n",
-    )
-    .unwrap();
+    env.write_config("bridge_name = \"banger7\"\n[vm_defaults]\nvcpu = 2\n");
     let out = env.run(&["daemon", "status", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let shown = env.run(&["config", "show", "--json"]);
     assert!(shown.status.success(), "{}", text(&shown));
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = banger_cli::client::Client::at(env.runtime().join("bangerd.sock"));
-    let served: serde_json::Value = runtime.block_on(client.get_json("/v1/config")).unwrap();
+    let served = env.served_config();
     assert_eq!(served, shown);
     assert_eq!(served["bridge_name"]["provenance"], "config");
     assert!(env.run(&["daemon", "stop"]).status.success());
@@ -340,25 +346,13 @@ fn config_endpoint_matches_config_show_json() {
 #[test]
 fn config_edits_reach_the_running_daemon() {
     let env = Env::new();
-    let config = env.path("config/banger/config.toml");
-    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    std::fs::write(
-        &config,
-        "default_image_name = \"img-a\"\n[vm_defaults]\nvcpu = 2\n",
-    )
-    .unwrap();
+    let config = env.write_config("default_image_name = \"img-a\"\n[vm_defaults]\nvcpu = 2\n");
     let out = env.run(&["daemon", "status", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let pid = serde_json::from_slice::<DaemonStatus>(&out.stdout)
         .unwrap()
         .pid;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = banger_cli::client::Client::at(env.runtime().join("bangerd.sock"));
-    let served =
-        || -> serde_json::Value { runtime.block_on(client.get_json("/v1/config")).unwrap() };
+    let served = || env.served_config();
     assert_eq!(served()["default_image_name"]["value"], "img-a");
 
     // A valid edit of live keys (an editor's rename over the file): in
