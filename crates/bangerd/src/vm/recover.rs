@@ -143,13 +143,16 @@ const UNSET_RECHECK: Duration = Duration::from_secs(10);
 /// every tick, so an edit of the config file applies without a restart.
 pub async fn auto_stop_loop(state: Arc<AppState>) {
     loop {
+        let tick = match state.vms.config().auto_stop_stale_after.value {
+            Some(after) => (after / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            None => UNSET_RECHECK,
+        };
+        tokio::time::sleep(tick).await;
+        // The value after the sleep decides: the user may have changed it.
         state.vms.live_config().refresh();
         let Some(after) = state.vms.config().auto_stop_stale_after.value else {
-            tokio::time::sleep(UNSET_RECHECK).await;
             continue;
         };
-        let tick = (after / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
-        tokio::time::sleep(tick).await;
         let running: Vec<VmRecord> = match db(&state).list_vms() {
             Ok(v) => v
                 .into_iter()
