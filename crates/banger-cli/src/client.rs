@@ -375,10 +375,12 @@ impl Client {
         let req = req
             .body(Full::new(body.unwrap_or_default()))
             .expect("method, path and static headers form a valid request");
-        sender
+        let resp = sender
             .send_request(req)
             .await
-            .map_err(|source| self.http_error(method, path, source))
+            .map_err(|source| self.http_error(method, path, source))?;
+        show_config_notices(&resp);
+        Ok(resp)
     }
 
     async fn decode<T: DeserializeOwned>(
@@ -431,6 +433,28 @@ impl Client {
             method,
             path: path.to_owned(),
             source,
+        }
+    }
+}
+
+/// Print the daemon's notices about its config file (an invalid edit, keys
+/// waiting for a restart) to stderr, each once per process: a command makes
+/// several requests and all carry them.
+fn show_config_notices(resp: &Response<Incoming>) {
+    static SHOWN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut shown = SHOWN.lock().unwrap_or_else(|e| e.into_inner());
+    for value in resp
+        .headers()
+        .get_all(banger_wire::api::CONFIG_NOTICE_HEADER)
+    {
+        // Only text reaches the terminal, whatever the header holds.
+        let line: String = String::from_utf8_lossy(value.as_bytes())
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if !shown.contains(&line) {
+            eprintln!("warning: {line}");
+            shown.push(line);
         }
     }
 }

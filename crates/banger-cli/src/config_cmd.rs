@@ -1,5 +1,6 @@
 //! `banger config show|check`.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ use banger_config::{
 use banger_host::paths::Layout;
 
 use crate::cli::{ConfigCommand, GlobalArgs};
+use crate::client::Client;
 
 /// Run a `banger config` subcommand.
 pub fn run(global: &GlobalArgs, cmd: ConfigCommand) -> anyhow::Result<ExitCode> {
@@ -32,12 +34,24 @@ fn show(global: &GlobalArgs, layout: &Layout, json: bool) -> anyhow::Result<Exit
     let cfg = load(&path, &layout.home)?;
     let vm = resolve_vm_defaults(&cfg, &HostFacts::detect());
     let rows = cfg.effective(&vm);
+    let mut object = json_object(&rows)?;
+    let in_force = match daemon_config(layout) {
+        Ok(Some(served)) => differences(&object, &served),
+        Ok(None) => BTreeMap::new(),
+        Err(e) => {
+            eprintln!("warning: cannot ask bangerd which values are in force: {e:#}");
+            BTreeMap::new()
+        }
+    };
     let text = if json {
-        let mut t = serde_json::to_string_pretty(&json_object(&rows)?)?;
+        for (key, value) in &in_force {
+            object[key.as_str()]["in_force"] = value.clone();
+        }
+        let mut t = serde_json::to_string_pretty(&object)?;
         t.push('\n');
         t
     } else {
-        render_text(&cfg, &path, &rows)
+        render_text(&cfg, &path, &rows, &in_force)
     };
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         // `banger config show | head` closing the pipe early is not an error.
@@ -74,8 +88,46 @@ fn check(global: &GlobalArgs, layout: &Layout, arg: Option<PathBuf>) -> anyhow::
     }
 }
 
-/// `key = value  # provenance`, aligned, after a header naming the file.
-fn render_text(cfg: &Config, path: &Path, rows: &[ShownSetting]) -> String {
+/// The running daemon's config in force (`GET /v1/config`, which also makes
+/// it read an edited file); `None` when no daemon runs (none is started).
+fn daemon_config(layout: &Layout) -> anyhow::Result<Option<serde_json::Value>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        match Client::connect_existing(layout).await? {
+            Some(client) => Ok(Some(client.get_json("/v1/config").await?)),
+            None => Ok(None),
+        }
+    })
+}
+
+/// The keys whose value in force (`served`, the daemon's `/v1/config`)
+/// differs from the file's (`file`, [`json_object`]), with the value in force.
+fn differences(
+    file: &serde_json::Value,
+    served: &serde_json::Value,
+) -> BTreeMap<String, serde_json::Value> {
+    let Some(file) = file.as_object() else {
+        return BTreeMap::new();
+    };
+    file.iter()
+        .filter_map(|(key, entry)| {
+            let in_force = served.get(key)?.get("value")?;
+            (entry.get("value") != Some(in_force)).then(|| (key.clone(), in_force.clone()))
+        })
+        .collect()
+}
+
+/// `key = value  # provenance`, aligned, after a header naming the file;
+/// a key whose value in force in the daemon differs (`in_force`) says so.
+fn render_text(
+    cfg: &Config,
+    path: &Path,
+    rows: &[ShownSetting],
+    in_force: &BTreeMap<String, serde_json::Value>,
+) -> String {
     let header = match &cfg.source {
         Some(src) => format!("# config file: {}\n", src.display()),
         None => format!(
@@ -94,9 +146,26 @@ fn render_text(cfg: &Config, path: &Path, rows: &[ShownSetting]) -> String {
     let mut out = header;
     for (line, row) in lines.iter().zip(rows) {
         let pad = width - line.chars().count();
-        out.push_str(&format!("{line}{:pad$}  # {}\n", "", row.provenance));
+        out.push_str(&format!("{line}{:pad$}  # {}", "", row.provenance));
+        if let Some(value) = in_force.get(row.key) {
+            out.push_str(&format!(
+                "; bangerd still uses {} until restarted",
+                served_text(row, value)
+            ));
+        }
+        out.push('\n');
     }
     out
+}
+
+/// A served JSON value written like the file's values (`"30s"`, inline
+/// tables), or `(unset)`.
+fn served_text(row: &ShownSetting, value: &serde_json::Value) -> String {
+    let shown = ShownSetting {
+        value: serde_json::from_value(value.clone()).ok(),
+        ..row.clone()
+    };
+    shown.value_text().unwrap_or_else(|| "(unset)".to_owned())
 }
 
 /// `{ key: { "value": ..., "provenance": "..." } }`; unset values are null.
@@ -142,7 +211,7 @@ mod tests {
     #[test]
     fn text_lists_every_key_with_provenance() {
         let (cfg, rows) = sample();
-        let text = render_text(&cfg, Path::new("/c/config.toml"), &rows);
+        let text = render_text(&cfg, Path::new("/c/config.toml"), &rows, &BTreeMap::new());
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines[0], "# config file: /c/config.toml");
         assert_eq!(lines.len(), rows.len() + 1);
@@ -189,5 +258,34 @@ mod tests {
         assert_eq!(v["vm_defaults.memory_mib"]["provenance"], "host");
         assert_eq!(v["file_sync"]["value"][0]["mode"], "0600");
         assert_eq!(v.as_object().unwrap().len(), rows.len());
+    }
+
+    #[test]
+    fn values_in_force_that_differ_from_the_file_are_named() {
+        let (cfg, rows) = sample();
+        let file = json_object(&rows).unwrap();
+        let mut served = file.clone();
+        served["cidr"]["value"] = serde_json::json!("10.1.0.0/24");
+        served["file_sync"]["value"] = serde_json::json!([]);
+        let diff = differences(&file, &served);
+        assert_eq!(diff.keys().collect::<Vec<_>>(), ["cidr", "file_sync"]);
+        let text = render_text(&cfg, Path::new("/c/config.toml"), &rows, &diff);
+        let line = |key: &str| {
+            text.lines()
+                .find(|l| l.starts_with(&format!("{key} = ")))
+                .unwrap()
+                .to_owned()
+        };
+        assert!(
+            line("cidr")
+                .ends_with("# built-in; bangerd still uses \"10.1.0.0/24\" until restarted"),
+            "{text}"
+        );
+        assert!(
+            line("file_sync").contains("bangerd still uses [] until restarted"),
+            "{text}"
+        );
+        assert!(!line("vmm").contains("bangerd still uses"), "{text}");
+        assert!(differences(&file, &file).is_empty());
     }
 }

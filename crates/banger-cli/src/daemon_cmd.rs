@@ -97,8 +97,8 @@ async fn stop(layout: &Layout) -> anyhow::Result<ExitCode> {
     while process_alive(pid) {
         if Instant::now() >= deadline {
             anyhow::bail!(
-                "bangerd (pid {pid}) accepted the shutdown but is still running after {} s; \
-                 see {}",
+                "bangerd (pid {pid}) is still shutting down after {} s; check again with \
+                 `banger daemon status`, and see {}",
                 STOP_TIMEOUT.as_secs(),
                 layout.log_file().display()
             );

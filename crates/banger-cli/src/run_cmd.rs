@@ -20,6 +20,7 @@ use clap::Args;
 
 use crate::cli::GlobalArgs;
 use crate::client::{self, Client, StreamRenderer};
+use crate::shell;
 use crate::vm_cmd;
 use crate::workspace::Workspace;
 
@@ -59,7 +60,8 @@ pub struct RunArgs {
     #[arg(short, long)]
     pub verbose: bool,
     /// Command to run in the guest (in /root/repo with a workspace, else
-    /// /root); each argument is passed as one word. Without it, a shell opens.
+    /// /root); each argument reaches the guest as one word, quoted for its
+    /// shell. Without it, a shell opens.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
@@ -115,27 +117,15 @@ fn valid_branch(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
 }
 
-/// Quote `s` for a POSIX shell.
-pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b))
-    {
-        return s.to_owned();
-    }
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// The remote shell text of command mode: run `cmd` (each argument one
 /// word) in `dir`, with its pid file for Ctrl-C forwarding, and exit with
 /// its status (128+N when a signal killed it: the shell survives a SIGINT
 /// through its trap and reports the child's status).
 pub fn remote_command(dir: &str, token: &str, cmd: &[String]) -> String {
-    let words: Vec<String> = cmd.iter().map(|a| shell_quote(a)).collect();
     let pid_file = pid_file(token);
     format!(
         "cd {dir} || exit 1; echo $$ > {pid_file}; trap true INT; {}; s=$?; rm -f {pid_file}; exit $s",
-        words.join(" ")
+        shell::join(cmd)
     )
 }
 
@@ -202,7 +192,7 @@ pub fn untar_command(repo_name: &str) -> String {
          mkdir -p /root/.cache/banger; \
          setsid sh -c {} > {log} 2>&1 < /dev/null & \
          fi",
-        shell_quote(tooling)
+        shell::quote(tooling)
     )
 }
 
@@ -638,7 +628,7 @@ fn copy_workspace(
         ws.branch.as_deref(),
         new_branch.map(|(b, f)| (b.as_str(), f.as_str())),
     );
-    let git_args = vm_cmd::ssh_args(vm, &[format!("sh -c {}", shell_quote(&script))])?;
+    let git_args = vm_cmd::ssh_args(vm, &[format!("sh -c {}", shell::quote(&script))])?;
     let mut child = Command::new("ssh")
         .arg("-T")
         .args(&git_args)
@@ -726,8 +716,6 @@ mod tests {
             "cd /root/repo || exit 1; echo $$ > /tmp/banger-run-t.pid; trap true INT; \
              sh -c 'echo '\\''hi'\\'' && exit 7'; s=$?; rm -f /tmp/banger-run-t.pid; exit $s"
         );
-        assert_eq!(shell_quote(""), "''");
-        assert_eq!(shell_quote("a/b.c"), "a/b.c");
     }
 
     #[test]

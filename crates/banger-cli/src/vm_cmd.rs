@@ -93,10 +93,14 @@ pub enum VmCommand {
     /// Open a shell in a VM, or run a command there (`banger vm ssh NAME -- CMD...`),
     /// with OpenSSH, banger's key and banger's known_hosts (the VM's host key is
     /// pinned, never trusted on first use). Exits with the remote status.
+    ///
+    /// Unlike plain `ssh`, each argument after `--` reaches the guest as one
+    /// word (banger quotes it for the remote shell), as with `vm run`:
+    /// `-- sh -c 'echo "a  b"'` prints `a  b`.
     Ssh {
         /// VM name.
         name: String,
-        /// Command to run instead of a shell.
+        /// Command to run instead of a shell; each argument is one word.
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
@@ -566,9 +570,19 @@ pub fn ssh_args(vm: &VmInfo, command: &[String]) -> anyhow::Result<Vec<String>> 
     Ok(args)
 }
 
+/// The `ssh` arguments of `vm ssh NAME -- COMMAND`: the command as one
+/// remote command line with each argument quoted (ssh itself would join the
+/// words with spaces and let the remote shell split them again).
+pub fn vm_ssh_args(vm: &VmInfo, command: &[String]) -> anyhow::Result<Vec<String>> {
+    if command.is_empty() {
+        return ssh_args(vm, &[]);
+    }
+    ssh_args(vm, &[crate::shell::join(command)])
+}
+
 fn exec_ssh(vm: &VmInfo, command: &[String]) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
-    let args = ssh_args(vm, command)?;
+    let args = vm_ssh_args(vm, command)?;
     // exec: ssh's exit status (the remote command's) becomes ours.
     let err = std::process::Command::new("ssh").args(&args).exec();
     Err(anyhow::Error::new(err).context("cannot run `ssh` (install the OpenSSH client)"))
@@ -649,6 +663,20 @@ mod tests {
              -o GlobalKnownHostsFile=/dev/null -o StrictHostKeyChecking=yes -o LogLevel=ERROR \
              -- root@172.16.0.2 uname -a"
         );
+    }
+
+    #[test]
+    fn vm_ssh_sends_one_quoted_command_line() {
+        let args = vm_ssh_args(
+            &vm(),
+            &["sh".into(), "-c".into(), "echo \"a  b\" > /root/f".into()],
+        )
+        .unwrap();
+        assert_eq!(args[args.len() - 2], "root@172.16.0.2");
+        assert_eq!(args[args.len() - 1], r#"sh -c 'echo "a  b" > /root/f'"#);
+        // No command: no remote command line at all (a login shell).
+        let args = vm_ssh_args(&vm(), &[]).unwrap();
+        assert_eq!(args.last().map(String::as_str), Some("root@172.16.0.2"));
     }
 
     #[test]

@@ -4,11 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 use banger_wire::api::DaemonStatus;
-
-const TIMEOUT: Duration = Duration::from_secs(30);
 
 fn banger_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_banger"))
@@ -83,6 +80,24 @@ impl Env {
         cmd
     }
 
+    /// Write the default config.toml; returns its path.
+    fn write_config(&self, text: &str) -> PathBuf {
+        let config = self.path("config/banger/config.toml");
+        std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+        std::fs::write(&config, text).unwrap();
+        config
+    }
+
+    /// `GET /v1/config` of the running daemon.
+    fn served_config(&self) -> serde_json::Value {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let client = banger_cli::client::Client::at(self.runtime().join("bangerd.sock"));
+        runtime.block_on(client.get_json("/v1/config")).unwrap()
+    }
+
     fn run(&self, args: &[&str]) -> Output {
         self.banger().args(args).output().unwrap()
     }
@@ -132,16 +147,9 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn wait_gone(pid: u32) -> bool {
-    let deadline = Instant::now() + TIMEOUT;
-    while Instant::now() < deadline {
-        match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            Err(_) => return true,
-            Ok(s) if s.contains(") Z ") => return true,
-            Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    false
+/// Whether `pid` is a live process (a zombie has released everything).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
 #[test]
@@ -195,7 +203,12 @@ fn racing_clis_start_exactly_one_daemon() {
         "{}",
         text(&out)
     );
-    assert!(wait_gone(sa.pid));
+    // `daemon stop` returns only once the process is gone: no waiting here.
+    assert!(
+        !alive(sa.pid),
+        "bangerd {} still running after `daemon stop` returned",
+        sa.pid
+    );
     assert!(!env.runtime().join("bangerd.sock").exists());
 
     let out = env.run(&["daemon", "stop"]);
@@ -318,26 +331,114 @@ fn auto_start_defers_to_a_daemon_that_holds_the_lock() {
 #[test]
 fn config_endpoint_matches_config_show_json() {
     let env = Env::new();
-    let config = env.path("config/banger/config.toml");
-    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
-    std::fs::write(
-        &config,
-        "bridge_name = \"banger7\"\n[vm_defaults]\nvcpu = 2\n",
-    )
-    .unwrap();
+    env.write_config("bridge_name = \"banger7\"\n[vm_defaults]\nvcpu = 2\n");
     let out = env.run(&["daemon", "status", "--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let shown = env.run(&["config", "show", "--json"]);
     assert!(shown.status.success(), "{}", text(&shown));
     let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = banger_cli::client::Client::at(env.runtime().join("bangerd.sock"));
-    let served: serde_json::Value = runtime.block_on(client.get_json("/v1/config")).unwrap();
+    let served = env.served_config();
     assert_eq!(served, shown);
     assert_eq!(served["bridge_name"]["provenance"], "config");
+    assert!(env.run(&["daemon", "stop"]).status.success());
+}
+
+#[test]
+fn config_edits_reach_the_running_daemon() {
+    let env = Env::new();
+    let config = env.write_config("default_image_name = \"img-a\"\n[vm_defaults]\nvcpu = 2\n");
+    let out = env.run(&["daemon", "status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let pid = serde_json::from_slice::<DaemonStatus>(&out.stdout)
+        .unwrap()
+        .pid;
+    let served = || env.served_config();
+    assert_eq!(served()["default_image_name"]["value"], "img-a");
+
+    // A valid edit of live keys (an editor's rename over the file): in
+    // force at the next request, no warning, no restart.
+    let replace = |text: &str| {
+        let tmp = config.with_extension("swp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &config).unwrap();
+    };
+    replace(
+        "default_image_name = \"img-b\"\n[vm_defaults]\nvcpu = 3\n\n\
+         [[file_sync]]\nhost = \"~/.gitconfig\"\nguest = \"~/.gitconfig\"\n",
+    );
+    let out = env.run(&["daemon", "status", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    assert_eq!(
+        serde_json::from_slice::<DaemonStatus>(&out.stdout)
+            .unwrap()
+            .pid,
+        pid
+    );
+    let now = served();
+    assert_eq!(now["default_image_name"]["value"], "img-b");
+    assert_eq!(now["vm_defaults.vcpu"]["value"], 3);
+    assert_eq!(
+        now["file_sync"]["value"][0]["host"],
+        env.path("home/.gitconfig").display().to_string()
+    );
+
+    // An invalid edit (written in place): the next command names file, line
+    // and key, still works, and the last good config stays in force.
+    std::fs::write(
+        &config,
+        "default_image_name = \"img-c\"\n[vm_defaults]\nvcpus = 4\n",
+    )
+    .unwrap();
+    let out = env.run(&["vm", "list"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warning: {}:3: vm_defaults.vcpus",
+            config.display()
+        )) && stderr.contains("keeps using the last valid config"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(served()["default_image_name"]["value"], "img-b");
+    assert_eq!(served()["vm_defaults.vcpu"]["value"], 3);
+
+    // A key bound at start-up: named with the restart command; live keys of
+    // the same edit apply; `config show` says what is in force.
+    replace("default_image_name = \"img-d\"\nbridge_name = \"banger9\"\n");
+    let out = env.run(&["config", "show"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bridge_name changed") && stderr.contains("`banger daemon stop`"),
+        "{}",
+        text(&out)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("bridge_name = "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        line.starts_with("bridge_name = \"banger9\"")
+            && line.ends_with("# config; bangerd still uses \"banger0\" until restarted"),
+        "{stdout}"
+    );
+    assert_eq!(served()["default_image_name"]["value"], "img-d");
+    assert_eq!(served()["bridge_name"]["value"], "banger0");
+    let shown = env.run(&["config", "show", "--json"]);
+    let shown: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(shown["bridge_name"]["in_force"], "banger0");
+    assert!(shown["default_image_name"].get("in_force").is_none());
+
+    // After the restart the file is in force and nothing is left to say.
+    let out = env.run(&["daemon", "stop"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!alive(pid));
+    let out = env.run(&["daemon", "status"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.stderr.is_empty(), "{}", text(&out));
+    assert_eq!(served()["bridge_name"]["value"], "banger9");
     assert!(env.run(&["daemon", "stop"]).status.success());
 }

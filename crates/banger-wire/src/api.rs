@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 /// API version prefix; every route lives under it.
 pub const API_PREFIX: &str = "/v1";
 
+/// Response header (repeatable) carrying one line the user should read about
+/// the daemon's config file: an invalid edit, or changed keys that wait for
+/// a restart. The CLI prints each as a warning.
+pub const CONFIG_NOTICE_HEADER: &str = "banger-config-notice";
+
 /// Content type of streamed responses: one [`StreamEvent`] JSON object per line.
 pub const NDJSON: &str = "application/x-ndjson";
 

@@ -29,8 +29,6 @@ use crate::network::{self, NetSettings};
 pub struct AppState {
     /// Paths of this install.
     pub layout: Layout,
-    /// The effective config as served by `GET /v1/config`.
-    pub config_json: serde_json::Value,
     /// Bridge and NAT settings from the config.
     pub net: NetSettings,
     /// The state database (opened and migrated at start).
@@ -63,7 +61,36 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(crate::image::api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            config_notices,
+        ))
         .with_state(state)
+}
+
+/// Before each request: pick up an edited config file (so the handler runs
+/// with it). After: tell the client what the user must know about the file.
+async fn config_notices(
+    State(state): State<Arc<AppState>>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let live = state.vms.live_config();
+    live.refresh();
+    let notices = live.notices();
+    let mut resp = next.run(req).await;
+    for notice in notices {
+        // Header values cannot hold control characters; a notice is one line.
+        let line: String = notice
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        if let Ok(value) = axum::http::HeaderValue::from_str(&line) {
+            resp.headers_mut()
+                .append(crate::live_config::CONFIG_NOTICE_HEADER, value);
+        }
+    }
+    resp
 }
 
 /// An [`ApiError`] as an HTTP response.
@@ -194,7 +221,7 @@ async fn shutdown(State(state): State<Arc<AppState>>) -> Json<ShutdownResponse> 
 }
 
 async fn config(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(state.config_json.clone())
+    Json(crate::config_view::effective_json(&state.vms.config()))
 }
 
 async fn network_setup(

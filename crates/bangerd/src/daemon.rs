@@ -75,7 +75,7 @@ pub fn run(opts: &Options) -> Result<(), DaemonError> {
     logging::init(&LogTarget::detect(&layout.log_file()), &level)?;
     let result = config
         .map_err(DaemonError::from)
-        .and_then(|config| serve(layout, config));
+        .and_then(|config| serve(layout, config_path, config));
     if let Err(e) = &result {
         tracing::error!("bangerd failed: {e}");
     }
@@ -113,7 +113,11 @@ fn prepare_dirs(layout: &Layout) -> Result<(), DaemonError> {
     Ok(())
 }
 
-fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonError> {
+fn serve(
+    layout: Layout,
+    config_path: PathBuf,
+    config: banger_config::Config,
+) -> Result<(), DaemonError> {
     prepare_dirs(&layout)?;
     let lock = DaemonLock::acquire(&layout.daemon_lock())?;
     tracing::info!(
@@ -126,9 +130,10 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
     let db = banger_state::StateDb::open(&layout.database())?;
     let schema_version = db.schema_version();
     let net = NetSettings::from_config(&config);
-    let config_json = crate::config_view::effective_json(&config);
     let backend = crate::config_view::backend(&config);
-    let vms = crate::vm::VmManager::new(&config);
+    let live =
+        crate::live_config::LiveConfig::new(config_path, layout.home.clone(), layout.mode, config);
+    let vms = crate::vm::VmManager::new(live);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -158,7 +163,6 @@ fn serve(layout: Layout, config: banger_config::Config) -> Result<(), DaemonErro
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState {
         layout: layout.clone(),
-        config_json,
         net,
         db: Mutex::new(db),
         schema_version,

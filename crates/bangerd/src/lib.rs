@@ -19,6 +19,7 @@ pub mod dns;
 pub mod helper;
 pub mod http;
 pub mod image;
+pub mod live_config;
 pub mod lock;
 pub mod logging;
 pub mod network;

@@ -148,7 +148,7 @@ pub fn sync(state: &AppState) -> Result<(), SshConfigError> {
             ip: vm.ip,
         })
         .collect();
-    let files = files(&state.layout, &state.vms.config.ssh_key_path.value);
+    let files = files(&state.layout, &state.vms.config().ssh_key_path.value);
     write(&path, &render(&hosts, &files))
 }
 

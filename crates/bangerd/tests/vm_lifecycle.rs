@@ -167,7 +167,7 @@ async fn create_ssh_stop_start_ports_delete_leaves_nothing() {
         "--",
         "sh",
         "-c",
-        "'echo persisted > /root/marker && sync'",
+        "echo persisted > /root/marker && sync",
     ]);
 
     let stopped = world.banger_ok(&["vm", "stop", "life"]);

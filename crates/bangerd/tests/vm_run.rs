@@ -256,6 +256,8 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
         "ssh",
         "ws",
         "--",
+        "sh",
+        "-c",
         "cd /root && stat -c '%n %U:%G %a' .gitconfig bin/tool.sh .config/dots \
          .config/dots/public .config/dots/secret .config/dots/sub .config/dots/sub/run; \
          ls -a /root | tr '\\n' ' '",
@@ -285,6 +287,8 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
         "ssh",
         "ws",
         "--",
+        "sh",
+        "-c",
         "log=/root/.cache/banger/vm-run-tooling-my_repo.log; \
          for i in $(seq 60); do [ -s $log ] && break; sleep 1; done; cat $log",
     ]);

@@ -157,7 +157,7 @@ pub fn store(state: &AppState) -> Store {
 /// The catalog base URL: config `catalog_url` (or `BANGER_CATALOG_URL`)
 /// when set, else the catalog's own `base_url`.
 pub fn base_url(state: &AppState, catalog: &Catalog) -> String {
-    let setting = &state.vms.config.catalog_url;
+    let setting = &state.vms.config().catalog_url;
     match setting.provenance {
         banger_config::Provenance::BuiltIn => catalog.base_url.clone(),
         _ => setting.value.clone(),

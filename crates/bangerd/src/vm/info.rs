@@ -76,7 +76,7 @@ pub async fn vm_show(state: &AppState, vm: &VmRecord, ask_agent: bool) -> VmInfo
         ssh: VmSshAccess {
             user: super::ops::SSH_USER.to_owned(),
             host: vm.ip.map(|ip| ip.to_string()),
-            key: state.vms.config.ssh_key_path.value.display().to_string(),
+            key: state.vms.config().ssh_key_path.value.display().to_string(),
             known_hosts: paths::known_hosts(&state.layout).display().to_string(),
             host_key_fingerprint: fingerprint,
         },

@@ -211,8 +211,8 @@ impl VmExtra {
 /// config, the VMM launcher, and one lock per VM name.
 #[derive(Debug)]
 pub struct VmManager {
-    /// The effective config (vm_defaults, SSH key, file_sync, timers).
-    pub config: Config,
+    /// The config file's settings, re-read when the file changes.
+    config: crate::live_config::LiveConfig,
     /// Guest addresses, gateway and DNS.
     pub netplan: Result<NetPlan, String>,
     /// The launcher for the chosen backend, or why none can run.
@@ -238,9 +238,11 @@ pub struct AgentSample {
 }
 
 impl VmManager {
-    /// Settings from `config`; resolves the backend now (it is printed once
-    /// in the log and in `daemon status`).
-    pub fn new(config: &Config) -> VmManager {
+    /// Settings from `live`; resolves the backend and the guest network plan
+    /// from the start-up config now (the backend is printed once in the log
+    /// and in `daemon status`).
+    pub fn new(live: crate::live_config::LiveConfig) -> VmManager {
+        let config = live.started();
         let choice = banger_host::probe::choose_backend(
             config.vmm.value,
             config.firecracker_bin.value.as_deref(),
@@ -254,15 +256,25 @@ impl VmManager {
             Err(e) => tracing::warn!("VMs cannot start: {e}"),
         }
         VmManager {
-            config: config.clone(),
             netplan: NetPlan::from_config(config).map_err(|e| e.to_string()),
             vmm,
+            config: live,
             clone_strategy: Mutex::new(None),
             locks: Mutex::new(HashMap::new()),
             samples: Mutex::new(HashMap::new()),
             agent_locks: Mutex::new(HashMap::new()),
             taps: tap_pool::TapPool::default(),
         }
+    }
+
+    /// The config in force (vm_defaults, SSH key, file_sync, timers).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.current()
+    }
+
+    /// The config file watcher behind [`VmManager::config`].
+    pub fn live_config(&self) -> &crate::live_config::LiveConfig {
+        &self.config
     }
 
     /// The lock serializing every operation on VM `name`.
@@ -291,7 +303,7 @@ impl VmManager {
     /// The last agent sample of VM `id` if it is at most two poll intervals old.
     pub fn sample(&self, id: &str) -> Option<AgentSample> {
         let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let limit = self.config.stats_poll_interval.value * 2;
+        let limit = self.config().stats_poll_interval.value * 2;
         samples.get(id).filter(|s| s.at.elapsed() <= limit).cloned()
     }
 

@@ -164,7 +164,7 @@ fn kernel_artifacts(
 /// RAM), a usable backend and guest network.
 pub fn check_create(state: &AppState, req: &VmCreateRequest) -> Result<ResolvedCreate, VmError> {
     let mgr = &state.vms;
-    let resolved = request::resolve_create(req, &mgr.config, &HostFacts::detect(), || {
+    let resolved = request::resolve_create(req, &mgr.config(), &HostFacts::detect(), || {
         format!("vm-{}", &identity::new_vm_id()[..6])
     })?;
     if db(state).get_vm_by_name(&resolved.name)?.is_some() {
@@ -492,7 +492,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
     let known_hosts = KnownHosts::new(paths::known_hosts(&state.layout));
     known_hosts.set(&vm.name, ip, &host_key.public_openssh)?;
 
-    let key_path = mgr.config.ssh_key_path.value.clone();
+    let key_path = mgr.config().ssh_key_path.value.clone();
     let user_key = {
         let key_path = key_path.clone();
         blocking(move || {
@@ -501,7 +501,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         })
         .await??
     };
-    let plan = banger_vm::filesync::plan_file_sync(&mgr.config.file_sync, &state.layout.home)?;
+    let plan = banger_vm::filesync::plan_file_sync(&mgr.config().file_sync, &state.layout.home)?;
     for w in &plan.warnings {
         sink.send(StreamEvent::Log {
             level: LogLevel::Warn,
@@ -1066,7 +1066,7 @@ async fn ssh_poweroff(state: &AppState, vm: &VmRecord, ip: Ipv4Addr) -> Result<(
     let session = banger_vm::ssh::connect(
         SocketAddr::from((ip, 22)),
         SSH_USER,
-        &state.vms.config.ssh_key_path.value,
+        &state.vms.config().ssh_key_path.value,
         &pinned,
         Duration::from_secs(5),
     )

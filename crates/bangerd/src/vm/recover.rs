@@ -133,16 +133,26 @@ pub fn watch_exit(state: Arc<AppState>, name: String, id: String, handle: &VmmHa
     });
 }
 
+/// How often the auto-stop loop looks at the config again while
+/// `auto_stop_stale_after` is unset.
+const UNSET_RECHECK: Duration = Duration::from_secs(10);
+
 /// Stop running VMs with no SSH or session activity for
 /// `auto_stop_stale_after` (when set). An established SSH connection from
-/// this host to the guest counts as activity.
+/// this host to the guest counts as activity. The setting is read again at
+/// every tick, so an edit of the config file applies without a restart.
 pub async fn auto_stop_loop(state: Arc<AppState>) {
-    let Some(after) = state.vms.config.auto_stop_stale_after.value else {
-        return;
-    };
-    let tick = (after / 10).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
+        let tick = match state.vms.config().auto_stop_stale_after.value {
+            Some(after) => (after / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
+            None => UNSET_RECHECK,
+        };
         tokio::time::sleep(tick).await;
+        // The value after the sleep decides: the user may have changed it.
+        state.vms.live_config().refresh();
+        let Some(after) = state.vms.config().auto_stop_stale_after.value else {
+            continue;
+        };
         let running: Vec<VmRecord> = match db(&state).list_vms() {
             Ok(v) => v
                 .into_iter()
@@ -175,13 +185,13 @@ pub async fn auto_stop_loop(state: Arc<AppState>) {
 /// Sample every running VM's agent (health and stats) every
 /// `stats_poll_interval`, so `vm show` answers from memory.
 pub async fn stats_loop(state: Arc<AppState>) {
-    let every = state
-        .vms
-        .config
-        .stats_poll_interval
-        .value
-        .max(Duration::from_secs(1));
     loop {
+        let every = state
+            .vms
+            .config()
+            .stats_poll_interval
+            .value
+            .max(Duration::from_secs(1));
         tokio::time::sleep(every).await;
         let running: Vec<VmRecord> = match db(&state).list_vms() {
             Ok(v) => v

@@ -86,7 +86,7 @@ impl TapPool {
 /// tries again, and starts never depend on the pool).
 pub async fn refill(state: Arc<AppState>) {
     let pool = &state.vms.taps;
-    let want = state.vms.config.tap_pool_size.value as usize;
+    let want = state.vms.config().tap_pool_size.value as usize;
     {
         let mut inner = pool.inner();
         if inner.refilling || inner.idle.len() >= want {
