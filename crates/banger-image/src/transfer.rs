@@ -63,7 +63,7 @@ pub enum TransferError {
     Pack {
         kind: Kind,
         name: String,
-        source: BundleError,
+        source: Box<BundleError>,
     },
     #[error("cannot {op} {path}: {source}")]
     Io {
@@ -103,7 +103,7 @@ pub enum TransferError {
     Bundle {
         source_name: String,
         file: String,
-        source: BundleError,
+        source: Box<BundleError>,
     },
     #[error("{source_name}: image {image} needs kernel {kernel}, which is neither in the input nor installed; export it from a machine that has it (`banger image export` includes the kernel) or `banger kernel pull {kernel}` first")]
     NeedsKernel {
@@ -131,7 +131,10 @@ pub enum TransferError {
 
 /// Asked before a bundle of the input is unpacked: may this kind and name
 /// be installed here? (The daemon refuses names registered from host files.)
-pub type AdmitFn<'a> = &'a (dyn Fn(Kind, &str) -> Result<(), String> + Send + Sync);
+pub type AdmitFn<'a> = &'a Admit;
+
+/// The admission check itself (see [`AdmitFn`]).
+pub type Admit = dyn Fn(Kind, &str) -> Result<(), String> + Send + Sync;
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> TransferError + 'a {
     move |source| TransferError::Io {
@@ -363,7 +366,7 @@ pub fn plan_export(
             bundle::pack(&inst.dir, &meta_of(m), &out).map_err(|source| TransferError::Pack {
                 kind: m.kind,
                 name: m.name.clone(),
-                source,
+                source: Box::new(source),
             })?;
         if packed.manifest != *m {
             return Err(TransferError::Damaged {
@@ -566,7 +569,7 @@ pub fn import<R: Read>(
 pub async fn import_url(
     url: &str,
     store: &Store,
-    admit: std::sync::Arc<dyn Fn(Kind, &str) -> Result<(), String> + Send + Sync>,
+    admit: std::sync::Arc<Admit>,
     progress: std::sync::Arc<dyn Fn(Progress) + Send + Sync>,
 ) -> Result<Vec<ImportedBundle>, TransferError> {
     let download_err = |reason: String| TransferError::Download {
@@ -668,7 +671,7 @@ fn import_bundle<R: Read>(head: &[u8], rest: R, ctx: &Ctx<'_>) -> Result<Staged,
     let manifest = bundle::manifest_from_prefix(head).map_err(|source| TransferError::Bundle {
         source_name: source_name.to_owned(),
         file: source_name.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     let reader = io::Cursor::new(head).chain(rest);
     stage(
@@ -814,7 +817,7 @@ fn stage<R: Read>(
     let manifest = unpacked.map_err(|source| TransferError::Bundle {
         source_name: source_name.to_owned(),
         file: file.to_owned(),
-        source,
+        source: Box::new(source),
     })?;
     Ok(Staged {
         lock,
