@@ -23,7 +23,7 @@ apt-get install -y -qq --no-install-recommends -t bookworm-backports \
 apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config git curl ca-certificates \
     iproute2 nftables openssh-client zstd xz-utils cpio kmod \
-    mmdebstrap busybox-static bind9-dnsutils bash-completion fish \
+    mmdebstrap busybox-static bind9-dnsutils bash-completion fish python3 \
     systemd systemd-container nix-bin xfsprogs >/dev/null
 
 # banger-vm's SSH tests run a private sshd of their own; the package's system

@@ -290,6 +290,15 @@ impl Client {
     ) -> Result<serde_json::Value, ClientError> {
         let body = encode(path, body)?;
         let resp = self.send(Method::POST, path, Some(body)).await?;
+        self.consume_stream(path, resp, renderer).await
+    }
+
+    async fn consume_stream(
+        &self,
+        path: &str,
+        resp: Response<Incoming>,
+        renderer: &mut dyn StreamRenderer,
+    ) -> Result<serde_json::Value, ClientError> {
         if !resp.status().is_success() {
             return Err(self.error_from(Method::POST, path, resp).await);
         }
@@ -352,6 +361,44 @@ impl Client {
         path: &str,
         body: Option<Bytes>,
     ) -> Result<Response<Incoming>, ClientError> {
+        let content_type = body.as_ref().map(|_| "application/json");
+        let body = Full::new(body.unwrap_or_default())
+            .map_err(|never| match never {})
+            .boxed_unsync();
+        self.send_body(method, path, content_type, body).await
+    }
+
+    /// `POST path` with `body` streamed as the request body (e.g. a file),
+    /// to a streaming endpoint: as [`Client::stream`].
+    pub async fn stream_upload(
+        &self,
+        path: &str,
+        body: UploadBody,
+        renderer: &mut dyn StreamRenderer,
+    ) -> Result<serde_json::Value, ClientError> {
+        let resp = self
+            .send_body(Method::POST, path, Some("application/octet-stream"), body)
+            .await?;
+        self.consume_stream(path, resp, renderer).await
+    }
+
+    /// `GET path` whose answer is a download: the successful response, for
+    /// its headers and body (an error status becomes the API error).
+    pub async fn get_download(&self, path: &str) -> Result<Response<Incoming>, ClientError> {
+        let resp = self.send(Method::GET, path, None).await?;
+        if !resp.status().is_success() {
+            return Err(self.error_from(Method::GET, path, resp).await);
+        }
+        Ok(resp)
+    }
+
+    async fn send_body(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: UploadBody,
+    ) -> Result<Response<Incoming>, ClientError> {
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
             .map_err(|source| ClientError::Connect {
@@ -369,11 +416,11 @@ impl Client {
             .method(method.clone())
             .uri(path)
             .header(hyper::header::HOST, "bangerd");
-        if body.is_some() {
-            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(ct) = content_type {
+            req = req.header(hyper::header::CONTENT_TYPE, ct);
         }
         let req = req
-            .body(Full::new(body.unwrap_or_default()))
+            .body(body)
             .expect("method, path and static headers form a valid request");
         let resp = sender
             .send_request(req)
@@ -457,6 +504,26 @@ fn show_config_notices(resp: &Response<Incoming>) {
             shown.push(line);
         }
     }
+}
+
+/// A request body the client can stream (a JSON document or a file).
+pub type UploadBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// The bytes of `file`, read in 1 MiB pieces as the request body.
+pub fn file_body(file: tokio::fs::File) -> UploadBody {
+    use tokio::io::AsyncReadExt;
+    let chunks = futures::stream::unfold(file, |mut file| async move {
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), file))
+            }
+            Err(e) => Some((Err(e), file)),
+        }
+    });
+    http_body_util::StreamBody::new(chunks).boxed_unsync()
 }
 
 fn api_failure(method: Method, path: &str, status: StatusCode, body: &[u8]) -> ClientError {

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use anyhow::Context;
 use banger_host::paths::Layout;
 use banger_wire::image::{
-    ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, InstallReport,
-    KernelInfo, KernelList, PromoteRequest, PullRequest,
+    ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, ImportRequest,
+    InstallReport, KernelInfo, KernelList, PromoteRequest, PullRequest,
 };
 use clap::{Args, Subcommand};
 
@@ -26,6 +26,8 @@ use crate::vm_cmd::table;
   banger image show debian-bookworm --json
   banger image register --name mine --rootfs /srv/mine.ext4 --kernel-ref generic-6.12
   banger image promote mine                copy a registered image into banger's store
+  banger image export debian-bookworm -o db.banger.tar    image + kernel in one verified file
+  banger image import db.banger.tar        on another machine (or an https:// URL)
   banger image delete mine")]
 pub enum ImageCommand {
     /// Download an image from the catalog, verify its sha256 while streaming
@@ -70,6 +72,30 @@ pub enum ImageCommand {
     Promote {
         /// Image name.
         name: String,
+    },
+    /// Write an installed image and its kernel to one file: two
+    /// catalog-format bundles behind an index with their sizes and sha256.
+    /// Carry it to another machine and `banger image import` it there.
+    Export {
+        /// Image name (it must be in banger's store; promote a registered one first).
+        name: String,
+        /// Where to write; `-` for standard output. Default: NAME.banger.tar
+        /// in the current directory.
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Install what `banger image export` wrote (or a single catalog bundle)
+    /// from a file, or download it from an http(s) URL (a dropped connection
+    /// is resumed). Every bundle is verified (sizes, sha256, manifests)
+    /// before anything is installed; an image needs its kernel in the file
+    /// or already installed.
+    Import {
+        /// A file path, or an http:// or https:// URL.
+        #[arg(value_name = "FILE|URL")]
+        source: String,
     },
 }
 
@@ -204,9 +230,205 @@ pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitC
                 println!("image {} is now managed at {}", info.name, info.rootfs);
                 Ok(())
             }
+            ImageCommand::Export {
+                name,
+                output,
+                force,
+            } => export(&client, &name, output, force).await,
+            ImageCommand::Import { source } => import(&client, &source).await,
         }
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where an export goes: a file (written beside its final name, then
+/// renamed, so a failed export never leaves a truncated archive under the
+/// name) or standard output.
+enum ExportSink {
+    File {
+        tmp: tempfile::NamedTempFile,
+        dest: PathBuf,
+    },
+    Stdout(std::io::Stdout),
+}
+
+async fn export(
+    client: &Client,
+    name: &str,
+    output: Option<PathBuf>,
+    force: bool,
+) -> anyhow::Result<()> {
+    use http_body_util::BodyExt;
+    use std::io::{IsTerminal, Write};
+    let dest = output.unwrap_or_else(|| PathBuf::from(format!("{name}.banger.tar")));
+    let mut sink = if dest == Path::new("-") {
+        if std::io::stdout().is_terminal() {
+            anyhow::bail!("refusing to write an archive to a terminal; redirect standard output or give -o FILE");
+        }
+        ExportSink::Stdout(std::io::stdout())
+    } else {
+        if dest.exists() && !force {
+            anyhow::bail!(
+                "{} exists; pass --force to replace it or choose another -o FILE",
+                dest.display()
+            );
+        }
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let tmp = tempfile::Builder::new()
+            .prefix(".banger-export-")
+            .tempfile_in(dir)
+            .with_context(|| format!("cannot create a file in {}", dir.display()))?;
+        ExportSink::File {
+            tmp,
+            dest: dest.clone(),
+        }
+    };
+    let mut render = client::stderr_renderer();
+    render.event(&banger_wire::api::StreamEvent::Progress {
+        phase: "pack".into(),
+        message: format!("packing image {name} and its kernel"),
+        current: None,
+        total: None,
+    });
+    let resp = client
+        .get_download(&path("images", name, "/export"))
+        .await?;
+    let total = resp
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let index: Option<banger_wire::image::ExportIndexSummary> = resp
+        .headers()
+        .get(banger_wire::image::EXPORT_INDEX_HEADER)
+        .and_then(|v| serde_json::from_slice(v.as_bytes()).ok());
+    let mut body = resp.into_body();
+    let mut written = 0u64;
+    let mut reported = 0u64;
+    let shown = dest.display().to_string();
+    while let Some(frame) = body.frame().await {
+        let frame = frame
+            .with_context(|| format!("the export of {name} broke off after {written} bytes"))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        match &mut sink {
+            ExportSink::File { tmp, .. } => tmp.write_all(&data),
+            ExportSink::Stdout(out) => out.write_all(&data),
+        }
+        .with_context(|| format!("cannot write {shown}"))?;
+        written += data.len() as u64;
+        if written - reported >= 4 << 20 || Some(written) == total {
+            reported = written;
+            render.event(&banger_wire::api::StreamEvent::Progress {
+                phase: "download".into(),
+                message: format!("writing {shown}"),
+                current: Some(written),
+                total,
+            });
+        }
+    }
+    if let Some(t) = total {
+        if written != t {
+            render.finish(false);
+            anyhow::bail!("the export of {name} ended after {written} of {t} bytes; nothing was written to {shown}");
+        }
+    }
+    render.finish(true);
+    match sink {
+        ExportSink::File { tmp, dest } => {
+            tmp.as_file()
+                .sync_all()
+                .with_context(|| format!("cannot sync {}", dest.display()))?;
+            tmp.persist(&dest)
+                .with_context(|| format!("cannot write {}", dest.display()))?;
+            let what = index
+                .map(|i| {
+                    i.bundles
+                        .iter()
+                        .map(|b| format!("{} {}", b.kind, b.name))
+                        .collect::<Vec<_>>()
+                        .join(" + ")
+                })
+                .unwrap_or_else(|| format!("image {name}"));
+            eprintln!("wrote {what} to {} ({})", dest.display(), size(written));
+            eprintln!(
+                "install it elsewhere with `banger image import {}`",
+                dest.display()
+            );
+        }
+        ExportSink::Stdout(mut out) => out.flush().context("cannot write standard output")?,
+    }
+    Ok(())
+}
+
+async fn import(client: &Client, source: &str) -> anyhow::Result<()> {
+    let mut render = client::stderr_renderer();
+    let result = if source.starts_with("http://") || source.starts_with("https://") {
+        client
+            .stream(
+                "/v1/images/import",
+                &ImportRequest {
+                    url: source.to_owned(),
+                },
+                render.as_mut(),
+            )
+            .await?
+    } else {
+        let file = tokio::fs::File::open(source)
+            .await
+            .with_context(|| format!("cannot open {source}"))?;
+        let meta = file
+            .metadata()
+            .await
+            .with_context(|| format!("cannot stat {source}"))?;
+        if !meta.is_file() {
+            anyhow::bail!("{source} is not a regular file; give a file written by `banger image export`, a bundle, or an http(s) URL");
+        }
+        let label = Path::new(source)
+            .canonicalize()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| source.to_owned());
+        let route = format!("/v1/images/import/upload?name={}", query_escape(&label));
+        client
+            .stream_upload(&route, client::file_body(file), render.as_mut())
+            .await?
+    };
+    let report: InstallReport = serde_json::from_value(result).context("decoding the result")?;
+    print!("{}", format_import(&report));
+    Ok(())
+}
+
+/// One line per bundle an import left installed.
+pub fn format_import(report: &InstallReport) -> String {
+    report
+        .installed
+        .iter()
+        .map(|b| {
+            let how = if b.fetched {
+                "installed"
+            } else {
+                "already installed, identical"
+            };
+            format!("{} {} {} ({how})\n", b.kind, b.name, b.version)
+        })
+        .collect()
+}
+
+/// Percent-encode everything but unreserved characters (RFC 3986).
+fn query_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 /// Run a `banger kernel` subcommand.

@@ -348,6 +348,24 @@ pub fn unpack_file(path: &Path, dest: &Path, expect: &Expect) -> Result<Manifest
     unpack(io::BufReader::with_capacity(1 << 20, file), dest, expect)
 }
 
+/// The manifest of a bundle whose first bytes are `prefix` (the manifest is
+/// the first entry, so the first zstd block holds it): lets a stream be
+/// routed by kind and name before it is unpacked.
+pub fn manifest_from_prefix(prefix: &[u8]) -> Result<Manifest, BundleError> {
+    let decoder = zstd::Decoder::new(prefix).map_err(BundleError::Stream)?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut entries = archive.entries().map_err(BundleError::Stream)?;
+    let mut first = match entries.next() {
+        Some(e) => e.map_err(BundleError::Stream)?,
+        None => {
+            return Err(BundleError::ManifestNotFirst {
+                found: "an empty archive".into(),
+            })
+        }
+    };
+    Ok(read_manifest_entry(&mut first)?.0)
+}
+
 /// Read and validate only the manifest (first entry) of a bundle file.
 pub fn read_manifest(path: &Path) -> Result<Manifest, BundleError> {
     let file = std::fs::File::open(path).map_err(io_err("open", path))?;

@@ -5,8 +5,10 @@
 //!   unpacked with every artifact's sha256 verified.
 //! - [`catalog`]: the catalog compiled into banger (`images/catalog.toml`).
 //! - [`store`]: installed bundles under the state dir, with per-name locks.
+//! - [`fetch`]: downloads that resume after a dropped connection.
 //! - [`pull`]: download + verify + unpack + install, streaming.
 //! - [`build`]: reproducible local builds from the recipes in `images/`.
+//! - [`transfer`]: export archives and import (archive or single bundle).
 //! - [`validate`]: checks for host-side artifacts (ext4 magic, ELF + PVH note).
 //!
 //! See docs/image-catalog.md and docs/kernel-catalog.md.
@@ -17,11 +19,13 @@ pub mod bzimage;
 pub mod catalog;
 pub mod cpio;
 pub mod digest;
+pub mod fetch;
 pub mod manifest;
 pub mod progress;
 pub mod pull;
 pub mod recipe;
 pub mod store;
+pub mod transfer;
 pub mod validate;
 
 pub use manifest::{Kind, Manifest};

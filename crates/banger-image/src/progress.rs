@@ -14,6 +14,8 @@ pub enum Phase {
     Install,
     /// A step of a local build; `message` says which.
     Build,
+    /// Packing installed files into a bundle (export).
+    Pack,
 }
 
 impl Phase {
@@ -25,6 +27,7 @@ impl Phase {
             Phase::Unpack => "unpack",
             Phase::Install => "install",
             Phase::Build => "build",
+            Phase::Pack => "pack",
         }
     }
 }

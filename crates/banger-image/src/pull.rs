@@ -8,8 +8,6 @@
 //! per name makes a second concurrent pull wait and then find the bundle
 //! installed.
 
-use std::io::{self, Read};
-
 use bytes::Bytes;
 
 use crate::bundle::{self, BundleError, Expect};
@@ -102,7 +100,7 @@ pub struct Pulled {
 }
 
 /// The full cause chain of an error, one line.
-fn chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -230,7 +228,7 @@ pub async fn pull(
         0,
         Some(entry.size),
     ));
-    let mut response = client
+    let response = client
         .get(&url)
         .send()
         .await
@@ -256,23 +254,15 @@ pub async fn pull(
             });
         }
     }
+    let mut response = crate::fetch::Fetch::new(client, url.clone(), response);
 
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(8);
+    let (tx, reader) = crate::fetch::pipe();
     let dest = staging.path().to_owned();
     let expect = Expect {
         kind: entry.kind,
         name: Some(entry.name.clone()),
     };
-    let unpacker = tokio::task::spawn_blocking(move || {
-        bundle::unpack(
-            ChannelReader {
-                rx,
-                queue: std::collections::VecDeque::new(),
-            },
-            &dest,
-            &expect,
-        )
-    });
+    let unpacker = tokio::task::spawn_blocking(move || bundle::unpack(reader, &dest, &expect));
 
     let mut hasher = digest::Hasher::new();
     let mut received = 0u64;
@@ -324,12 +314,12 @@ pub async fn pull(
                 }
                 break Ok(());
             }
-            Err(e) => {
+            Err(broken) => {
                 break Err(PullError::Interrupted {
                     url: url.clone(),
                     received,
                     expected: entry.size,
-                    reason: chain(&e),
+                    reason: broken.reason,
                 })
             }
         }
@@ -380,34 +370,6 @@ pub async fn pull(
         installed,
         downloaded: true,
     })
-}
-
-/// Blocking `Read` over the chunk batches the download task sends.
-struct ChannelReader {
-    rx: tokio::sync::mpsc::Receiver<Vec<Bytes>>,
-    queue: std::collections::VecDeque<Bytes>,
-}
-
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            match self.queue.front_mut() {
-                Some(front) if !front.is_empty() => {
-                    let n = buf.len().min(front.len());
-                    buf[..n].copy_from_slice(&front[..n]);
-                    let _ = front.split_to(n);
-                    return Ok(n);
-                }
-                Some(_) => {
-                    self.queue.pop_front();
-                }
-                None => match self.rx.blocking_recv() {
-                    Some(batch) => self.queue.extend(batch),
-                    None => return Ok(0),
-                },
-            }
-        }
-    }
 }
 
 #[cfg(test)]

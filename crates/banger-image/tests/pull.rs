@@ -106,6 +106,27 @@ async fn pull_installs_verified_bundle_and_second_pull_is_a_no_op() {
 }
 
 #[tokio::test]
+async fn a_pull_resumes_where_a_dropped_connection_left_off() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (p, bytes) = kernel_bundle(tmp.path(), "k");
+    let server = TestServer::start();
+    // Every connection breaks after 600 kB: the ~1.6 MB bundle takes three.
+    server.route("/k.tar.zst", Behavior::Flaky(bytes, 600_000));
+    let store = Store::new(tmp.path().join("state"));
+    let entry = entry_for(&p, "k.tar.zst");
+    let pulled = pull::pull(
+        &entry,
+        &server.base_url,
+        &store,
+        &banger_image::progress::ignore,
+    )
+    .await
+    .unwrap();
+    assert_eq!(pulled.installed.manifest, p.manifest);
+    assert_eq!(server.hits("/k.tar.zst"), 3);
+}
+
+#[tokio::test]
 async fn wrong_checksum_is_reported_with_both_digests_and_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let (p, bytes) = kernel_bundle(tmp.path(), "k");

@@ -114,6 +114,37 @@ pub struct KernelList {
 #[serde(deny_unknown_fields)]
 pub struct PullRequest {}
 
+/// `POST /v1/images/import` body: an export archive or a single bundle to
+/// download (resumably) and install. A file is uploaded to
+/// `POST /v1/images/import/upload` as the raw request body instead.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportRequest {
+    /// `http://` or `https://` URL.
+    pub url: String,
+}
+
+/// Response header of `GET /v1/images/{name}/export` carrying the index
+/// (JSON, one line) so a client can name what it received.
+pub const EXPORT_INDEX_HEADER: &str = "x-banger-export-index";
+
+/// What a client reads of that header: the bundles, in archive order.
+/// Tolerant of fields it does not know (the archive's index has more).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportIndexSummary {
+    pub bundles: Vec<ExportedBundle>,
+}
+
+/// One bundle of an export archive.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedBundle {
+    /// `image` or `kernel`.
+    pub kind: String,
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
 /// One bundle a pull or build installed (or found installed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

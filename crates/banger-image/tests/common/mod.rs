@@ -109,6 +109,10 @@ pub enum Behavior {
     DieAfter(Vec<u8>, usize),
     /// Any status without a body.
     Status(u16),
+    /// Serves byte ranges (`Range: bytes=N-` gets 206 with Content-Range,
+    /// under a strong ETag), but every response sends at most `n` bytes
+    /// and then closes: a flaky link that a resuming client gets through.
+    Flaky(Vec<u8>, usize),
 }
 
 /// A real HTTP/1.1 server on 127.0.0.1:0 serving fixed routes.
@@ -188,10 +192,15 @@ fn serve(
     if reader.read_line(&mut request_line).is_err() {
         return;
     }
+    let mut range_start: Option<usize> = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
             break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("range: bytes=") {
+            range_start = v.trim().trim_end_matches('-').parse().ok();
         }
     }
     let path = request_line
@@ -241,6 +250,24 @@ fn serve(
                 let _ = TcpStream::connect(addr);
             }
             r
+        }
+        Behavior::Flaky(body, n) => {
+            let start = range_start.unwrap_or(0).min(body.len());
+            let head = match range_start {
+                Some(_) => format!(
+                    "HTTP/1.1 206 Partial Content\r\nContent-Length: {}\r\nContent-Range: bytes {start}-{}/{}\r\nETag: \"v1\"\r\nConnection: close\r\n\r\n",
+                    body.len() - start,
+                    body.len() - 1,
+                    body.len()
+                ),
+                None => format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nETag: \"v1\"\r\nAccept-Ranges: bytes\r\nConnection: close\r\n\r\n",
+                    body.len()
+                ),
+            };
+            let end = (start + n).min(body.len());
+            w.write_all(head.as_bytes())
+                .and_then(|()| w.write_all(&body[start..end]))
         }
         Behavior::Status(code) => w.write_all(
             format!("HTTP/1.1 {code} Nope\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")

@@ -26,6 +26,7 @@ use banger_image::catalog::{Catalog, CatalogError};
 use banger_image::manifest::{self, validate_name, ManifestError};
 use banger_image::pull::PullError;
 use banger_image::store::{Import, Installed, Origin, Store, StoreError};
+use banger_image::transfer::{self, ExportPlan, ImportedBundle, Source, TransferError};
 use banger_image::validate::{self, ValidateError};
 use banger_image::{Kind, Progress};
 use banger_state::{ArtifactSource as DbSource, ImageRecord, KernelRecord, StateDb, Timestamp};
@@ -88,6 +89,12 @@ pub enum ImageError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
+    Transfer(#[from] TransferError),
+    #[error("image {name} is registered from host files; copy it into the store with `banger image promote {name}`, then export it")]
+    ExportRegistered { name: String },
+    #[error("the upload broke off: {reason}")]
+    Upload { reason: String },
+    #[error(transparent)]
     State(#[from] banger_state::StateError),
     #[error(transparent)]
     Vm(Box<crate::vm::VmError>),
@@ -129,10 +136,42 @@ impl ImageError {
             | ImageError::Build(banger_image::build::BuildError::NotRoot { .. }) => {
                 ErrorCode::Unsupported
             }
+            ImageError::Transfer(e) => transfer_code(e),
+            ImageError::ExportRegistered { .. } => ErrorCode::Conflict,
+            ImageError::Upload { .. } => ErrorCode::BadRequest,
             ImageError::State(_) => ErrorCode::State,
             ImageError::Vm(e) => e.code(),
             _ => ErrorCode::Internal,
         }
+    }
+}
+
+/// Export and import failures: what the user named is missing (404), the
+/// store or a registration stands in the way (409), the input is refused
+/// (400); a download that failed is the remote's fault, also 400 (nothing
+/// here is broken).
+fn transfer_code(e: &TransferError) -> ErrorCode {
+    match e {
+        TransferError::NotInstalled { .. } => ErrorCode::NotFound,
+        TransferError::KernelMissing { .. }
+        | TransferError::Damaged { .. }
+        | TransferError::Refused { .. }
+        | TransferError::NeedsKernel { .. } => ErrorCode::Conflict,
+        TransferError::NotAnArchive { .. }
+        | TransferError::BadIndex { .. }
+        | TransferError::TooNew { .. }
+        | TransferError::UnexpectedEntry { .. }
+        | TransferError::EntrySize { .. }
+        | TransferError::Checksum { .. }
+        | TransferError::Bundle { .. }
+        | TransferError::Stream { .. }
+        | TransferError::Download { .. }
+        | TransferError::Status { .. } => ErrorCode::BadRequest,
+        TransferError::Pack { .. }
+        | TransferError::Io { .. }
+        | TransferError::Write(_)
+        | TransferError::Task(_)
+        | TransferError::Store(_) => ErrorCode::Internal,
     }
 }
 
@@ -968,4 +1007,109 @@ pub fn lookup_kernel(
         .flatten()
         .filter(|r| !r.managed);
     Ok(row.map(|r| (r.vmlinux_path, r.initrd_path)))
+}
+
+/// Pack installed image `name` and its kernel for an export (in the cache
+/// dir's `export/` scratch space, removed when the plan is dropped).
+pub async fn plan_export(state: &AppState, name: &str) -> Result<ExportPlan, ImageError> {
+    validate_name(name)?;
+    let store = store(state);
+    if store.get(Kind::Image, name)?.is_none() {
+        if registered_image(state, name)?.is_some() {
+            return Err(ImageError::ExportRegistered {
+                name: name.to_owned(),
+            });
+        }
+        return Err(ImageError::NotFound {
+            kind: Kind::Image,
+            name: name.to_owned(),
+        });
+    }
+    let (n, scratch) = (name.to_owned(), state.layout.cache_dir.join("export"));
+    Ok(blocking("export", move || {
+        transfer::plan_export(&store, &n, &scratch, &banger_image::progress::ignore)
+    })
+    .await??)
+}
+
+/// The import admission check: names registered from host files stay so.
+fn admit(state: Arc<AppState>) -> impl Fn(Kind, &str) -> Result<(), String> + Send + Sync {
+    move |kind, name| refuse_registered(&state, kind, name).map_err(|e| e.to_string())
+}
+
+fn import_report(imported: Vec<ImportedBundle>) -> InstallReport {
+    InstallReport {
+        installed: imported
+            .iter()
+            .map(|b| bundle_report(&b.installed, b.changed))
+            .collect(),
+    }
+}
+
+/// Download an export archive or bundle from `url` and install it.
+pub async fn import_url(
+    state: &Arc<AppState>,
+    url: &str,
+    sink: &EventSink,
+) -> Result<InstallReport, ImageError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(ImageError::BadRequest {
+            message: format!("{url:?} is not an http:// or https:// URL; give a local file to `banger image import FILE` instead"),
+        });
+    }
+    let fwd = Forwarder::new(sink);
+    let cb = fwd.callback();
+    let result = transfer::import_url(
+        url,
+        &store(state),
+        Arc::new(admit(state.clone())),
+        Arc::new(cb),
+    )
+    .await;
+    fwd.finish().await;
+    Ok(import_report(result?))
+}
+
+/// Install an export archive or bundle uploaded as a request body; `label`
+/// (the file name the client gave) is recorded as its origin.
+pub async fn import_upload(
+    state: &Arc<AppState>,
+    body: axum::body::Body,
+    label: String,
+    sink: &EventSink,
+) -> Result<InstallReport, ImageError> {
+    use futures::StreamExt;
+    let fwd = Forwarder::new(sink);
+    let (cb, store, adm) = (fwd.callback(), store(state), admit(state.clone()));
+    let (tx, reader) = banger_image::fetch::pipe();
+    let task = tokio::task::spawn_blocking(move || {
+        transfer::import(reader, &store, &Source::File(label), &adm, &cb)
+    });
+    let mut chunks = body.into_data_stream();
+    let mut broken = None;
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            // A closed pipe means the importer refused the input; its error
+            // says why.
+            Ok(c) => {
+                if tx.send(vec![c]).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                broken = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let result = task.await.map_err(|e| ImageError::Task {
+        what: "import",
+        reason: e.to_string(),
+    })?;
+    fwd.finish().await;
+    if let Some(reason) = broken {
+        return Err(ImageError::Upload { reason });
+    }
+    Ok(import_report(result?))
 }
