@@ -203,6 +203,7 @@ fn in_force(started: &Config, file: Config) -> (Config, Vec<&'static str>) {
         auto_stop_stale_after,
         stats_poll_interval,
         metrics_poll_interval,
+        serial_log_max,
         bridge_name,
         bridge_ip,
         cidr,
@@ -211,6 +212,7 @@ fn in_force(started: &Config, file: Config) -> (Config, Vec<&'static str>) {
         catalog_url,
         vm_defaults,
         file_sync,
+        network,
     } = file;
     let mut restart = Vec::new();
     // Bound at start-up: the logger, the backend, the bridge and NAT, the
@@ -234,7 +236,16 @@ fn in_force(started: &Config, file: Config) -> (Config, Vec<&'static str>) {
         bridge_ip: at_start!(bridge_ip),
         cidr: at_start!(cidr),
         default_dns: at_start!(default_dns),
+        // The guest fence is part of the NAT rules made at start-up (and by
+        // `banger network setup`), from the settings read then.
+        network: if network != started.network {
+            restart.push("network");
+            started.network.clone()
+        } else {
+            network
+        },
         // Read by each operation or loop tick.
+        serial_log_max,
         default_image_name,
         auto_stop_stale_after,
         stats_poll_interval,

@@ -82,7 +82,7 @@ pub fn rotate_if_over(serial_log: &Path, limit: u64) -> std::io::Result<bool> {
 /// past `serial_log_max`, until the daemon stops.
 pub async fn rotate_loop(state: Arc<AppState>) {
     let vms_dir = super::paths::vms_dir(&state.layout);
-    let max = state.vms.config.serial_log_max.value;
+    let max = state.vms.config().serial_log_max.value;
     loop {
         tokio::time::sleep(ROTATE_EVERY).await;
         let dir = vms_dir.clone();
