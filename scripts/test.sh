@@ -36,6 +36,10 @@ export BANGER_TEST_STORE="$store"
 export BANGER_BOOT_KERNEL_DIR="$store/kernels/generic-6.12"
 export BANGER_BOOT_ROOTFS="$store/images/debian-bookworm-minimal/rootfs.ext4"
 
+step "Debian 12's QEMU 7.2 (extracted, not installed) for the old-QEMU boot test"
+BANGER_BOOT_OLD_QEMU=$(bash scripts/qemu-bookworm.sh)
+export BANGER_BOOT_OLD_QEMU
+
 step "cargo test"
 cargo build --workspace --bins --locked
 cargo test --workspace --locked --no-fail-fast

@@ -415,7 +415,7 @@ fn minimal_image_boots_under_qemu_tcg() {
             "-accel",
             "tcg",
             "-cpu",
-            "max",
+            "max,-cx16",
             "-m",
             "1024",
             "-smp",
