@@ -27,7 +27,7 @@ if [ -n "$nix_files" ]; then
     echo "$(echo "$nix_files" | wc -l) .nix files parse"
 fi
 
-step "test bundles: kernel generic-6.12 + image debian-bookworm-minimal"
+step "test bundles: kernel generic-6.12 + images debian-bookworm-minimal, debian-bookworm"
 # Built from images/ recipes, cached by recipe hash under ~/.cache/banger.
 store="$PWD/target/test-store"
 bash scripts/test-store.sh "$store"

@@ -64,7 +64,7 @@ async fn real_kernel_and_image_boot_to_userspace_under_tcg() {
 /// distribution ships: `BANGER_BOOT_OLD_QEMU` names a `qemu-system-x86_64`
 /// (scripts/qemu-bookworm.sh makes one from bookworm's packages without
 /// installing them). Its TCG gets `cmpxchg16b`'s flags wrong; without
-/// banger's `-cpu max,-cx16` this guest panics within seconds.
+/// the `-cx16` of banger's `-cpu max,-cx16,-svm,-vmx` this guest panics within seconds.
 #[tokio::test]
 async fn debian12_qemu_7_2_boots_the_real_kernel_and_image() {
     if std::env::var("BANGER_BOOT_TESTS").as_deref() != Ok("1") {

@@ -93,7 +93,7 @@ pub fn page_aligned_initrd(initrd: &Path, run_dir: &Path) -> Result<PathBuf, Vmm
 }
 
 /// The `-cpu` model of TCG guests (see [`qemu_args`]).
-pub const TCG_CPU: &str = "max,-cx16";
+pub const TCG_CPU: &str = "max,-cx16,-svm,-vmx";
 
 /// QemuOpts values escape a comma by doubling it.
 fn opt(value: &Path) -> String {
@@ -127,6 +127,10 @@ pub fn qemu_args(
         // within seconds (GPF in kmem_cache_alloc / unlink_anon_vmas).
         // Without the CPUID bit the kernel uses its cmpxchg16b emulation
         // and SLUB its slab lock; under TCG that costs nothing measurable.
+        // No SVM/VMX either: nested virtualization under TCG is useless, and
+        // with the kernel's modules on hand udev would load kvm_amd/kvm_intel
+        // (and kvm) for each vCPU at boot, the slowest modules there are,
+        // delaying every other device (the work disk past its timeout).
         Accel::Tcg => push(&["-accel", "tcg", "-cpu", TCG_CPU]),
     }
     push(&[
