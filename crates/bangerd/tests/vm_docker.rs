@@ -46,6 +46,13 @@ fn busybox_rootfs_tar(dir: &std::path::Path, token: &str) -> Vec<u8> {
     out.stdout
 }
 
+/// `docker ARGS` in the VM `dock`, which must succeed; its stdout.
+fn docker(world: &World, args: &[&str]) -> String {
+    let mut all = vec!["vm", "ssh", "dock", "--", "docker"];
+    all.extend_from_slice(args);
+    world.banger_ok(&all)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn golden_image_runs_a_container_with_a_published_port() {
     let test = "golden_image_runs_a_container_with_a_published_port";
@@ -88,40 +95,30 @@ async fn golden_image_runs_a_container_with_a_published_port() {
     let out = import.wait_with_output().unwrap();
     assert!(out.status.success(), "docker import failed: {}", text(&out));
 
-    let hello = world.banger_ok(&[
-        "vm",
-        "ssh",
-        "dock",
-        "--",
-        "docker",
-        "run",
-        "--rm",
-        "tiny:1",
-        "/bin/cat",
-        "/www/index.html",
-    ]);
+    let hello = docker(
+        &world,
+        &["run", "--rm", "tiny:1", "/bin/cat", "/www/index.html"],
+    );
     assert_eq!(hello.trim(), token, "the container's own file");
 
-    world.banger_ok(&[
-        "vm",
-        "ssh",
-        "dock",
-        "--",
-        "docker",
-        "run",
-        "-d",
-        "--name",
-        "web",
-        "-p",
-        "8080:80",
-        "tiny:1",
-        "/bin/httpd",
-        "-f",
-        "-p",
-        "80",
-        "-h",
-        "/www",
-    ]);
+    docker(
+        &world,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "web",
+            "-p",
+            "8080:80",
+            "tiny:1",
+            "/bin/httpd",
+            "-f",
+            "-p",
+            "80",
+            "-h",
+            "/www",
+        ],
+    );
     // From the host (the test's namespace), through the guest's published
     // port: dockerd's DNAT (nf_tables) into the container's veth.
     let url = format!("http://{ip}:8080/");
