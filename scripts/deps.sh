@@ -26,6 +26,12 @@ apt-get install -y -qq --no-install-recommends \
     mmdebstrap busybox-static bind9-dnsutils bash-completion fish python3 \
     systemd systemd-container nix-bin xfsprogs >/dev/null
 
+# The golden image's build fetches mise with `npm pack` (a nodejs that
+# bundles npm, e.g. NodeSource's, also does).
+if ! command -v npm >/dev/null; then
+    apt-get install -y -qq --no-install-recommends npm >/dev/null
+fi
+
 # banger-vm's SSH tests run a private sshd of their own; the package's system
 # service is not wanted, so it is kept from starting and disabled.
 if [ ! -x /usr/sbin/sshd ]; then

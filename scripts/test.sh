@@ -27,7 +27,7 @@ if [ -n "$nix_files" ]; then
     echo "$(echo "$nix_files" | wc -l) .nix files parse"
 fi
 
-step "test bundles: kernel generic-6.12 + image debian-bookworm-minimal"
+step "test bundles: kernel generic-6.12 + images debian-bookworm-minimal, debian-bookworm"
 # Built from images/ recipes, cached by recipe hash under ~/.cache/banger.
 store="$PWD/target/test-store"
 bash scripts/test-store.sh "$store"
@@ -35,6 +35,10 @@ export BANGER_BOOT_TESTS=1 BANGER_BUILD_TESTS=1
 export BANGER_TEST_STORE="$store"
 export BANGER_BOOT_KERNEL_DIR="$store/kernels/generic-6.12"
 export BANGER_BOOT_ROOTFS="$store/images/debian-bookworm-minimal/rootfs.ext4"
+
+step "Debian 12's QEMU 7.2 (extracted, not installed) for the old-QEMU boot test"
+BANGER_BOOT_OLD_QEMU=$(bash scripts/qemu-bookworm.sh)
+export BANGER_BOOT_OLD_QEMU
 
 step "cargo test"
 cargo build --workspace --bins --locked

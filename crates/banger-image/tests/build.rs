@@ -241,7 +241,7 @@ fn minimal_image_carries_the_guest_boot_step() {
                     "LABEL=banger-work",
                     "/root",
                     "ext4",
-                    "defaults,nofail,x-systemd.device-timeout=30s",
+                    "defaults,nofail,x-systemd.device-timeout=90s",
                     "0",
                     "2"
                 ]),
@@ -415,7 +415,7 @@ fn minimal_image_boots_under_qemu_tcg() {
             "-accel",
             "tcg",
             "-cpu",
-            "max",
+            "max,-cx16,-svm,-vmx",
             "-m",
             "1024",
             "-smp",

@@ -57,6 +57,45 @@ async fn real_kernel_and_image_boot_to_userspace_under_tcg() {
         return;
     }
     let Some(qemu) = qemu_binary() else { return };
+    boot_and_stop(qemu).await;
+}
+
+/// The same boot with Debian 12's own QEMU (7.2), the oldest a supported
+/// distribution ships: `BANGER_BOOT_OLD_QEMU` names a `qemu-system-x86_64`
+/// (scripts/qemu-bookworm.sh makes one from bookworm's packages without
+/// installing them). Its TCG gets `cmpxchg16b`'s flags wrong; without
+/// the `-cx16` of banger's `-cpu max,-cx16,-svm,-vmx` this guest panics within seconds.
+#[tokio::test]
+async fn debian12_qemu_7_2_boots_the_real_kernel_and_image() {
+    if std::env::var("BANGER_BOOT_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipping: set BANGER_BOOT_TESTS=1 to boot the real kernel and image");
+        return;
+    }
+    let Some(qemu) = std::env::var_os("BANGER_BOOT_OLD_QEMU").map(PathBuf::from) else {
+        assert!(
+            std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+            "BANGER_BOOT_OLD_QEMU is not set: run `scripts/qemu-bookworm.sh` and export the \
+             path it prints (scripts/test.sh does)"
+        );
+        eprintln!("skipping: set BANGER_BOOT_OLD_QEMU to a QEMU 7.2 qemu-system-x86_64");
+        return;
+    };
+    let out = std::process::Command::new(&qemu)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("{} does not run: {e}", qemu.display()));
+    let version = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        version.starts_with("QEMU emulator version 7.2."),
+        "{} is not QEMU 7.2: {version}",
+        qemu.display()
+    );
+    boot_and_stop(qemu).await;
+}
+
+/// Boot the real kernel and image with `qemu` through `Vmm::launch`, check
+/// the drive order and the modules disk, then stop the VM.
+async fn boot_and_stop(qemu: PathBuf) {
     let kernel_dir = env_path(
         "BANGER_BOOT_KERNEL_DIR",
         state_dir().join("kernels/generic-6.12"),
@@ -212,6 +251,16 @@ async fn real_kernel_and_image_boot_to_userspace_under_tcg() {
             "the button driver did not load from the modules disk; serial log:\n{serial}"
         );
     }
+    // A guest whose memory management broke (a mis-emulated instruction)
+    // can still print the marks above before it dies.
+    let serial = std::fs::read_to_string(&spec.serial_log).unwrap();
+    for bad in ["Kernel panic", "general protection fault", "Oops:", "BUG:"] {
+        assert!(
+            !serial.contains(bad),
+            "the guest kernel reported {bad:?}; serial log:\n{serial}"
+        );
+    }
+    assert!(handle.is_alive(), "the VMM exited; serial log:\n{serial}");
     // Whether the guest acts on the power button depends on the image
     // (logind, or acpid); the minimal image has neither, so QEMU is told
     // to quit after the grace period. Either way, no SIGKILL is needed.

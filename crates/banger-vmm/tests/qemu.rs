@@ -67,7 +67,7 @@ fn argv_golden_tcg() {
         "-accel",
         "tcg",
         "-cpu",
-        "max",
+        "max,-cx16,-svm,-vmx",
         "-m",
         "1024",
         "-smp",

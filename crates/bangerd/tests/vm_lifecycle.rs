@@ -97,6 +97,7 @@ async fn create_ssh_stop_start_ports_delete_leaves_nothing() {
     // known_hosts: it only works because the pinned key is the guest's.
     let uname = world.banger_ok(&["vm", "ssh", "life", "--", "uname", "-a"]);
     assert!(uname.starts_with("Linux life "), "{uname}");
+    vm_harness::assert_system_running(&world, "life");
     let guest_key = world.banger_ok(&[
         "vm",
         "ssh",

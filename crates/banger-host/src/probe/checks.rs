@@ -13,7 +13,7 @@ use super::{
     decide_backend, free_space, locate_program, machine_arch, overlapping_routes,
     parse_e2fsprogs_version, parse_firecracker_version, parse_qemu_version, probe_clone_strategy,
     probe_kvm, program_version, read_host_routes, BackendChoice, BackendFacts, CloneStrategy,
-    DmState, HostRoute, KvmDevice, KvmState, ProbeEnv, ProbeError, HOST_TOOLS,
+    DmState, HostRoute, KvmDevice, KvmState, ProbeEnv, ProbeError, Version, HOST_TOOLS,
     REPRODUCIBLE_E2FSPROGS,
 };
 
@@ -343,8 +343,7 @@ pub fn check_qemu(
     match found {
         Ok(bin) => match version_line(bin, &["--version"]) {
             Ok(line) => match parse_qemu_version(&line) {
-                Some(v) => Check::ok(id, title, format!("{} ({v})", bin.display()))
-                    .with_value(json!({ "path": bin, "version": v })),
+                Some(v) => qemu_version_check(bin, &v),
                 None => Check::warn(
                     id,
                     title,
@@ -374,6 +373,46 @@ pub fn check_qemu(
              backports: `sudo apt-get install -t bookworm-backports qemu-system-x86`)",
         ),
     }
+}
+
+/// QEMU 5.2 gave the `microvm` machine ACPI, through which banger's guests
+/// find their disks and network (the kernel has no virtio-mmio command-line
+/// devices): older ones cannot boot them.
+pub const QEMU_FLOOR: Version = Version(5, 2, 0);
+/// The oldest QEMU our CI boots guests with: Debian 12's 7.2 (Ubuntu 24.04
+/// ships 8.2). Its TCG mis-emulates `cmpxchg16b`, which banger's TCG guests
+/// therefore do not get (`-cpu max,-cx16`, crates/banger-vmm/src/qemu).
+pub const QEMU_TESTED_FLOOR: Version = Version(7, 2, 0);
+
+/// The `qemu` row for a binary that reports version `v`.
+fn qemu_version_check(bin: &Path, v: &str) -> Check {
+    let (id, title) = ("qemu", "QEMU binary");
+    let value = json!({ "path": bin, "version": v });
+    let fix = "install QEMU 7.2 or newer: `sudo apt-get install qemu-system-x86` \
+               (Debian 12, Ubuntu 24.04), or point qemu_bin at a newer build";
+    match Version::parse_prefix(v) {
+        Some(parsed) if parsed < QEMU_FLOOR => Check::fail(
+            id,
+            title,
+            format!(
+                "{} ({v}) is older than {QEMU_FLOOR}, whose microvm machine first has the ACPI \
+                 tables banger's guests find their devices through",
+                bin.display()
+            ),
+            fix,
+        ),
+        Some(parsed) if parsed < QEMU_TESTED_FLOOR => Check::warn(
+            id,
+            title,
+            format!(
+                "{} ({v}) is older than {QEMU_TESTED_FLOOR}, the oldest QEMU banger is tested with",
+                bin.display()
+            ),
+            fix,
+        ),
+        _ => Check::ok(id, title, format!("{} ({v})", bin.display())),
+    }
+    .with_value(value)
 }
 
 /// `backend`: what `vmm` resolves to here.
@@ -785,6 +824,25 @@ mod tests {
             );
             assert!(c.fix.as_deref().unwrap().ends_with(t.package), "{c:?}");
         }
+    }
+
+    #[test]
+    fn qemu_versions_against_the_floors() {
+        let bin = Path::new("/usr/bin/qemu-system-x86_64");
+        // Debian 12, Ubuntu 24.04, backports: all boot our guests.
+        for v in ["7.2.22", "8.2.2", "10.0.2"] {
+            let c = qemu_version_check(bin, v);
+            assert_eq!(c.status, Status::Ok, "{v}: {c:?}");
+            assert_eq!(c.value.as_ref().unwrap()["version"], v);
+        }
+        let c = qemu_version_check(bin, "6.2.0");
+        assert_eq!(c.status, Status::Warn, "{c:?}");
+        assert!(c.detail.contains("7.2.0, the oldest"), "{c:?}");
+        // Ubuntu 20.04's QEMU: microvm without ACPI.
+        let c = qemu_version_check(bin, "4.2.1");
+        assert_eq!(c.status, Status::Fail, "{c:?}");
+        assert!(c.detail.contains("older than 5.2.0"), "{c:?}");
+        assert!(c.fix.as_deref().unwrap().contains("7.2 or newer"), "{c:?}");
     }
 
     #[test]

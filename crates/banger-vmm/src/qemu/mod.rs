@@ -92,6 +92,9 @@ pub fn page_aligned_initrd(initrd: &Path, run_dir: &Path) -> Result<PathBuf, Vmm
     Ok(padded)
 }
 
+/// The `-cpu` model of TCG guests (see [`qemu_args`]).
+pub const TCG_CPU: &str = "max,-cx16,-svm,-vmx";
+
 /// QemuOpts values escape a comma by doubling it.
 fn opt(value: &Path) -> String {
     value.to_string_lossy().replace(',', ",,")
@@ -116,7 +119,19 @@ pub fn qemu_args(
     push(&["-machine", "microvm,pit=on,pic=off,rtc=on"]);
     match accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg", "-cpu", "max"]),
+        // No CMPXCHG16B under TCG: Debian 12's QEMU (7.2.22) computes the
+        // flags of `cmpxchg16b` wrongly (EFLAGS comes back holding RAX's low
+        // bits, so ZF is random). The kernel's SLUB fast path
+        // (`this_cpu_cmpxchg16b`) then takes a failed exchange for a
+        // successful one, the slab freelists corrupt, and the guest dies
+        // within seconds (GPF in kmem_cache_alloc / unlink_anon_vmas).
+        // Without the CPUID bit the kernel uses its cmpxchg16b emulation
+        // and SLUB its slab lock; under TCG that costs nothing measurable.
+        // No SVM/VMX either: nested virtualization under TCG is useless, and
+        // with the kernel's modules on hand udev would load kvm_amd/kvm_intel
+        // (and kvm) for each vCPU at boot, the slowest modules there are,
+        // delaying every other device (the work disk past its timeout).
+        Accel::Tcg => push(&["-accel", "tcg", "-cpu", TCG_CPU]),
     }
     push(&[
         "-m",

@@ -984,6 +984,17 @@ pub fn lookup_image(state: &AppState, name: &str) -> Result<Option<(PathBuf, Str
     Ok(row.map(|r| (r.rootfs_path, r.kernel_ref)))
 }
 
+/// The read-only ext4 disk holding an installed kernel's modules (made at
+/// install), `None` for a registered kernel or one without modules.
+pub fn lookup_modules_disk(state: &AppState, name: &str) -> Result<Option<PathBuf>, StoreError> {
+    if validate_name(name).is_err() {
+        return Ok(None);
+    }
+    Ok(store(state)
+        .get(Kind::Kernel, name)?
+        .and_then(|k| k.modules_disk()))
+}
+
 /// A kernel's `vmlinux` and initrd, from the store or a registration.
 pub fn lookup_kernel(
     state: &AppState,

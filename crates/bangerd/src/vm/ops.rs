@@ -434,6 +434,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         })?;
     let agent = agent_binary(&state.layout)?;
     let (vmlinux, initrd) = kernel_artifacts(state, &vm.image, &vm.kernel)?;
+    let modules_disk = crate::image::lookup_modules_disk(state, &vm.kernel)?;
     let p = VmPaths::new(&state.layout, &vm.id);
     let mut extra = VmExtra::from_json(&vm.spec);
 
@@ -546,6 +547,42 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
     let memory_mib = u32::try_from(vm.memory_mib).map_err(|_| VmError::InvalidRequest {
         message: format!("memory {} MiB is too large", vm.memory_mib),
     })?;
+    // Root first, then the rest in this order: vda, vdb, ... in the guest.
+    let mut drives = vec![
+        DriveSpec {
+            id: "root".into(),
+            path: p.root_disk.clone(),
+            read_only: false,
+            is_root: true,
+        },
+        DriveSpec {
+            id: "work".into(),
+            path: p.work_disk.clone(),
+            read_only: false,
+            is_root: false,
+        },
+        DriveSpec {
+            id: "config".into(),
+            path: p.config_drive.clone(),
+            read_only: true,
+            is_root: false,
+        },
+    ];
+    // The kernel's modules (netfilter, overlay, veth, bridge... for Docker),
+    // one read-only disk shared by every VM of that kernel; the initrd
+    // mounts it at /lib/modules before systemd starts.
+    if let Some(disk) = modules_disk {
+        cmdline.push_str(&format!(
+            " banger.modules=/dev/vd{}",
+            char::from(b'a' + drives.len() as u8)
+        ));
+        drives.push(DriveSpec {
+            id: "modules".into(),
+            path: disk,
+            read_only: true,
+            is_root: false,
+        });
+    }
     let spec = VmSpec {
         id: vm.id.clone(),
         name: vm.name.clone(),
@@ -554,26 +591,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         kernel: vmlinux,
         initrd,
         cmdline,
-        drives: vec![
-            DriveSpec {
-                id: "root".into(),
-                path: p.root_disk.clone(),
-                read_only: false,
-                is_root: true,
-            },
-            DriveSpec {
-                id: "work".into(),
-                path: p.work_disk.clone(),
-                read_only: false,
-                is_root: false,
-            },
-            DriveSpec {
-                id: "config".into(),
-                path: p.config_drive.clone(),
-                read_only: true,
-                is_root: false,
-            },
-        ],
+        drives,
         net: Some(NetSpec {
             tap: tap.clone(),
             mac: banger_vmm::MacAddr(identity::MacAddr::for_vm(&vm.id).0),

@@ -201,10 +201,17 @@ fn fixtures() -> PathBuf {
 /// Find the test image and prepare it (once per build; cached in the
 /// target dir under a lock). Panics with instructions when it is missing.
 pub fn test_image() -> TestImage {
+    test_image_named(
+        &std::env::var("BANGER_TEST_IMAGE").unwrap_or_else(|_| DEFAULT_TEST_IMAGE.into()),
+    )
+}
+
+/// [`test_image`] for the image `name` of `BANGER_TEST_STORE`.
+pub fn test_image_named(name: &str) -> TestImage {
     let store = std::env::var_os("BANGER_TEST_STORE")
         .map(PathBuf::from)
         .unwrap_or_else(default_store);
-    let name = std::env::var("BANGER_TEST_IMAGE").unwrap_or_else(|_| DEFAULT_TEST_IMAGE.into());
+    let name = name.to_owned();
     let src_dir = store.join("images").join(&name);
     let manifest: serde_json::Value = match std::fs::read(src_dir.join("manifest.json")) {
         Ok(b) => serde_json::from_slice(&b).expect("image manifest is JSON"),
@@ -579,4 +586,51 @@ pub fn text(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     )
+}
+
+/// The booted guest `name` is healthy as a system, not only reachable:
+/// `systemctl is-system-running --wait` says `running` (no failed unit), the
+/// kernel bundle's modules are at /lib/modules/$(uname -r), and modprobe
+/// loads one that no boot step loads (so it came from the modules disk).
+pub fn assert_system_running(world: &World, name: &str) {
+    let out = world.banger(&[
+        "vm",
+        "ssh",
+        name,
+        "--",
+        "systemctl",
+        "is-system-running",
+        "--wait",
+    ]);
+    let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    if state != "running" {
+        let failed = world.banger(&[
+            "vm",
+            "ssh",
+            name,
+            "--",
+            "systemctl",
+            "--failed",
+            "--no-pager",
+            "--full",
+        ]);
+        panic!(
+            "{name}: is-system-running says {state:?}; failed units:\n{}",
+            text(&failed)
+        );
+    }
+    // One plain word per argument: no shell syntax, whatever quoting
+    // `vm ssh` applies.
+    let release = world.banger_ok(&["vm", "ssh", name, "--", "uname", "-r"]);
+    let dep = format!("/lib/modules/{}/modules.dep", release.trim());
+    let out = world.banger(&["vm", "ssh", name, "--", "test", "-s", &dep]);
+    assert!(out.status.success(), "{name}: no {dep}: {}", text(&out));
+    world.banger_ok(&["vm", "ssh", name, "--", "modprobe", "dummy"]);
+    let lsmod = world.banger_ok(&["vm", "ssh", name, "--", "lsmod"]);
+    assert!(
+        lsmod
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some("dummy")),
+        "{name}: modprobe dummy did not load it:\n{lsmod}"
+    );
 }
