@@ -36,6 +36,28 @@ export BANGER_TEST_STORE="$store"
 export BANGER_BOOT_KERNEL_DIR="$store/kernels/generic-6.12"
 export BANGER_BOOT_ROOTFS="$store/images/debian-bookworm-minimal/rootfs.ext4"
 
+step "release side of the catalog: kernel generic-6.12 built twice, written to a catalog copy"
+rel=$(mktemp -d)
+trap 'rm -rf "$rel"' EXIT
+cp images/catalog.toml "$rel/catalog.toml"
+bash scripts/release-catalog.sh "$rel/out" --catalog "$rel/catalog.toml" \
+    --url-prefix "https://bundles.example/ci/" kernel:generic-6.12
+python3 - "$rel" <<'PY'
+import hashlib, os, sys, tomllib
+rel = sys.argv[1]
+with open(os.path.join(rel, "catalog.toml"), "rb") as f:
+    entry = next(k for k in tomllib.load(f)["kernel"] if k["name"] == "generic-6.12")
+name = entry["url"].removeprefix("https://bundles.example/ci/")
+assert name != entry["url"], entry
+path = os.path.join(rel, "out", name)
+data = open(path, "rb").read()
+assert entry["size"] == len(data), (entry, len(data))
+assert entry["sha256"] == hashlib.sha256(data).hexdigest(), entry
+assert name == "generic-6.12-" + entry["sha256"][:16] + ".tar.zst", name
+print(f"release: catalog copy names {name}, {len(data)} bytes, sha256 verified")
+PY
+git diff --quiet -- images/catalog.toml || { echo "release script edited the real catalog" >&2; exit 1; }
+
 step "Debian 12's QEMU 7.2 (extracted, not installed) for the old-QEMU boot test"
 BANGER_BOOT_OLD_QEMU=$(bash scripts/qemu-bookworm.sh)
 export BANGER_BOOT_OLD_QEMU
