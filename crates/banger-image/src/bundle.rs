@@ -352,24 +352,18 @@ pub fn unpack_file(path: &Path, dest: &Path, expect: &Expect) -> Result<Manifest
 /// the first entry, so the first zstd block holds it): lets a stream be
 /// routed by kind and name before it is unpacked.
 pub fn manifest_from_prefix(prefix: &[u8]) -> Result<Manifest, BundleError> {
-    let decoder = zstd::Decoder::new(prefix).map_err(BundleError::Stream)?;
-    let mut archive = tar::Archive::new(decoder);
-    let mut entries = archive.entries().map_err(BundleError::Stream)?;
-    let mut first = match entries.next() {
-        Some(e) => e.map_err(BundleError::Stream)?,
-        None => {
-            return Err(BundleError::ManifestNotFirst {
-                found: "an empty archive".into(),
-            })
-        }
-    };
-    Ok(read_manifest_entry(&mut first)?.0)
+    first_manifest(prefix)
 }
 
 /// Read and validate only the manifest (first entry) of a bundle file.
 pub fn read_manifest(path: &Path) -> Result<Manifest, BundleError> {
     let file = std::fs::File::open(path).map_err(io_err("open", path))?;
-    let decoder = zstd::Decoder::new(io::BufReader::new(file)).map_err(BundleError::Stream)?;
+    first_manifest(io::BufReader::new(file))
+}
+
+/// The validated manifest at the start of a bundle stream; reads no further.
+fn first_manifest<R: Read>(reader: R) -> Result<Manifest, BundleError> {
+    let decoder = zstd::Decoder::new(reader).map_err(BundleError::Stream)?;
     let mut archive = tar::Archive::new(decoder);
     let mut entries = archive.entries().map_err(BundleError::Stream)?;
     let mut first = match entries.next() {
