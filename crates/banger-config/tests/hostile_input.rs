@@ -6,29 +6,8 @@
 use std::path::Path;
 
 use banger_config::{parse_with, ConfigError, EnvOverrides};
+use banger_fuzz::{config, noise};
 use proptest::prelude::*;
-
-const CASES: u32 = 10_000;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: CASES,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 const KEYS: &[&str] = &[
     "log_level",

@@ -15,23 +15,13 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use banger_fuzz::{cheap_bytes, config};
 use banger_image::bundle::{self, BundleError, Expect, MAX_ENTRIES};
 use banger_image::manifest::{Manifest, MAX_MANIFEST_BYTES};
 use banger_image::store::{Origin, Store};
 use banger_image::{digest, Kind};
 use common::*;
 use proptest::prelude::*;
-
-/// Cases per property: the floor the issue sets for every parser.
-const CASES: u32 = 10_000;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: CASES,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// A scratch directory on tmpfs when there is one: unpacking fsyncs every
 /// file, which on a shared disk turns 10,000 cases into minutes.
@@ -179,13 +169,6 @@ const PATHS: &[&str] = &[
     "modules/r/a.ko/",
     "evil.sh",
 ];
-
-/// Random bytes from a seed: generating a vector element by element costs
-/// more than the parser under test, and these cases need volume, not
-/// shrinking to the byte.
-fn cheap_bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Vec<u8>> {
-    (len, any::<u64>()).prop_map(|(n, seed)| noise(n, seed))
-}
 
 fn path_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![

@@ -11,6 +11,7 @@
 use std::io::Cursor;
 use std::path::Path;
 
+use banger_fuzz::{cheap_bytes, config};
 use banger_vsock_agent::client::{AgentClient, AgentClientError, MAX_RESPONSE_LINE};
 use banger_vsock_agent::procfs::{self, Proto};
 use banger_vsock_agent::server::{serve_stream, AgentContext};
@@ -19,38 +20,11 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::{json, Value};
 
-const CASES: u32 = 10_000;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: CASES,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
-
-/// Deterministic bytes from a seed; cheaper than a vector of strategies.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-fn cheap_bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    (0..max, any::<u64>()).prop_map(|(n, seed)| noise(n, seed))
-}
-
 /// Text of up to `max` characters from `alphabet`, plus now and then any
 /// character: regex strategies cost more than the parsers they feed.
 fn cheap_text(alphabet: &'static str, max: usize) -> impl Strategy<Value = String> {
     let chars: Vec<char> = alphabet.chars().collect();
-    cheap_bytes(max).prop_map(move |b| {
+    cheap_bytes(0..max).prop_map(move |b| {
         b.iter()
             .map(|&x| match chars.get(usize::from(x) % (chars.len() + 2)) {
                 Some(c) => *c,
@@ -136,7 +110,7 @@ fn response_value() -> impl Strategy<Value = Value> {
 fn reply_bytes() -> impl Strategy<Value = Vec<u8>> {
     let line = prop_oneof![
         4 => response_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
-        1 => cheap_bytes(80),
+        1 => cheap_bytes(0..80),
         1 => (response_value(), any::<usize>()).prop_map(|(v, cut)| {
             let mut b = serde_json::to_vec(&v).unwrap();
             b.truncate(cut % (b.len() + 1));
@@ -254,7 +228,7 @@ fn request_stream() -> impl Strategy<Value = Vec<u8>> {
             "\r",
         ])
         .prop_map(|s| s.as_bytes().to_vec()),
-        2 => cheap_bytes(100),
+        2 => cheap_bytes(0..100),
         1 => (prop::sample::select(vec!["op", "kind", "x"]), json_leaf())
             .prop_map(|(k, v)| serde_json::to_vec(&json!({ k: v })).unwrap()),
     ];
@@ -274,7 +248,7 @@ proptest! {
     /// The agent answers each complete, non-blank line with exactly one
     /// response line, never panics, and answers junk with an error.
     #[test]
-    fn agent_answers_every_line_once(input in request_stream(), tail in cheap_bytes(20)) {
+    fn agent_answers_every_line_once(input in request_stream(), tail in cheap_bytes(0..20)) {
         // Paths that do not exist: health and stats answer with errors,
         // which is what this test wants to see framed correctly.
         let ctx = AgentContext {

@@ -13,6 +13,7 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
+use banger_fuzz::{config, noise, CASES};
 use banger_wire::helper::{HelperErrorCode, HelperReply, HelperResponse};
 use bangerd_root::server::parse_line;
 use bangerd_root::validate::IfaceName;
@@ -22,16 +23,7 @@ use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use serde_json::{json, Value};
 
-const CASES: u32 = 10_000;
 const CIDR: &str = "172.16.0.0/24";
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: CASES,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 /// The helper's directories, shared by every case: `state` holds a file, a
 /// directory and a symlink to `/etc` (which must never validate).
@@ -206,19 +198,6 @@ fn request_line() -> impl Strategy<Value = Vec<u8>> {
     ]
     // One line: the framing splits at newlines before parsing.
     .prop_map(|b| b.into_iter().filter(|&c| c != b'\n').collect())
-}
-
-/// Deterministic bytes from a seed; cheaper than a vector of strategies.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn iface_ok(name: &IfaceName) -> bool {

@@ -15,6 +15,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
+use banger_fuzz::{noise, CASES};
 use banger_wire::api::{ApiError, ErrorCode};
 use common::{Daemon, TestEnv};
 use proptest::prelude::*;
@@ -22,28 +23,12 @@ use proptest::test_runner::TestRunner;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
-const CASES: u32 = 10_000;
-
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: CASES,
-        failure_persistence: None,
         // Generated bodies that parse are skipped, not sent.
         max_global_rejects: CASES,
-        ..ProptestConfig::default()
+        ..banger_fuzz::config()
     }
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).

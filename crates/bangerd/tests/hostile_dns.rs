@@ -9,23 +9,15 @@ use std::net::{Ipv4Addr, UdpSocket};
 use std::sync::Arc;
 use std::time::Duration;
 
+use banger_fuzz::{config, noise};
 use bangerd::dns::{serve, Entry, Verdict, VmZone};
 use hickory_server::proto::op::{Message, MessageType, ResponseCode};
 use hickory_server::proto::rr::{DNSClass, RData, RecordType};
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 
-const CASES: u32 = 10_000;
 const ALIVE: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 7);
 const SENTINEL_ID: u16 = 0xBEEF;
-
-fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: CASES,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
-}
 
 fn zone() -> VmZone {
     VmZone::new(Arc::new(|name: &str| match name {
@@ -33,18 +25,6 @@ fn zone() -> VmZone {
         "stopped" => Entry::Vm(None),
         _ => Entry::Missing,
     }))
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 const LABELS: &[&str] = &[
