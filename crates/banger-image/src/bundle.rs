@@ -25,6 +25,11 @@ use crate::manifest::{
 /// same artifacts packed at another level give another bundle sha256.
 pub const ZSTD_LEVEL: i32 = 12;
 
+/// Most entries a bundle may hold. A kernel's modules tree has a few
+/// thousand; empty tar entries compress to almost nothing, so without a cap
+/// a small hostile bundle could create millions of inodes.
+pub const MAX_ENTRIES: usize = 65_536;
+
 /// Errors packing or unpacking a bundle.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -400,6 +405,9 @@ fn read_manifest_entry<R: Read>(
 struct TreeState {
     digest: TreeDigest,
     root_seen: bool,
+    /// Bytes of the tree's files written so far: bounded by the manifest's
+    /// size as they arrive, so a lying tree cannot fill the disk either.
+    written: u64,
 }
 
 fn unpack_entries<R: Read>(
@@ -449,6 +457,12 @@ fn unpack_entries<R: Read>(
     for entry in entries {
         let mut entry = entry.map_err(BundleError::Stream)?;
         let path = entry_path(&entry)?;
+        if seen_paths.len() >= MAX_ENTRIES {
+            return Err(BundleError::Unexpected {
+                what: format!("longer than {MAX_ENTRIES} entries (at {path:?})"),
+                expected: format!("at most {MAX_ENTRIES} entries"),
+            });
+        }
         if !seen_paths.insert(path.clone()) {
             return Err(BundleError::Duplicate { path });
         }
@@ -466,7 +480,7 @@ fn unpack_entries<R: Read>(
         match (artifact.kind, rest) {
             (ArtifactType::File, None) => {
                 require_type(&path, etype, tar::EntryType::Regular)?;
-                let (size, sha) = write_entry(&mut entry, &target, 0o644, Some(artifact))?;
+                let (size, sha) = write_entry(&mut entry, &target, 0o644, Some((artifact, 0)))?;
                 check(artifact, size, &sha)?;
                 files_done.push(&artifact.name);
             }
@@ -501,7 +515,13 @@ fn unpack_entries<R: Read>(
                     tar::EntryType::Regular => {
                         let mode =
                             digest::normalized_file_mode(entry.header().mode().unwrap_or(0o644));
-                        let (size, sha256) = write_entry(&mut entry, &target, mode, None)?;
+                        let (size, sha256) = write_entry(
+                            &mut entry,
+                            &target,
+                            mode,
+                            Some((artifact, state.written)),
+                        )?;
+                        state.written += size;
                         state.digest.add(TreeEntry::File {
                             path: rel.to_owned(),
                             mode,
@@ -539,10 +559,13 @@ fn unpack_entries<R: Read>(
 }
 
 fn unsupported(path: String, t: tar::EntryType) -> BundleError {
-    BundleError::UnsupportedEntry {
-        path,
-        kind: format!("{t:?}"),
-    }
+    // The tar crate's Debug of a type byte it does not know is an internal
+    // variant name; say which byte it was instead.
+    let kind = match format!("{t:?}") {
+        known if !known.starts_with("__") => known,
+        _ => format!("byte {:?}", char::from(t.as_byte())),
+    };
+    BundleError::UnsupportedEntry { path, kind }
 }
 
 fn require_type(path: &str, got: tar::EntryType, want: tar::EntryType) -> Result<(), BundleError> {
@@ -626,13 +649,14 @@ fn write_new(path: &Path, mode: u32) -> Result<std::fs::File, BundleError> {
 }
 
 /// Copy one entry into a new file, hashing it and leaving zero blocks as
-/// holes. A file artifact may not exceed its manifest size: a lying bundle
-/// cannot fill the disk.
+/// holes. An artifact may not exceed its manifest size (`limit`: the
+/// artifact and the bytes of it already written): a lying bundle cannot
+/// fill the disk.
 fn write_entry<R: Read>(
     reader: &mut R,
     path: &Path,
     mode: u32,
-    limit: Option<&Artifact>,
+    limit: Option<(&Artifact, u64)>,
 ) -> Result<(u64, String), BundleError> {
     let file = write_new(path, mode)?;
     let mut w = SparseWriter::new(file);
@@ -642,14 +666,15 @@ fn write_entry<R: Read>(
         if n == 0 {
             break;
         }
-        if let Some(a) = limit {
-            if w.len + n as u64 > a.size {
+        if let Some((a, before)) = limit {
+            let got_size = before.saturating_add(w.len + n as u64);
+            if got_size > a.size {
                 return Err(BundleError::Mismatch {
                     name: a.name.clone(),
                     expected: a.sha256.clone(),
                     got: "(not computed: too long)".into(),
                     expected_size: a.size,
-                    got_size: w.len + n as u64,
+                    got_size,
                 });
             }
         }

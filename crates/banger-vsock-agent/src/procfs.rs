@@ -212,7 +212,12 @@ pub fn parse_meminfo(path: &Path, text: &str) -> Result<(u64, u64), ProcError> {
                 })
             }
         };
-        *slot = Some(value * scale);
+        let bytes = value.checked_mul(scale).ok_or_else(|| ProcError::Parse {
+            path: path.to_owned(),
+            line: i + 1,
+            reason: format!("{key} of {value} units overflows 64 bits"),
+        })?;
+        *slot = Some(bytes);
     }
     match (total, available) {
         (Some(t), Some(a)) => Ok((t, a)),

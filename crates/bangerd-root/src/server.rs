@@ -336,25 +336,36 @@ fn parse_request(text: &str) -> Result<HelperRequest, String> {
     Ok(request)
 }
 
-async fn answer(line: &[u8], shared: &Shared) -> HelperReply {
+/// Turn one request line (without its newline) into a validated action, or
+/// the `Invalid` error the peer gets. Touches nothing: everything a peer can
+/// send is refused here before any operation runs.
+pub fn parse_line(line: &[u8], policy: &Policy) -> Result<(&'static str, Action), HelperError> {
+    let refused = |message: String| HelperError {
+        code: HelperErrorCode::Invalid,
+        message,
+    };
     let Ok(text) = std::str::from_utf8(line) else {
-        return invalid("malformed request: not valid UTF-8".into());
+        return Err(refused("malformed request: not valid UTF-8".into()));
     };
     if text.trim().is_empty() {
-        return invalid("malformed request: empty line, expected one JSON object".into());
+        return Err(refused(
+            "malformed request: empty line, expected one JSON object".into(),
+        ));
     }
-    let request = match parse_request(text) {
-        Ok(request) => request,
-        Err(message) => return invalid(format!("malformed request: {message}")),
-    };
+    let request =
+        parse_request(text).map_err(|message| refused(format!("malformed request: {message}")))?;
     let op = request.op_name();
-    let action = match Action::parse(request, &shared.policy) {
-        Ok(action) => action,
+    match Action::parse(request, policy) {
+        Ok(action) => Ok((op, action)),
         Err(e) => {
             warn!(op, error = %e, "request rejected");
-            return invalid(format!("{op}: {e}"));
+            Err(refused(format!("{op}: {e}")))
         }
-    };
+    }
+}
+
+async fn answer(line: &[u8], shared: &Shared) -> HelperReply {
+    let (op, action) = parse_line(line, &shared.policy)?;
     // A build takes minutes and touches no kernel state the other operations
     // check: it waits only for other builds, so taps and pings go on.
     let _one_at_a_time = if matches!(action, Action::BuildBundle { .. }) {

@@ -66,6 +66,32 @@ pub fn router(state: Arc<AppState>) -> Router {
             config_notices,
         ))
         .with_state(state)
+        .layer(axum::middleware::map_response(json_rejections))
+}
+
+/// axum's own extractor rejections (a path segment that is not UTF-8 after
+/// percent-decoding, ...) are plain text; turn every client error that is
+/// not JSON yet into an [`ApiError`] with the same status.
+async fn json_rejections(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !status.is_client_error() || is_json {
+        return response;
+    }
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+        _ => ErrorCode::BadRequest,
+    };
+    // A rejection's text is a short sentence; cap it all the same.
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&text).trim().to_owned();
+    (status, Json(ApiError { code, message })).into_response()
 }
 
 /// Before each request: pick up an edited config file (so the handler runs

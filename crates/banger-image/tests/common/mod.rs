@@ -13,18 +13,7 @@ use std::sync::{Arc, Mutex};
 use banger_image::bundle::BundleMeta;
 use banger_image::Kind;
 
-/// Deterministic pseudo-random bytes (xorshift), so sources need no RNG crate.
-pub fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use banger_fuzz::noise;
 
 /// An image source dir: a sparse `rootfs.ext4` with data islands.
 pub fn image_src(dir: &Path, size: u64) -> PathBuf {
