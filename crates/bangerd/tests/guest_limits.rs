@@ -180,8 +180,8 @@ async fn a_guest_flooding_its_console_stays_under_the_cap() {
          | head -n {lines} > /dev/ttyS0; \
          printf 'newest line \\033]52;c;aGk=\\007 end\\n' > /dev/ttyS0"
     );
-    // One argument: ssh hands the command line to the guest's shell as is.
-    let flood = world.banger(&["vm", "ssh", "flood", "--", &script]);
+    // `vm ssh -- ARGS` keeps argv: the script is one word for `sh -c`.
+    let flood = world.banger(&["vm", "ssh", "flood", "--", "sh", "-c", &script]);
     // Let the daemon look at the log once more after the last line.
     std::thread::sleep(bangerd::vm::console::ROTATE_EVERY * 5);
     done.store(true, Ordering::Relaxed);

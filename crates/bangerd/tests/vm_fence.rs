@@ -154,9 +154,9 @@ fn probe(world: &World, vm: &str, targets: &[(&str, String, u16)], dns_name: &st
          wait\n",
         dns_query(dns_name)
     ));
-    // One argument: ssh hands the command line to the guest user's shell
-    // (root's is bash, which has /dev/tcp and /dev/udp).
-    let out = world.banger_ok(&["vm", "ssh", vm, "--", &script]);
+    // `vm ssh -- ARGS` keeps argv: the script is one word for bash (which has
+    // /dev/tcp and /dev/udp).
+    let out = world.banger_ok(&["vm", "ssh", vm, "--", "bash", "-c", &script]);
     let mut probes = Probes::default();
     for line in out.lines() {
         let mut words = line.split_whitespace();
