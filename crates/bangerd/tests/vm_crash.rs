@@ -152,17 +152,19 @@ async fn kill_during_create(world: &mut World, name: &str, kill: Kill) -> Interr
     }
     world.kill_daemon();
     common::wait_child(&mut curl);
-    let events = events.lock().unwrap();
-    let phase = events
-        .iter()
-        .rev()
-        .find_map(|e| match e {
-            StreamEvent::Progress { phase, .. } => Some(phase.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| "start".into());
-    let done = matches!(events.last(), Some(StreamEvent::Done { .. }));
-    drop(events);
+    let (phase, done) = {
+        let events = events.lock().unwrap();
+        let phase = events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                StreamEvent::Progress { phase, .. } => Some(phase.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| "start".into());
+        let done = matches!(events.last(), Some(StreamEvent::Done { .. }));
+        (phase, done)
+    };
     world.start_daemon().await;
     Interrupted { phase, done }
 }
