@@ -232,9 +232,16 @@ pub fn cmdline_names_vm(cmdline: &[u8], id: &str) -> bool {
 /// processes of the caller's own uid are returned, so another user cannot
 /// get a process of theirs killed by naming our VM.
 pub fn processes_naming_vm(id: &str) -> Vec<(u32, u64)> {
-    use std::os::unix::fs::MetadataExt;
     // SAFETY: geteuid has no preconditions and cannot fail.
     let me = unsafe { libc::geteuid() };
+    live_processes(Some(me), |cmdline| cmdline_names_vm(cmdline, id))
+}
+
+/// Live processes (not zombies, not this one) whose argument vector
+/// (`/proc/PID/cmdline`) `matches`, owned by `uid` when given, as `(pid,
+/// start time)`.
+pub fn live_processes(uid: Option<u32>, matches: impl Fn(&[u8]) -> bool) -> Vec<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -248,13 +255,13 @@ pub fn processes_naming_vm(id: &str) -> Vec<(u32, u64)> {
         else {
             continue;
         };
-        if pid == own || entry.metadata().ok().map(|m| m.uid()) != Some(me) {
+        if pid == own || uid.is_some_and(|u| entry.metadata().ok().map(|m| m.uid()) != Some(u)) {
             continue;
         }
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        if !cmdline_names_vm(&cmdline, id) {
+        if !matches(&cmdline) {
             continue;
         }
         if let Ok(stat) = proc_stat(pid) {
