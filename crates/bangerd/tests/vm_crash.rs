@@ -1,9 +1,10 @@
-//! The daemon is SIGKILLed at random moments of `vm create` and `vm delete`
-//! and restarted; after each recovery nothing may be left over: no VMM
+//! The daemon is SIGKILLed at random moments of `vm create`, `vm start`
+//! and `vm delete` and restarted; after each recovery nothing may be left over: no VMM
 //! process, tap, lease, record, VM or run directory, or `known_hosts` line
 //! that no VM owns. A VM whose create was interrupted is either fully there
 //! and usable (running, SSH works) or fully gone; one whose delete had
-//! begun is gone.
+//! begun is gone; one whose start was interrupted is running (SSH works)
+//! or stopped holding nothing.
 //!
 //! `BANGER_CRASH_TRIALS` sets the number of trials (10 by default, what CI
 //! runs), `BANGER_CRASH_SEED` the random seed (printed, to replay a run).
@@ -77,6 +78,21 @@ async fn sigkill_during_create_and_delete_leaves_nothing_behind() {
             if create.done { "done" } else { "unfinished" },
             if kept { "running, SSH works" } else { "gone" }
         );
+        if kept && rng.gen_bool(0.5) {
+            let delay = Duration::from_millis(rng.gen_range(0..25000));
+            let started = kill_during_start(&mut world, &name, delay).await;
+            line.push_str(&format!(
+                "; start killed {:.2} s in -> VM {}",
+                delay.as_secs_f64(),
+                if started { "running" } else { "stopped" }
+            ));
+            *summary
+                .entry(format!(
+                    "start killed             -> {}",
+                    if started { "running" } else { "stopped" }
+                ))
+                .or_default() += 1;
+        }
         if kept {
             let pause = Duration::from_millis(rng.gen_range(0..400));
             let deleted = kill_during_delete(&mut world, &name, pause).await;
@@ -190,6 +206,46 @@ fn check_create_outcome(world: &World, name: &str) -> bool {
     let host = world.banger_ok(&["vm", "ssh", name, "--", "hostname"]);
     assert_eq!(host.trim(), name);
     true
+}
+
+/// Stop VM `name`, start it over the API, SIGKILL the daemon `delay` after
+/// the first streamed event, restart it. The VM must then be running with
+/// SSH working (the start had finished) or stopped holding nothing, with a
+/// last error saying the start was interrupted; true when running.
+async fn kill_during_start(world: &mut World, name: &str, delay: Duration) -> bool {
+    world.banger_ok(&["vm", "stop", "--force", name]);
+    let url = format!("http://x/v1/vms/{name}/start");
+    let mut curl = curl(world, &["-X", "POST", "--data", "{}", &url]);
+    let events = read_events(&mut curl);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while events.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the start streamed nothing");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(delay);
+    world.kill_daemon();
+    common::wait_child(&mut curl);
+    world.start_daemon().await;
+    let vm = world.show(name);
+    if vm.state == "running" {
+        assert_eq!(world.qemus(), vec![vm.vmm_pid.unwrap()]);
+        let host = world.banger_ok(&["vm", "ssh", name, "--", "hostname"]);
+        assert_eq!(host.trim(), name);
+        return true;
+    }
+    assert_eq!(vm.state, "stopped", "{vm:?}\nlog:\n{}", world.log_tail());
+    assert!(
+        vm.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("was starting")),
+        "{vm:?}"
+    );
+    assert!(world.qemus().is_empty(), "VMM left: {:?}", world.qemus());
+    assert_eq!((vm.ip.as_deref(), vm.tap.as_deref()), (None, None));
+    assert!(world.db().list_leases().unwrap().is_empty(), "lease left");
+    let links = world.ns.links();
+    assert!(!links.contains("banger-t"), "tap left: {links}");
+    false
 }
 
 /// Start `vm delete --force NAME`, SIGKILL the daemon `pause` after the
