@@ -123,7 +123,8 @@ async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::
 }
 
 /// Kill the VMMs of, and remove, VM and run directories that no record owns
-/// (`ids`). Only entries named like a VM id are touched.
+/// (`ids`), and clone-strategy probe leftovers. Only entries named like a VM
+/// id or a probe's scratch directory are touched.
 async fn remove_orphans(state: &AppState, ids: &[&str]) {
     let run_parent = state.layout.runtime_dir.join("vms");
     for parent in [paths::vms_dir(&state.layout), run_parent] {
@@ -132,6 +133,13 @@ async fn remove_orphans(state: &AppState, ids: &[&str]) {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(banger_host::probe::SCRATCH_PREFIX) {
+                // A clone-strategy probe killed with the daemon.
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(dir = %entry.path().display(), "cannot remove a probe's leftovers: {e}");
+                }
+                continue;
+            }
             if !is_vm_id(&name) || ids.contains(&name.as_str()) {
                 continue;
             }
