@@ -32,6 +32,8 @@ pub enum ProcessError {
     },
     #[error("waiting for process {pid} failed: {source}")]
     Wait { pid: u32, source: std::io::Error },
+    #[error("process {pid} did not exit after SIGKILL")]
+    Survived { pid: u32 },
 }
 
 /// What `/proc/PID/stat` says about a process.
@@ -207,6 +209,91 @@ pub async fn kill_and_wait(
     }
 }
 
+/// The flags after which a VMM's argument vector names its VM id: QEMU
+/// `-name ID`, Firecracker and its jailer `--id ID`.
+pub const ID_FLAGS: [&str; 2] = ["-name", "--id"];
+
+/// Whether an argument vector (`/proc/PID/cmdline`, NUL-separated) names
+/// VM `id` right after one of [`ID_FLAGS`].
+pub fn cmdline_names_vm(cmdline: &[u8], id: &str) -> bool {
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|pair| ID_FLAGS.iter().any(|f| pair[0] == f.as_bytes()) && pair[1] == id.as_bytes())
+}
+
+/// Every live process of this user whose argument vector names VM `id`
+/// (see [`cmdline_names_vm`]), as `(pid, start time)`.
+///
+/// This is how a VMM is found when no pid of it was recorded: the VM id is
+/// on its command line from `execve` on, before any pid could be written
+/// anywhere, so a daemon killed between spawn and recording the pid (or in
+/// the middle of QEMU's `-daemonize` fork) still finds it after a restart.
+/// VM ids are 128 random bits, so another daemon's VMMs never match; only
+/// processes of the caller's own uid are returned, so another user cannot
+/// get a process of theirs killed by naming our VM.
+pub fn processes_naming_vm(id: &str) -> Vec<(u32, u64)> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    live_processes(Some(me), |cmdline| cmdline_names_vm(cmdline, id))
+}
+
+/// Live processes (not zombies, not this one) whose argument vector
+/// (`/proc/PID/cmdline`) `matches`, owned by `uid` when given, as `(pid,
+/// start time)`.
+pub fn live_processes(uid: Option<u32>, matches: impl Fn(&[u8]) -> bool) -> Vec<(u32, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    let mut found = Vec::new();
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == own || uid.is_some_and(|u| entry.metadata().ok().map(|m| m.uid()) != Some(u)) {
+            continue;
+        }
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if !matches(&cmdline) {
+            continue;
+        }
+        if let Ok(stat) = proc_stat(pid) {
+            if !matches!(stat.state, 'Z' | 'X' | 'x') {
+                found.push((pid, stat.start_time));
+            }
+        }
+    }
+    found
+}
+
+/// SIGKILL every process [`processes_naming_vm`] finds for `id` except
+/// `keep` (a re-adopted VMM), and wait for each to go (at most `timeout`
+/// apiece). Returns the pids killed; an error names one that survived.
+pub async fn kill_processes_naming_vm(
+    id: &str,
+    keep: Option<(u32, u64)>,
+    timeout: Duration,
+) -> Result<Vec<u32>, ProcessError> {
+    let mut killed = Vec::new();
+    for (pid, start) in processes_naming_vm(id) {
+        if Some((pid, start)) == keep {
+            continue;
+        }
+        if !kill_and_wait(pid, start, timeout).await? {
+            return Err(ProcessError::Survived { pid });
+        }
+        killed.push(pid);
+    }
+    Ok(killed)
+}
+
 /// A `tokio::process::Command` for a VMM that must outlive the daemon: a new
 /// session (no controlling terminal, no SIGHUP/SIGINT from the daemon's
 /// terminal or process group), no parent-death signal, stdin from /dev/null.
@@ -255,6 +342,56 @@ mod tests {
         );
         assert!(parse_stat("123 (truncated) S 1 2").is_none());
         assert!(parse_stat("no parenthesis").is_none());
+    }
+
+    #[test]
+    fn vm_ids_are_matched_only_after_an_id_flag() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let qemu = format!("qemu-system-x86_64\0-name\0{id}\0-m\0512\0");
+        assert!(cmdline_names_vm(qemu.as_bytes(), id));
+        let fc = format!("firecracker\0--api-sock\0/run/x.sock\0--id\0{id}\0");
+        assert!(cmdline_names_vm(fc.as_bytes(), id));
+        // The id elsewhere (a path, another flag's value, a prefix) is no match.
+        for other in [
+            format!("qemu\0-pidfile\0/run/vms/{id}/qemu.pid\0"),
+            format!("qemu\0-m\0{id}\0"),
+            format!("qemu\0-name\0{id}x\0"),
+            format!("qemu\0-name\0{}\0", &id[..31]),
+            format!("{id}\0-name\0"),
+        ] {
+            assert!(!cmdline_names_vm(other.as_bytes(), id), "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn processes_naming_a_vm_are_found_and_killed() {
+        let id = format!("{:032x}", u128::from(std::process::id()) << 64 | 0xbeef);
+        // `read` is a shell builtin: one process, blocked on the open pipe,
+        // whose argument vector names the VM like a VMM's does.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "read x", "sh", "-name", &id])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !processes_naming_vm(&id).iter().any(|(p, _)| *p == pid) {
+            assert!(std::time::Instant::now() < deadline, "not found");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let start = process_start_time(pid).unwrap();
+        // A kept process survives the sweep.
+        let killed = kill_processes_naming_vm(&id, Some((pid, start)), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(killed.is_empty());
+        assert!(is_same_process(pid, start));
+        let killed = kill_processes_naming_vm(&id, None, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(killed, vec![pid]);
+        child.wait().unwrap();
+        assert!(processes_naming_vm(&id).is_empty());
     }
 
     #[test]

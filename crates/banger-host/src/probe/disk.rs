@@ -102,10 +102,14 @@ pub fn free_space(dir: &Path) -> Result<FreeSpace, ProbeError> {
     })
 }
 
+/// Name prefix of the probes' scratch directories: one left by a killed
+/// process can be recognised and removed.
+pub const SCRATCH_PREFIX: &str = ".banger-probe-";
+
 /// Private scratch dir inside `dir`, removed on drop.
 fn scratch(dir: &Path) -> Result<tempfile::TempDir, ProbeError> {
     tempfile::Builder::new()
-        .prefix(".banger-probe-")
+        .prefix(SCRATCH_PREFIX)
         .tempdir_in(dir)
         .map_err(|e| ProbeError::io("create probe directory in", dir, e))
 }

@@ -26,6 +26,7 @@ pub use checks::{host_checks, Check, HostCheckInputs, StateDirOwner, Status};
 pub use disk::{
     free_space, parse_dm_target_names, probe_clone_strategy, probe_device_mapper, probe_seek_hole,
     try_reflink, CloneProbe, CloneStrategy, DmState, FreeSpace, ReflinkOutcome, SeekProbe,
+    SCRATCH_PREFIX,
 };
 pub use kvm::{machine_arch, nested_pvm_loaded, probe_kvm, KvmDevice, KvmState, KVM_API_VERSION};
 pub use programs::{

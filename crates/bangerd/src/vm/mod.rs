@@ -193,6 +193,21 @@ pub struct VmExtra {
     /// Why that backend was used.
     #[serde(default)]
     pub backend_reason: Option<String>,
+    /// A create or delete under way: recorded before its first step and
+    /// cleared by its last, so a daemon killed in between finds it at the
+    /// next start and finishes it (see [`recover`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<Pending>,
+}
+
+/// An operation whose interruption recovery must finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pending {
+    /// `vm create` has not finished: an interrupted one is rolled back.
+    Create,
+    /// `vm delete` (or a failed create's rollback) began: it is finished.
+    Delete,
 }
 
 impl VmExtra {

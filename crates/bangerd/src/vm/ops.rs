@@ -34,7 +34,7 @@ use banger_wire::vm::{VmCreateRequest, VmDeleted, VmInfo};
 
 use super::paths::{self, VmPaths};
 use super::request::{self, ResolvedCreate};
-use super::{agent_binary, info, recover, VmError, VmExtra};
+use super::{agent_binary, info, recover, Pending, VmError, VmExtra};
 use crate::api::{AppState, EventSink};
 
 /// How long a guest may take from launch to answering SSH (TCG boots of the
@@ -207,8 +207,11 @@ pub async fn create(
 
     let id = identity::new_vm_id();
     let now = Timestamp::now();
+    // Pending from the first write on: a daemon killed before the create
+    // ends has recovery roll it back (record, disks, lease, tap, VMM).
     let extra = VmExtra {
         size: Some(resolved.size.clone()),
+        pending: Some(Pending::Create),
         ..VmExtra::default()
     };
     let record = VmRecord {
@@ -246,7 +249,7 @@ pub async fn create(
         if !resolved.no_start {
             boot_or_release(&state, &id, &sink).await?;
         }
-        Ok::<(), VmError>(())
+        set_pending(&state, &id, None)
     }
     .await;
     if let Err(e) = result {
@@ -283,6 +286,28 @@ pub async fn create(
         .await;
     }
     Ok(info::vm_info(&vm))
+}
+
+/// Record (or clear) the operation under way on VM `id`, in one
+/// read-modify-write under the database lock.
+fn set_pending(state: &AppState, id: &str, pending: Option<Pending>) -> Result<(), VmError> {
+    let db = db(state);
+    let Some(vm) = db.get_vm(id)? else {
+        return Ok(());
+    };
+    let mut extra = VmExtra::from_json(&vm.spec);
+    if extra.pending == pending {
+        return Ok(());
+    }
+    extra.pending = pending;
+    db.update_vm(
+        id,
+        &VmPatch {
+            spec: Some(extra.to_json()),
+            ..VmPatch::default()
+        },
+    )?;
+    Ok(())
 }
 
 /// Make a new VM's directory, host key and disks.
@@ -605,18 +630,13 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
     };
     sink.progress("boot", format!("starting {} on {}", vm.name, vmm.backend()))
         .await;
-    let handle = launch_watched(vmm, &spec, &vm.name, sink).await?;
+    let handle =
+        launch_watched(vmm, &spec, &vm.name, sink, |h| record_vmm(state, &vm.id, h)).await?;
     extra.backend = Some(handle.backend.to_string());
     extra.backend_reason = Some(handle.backend_reason.clone());
     db(state).update_vm(
         &vm.id,
         &VmPatch {
-            backend: Some(Some(match handle.backend {
-                Backend::Firecracker => VmmBackend::Firecracker,
-                Backend::Qemu { .. } => VmmBackend::Qemu,
-            })),
-            vmm_pid: Some(Some(handle.pid)),
-            vmm_start_time: Some(Some(handle.start_time)),
             spec: Some(extra.to_json()),
             ..VmPatch::default()
         },
@@ -713,11 +733,16 @@ pub const EARLY_CRASH_LAUNCHES: u32 = 5;
 /// boots on a busy host) is gone with `pic=off`; the relaunch stays as a
 /// guard against other early-boot failures, each of which costs about a
 /// second. What is left is reported by the boot timeout or the exit check.
+///
+/// `record` runs right after each launch, before anything else: once it
+/// has written the VMM's pid and start time, a restarted daemon finds the
+/// process by them (before that, by the VM id on its command line).
 async fn launch_watched(
     vmm: &banger_vmm::Vmm,
     spec: &VmSpec,
     name: &str,
     sink: &EventSink,
+    record: impl Fn(&VmmHandle) -> Result<(), VmError>,
 ) -> Result<VmmHandle, VmError> {
     let vmm_err = |source: banger_vmm::VmmError| VmError::Vmm {
         name: name.to_owned(),
@@ -730,6 +755,7 @@ async fn launch_watched(
             .launch(spec, &LaunchOptions::default())
             .await
             .map_err(vmm_err)?;
+        record(&handle)?;
         let seen = first_output(&spec.serial_log, before, &handle, FIRST_OUTPUT_TIMEOUT).await;
         match seen {
             Console::Printed => return Ok(handle),
@@ -758,6 +784,23 @@ async fn launch_watched(
         handle.kill().await.map_err(vmm_err)?;
         handle.cleanup().map_err(vmm_err)?;
     }
+}
+
+/// Write a just-launched VMM's backend, pid and start time to VM `id`'s record.
+fn record_vmm(state: &AppState, id: &str, handle: &VmmHandle) -> Result<(), VmError> {
+    db(state).update_vm(
+        id,
+        &VmPatch {
+            backend: Some(Some(match handle.backend {
+                Backend::Firecracker => VmmBackend::Firecracker,
+                Backend::Qemu { .. } => VmmBackend::Qemu,
+            })),
+            vmm_pid: Some(Some(handle.pid)),
+            vmm_start_time: Some(Some(handle.start_time)),
+            ..VmPatch::default()
+        },
+    )?;
+    Ok(())
 }
 
 fn file_len(path: &Path) -> u64 {
@@ -970,6 +1013,26 @@ async fn kill_vmm(vm: &VmRecord, p: &VmPaths) -> Result<(), VmError> {
             }
         }
     }
+    kill_strays(&vm.id, &vm.name, None).await
+}
+
+/// Kill every VMM process of VM `id` but `keep`, found by the id on its
+/// command line: one launched by a daemon that was killed before it
+/// recorded the pid, or while QEMU was still daemonizing.
+pub(super) async fn kill_strays(
+    id: &str,
+    name: &str,
+    keep: Option<(u32, u64)>,
+) -> Result<(), VmError> {
+    let killed = banger_vmm::process::kill_processes_naming_vm(id, keep, Duration::from_secs(10))
+        .await
+        .map_err(|e| VmError::Vmm {
+            name: name.to_owned(),
+            source: Box::new(e.into()),
+        })?;
+    if !killed.is_empty() {
+        tracing::warn!(vm = %name, ?killed, "killed VMM processes of the VM that no record named");
+    }
     Ok(())
 }
 
@@ -1160,6 +1223,8 @@ pub async fn purge(state: &AppState, id: &str) -> Result<(), VmError> {
     let Some(vm) = db(state).get_vm(id)? else {
         return Ok(());
     };
+    // From here on a killed daemon finishes the delete when it restarts.
+    set_pending(state, id, Some(Pending::Delete))?;
     release_runtime(state, id, VmState::Stopped, None).await?;
     let last_ip = vm.ip.or(VmExtra::from_json(&vm.spec).last_ip);
     KnownHosts::new(paths::known_hosts(&state.layout)).remove(&vm.name, last_ip)?;

@@ -7,6 +7,15 @@
 //! *and* start time, `/proc/PID/stat` field 22), so a recycled pid is never
 //! mistaken for the VM; otherwise the VM is recorded stopped and its tap and
 //! lease are given back.
+//!
+//! The daemon may have been SIGKILLed at any step, so recovery also:
+//! rolls back a create that had not finished and finishes a delete that had
+//! begun (the record's [`Pending`] says which), stops a VM whose start was
+//! interrupted, kills every VMM process that names one of our VMs on its
+//! command line but is not the one re-adopted (launched before its pid was
+//! recorded), and removes VM and run directories no record owns and taps on
+//! the bridge no record holds (a pool tap made, or taken, just before the
+//! kill; the new pool numbers from 0 again and would never reuse it).
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -16,8 +25,9 @@ use banger_state::{VmRecord, VmState};
 use banger_vmm::process::{is_same_process, Pidfd};
 use banger_vmm::VmmHandle;
 
-use super::ops::{self, release_runtime};
-use super::paths::VmPaths;
+use super::ops::{self, kill_strays, release_runtime};
+use super::paths::{self, VmPaths};
+use super::{Pending, VmExtra};
 use crate::api::AppState;
 
 fn db(state: &AppState) -> std::sync::MutexGuard<'_, banger_state::StateDb> {
@@ -34,16 +44,28 @@ pub async fn recover(state: &Arc<AppState>) {
             return;
         }
     };
-    for vm in vms {
-        if let Err(e) = recover_one(state, &vm).await {
+    for vm in &vms {
+        if let Err(e) = recover_one(state, vm).await {
             tracing::error!(vm = %vm.name, "recovery failed: {e}");
         }
     }
+    let ids: Vec<&str> = vms.iter().map(|v| v.id.as_str()).collect();
+    remove_orphans(state, &ids).await;
+    let held: Vec<&str> = vms.iter().filter_map(|v| v.tap.as_deref()).collect();
+    remove_stray_taps(state, &held).await;
     crate::ssh_config::refresh(state);
     crate::dns::ensure_if_bridge(state).await;
 }
 
 async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::VmError> {
+    if let Some(pending) = VmExtra::from_json(&vm.spec).pending {
+        let what = match pending {
+            Pending::Create => "rolling back its interrupted create",
+            Pending::Delete => "finishing its interrupted delete",
+        };
+        tracing::warn!(vm = %vm.name, "bangerd stopped in the middle of an operation; {what}");
+        return ops::purge(state, &vm.id).await;
+    }
     let p = VmPaths::new(&state.layout, &vm.id);
     let alive = match (vm.vmm_pid, vm.vmm_start_time) {
         (Some(pid), Some(start)) => is_same_process(pid, start),
@@ -53,7 +75,7 @@ async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::
         .ok()
         .filter(|h| Some(h.pid) == vm.vmm_pid && Some(h.start_time) == vm.vmm_start_time);
     match vm.state {
-        VmState::Running | VmState::Starting if alive => {
+        VmState::Running if alive => {
             let Some(handle) = handle else {
                 // Alive but without its handle we cannot control it: stop it
                 // rather than leave an unmanageable VM running.
@@ -66,19 +88,27 @@ async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::
                 )
                 .await;
             };
-            if vm.state == VmState::Starting {
-                db(state).update_vm_state(&vm.id, VmState::Running)?;
-            }
+            kill_strays(&vm.id, &vm.name, Some((handle.pid, handle.start_time))).await?;
             tracing::info!(vm = %vm.name, pid = handle.pid, "re-adopted running VM");
             watch_exit(state.clone(), vm.name.clone(), vm.id.clone(), &handle);
             Ok(())
         }
         VmState::Running | VmState::Starting | VmState::Stopping => {
-            let why = if vm.state == VmState::Stopping {
-                None
-            } else {
-                tracing::info!(vm = %vm.name, "VMM exited while bangerd was not running; marking the VM stopped");
-                Some("the VMM exited while bangerd was not running".to_owned())
+            let why = match vm.state {
+                VmState::Stopping => None,
+                // Its boot was never seen through (SSH not checked): stop it
+                // rather than call a VM of unknown health running.
+                VmState::Starting => {
+                    tracing::info!(vm = %vm.name, "bangerd stopped while the VM was starting; stopping it");
+                    Some(format!(
+                        "bangerd stopped while {} was starting; start it again with `banger vm start {}`",
+                        vm.name, vm.name
+                    ))
+                }
+                _ => {
+                    tracing::info!(vm = %vm.name, "VMM exited while bangerd was not running; marking the VM stopped");
+                    Some("the VMM exited while bangerd was not running".to_owned())
+                }
             };
             release_runtime(state, &vm.id, VmState::Stopped, why).await
         }
@@ -87,9 +117,80 @@ async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::
             if vm.tap.is_some() || vm.ip.is_some() || vm.vmm_pid.is_some() {
                 release_runtime(state, &vm.id, vm.state, None).await?;
             }
-            Ok(())
+            kill_strays(&vm.id, &vm.name, None).await
         }
     }
+}
+
+/// Kill the VMMs of, and remove, VM and run directories that no record owns
+/// (`ids`), and clone-strategy probe leftovers. Only entries named like a VM
+/// id or a probe's scratch directory are touched.
+async fn remove_orphans(state: &AppState, ids: &[&str]) {
+    let run_parent = state.layout.runtime_dir.join("vms");
+    for parent in [paths::vms_dir(&state.layout), run_parent] {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(banger_host::probe::SCRATCH_PREFIX) {
+                // A clone-strategy probe killed with the daemon.
+                if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                    tracing::warn!(dir = %entry.path().display(), "cannot remove a probe's leftovers: {e}");
+                }
+                continue;
+            }
+            if !is_vm_id(&name) || ids.contains(&name.as_str()) {
+                continue;
+            }
+            tracing::warn!(dir = %entry.path().display(), "removing the directory of a VM that has no record");
+            if let Err(e) = kill_strays(&name, &name, None).await {
+                tracing::error!(dir = %entry.path().display(), "cannot kill its VMM: {e}");
+                continue;
+            }
+            if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                tracing::error!(dir = %entry.path().display(), "cannot remove it: {e}");
+            }
+        }
+    }
+}
+
+/// Delete banger taps on our bridge that no VM record holds (`held`).
+async fn remove_stray_taps(state: &AppState, held: &[&str]) {
+    for tap in taps_on_bridge(std::path::Path::new("/sys/class/net"), &state.net.bridge) {
+        if held.contains(&tap.as_str()) {
+            continue;
+        }
+        tracing::info!(%tap, "deleting a tap no VM holds (left by an earlier daemon)");
+        let req = banger_wire::helper::HelperRequest::DeleteTap { name: tap.clone() };
+        if let Err(e) = state.helper.request(&req).await {
+            tracing::warn!(%tap, "cannot delete it: {e}");
+        }
+    }
+}
+
+/// Links named `banger-*` under `sys_net` whose bridge master is `bridge`.
+fn taps_on_bridge(sys_net: &std::path::Path, bridge: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(sys_net) else {
+        return Vec::new();
+    };
+    let mut taps: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with(ops::TAP_PREFIX) || n.starts_with(super::tap_pool::POOL_PREFIX))
+        .filter(|n| {
+            std::fs::read_link(sys_net.join(n).join("master"))
+                .ok()
+                .is_some_and(|m| m.file_name().is_some_and(|f| f == bridge))
+        })
+        .collect();
+    taps.sort();
+    taps
+}
+
+/// Whether `name` looks like a VM id (`identity::new_vm_id`: 32 lowercase hex digits).
+fn is_vm_id(name: &str) -> bool {
+    name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 /// Watch the VMM behind `handle` and, when it exits while its record still
@@ -423,6 +524,42 @@ mod tests {
         never.last_activity_at = None;
         let v = idle_verdicts(std::slice::from_ref(&never), &[], Duration::from_millis(1));
         assert!(matches!(v[0].1, Idle::Stale(_)));
+    }
+
+    #[test]
+    fn only_banger_taps_on_our_bridge_are_strays() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = |name: &str, master: Option<&str>| {
+            let d = dir.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            if let Some(m) = master {
+                std::os::unix::fs::symlink(format!("../{m}"), d.join("master")).unwrap();
+            }
+        };
+        link("banger0", None);
+        link("banger-t3", Some("banger0"));
+        link("banger-p9", Some("banger0"));
+        link("banger-p1", Some("other0"));
+        link("banger-t4", None);
+        link("eth0", Some("banger0"));
+        assert_eq!(
+            taps_on_bridge(dir.path(), "banger0"),
+            ["banger-p9", "banger-t3"]
+        );
+    }
+
+    #[test]
+    fn vm_ids_are_32_lowercase_hex_digits() {
+        assert!(is_vm_id(&banger_vm::identity::new_vm_id()));
+        for bad in [
+            "",
+            "..",
+            "0123456789abcdef0123456789abcdeF",
+            "0123456789abcdef0123456789abcde",
+            "tmp",
+        ] {
+            assert!(!is_vm_id(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -130,34 +130,13 @@ fn output_text(cmd: &mut Command) -> String {
 /// Pids of processes whose command line mentions `needle` (our QEMUs: their
 /// disks and sockets live in the test's temp dir).
 pub fn processes_mentioning(needle: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut pids = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return pids;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if pid == me {
-            continue;
-        }
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.contains(") Z "))
-            .unwrap_or(true);
-        if !zombie && text.contains("qemu") && text.contains(needle) {
-            pids.push(pid);
-        }
-    }
-    pids
+    banger_vmm::process::live_processes(None, |cmdline| {
+        let text = String::from_utf8_lossy(cmdline).replace('\0', " ");
+        text.contains("qemu") && text.contains(needle)
+    })
+    .into_iter()
+    .map(|(pid, _)| pid)
+    .collect()
 }
 
 /// The test image: an installed image and kernel, with the guest boot files
