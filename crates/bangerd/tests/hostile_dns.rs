@@ -210,6 +210,24 @@ fn hostile_packets_never_break_the_server() {
         .unwrap();
     client.connect(server_addr).unwrap();
     let sentinel = sentinel();
+    // Found by this test: a question name pointing into the header (valid
+    // as received: `01 31 00` at offset 0 reads as `1.`). The echo of the
+    // question in a response would point at the response's header instead.
+    let pointer_into_header: &[u8] = &[
+        0x01, 0x31, 0x00, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x00, 0, 1, 0, 1,
+    ];
+    let mut buf = vec![0u8; 65_536];
+    client.send(pointer_into_header).unwrap();
+    client.send(&sentinel).unwrap();
+    loop {
+        let n = client
+            .recv(&mut buf)
+            .expect("the server answers the sentinel");
+        let m = check_response(&buf[..n]).expect("every response parses");
+        if m.metadata.id == SENTINEL_ID {
+            break;
+        }
+    }
     let mut runner = TestRunner::new(config());
     runner
         .run(&packet(), |p| {

@@ -148,6 +148,13 @@ impl VmZone {
         if request.metadata.message_type != MessageType::Query {
             return Err("a response sent as a query".into());
         }
+        if points_into_header(request.queries.as_bytes()) {
+            // Every response echoes the question's bytes as they came, and
+            // the header they point at differs in the response: the echo
+            // would be a malformed message. Such a question is malformed
+            // anyway (a name pointer must reach an earlier name).
+            return Err("a question name points into the header".into());
+        }
         if request.metadata.op_code != OpCode::Query {
             let response = builder.error_msg(&request.metadata, ResponseCode::NotImp);
             return handle
@@ -200,6 +207,36 @@ impl VmZone {
     pub fn origin(&self) -> &Name {
         &self.origin
     }
+}
+
+/// Whether a question section (as received, starting at message offset 12)
+/// holds a compression pointer to an offset inside the 12-byte header.
+fn points_into_header(raw: &[u8]) -> bool {
+    const HEADER: usize = 12;
+    let mut i = 0;
+    while i < raw.len() {
+        // One name, then type and class.
+        loop {
+            let Some(&b) = raw.get(i) else { return false };
+            if b & 0xc0 == 0xc0 {
+                let Some(&lo) = raw.get(i + 1) else {
+                    return false;
+                };
+                if ((usize::from(b & 0x3f) << 8) | usize::from(lo)) < HEADER {
+                    return true;
+                }
+                i += 2;
+                break;
+            }
+            i += 1;
+            if b == 0 {
+                break;
+            }
+            i += usize::from(b);
+        }
+        i += 4;
+    }
+    false
 }
 
 #[async_trait::async_trait]
@@ -347,6 +384,18 @@ async fn start(state: &Arc<AppState>) -> Result<Running, DnsError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn question_pointers_into_the_header_are_found() {
+        // sandbox.vm. A IN, then the same name as a pointer to offset 12.
+        let plain = b"\x07sandbox\x02vm\x00\x00\x01\x00\x01";
+        assert!(!super::points_into_header(plain));
+        let mut two = plain.to_vec();
+        two.extend_from_slice(b"\xc0\x0c\x00\x01\x00\x01");
+        assert!(!super::points_into_header(&two));
+        assert!(super::points_into_header(b"\xc0\x00\x00\x01\x7f\x9a"));
+        assert!(super::points_into_header(b"\x01a\xc0\x05\x00\x01\x00\x01"));
+    }
+
     use super::*;
 
     fn zone() -> VmZone {
