@@ -19,6 +19,7 @@ const KEYS: &[&str] = &[
     "auto_stop_stale_after",
     "stats_poll_interval",
     "metrics_poll_interval",
+    "serial_log_max",
     "bridge_name",
     "bridge_ip",
     "cidr",
