@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use banger_helper_client::HelperClient;
 use banger_wire::helper::{BundleKind, HelperError, HelperReply};
 use bangerd_root::ops::build::{self, BuildPaths, BuildRunner};
-use bangerd_root::{system, HelperClient, ServeConfig};
+use bangerd_root::{system, ServeConfig};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
 
