@@ -390,9 +390,9 @@ impl Store {
         let result = if dest.exists() {
             // Swap atomically, then delete the old tree from its new place.
             nix::fcntl::renameat2(
-                None,
+                nix::fcntl::AT_FDCWD,
                 &staged,
-                None,
+                nix::fcntl::AT_FDCWD,
                 &dest,
                 nix::fcntl::RenameFlags::RENAME_EXCHANGE,
             )
