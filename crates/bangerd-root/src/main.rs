@@ -90,11 +90,7 @@ struct ServeArgs {
 
 fn init_tracing(level: &str) {
     use tracing_subscriber::EnvFilter;
-    // netlink-packet-route warns once per link and attribute whenever the
-    // kernel is newer than the crate (a dozen lines per tap created here),
-    // which says nothing about banger's own work.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},netlink_packet_route=error")));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
