@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
+use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use rtnetlink::packet_core::Nla;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
