@@ -18,7 +18,6 @@
 //! without a chown.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
@@ -255,23 +254,15 @@ fn hand_over(
         Mode::empty(),
     )
     .map_err(no_symlink("open the cache directory", &paths.cache_dir))?;
-    // SAFETY: `open` returned a fresh descriptor that nothing else owns.
-    let cache = unsafe { OwnedFd::from_raw_fd(cache) };
-    match mkdirat(
-        Some(cache.as_raw_fd()),
-        kind_name,
-        Mode::from_bits_truncate(0o750),
-    ) {
+    match mkdirat(&cache, kind_name, Mode::from_bits_truncate(0o750)) {
         Ok(()) | Err(Errno::EEXIST) => {}
         Err(e) => return Err(file_err("create", &dir_path)(e)),
     }
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let dir = openat2(cache.as_raw_fd(), kind_name, how).map_err(no_symlink("open", &dir_path))?;
-    // SAFETY: `openat2` returned a fresh descriptor that nothing else owns.
-    let dir = unsafe { OwnedFd::from_raw_fd(dir) };
-    let dirfd = Some(dir.as_raw_fd());
+    let dir = openat2(&cache, kind_name, how).map_err(no_symlink("open", &dir_path))?;
+    let dirfd = &dir;
     match unlinkat(dirfd, partial.as_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
         Err(e) => return Err(file_err("remove", &dir_path.join(&partial))(e)),
@@ -283,8 +274,7 @@ fn hand_over(
         Mode::from_bits_truncate(0o640),
     )
     .map_err(file_err("create", &dir_path.join(&partial)))?;
-    // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
-    let mut out = File::from(unsafe { OwnedFd::from_raw_fd(out) });
+    let mut out = File::from(out);
     std::io::copy(&mut bundle, &mut out)
         .and_then(|_| out.sync_all())
         .map_err(|source| OpError::File {

@@ -82,15 +82,12 @@ fn init_tracing(level: &str) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // netlink-packet-route warns once per link and attribute whenever the
-    // kernel is newer than the crate (a dozen lines per tap created here),
-    // which says nothing about banger's own work. `Targets` takes RUST_LOG's
-    // `target=level` list (no regex-based span filters: the helper's closure
-    // stays small, docs/ARCHITECTURE.md).
+    // `Targets` takes RUST_LOG's `target=level` list (no regex-based span
+    // filters: the helper's closure stays small, docs/ARCHITECTURE.md).
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<Targets>().ok())
-        .or_else(|| format!("{level},netlink_packet_route=error").parse().ok())
+        .or_else(|| level.parse().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     // journald stamps every line itself.
