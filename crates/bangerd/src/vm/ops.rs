@@ -699,9 +699,6 @@ async fn boot(state: &Arc<Daemon>, vm: &VmRecord, sink: &EventSink) -> Result<()
     Ok(())
 }
 
-/// The last lines of a serial log for an error message (a failed create
-/// Watch the VMM behind `handle` and, when it exits while its record still
-/// says it runs (not stopped by banger), record the VM stopped and give its
 /// Top the tap pool up to `tap_pool_size` (in the background of a start).
 async fn refill_taps(state: Arc<Daemon>) {
     let want = state.vms.config().tap_pool_size.value as usize;
@@ -714,6 +711,8 @@ async fn refill_taps(state: Arc<Daemon>) {
     state.vms.taps.refill(cx).await;
 }
 
+/// Watch the VMM behind `handle` and, when it exits while its record still
+/// says it runs (not stopped by banger), record the VM stopped and give its
 /// tap and lease back.
 pub fn watch_exit(state: Arc<Daemon>, name: String, id: String, handle: &VmmHandle) {
     let (pid, start) = (handle.pid, handle.start_time);
@@ -753,6 +752,7 @@ pub fn watch_exit(state: Arc<Daemon>, name: String, id: String, handle: &VmmHand
     });
 }
 
+/// The last lines of a serial log for an error message (a failed create
 /// removes the log with the VM), without terminal escapes.
 pub fn console_tail(path: &Path) -> String {
     const LINES: usize = 25;
