@@ -780,85 +780,11 @@ fn taken(state: &Daemon, kind: Kind, name: &str) -> Result<(), ImageError> {
 pub fn register(state: &Daemon, req: &ImageRegisterRequest) -> Result<ImageInfo, ImageError> {
     validate_name(&req.name)?;
     let rootfs = abs("root filesystem", &req.rootfs)?;
-    let kernel_paths = req.initrd.is_some() || req.modules.is_some() || req.kernel.is_some();
-    let kernel_ref = match (&req.kernel_ref, kernel_paths) {
-        (Some(_), true) => {
-            return Err(ImageError::BadRequest {
-                message: "give either kernel_ref or kernel paths (kernel, initrd, modules), not both"
-                    .into(),
-            })
-        }
-        (None, false) => {
-            return Err(ImageError::BadRequest {
-                message: "a registered image needs a kernel: give kernel_ref (an installed kernel) or the kernel path".into(),
-            })
-        }
-        (Some(k), false) => {
-            validate_name(k)?;
-            Some(k.clone())
-        }
-        (None, true) => None,
-    };
-    let kernel = match &req.kernel {
-        Some(k) => Some(abs("kernel", k)?),
-        None if kernel_paths => {
-            return Err(ImageError::BadRequest {
-                message: "initrd and modules need the kernel path too".into(),
-            })
-        }
-        None => None,
-    };
-    let initrd = req
-        .initrd
-        .as_deref()
-        .map(|p| abs("initrd", p))
-        .transpose()?;
-    let modules = req
-        .modules
-        .as_deref()
-        .map(|p| abs("modules directory", p))
-        .transpose()?;
-
+    let kernel = RegisterKernel::from_request(req)?;
     let info = validate::rootfs(&rootfs)?;
-    if let Some(k) = &kernel {
-        validate::vmlinux(k)?;
-    }
-    if let Some(i) = &initrd {
-        validate::initrd(i)?;
-    }
-    if let Some(m) = &modules {
-        validate::modules_dir(m)?;
-    }
+    kernel.validate()?;
     taken(state, Kind::Image, &req.name)?;
-    let kernel_name = match (kernel_ref, kernel) {
-        (Some(k), _) => {
-            let have = store(state).get(Kind::Kernel, &k)?.is_some()
-                || registered_kernel(state, &k)?.is_some();
-            if !have {
-                return Err(ImageError::NotFound {
-                    kind: Kind::Kernel,
-                    name: k,
-                });
-            }
-            k
-        }
-        (None, Some(vmlinux)) => {
-            taken(state, Kind::Kernel, &req.name)?;
-            db(state).insert_kernel(&KernelRecord {
-                name: req.name.clone(),
-                version: "registered".into(),
-                vmlinux_path: vmlinux,
-                initrd_path: initrd,
-                modules_path: modules,
-                sha256: None,
-                source: DbSource::Registered,
-                managed: false,
-                created_at: Timestamp::now(),
-            })?;
-            req.name.clone()
-        }
-        (None, None) => unreachable!("checked above: a kernel_ref or a kernel path"),
-    };
+    let kernel_name = kernel.install(state, &req.name)?;
     let record = ImageRecord {
         name: req.name.clone(),
         version: "registered".into(),
@@ -874,6 +800,105 @@ pub fn register(state: &Daemon, req: &ImageRegisterRequest) -> Result<ImageInfo,
     };
     db(state).insert_image(&record)?;
     show_image(state, &req.name)
+}
+
+/// The kernel a registered image boots: an installed one by name, or host
+/// files registered with the image (under the image's name).
+enum RegisterKernel {
+    Ref(String),
+    Paths {
+        vmlinux: PathBuf,
+        initrd: Option<PathBuf>,
+        modules: Option<PathBuf>,
+    },
+}
+
+impl RegisterKernel {
+    /// Exactly one of `kernel_ref` and the kernel paths; paths absolute.
+    fn from_request(req: &ImageRegisterRequest) -> Result<RegisterKernel, ImageError> {
+        let bad = |message: &str| ImageError::BadRequest {
+            message: message.into(),
+        };
+        let kernel_paths = req.initrd.is_some() || req.modules.is_some() || req.kernel.is_some();
+        match (&req.kernel_ref, &req.kernel) {
+            (Some(_), _) if kernel_paths => Err(bad(
+                "give either kernel_ref or kernel paths (kernel, initrd, modules), not both",
+            )),
+            (Some(k), _) => {
+                validate_name(k)?;
+                Ok(RegisterKernel::Ref(k.clone()))
+            }
+            (None, None) if kernel_paths => Err(bad("initrd and modules need the kernel path too")),
+            (None, None) => Err(bad(
+                "a registered image needs a kernel: give kernel_ref (an installed kernel) or the kernel path",
+            )),
+            (None, Some(k)) => Ok(RegisterKernel::Paths {
+                vmlinux: abs("kernel", k)?,
+                initrd: req.initrd.as_deref().map(|p| abs("initrd", p)).transpose()?,
+                modules: req
+                    .modules
+                    .as_deref()
+                    .map(|p| abs("modules directory", p))
+                    .transpose()?,
+            }),
+        }
+    }
+
+    /// The host files are what they claim to be.
+    fn validate(&self) -> Result<(), ImageError> {
+        if let RegisterKernel::Paths {
+            vmlinux,
+            initrd,
+            modules,
+        } = self
+        {
+            validate::vmlinux(vmlinux)?;
+            if let Some(i) = initrd {
+                validate::initrd(i)?;
+            }
+            if let Some(m) = modules {
+                validate::modules_dir(m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's name for image `image`: a reference must be installed;
+    /// paths are recorded as a registered kernel named like the image.
+    fn install(self, state: &Daemon, image: &str) -> Result<String, ImageError> {
+        match self {
+            RegisterKernel::Ref(k) => {
+                let have = store(state).get(Kind::Kernel, &k)?.is_some()
+                    || registered_kernel(state, &k)?.is_some();
+                if !have {
+                    return Err(ImageError::NotFound {
+                        kind: Kind::Kernel,
+                        name: k,
+                    });
+                }
+                Ok(k)
+            }
+            RegisterKernel::Paths {
+                vmlinux,
+                initrd,
+                modules,
+            } => {
+                taken(state, Kind::Kernel, image)?;
+                db(state).insert_kernel(&KernelRecord {
+                    name: image.to_owned(),
+                    version: "registered".into(),
+                    vmlinux_path: vmlinux,
+                    initrd_path: initrd,
+                    modules_path: modules,
+                    sha256: None,
+                    source: DbSource::Registered,
+                    managed: false,
+                    created_at: Timestamp::now(),
+                })?;
+                Ok(image.to_owned())
+            }
+        }
+    }
 }
 
 /// The registration of `name` if it can be promoted: registered, and not

@@ -208,44 +208,8 @@ pub async fn create(
     let image = ensure_image(&state, &resolved.image, &sink).await?;
 
     let id = identity::new_vm_id();
-    let now = Timestamp::now();
-    // Pending from the first write on: a daemon killed before the create
-    // ends has recovery roll it back (record, disks, lease, tap, VMM).
-    let extra = VmExtra {
-        size: Some(resolved.size.clone()),
-        pending: Some(Pending::Create),
-        ..VmExtra::default()
-    };
-    let record = VmRecord {
-        id: id.clone(),
-        name: resolved.name.clone(),
-        image: image.image.clone(),
-        kernel: image.kernel.clone(),
-        state: VmState::Created,
-        vcpu: resolved.size.vcpu,
-        memory_mib: resolved.size.memory_mib,
-        disk_bytes: resolved.size.disk_bytes,
-        ip: None,
-        mac: identity::MacAddr::for_vm(&id).to_string(),
-        tap: None,
-        backend: None,
-        vmm_pid: None,
-        vmm_start_time: None,
-        clone_strategy: None,
-        created_at: now,
-        updated_at: now,
-        last_activity_at: None,
-        spec: extra.to_json(),
-    };
-    db(&state).insert_vm(&record).map_err(|e| match e {
-        banger_state::StateError::AlreadyExists { ref field, .. } if field == "name" => {
-            VmError::NameTaken {
-                name: resolved.name.clone(),
-            }
-        }
-        other => VmError::State(other),
-    })?;
-
+    let record = new_record(&id, &resolved, &image);
+    insert_record(&state, &record)?;
     let result = async {
         define(&state, &record, &image, &sink).await?;
         if !resolved.no_start {
@@ -255,39 +219,86 @@ pub async fn create(
     }
     .await;
     if let Err(e) = result {
-        sink.progress(
-            "rollback",
-            format!("create failed, removing {}", record.name),
-        )
-        .await;
-        if let Err(undo) = purge(&state, &id).await {
-            tracing::error!(vm = %record.name, "rolling back a failed create failed: {undo}");
-            sink.send(StreamEvent::Log {
-                level: LogLevel::Warn,
-                message: format!("cleaning up after the failed create failed: {undo}"),
-            })
-            .await;
-        }
+        roll_back_create(&state, &record, &sink).await;
         return Err(e);
     }
     let vm = find(&state, &record.name)?;
     crate::ssh_config::refresh(&state);
-    if resolved.no_start {
-        sink.progress("ready", format!("{} created (not started)", vm.name))
-            .await;
+    let ready = if resolved.no_start {
+        format!("{} created (not started)", vm.name)
     } else {
-        sink.progress(
-            "ready",
-            format!(
-                "{} is up at {} ({:.1} s)",
-                vm.name,
-                vm.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                started.elapsed().as_secs_f64()
-            ),
+        format!(
+            "{} is up at {} ({:.1} s)",
+            vm.name,
+            vm.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            started.elapsed().as_secs_f64()
         )
+    };
+    sink.progress("ready", ready).await;
+    Ok(info::vm_info(&vm))
+}
+
+/// The record of a VM being created: `Created`, and pending from the first
+/// write on, so a daemon killed before the create ends has recovery roll it
+/// back (record, disks, lease, tap, VMM).
+fn new_record(id: &str, resolved: &ResolvedCreate, image: &ImageArtifacts) -> VmRecord {
+    let now = Timestamp::now();
+    let extra = VmExtra {
+        size: Some(resolved.size.clone()),
+        pending: Some(Pending::Create),
+        ..VmExtra::default()
+    };
+    VmRecord {
+        id: id.to_owned(),
+        name: resolved.name.clone(),
+        image: image.image.clone(),
+        kernel: image.kernel.clone(),
+        state: VmState::Created,
+        vcpu: resolved.size.vcpu,
+        memory_mib: resolved.size.memory_mib,
+        disk_bytes: resolved.size.disk_bytes,
+        ip: None,
+        mac: identity::MacAddr::for_vm(id).to_string(),
+        tap: None,
+        backend: None,
+        vmm_pid: None,
+        vmm_start_time: None,
+        clone_strategy: None,
+        created_at: now,
+        updated_at: now,
+        last_activity_at: None,
+        spec: extra.to_json(),
+    }
+}
+
+/// Insert a new VM's record; a name in use is [`VmError::NameTaken`].
+fn insert_record(state: &Daemon, record: &VmRecord) -> Result<(), VmError> {
+    db(state).insert_vm(record).map_err(|e| match e {
+        banger_state::StateError::AlreadyExists { ref field, .. } if field == "name" => {
+            VmError::NameTaken {
+                name: record.name.clone(),
+            }
+        }
+        other => VmError::State(other),
+    })
+}
+
+/// Remove everything a failed create made; a failure of that is reported
+/// (the record stays pending, so recovery tries again).
+async fn roll_back_create(state: &Daemon, record: &VmRecord, sink: &EventSink) {
+    sink.progress(
+        "rollback",
+        format!("create failed, removing {}", record.name),
+    )
+    .await;
+    if let Err(undo) = purge(state, &record.id).await {
+        tracing::error!(vm = %record.name, "rolling back a failed create failed: {undo}");
+        sink.send(StreamEvent::Log {
+            level: LogLevel::Warn,
+            message: format!("cleaning up after the failed create failed: {undo}"),
+        })
         .await;
     }
-    Ok(info::vm_info(&vm))
 }
 
 /// Record (or clear) the operation under way on VM `id`, in one
