@@ -1526,29 +1526,45 @@ mod tests {
         assert_eq!(with.iter().filter(|d| d.is_root).count(), 1);
     }
 
-    #[test]
-    fn the_guest_config_authorizes_the_trimmed_user_key_and_carries_the_host_key() {
-        let vm = VmRecord {
-            id: "0123456789abcdef".into(),
+    fn created_record() -> VmRecord {
+        let resolved = ResolvedCreate {
             name: "web".into(),
             image: "debian".into(),
-            kernel: "generic".into(),
-            state: VmState::Starting,
-            vcpu: 1,
-            memory_mib: 512,
-            disk_bytes: 1 << 30,
-            ip: None,
-            mac: String::new(),
-            tap: None,
-            backend: None,
-            vmm_pid: None,
-            vmm_start_time: None,
-            clone_strategy: None,
-            created_at: Timestamp::now(),
-            updated_at: Timestamp::now(),
-            last_activity_at: None,
-            spec: serde_json::Value::Null,
+            size: banger_wire::vm::VmSizeSpec {
+                vcpu: 2,
+                vcpu_source: banger_wire::vm::SpecSource::Flag,
+                memory_mib: 512,
+                memory_source: banger_wire::vm::SpecSource::Flag,
+                disk_bytes: 1 << 30,
+                disk_source: banger_wire::vm::SpecSource::Flag,
+            },
+            no_start: false,
         };
+        let image = ImageArtifacts {
+            image: "debian".into(),
+            rootfs: "/cache/rootfs.ext4".into(),
+            kernel: "generic".into(),
+            vmlinux: "/cache/vmlinux".into(),
+            initrd: None,
+        };
+        new_record("0123456789abcdef", &resolved, &image)
+    }
+
+    /// A new record is pending from its first write, so a daemon killed
+    /// before the create ends rolls it back at the next start.
+    #[test]
+    fn a_new_record_is_created_and_pending_a_create() {
+        let vm = created_record();
+        assert_eq!(vm.state, VmState::Created);
+        assert_eq!(VmExtra::from_json(&vm.spec).pending, Some(Pending::Create));
+        assert_eq!((vm.vcpu, vm.memory_mib, vm.disk_bytes), (2, 512, 1 << 30));
+        assert_eq!(vm.mac, identity::MacAddr::for_vm(&vm.id).to_string());
+        assert_eq!((vm.tap, vm.ip, vm.vmm_pid), (None, None, None));
+    }
+
+    #[test]
+    fn the_guest_config_authorizes_the_trimmed_user_key_and_carries_the_host_key() {
+        let vm = created_record();
         let host = SshHostKey {
             private_openssh: "PRIVATE".into(),
             public_openssh: "ssh-ed25519 AAAA host".into(),

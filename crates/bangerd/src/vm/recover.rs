@@ -213,15 +213,8 @@ pub async fn auto_stop_loop(state: Arc<Daemon>) {
         let Some(after) = state.vms.config().auto_stop_stale_after.value else {
             continue;
         };
-        let running: Vec<VmRecord> = match db(&state).list_vms() {
-            Ok(v) => v
-                .into_iter()
-                .filter(|v| v.state == VmState::Running)
-                .collect(),
-            Err(e) => {
-                tracing::warn!("auto-stop: cannot list VMs: {e}");
-                continue;
-            }
+        let Some(running) = running_vms(&state, "auto-stop") else {
+            continue;
         };
         let connections = established_peers();
         for (vm, verdict) in idle_verdicts(&running, &connections, after) {
@@ -242,6 +235,22 @@ pub async fn auto_stop_loop(state: Arc<Daemon>) {
     }
 }
 
+/// The VMs whose record says they run; `None` (logged for the loop named
+/// `what`) when the database cannot list them.
+fn running_vms(state: &Daemon, what: &str) -> Option<Vec<VmRecord>> {
+    match db(state).list_vms() {
+        Ok(v) => Some(
+            v.into_iter()
+                .filter(|v| v.state == VmState::Running)
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::warn!("{what}: cannot list VMs: {e}");
+            None
+        }
+    }
+}
+
 /// Sample every running VM's agent (health and stats) every
 /// `stats_poll_interval`, so `vm show` answers from memory.
 pub async fn stats_loop(state: Arc<Daemon>) {
@@ -253,15 +262,8 @@ pub async fn stats_loop(state: Arc<Daemon>) {
             .value
             .max(Duration::from_secs(1));
         tokio::time::sleep(every).await;
-        let running: Vec<VmRecord> = match db(&state).list_vms() {
-            Ok(v) => v
-                .into_iter()
-                .filter(|v| v.state == VmState::Running)
-                .collect(),
-            Err(e) => {
-                tracing::warn!("stats: cannot list VMs: {e}");
-                continue;
-            }
+        let Some(running) = running_vms(&state, "stats") else {
+            continue;
         };
         let ids: Vec<&str> = running.iter().map(|v| v.id.as_str()).collect();
         state.vms.retain_samples(&ids);
