@@ -33,7 +33,7 @@ pub fn daemon_zone(state: &Arc<Daemon>) -> VmZone {
         let Some(state) = state.upgrade() else {
             return Entry::Missing;
         };
-        let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+        let db = state.db();
         match db.get_vm_by_name(name) {
             Ok(Some(vm)) => Entry::Vm(vm.ip),
             Ok(None) => Entry::Missing,

@@ -29,7 +29,7 @@ use banger_image::store::{Import, Installed, Origin, Store, StoreError};
 use banger_image::transfer::{self, ExportPlan, ImportedBundle, Source, TransferError};
 use banger_image::validate::{self, ValidateError};
 use banger_image::{Kind, Progress};
-use banger_state::{ArtifactSource as DbSource, ImageRecord, KernelRecord, StateDb, Timestamp};
+use banger_state::{ArtifactSource as DbSource, ImageRecord, KernelRecord, Timestamp};
 use banger_wire::api::{ApiError, ErrorCode, StreamEvent};
 use banger_wire::image::{
     ArtifactDeleted, ArtifactSource, ImageInfo, ImageRegisterRequest, InstallReport,
@@ -185,10 +185,6 @@ impl From<ImageError> for ApiError {
     }
 }
 
-fn db(state: &Daemon) -> std::sync::MutexGuard<'_, StateDb> {
-    state.db.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The managed store of this daemon.
 pub fn store(state: &Daemon) -> Store {
     Store::new(&state.layout.state_dir)
@@ -256,11 +252,11 @@ impl Forwarder {
 }
 
 fn registered_image(state: &Daemon, name: &str) -> Result<Option<ImageRecord>, ImageError> {
-    Ok(db(state).get_image(name)?.filter(|r| !r.managed))
+    Ok(state.db().get_image(name)?.filter(|r| !r.managed))
 }
 
 fn registered_kernel(state: &Daemon, name: &str) -> Result<Option<KernelRecord>, ImageError> {
-    Ok(db(state).get_kernel(name)?.filter(|r| !r.managed))
+    Ok(state.db().get_kernel(name)?.filter(|r| !r.managed))
 }
 
 /// Refuse to pull or build over a name registered from host files.
@@ -457,7 +453,7 @@ async fn build_in_helper(
 fn vm_users(state: &Daemon) -> Result<(UsersMap, UsersMap), ImageError> {
     let mut by_image = UsersMap::new();
     let mut by_kernel = UsersMap::new();
-    for vm in db(state).list_vms()? {
+    for vm in state.db().list_vms()? {
         by_image
             .entry(vm.image.clone())
             .or_default()
@@ -616,7 +612,7 @@ fn installed(state: &Daemon, kind: Kind) -> Result<Vec<Installed>, ImageError> {
 pub fn list_images(state: &Daemon) -> Result<Vec<ImageInfo>, ImageError> {
     let (users, _) = vm_users(state)?;
     let mut out: BTreeMap<String, ImageInfo> = BTreeMap::new();
-    for r in db(state).list_images()?.iter().filter(|r| !r.managed) {
+    for r in state.db().list_images()?.iter().filter(|r| !r.managed) {
         out.insert(r.name.clone(), registered_image_info(r, &users));
     }
     // The store wins over a row left by an interrupted promote.
@@ -656,7 +652,7 @@ pub fn list_kernels(state: &Daemon) -> Result<Vec<KernelInfo>, ImageError> {
     let (_, vms) = vm_users(state)?;
     let images = image_users(state)?;
     let mut out: BTreeMap<String, KernelInfo> = BTreeMap::new();
-    for r in db(state).list_kernels()?.iter().filter(|r| !r.managed) {
+    for r in state.db().list_kernels()?.iter().filter(|r| !r.managed) {
         out.insert(r.name.clone(), registered_kernel_info(r, &images, &vms));
     }
     for i in installed(state, Kind::Kernel)? {
@@ -701,7 +697,7 @@ pub async fn delete_image(state: &Daemon, name: &str) -> Result<ArtifactDeleted,
     let n = name.to_owned();
     let in_store = blocking("delete", move || store.delete(Kind::Image, &n)).await??;
     let in_db = match registered_image(state, name)? {
-        Some(_) => db(state).delete_image(name)?,
+        Some(_) => state.db().delete_image(name)?,
         None => false,
     };
     Ok(ArtifactDeleted {
@@ -738,7 +734,7 @@ pub async fn delete_kernel(state: &Daemon, name: &str) -> Result<ArtifactDeleted
     let n = name.to_owned();
     let in_store = blocking("delete", move || store.delete(Kind::Kernel, &n)).await??;
     let in_db = match registered_kernel(state, name)? {
-        Some(_) => db(state).delete_kernel(name)?,
+        Some(_) => state.db().delete_kernel(name)?,
         None => false,
     };
     Ok(ArtifactDeleted {
@@ -798,7 +794,7 @@ pub fn register(state: &Daemon, req: &ImageRegisterRequest) -> Result<ImageInfo,
         recipe_hash: None,
         created_at: Timestamp::now(),
     };
-    db(state).insert_image(&record)?;
+    state.db().insert_image(&record)?;
     show_image(state, &req.name)
 }
 
@@ -884,7 +880,7 @@ impl RegisterKernel {
                 modules,
             } => {
                 taken(state, Kind::Kernel, image)?;
-                db(state).insert_kernel(&KernelRecord {
+                state.db().insert_kernel(&KernelRecord {
                     name: image.to_owned(),
                     version: "registered".into(),
                     vmlinux_path: vmlinux,
@@ -947,7 +943,7 @@ pub async fn promote(
                     )
                 })
                 .await??;
-                db(state).remove_registered_kernel(&kernel)?;
+                state.db().remove_registered_kernel(&kernel)?;
             }
         }
         sink.progress("promote", format!("copying image {name} into the store"))
@@ -965,7 +961,7 @@ pub async fn promote(
             )
         })
         .await??;
-        db(state).remove_registered_image(name)?;
+        state.db().remove_registered_image(name)?;
         Ok::<(), ImageError>(())
     }
     .await;
@@ -999,7 +995,8 @@ pub fn lookup_image(state: &Daemon, name: &str) -> Result<Option<(PathBuf, Strin
             })?;
         return Ok(Some((rootfs, kernel)));
     }
-    let row = db(state)
+    let row = state
+        .db()
         .get_image(name)
         .ok()
         .flatten()
@@ -1035,7 +1032,8 @@ pub fn lookup_kernel(
         })?;
         return Ok(Some((vmlinux, k.initrd())));
     }
-    let row = db(state)
+    let row = state
+        .db()
         .get_kernel(name)
         .ok()
         .flatten()

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use banger_config::HostFacts;
 use banger_host::probe::CloneStrategy as ProbedStrategy;
 use banger_image::Kind;
-use banger_state::{CloneStrategy, StateDb, Timestamp, VmPatch, VmRecord, VmState, VmmBackend};
+use banger_state::{CloneStrategy, Timestamp, VmPatch, VmRecord, VmState, VmmBackend};
 use banger_vm::disk::{self, RootFile};
 use banger_vm::identity::{self, KnownHosts};
 use banger_vmm::process::Pidfd;
@@ -55,12 +55,9 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmErr
 }
 
 /// Lock the state database (never held across an await).
-fn db(state: &Daemon) -> std::sync::MutexGuard<'_, StateDb> {
-    state.db.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn find(state: &Daemon, name: &str) -> Result<VmRecord, VmError> {
-    db(state)
+    state
+        .db()
         .get_vm_by_name(name)?
         .ok_or_else(|| VmError::NotFound {
             name: name.to_owned(),
@@ -169,7 +166,7 @@ pub fn check_create(state: &Daemon, req: &VmCreateRequest) -> Result<ResolvedCre
     let resolved = request::resolve_create(req, &mgr.config(), &HostFacts::detect(), || {
         format!("vm-{}", &identity::new_vm_id()[..6])
     })?;
-    if db(state).get_vm_by_name(&resolved.name)?.is_some() {
+    if state.db().get_vm_by_name(&resolved.name)?.is_some() {
         return Err(VmError::NameTaken {
             name: resolved.name,
         });
@@ -273,7 +270,7 @@ fn new_record(id: &str, resolved: &ResolvedCreate, image: &ImageArtifacts) -> Vm
 
 /// Insert a new VM's record; a name in use is [`VmError::NameTaken`].
 fn insert_record(state: &Daemon, record: &VmRecord) -> Result<(), VmError> {
-    db(state).insert_vm(record).map_err(|e| match e {
+    state.db().insert_vm(record).map_err(|e| match e {
         banger_state::StateError::AlreadyExists { ref field, .. } if field == "name" => {
             VmError::NameTaken {
                 name: record.name.clone(),
@@ -304,7 +301,7 @@ async fn roll_back_create(state: &Daemon, record: &VmRecord, sink: &EventSink) {
 /// Record (or clear) the operation under way on VM `id`, in one
 /// read-modify-write under the database lock.
 fn set_pending(state: &Daemon, id: &str, pending: Option<Pending>) -> Result<(), VmError> {
-    let db = db(state);
+    let db = state.db();
     let Some(vm) = db.get_vm(id)? else {
         return Ok(());
     };
@@ -365,7 +362,7 @@ async fn define(
         ProbedStrategy::DmSnapshot => CloneStrategy::DmSnapshot,
         ProbedStrategy::SparseCopy => CloneStrategy::SparseCopy,
     };
-    db(state).update_vm(
+    state.db().update_vm(
         &vm.id,
         &VmPatch {
             clone_strategy: Some(Some(strategy)),
@@ -439,7 +436,7 @@ async fn boot_and_report(
 }
 
 async fn boot_or_release(state: &Arc<Daemon>, id: &str, sink: &EventSink) -> Result<(), VmError> {
-    let vm = db(state).transition_vm_state(
+    let vm = state.db().transition_vm_state(
         id,
         &[VmState::Created, VmState::Stopped, VmState::Error],
         VmState::Starting,
@@ -558,7 +555,7 @@ async fn attach_network(
     ensure_bridge(state, sink).await?;
     let ip = {
         let candidates = lease_candidates(extra.last_ip, inputs.netplan);
-        db(state).allocate_lease(&vm.id, candidates)?
+        state.db().allocate_lease(&vm.id, candidates)?
     };
     let (tap, pooled) = assign_tap(state, &vm.id)?;
     if !pooled {
@@ -790,7 +787,7 @@ async fn launch_and_record(
     let handle = launch_watched(inputs.vmm, spec, &vm.name, sink, record).await?;
     extra.backend = Some(handle.backend.to_string());
     extra.backend_reason = Some(handle.backend_reason.clone());
-    db(state).update_vm(
+    state.db().update_vm(
         &vm.id,
         &VmPatch {
             spec: Some(extra.to_json()),
@@ -853,7 +850,7 @@ fn mark_running(
     extra.last_ip = Some(ip);
     extra.last_error = None;
     {
-        let db = db(state);
+        let db = state.db();
         db.update_vm(
             &vm.id,
             &VmPatch {
@@ -905,7 +902,7 @@ pub fn watch_exit(state: Arc<Daemon>, name: String, id: String, handle: &VmmHand
         }
         let lock = state.vms.lock_for(&name);
         let _guard = lock.lock().await;
-        let vm = match db(&state).get_vm(&id) {
+        let vm = match state.db().get_vm(&id) {
             Ok(Some(vm)) => vm,
             _ => return,
         };
@@ -1013,7 +1010,7 @@ async fn launch_watched(
 
 /// Write a just-launched VMM's backend, pid and start time to VM `id`'s record.
 fn record_vmm(state: &Daemon, id: &str, handle: &VmmHandle) -> Result<(), VmError> {
-    db(state).update_vm(
+    state.db().update_vm(
         id,
         &VmPatch {
             backend: Some(Some(match handle.backend {
@@ -1122,7 +1119,7 @@ fn prepare_run_dir(dir: &Path) -> Result<(), VmError> {
 /// never pick the same tap. True when the tap came from the pool (it exists
 /// already; any other still has to be created).
 fn assign_tap(state: &Daemon, id: &str) -> Result<(String, bool), VmError> {
-    let db = db(state);
+    let db = state.db();
     let vms = db.list_vms()?;
     if let Some(tap) = vms.iter().find(|v| v.id == id).and_then(|v| v.tap.clone()) {
         return Ok((tap, false));
@@ -1161,7 +1158,7 @@ pub async fn release_runtime(
     to: VmState,
     error: Option<String>,
 ) -> Result<(), VmError> {
-    let Some(vm) = db(state).get_vm(id)? else {
+    let Some(vm) = state.db().get_vm(id)? else {
         return Ok(());
     };
     let p = VmPaths::new(&state.layout, id);
@@ -1187,7 +1184,7 @@ pub async fn release_runtime(
     if error.is_some() || to == VmState::Stopped {
         extra.last_error = error;
     }
-    db(state).update_vm(
+    state.db().update_vm(
         id,
         &VmPatch {
             state: Some(to),
@@ -1294,7 +1291,7 @@ async fn stop_locked(
         }
         VmState::Running | VmState::Starting | VmState::Stopping => {}
     }
-    db(state).transition_vm_state(
+    state.db().transition_vm_state(
         &vm.id,
         &[VmState::Running, VmState::Starting, VmState::Stopping],
         VmState::Stopping,
@@ -1412,7 +1409,7 @@ pub async fn restart(
 pub async fn delete(state: &Daemon, name: &str, force: bool) -> Result<VmDeleted, VmError> {
     let lock = state.vms.lock_for(name);
     let guard = lock.lock().await;
-    let Some(vm) = db(state).get_vm_by_name(name)? else {
+    let Some(vm) = state.db().get_vm_by_name(name)? else {
         return Ok(VmDeleted {
             name: name.to_owned(),
             existed: false,
@@ -1442,7 +1439,7 @@ pub async fn delete(state: &Daemon, name: &str, force: bool) -> Result<VmDeleted
 /// Remove VM `id` completely: its runtime resources, its `known_hosts`
 /// line, its directory and its record. Idempotent.
 pub async fn purge(state: &Daemon, id: &str) -> Result<(), VmError> {
-    let Some(vm) = db(state).get_vm(id)? else {
+    let Some(vm) = state.db().get_vm(id)? else {
         return Ok(());
     };
     // From here on a killed daemon finishes the delete when it restarts.
@@ -1457,7 +1454,7 @@ pub async fn purge(state: &Daemon, id: &str) -> Result<(), VmError> {
         }
         _ => {}
     }
-    db(state).delete_vm(id)?;
+    state.db().delete_vm(id)?;
     crate::ssh_config::refresh(state);
     Ok(())
 }

@@ -30,14 +30,10 @@ use super::paths::{self, VmPaths};
 use super::{Pending, VmExtra};
 use crate::context::Daemon;
 
-fn db(state: &Daemon) -> std::sync::MutexGuard<'_, banger_state::StateDb> {
-    state.db.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Bring every VM record in line with the processes that really run; call
 /// once at daemon start, before serving. Re-adopted VMs get an exit watcher.
 pub async fn recover(state: &Arc<Daemon>) {
-    let vms = match db(state).list_vms() {
+    let vms = match state.db().list_vms() {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("cannot list VMs to recover them: {e}");
@@ -220,7 +216,7 @@ pub async fn auto_stop_loop(state: Arc<Daemon>) {
         for (vm, verdict) in idle_verdicts(&running, &connections, after) {
             match verdict {
                 Idle::Connected => {
-                    let _ = db(&state).touch_vm(&vm.id);
+                    let _ = state.db().touch_vm(&vm.id);
                 }
                 Idle::Recent => {}
                 Idle::Stale(idle) => {
@@ -238,7 +234,7 @@ pub async fn auto_stop_loop(state: Arc<Daemon>) {
 /// The VMs whose record says they run; `None` (logged for the loop named
 /// `what`) when the database cannot list them.
 fn running_vms(state: &Daemon, what: &str) -> Option<Vec<VmRecord>> {
-    match db(state).list_vms() {
+    match state.db().list_vms() {
         Ok(v) => Some(
             v.into_iter()
                 .filter(|v| v.state == VmState::Running)
