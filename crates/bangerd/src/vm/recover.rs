@@ -212,7 +212,7 @@ pub async fn auto_stop_loop(state: Arc<Daemon>) {
         let Some(running) = running_vms(&state, "auto-stop") else {
             continue;
         };
-        let connections = established_peers();
+        let connections = established_peers().await;
         for (vm, verdict) in idle_verdicts(&running, &connections, after) {
             match verdict {
                 Idle::Connected => {
@@ -339,8 +339,9 @@ pub fn idle_verdicts<'a>(
 
 /// Remote `(address, port)` of every established IPv4 TCP connection in
 /// this network namespace (`/proc/net/tcp`).
-fn established_peers() -> Vec<(Ipv4Addr, u16)> {
-    std::fs::read_to_string("/proc/net/tcp")
+async fn established_peers() -> Vec<(Ipv4Addr, u16)> {
+    tokio::fs::read_to_string("/proc/net/tcp")
+        .await
         .map(|t| parse_proc_net_tcp(&t))
         .unwrap_or_default()
 }
