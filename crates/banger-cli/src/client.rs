@@ -25,6 +25,9 @@ use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+/// This CLI's version, compared with the daemon's at every connection.
+const CLI_VERSION: &str = banger_wire::VERSION;
+
 /// Environment variable naming the `bangerd` binary to auto-start.
 pub const DAEMON_BIN_ENV: &str = "BANGERD_BIN";
 
@@ -87,6 +90,16 @@ pub enum ClientError {
         status: u16,
         body: String,
     },
+    /// The daemon answering is another banger version. Answers tolerate
+    /// additions, but the two are not tested together, so commands refuse
+    /// to run until the user restarts the daemon.
+    #[error("daemon {daemon}, CLI {cli}: {fix}", fix = skew_fix(*.system))]
+    VersionSkew {
+        daemon: String,
+        cli: &'static str,
+        /// The daemon is the system service (restarted with systemctl).
+        system: bool,
+    },
     #[error("cannot decode the answer of bangerd to {method} {path}: {source}")]
     Decode {
         method: Method,
@@ -139,6 +152,24 @@ pub enum ClientError {
     },
 }
 
+fn skew_fix(system: bool) -> &'static str {
+    if system {
+        "restart the service with `sudo systemctl restart bangerd` (running VMs are recovered)"
+    } else {
+        "run `banger daemon stop` (then the next command starts the new one)"
+    }
+}
+
+/// Whether a connection accepts a daemon of another version: only the
+/// commands that report on it or stop it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionCheck {
+    /// A daemon of another version is [`ClientError::VersionSkew`].
+    SameVersion,
+    /// Any version that answers `/v1/status` will do.
+    AnyVersion,
+}
+
 fn error_code(e: &ApiError) -> String {
     serde_json::to_value(e.code)
         .ok()
@@ -174,7 +205,17 @@ impl Client {
     /// Connect to the daemon of `layout`, starting a per-user daemon when none
     /// answers (`config`: the `--config` flag, passed on to the daemon).
     pub async fn connect(layout: &Layout, config: Option<&Path>) -> Result<Client, ClientError> {
-        if let Some(client) = Client::connect_existing(layout).await? {
+        Client::connect_checked(layout, config, VersionCheck::SameVersion).await
+    }
+
+    /// [`Client::connect`], accepting a daemon of another version when
+    /// `check` says so.
+    pub async fn connect_checked(
+        layout: &Layout,
+        config: Option<&Path>,
+        check: VersionCheck,
+    ) -> Result<Client, ClientError> {
+        if let Some(client) = Client::probe(layout, check).await? {
             return Ok(client);
         }
         match layout.mode {
@@ -188,6 +229,17 @@ impl Client {
     /// Connect to a daemon that is already answering; `None` when there is
     /// none (no socket, or a stale one). Never starts a daemon.
     pub async fn connect_existing(layout: &Layout) -> Result<Option<Client>, ClientError> {
+        Client::probe(layout, VersionCheck::SameVersion).await
+    }
+
+    /// [`Client::connect_existing`] for a daemon of any version (`daemon stop`).
+    pub async fn connect_existing_any_version(
+        layout: &Layout,
+    ) -> Result<Option<Client>, ClientError> {
+        Client::probe(layout, VersionCheck::AnyVersion).await
+    }
+
+    async fn probe(layout: &Layout, check: VersionCheck) -> Result<Option<Client>, ClientError> {
         let client = Client::at(layout.socket());
         let answer = tokio::time::timeout(PROBE_TIMEOUT, client.status())
             .await
@@ -196,8 +248,21 @@ impl Client {
                 secs: PROBE_TIMEOUT.as_secs(),
                 log: layout.log_file(),
             })?;
+        let system = layout.mode == InstallMode::System;
         match answer {
+            Ok(status) if check == VersionCheck::SameVersion && status.version != CLI_VERSION => {
+                Err(ClientError::VersionSkew {
+                    daemon: status.version,
+                    cli: CLI_VERSION,
+                    system,
+                })
+            }
             Ok(_) => Ok(Some(client)),
+            Err(ClientError::VersionSkew { daemon, cli, .. }) => Err(ClientError::VersionSkew {
+                daemon,
+                cli,
+                system,
+            }),
             Err(ClientError::Connect { socket, source }) => {
                 if gone(&source) {
                     Ok(None)
@@ -216,9 +281,26 @@ impl Client {
         &self.socket
     }
 
-    /// `GET /v1/status`.
+    /// `GET /v1/status`. An answer that does not parse but names another
+    /// version is [`ClientError::VersionSkew`], not a decoding error: that is
+    /// what the user can act on.
     pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
-        self.get_json("/v1/status").await
+        let raw: serde_json::Value = self.get_json("/v1/status").await?;
+        match serde_json::from_value::<DaemonStatus>(raw.clone()) {
+            Ok(status) => Ok(status),
+            Err(source) => match raw.get("version").and_then(|v| v.as_str()) {
+                Some(daemon) if daemon != CLI_VERSION => Err(ClientError::VersionSkew {
+                    daemon: daemon.to_owned(),
+                    cli: CLI_VERSION,
+                    system: false,
+                }),
+                _ => Err(ClientError::Decode {
+                    method: Method::GET,
+                    path: "/v1/status".to_owned(),
+                    source,
+                }),
+            },
+        }
     }
 
     /// `POST /v1/shutdown`: the daemon stops after answering.
@@ -816,7 +898,7 @@ impl<W: Write> StreamRenderer for PlainRenderer<W> {
                 }
             }
             StreamEvent::Log {
-                level: LogLevel::Info,
+                level: LogLevel::Info | LogLevel::Unknown,
                 message,
             } => writeln!(self.out, "{}", crate::term::text(message)),
             StreamEvent::Log {
@@ -825,7 +907,7 @@ impl<W: Write> StreamRenderer for PlainRenderer<W> {
             } => {
                 writeln!(self.out, "warning: {}", crate::term::text(message))
             }
-            StreamEvent::Done { .. } | StreamEvent::Error { .. } => Ok(()),
+            StreamEvent::Done { .. } | StreamEvent::Error { .. } | StreamEvent::Unknown => Ok(()),
         };
     }
 
@@ -900,7 +982,7 @@ impl StreamRenderer for ProgressRenderer {
             StreamEvent::Log { level, message } => {
                 let message = crate::term::text(message);
                 let line = match level {
-                    LogLevel::Info => message.into_owned(),
+                    LogLevel::Info | LogLevel::Unknown => message.into_owned(),
                     LogLevel::Warn => format!("warning: {message}"),
                 };
                 match &self.current {
@@ -908,7 +990,7 @@ impl StreamRenderer for ProgressRenderer {
                     None => eprintln!("{line}"),
                 }
             }
-            StreamEvent::Done { .. } | StreamEvent::Error { .. } => {}
+            StreamEvent::Done { .. } | StreamEvent::Error { .. } | StreamEvent::Unknown => {}
         }
     }
 

@@ -227,7 +227,7 @@ pub fn daemon_status(state: &AppState) -> DaemonStatus {
         runtime_dir: state.layout.runtime_dir.display().to_string(),
         backend: state.backend.0.clone(),
         backend_reason: state.backend.1.clone(),
-        install_mode: state.layout.mode,
+        install_mode: state.layout.mode.to_string(),
         root_helper: state.helper.describe(),
         schema_version: state.schema_version,
     }
