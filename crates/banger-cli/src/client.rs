@@ -17,6 +17,7 @@ use banger_host::paths::{ensure_private_dir, Layout, PrivateDirError};
 use banger_wire::api::{
     ApiError, DaemonStatus, ErrorCode, InstallMode, LogLevel, ShutdownResponse, StreamEvent,
 };
+use banger_wire::routes::{self, NoBody, Raw, Target};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -285,7 +286,8 @@ impl Client {
     /// version is [`ClientError::VersionSkew`], not a decoding error: that is
     /// what the user can act on.
     pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
-        let raw: serde_json::Value = self.get_json("/v1/status").await?;
+        let target = routes::STATUS.target();
+        let raw: serde_json::Value = self.get_json(&target.path).await?;
         match serde_json::from_value::<DaemonStatus>(raw.clone()) {
             Ok(status) => Ok(status),
             Err(source) => match raw.get("version").and_then(|v| v.as_str()) {
@@ -296,7 +298,7 @@ impl Client {
                 }),
                 _ => Err(ClientError::Decode {
                     method: Method::GET,
-                    path: "/v1/status".to_owned(),
+                    path: target.path,
                     source,
                 }),
             },
@@ -305,7 +307,47 @@ impl Client {
 
     /// `POST /v1/shutdown`: the daemon stops after answering.
     pub async fn shutdown(&self) -> Result<ShutdownResponse, ClientError> {
-        self.post_json("/v1/shutdown", &serde_json::json!({})).await
+        self.call(&routes::SHUTDOWN.target(), &NoBody {}).await
+    }
+
+    /// One JSON request of a typed route: GET and DELETE send no body, POST
+    /// sends `body`.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: &Target<Req, Resp>,
+        body: &Req,
+    ) -> Result<Resp, ClientError> {
+        let method = http_method(target.method);
+        let path = target.path.as_str();
+        let body = match target.method {
+            routes::Method::Post => Some(encode(path, body)?),
+            routes::Method::Get | routes::Method::Delete => None,
+        };
+        let resp = self.send(method.clone(), path, body).await?;
+        self.decode(method, path, resp).await
+    }
+
+    /// A streamed typed route: progress to `renderer`, the `done` result
+    /// decoded as the route's answer.
+    pub async fn call_stream<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: &Target<Req, Resp>,
+        body: &Req,
+        renderer: &mut dyn StreamRenderer,
+    ) -> Result<Resp, ClientError> {
+        let result = self.stream(&target.path, body, renderer).await?;
+        decode_result(&target.path, result)
+    }
+
+    /// A streamed typed route whose request body is a file.
+    pub async fn call_upload<Resp: DeserializeOwned>(
+        &self,
+        target: &Target<Raw, Resp>,
+        body: UploadBody,
+        renderer: &mut dyn StreamRenderer,
+    ) -> Result<Resp, ClientError> {
+        let result = self.stream_upload(&target.path, body, renderer).await?;
+        decode_result(&target.path, result)
     }
 
     /// `GET path`, decoding a JSON answer.
@@ -632,6 +674,25 @@ fn encode<B: Serialize + ?Sized>(path: &str, body: &B) -> Result<Bytes, ClientEr
             path: path.to_owned(),
             source,
         })
+}
+
+fn http_method(m: routes::Method) -> Method {
+    match m {
+        routes::Method::Get => Method::GET,
+        routes::Method::Post => Method::POST,
+        routes::Method::Delete => Method::DELETE,
+    }
+}
+
+fn decode_result<T: DeserializeOwned>(
+    path: &str,
+    result: serde_json::Value,
+) -> Result<T, ClientError> {
+    serde_json::from_value(result).map_err(|source| ClientError::Decode {
+        method: Method::POST,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn parse_event(path: &str, line: &[u8]) -> Result<StreamEvent, ClientError> {

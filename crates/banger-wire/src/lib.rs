@@ -6,6 +6,7 @@
 //! - [`guest`]: the per-VM config drive contents and the guest agent protocol.
 //! - [`image`]: bodies of the `/v1/images` and `/v1/kernels` routes.
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
+//! - [`routes`]: every API route, typed, shared by the CLI and the daemon.
 //! - [`vm`]: bodies of the `/v1/vms` routes.
 //!
 //! Everything here is plain data: no I/O, so both sides of every socket agree
@@ -16,6 +17,7 @@ pub mod guest;
 pub mod helper;
 pub mod image;
 pub mod install;
+pub mod routes;
 pub mod vm;
 
 /// The banger version every binary reports (workspace version).

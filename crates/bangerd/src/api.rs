@@ -18,6 +18,7 @@ use banger_wire::api::{
     ApiError, DaemonStatus, ErrorCode, NetworkSetupRequest, NetworkTeardownRequest,
     ShutdownResponse, StreamEvent, NDJSON,
 };
+use banger_wire::routes;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch};
 
@@ -52,11 +53,11 @@ pub struct AppState {
 /// The router with every `/v1` route and the JSON fallbacks.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/v1/config", get(config))
-        .route("/v1/network/setup", post(network_setup))
-        .route("/v1/network/teardown", post(network_teardown))
+        .route(routes::STATUS.path(), get(status))
+        .route(routes::SHUTDOWN.path(), post(shutdown))
+        .route(routes::CONFIG.path(), get(config))
+        .route(routes::NETWORK_SETUP.path(), post(network_setup))
+        .route(routes::NETWORK_TEARDOWN.path(), post(network_teardown))
         .merge(crate::vm::api::routes())
         .merge(crate::image::api::routes())
         .fallback(not_found)
