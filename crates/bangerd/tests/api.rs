@@ -316,12 +316,8 @@ async fn system_mode_socket_is_owner_only_and_uses_the_system_helper() {
 /// only the daemon's per-connection check stands between it and the API.
 /// `None` when this test cannot switch users (not root).
 fn curl_as_nobody(test: &str, socket: &std::path::Path) -> Option<(u16, String)> {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-            "{test}: needs root and BANGER_REQUIRE_PRIVILEGED=1 is set"
-        );
-        eprintln!("skipping {test}: needs root to connect as another user");
+    // Connecting as another user needs root.
+    if !banger_test_support::Gate::named(test).root().check() {
         return None;
     }
     let mut setpriv = std::process::Command::new("setpriv");
