@@ -16,10 +16,11 @@ use banger_wire::image::{
 use banger_wire::routes;
 
 use super::ImageError;
-use crate::api::{stream_operation, AppState, Failure, JsonBody};
+use crate::api::support::{stream_operation, Failure, JsonBody};
+use crate::context::Daemon;
 
 /// Every image and kernel route (merged into the main router).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<Arc<Daemon>> {
     Router::new()
         .route(routes::IMAGE_LIST.path(), get(list_images))
         .route(routes::IMAGE_REGISTER.path(), post(register))
@@ -48,26 +49,26 @@ fn fail(e: ImageError) -> Failure {
 
 /// Checks that need no work (a valid name, not registered from host files)
 /// answer plainly, before a stream starts.
-fn checked(state: &AppState, kind: Kind, name: &str) -> Result<(), Failure> {
+fn checked(state: &Daemon, kind: Kind, name: &str) -> Result<(), Failure> {
     banger_image::manifest::validate_name(name).map_err(|e| fail(e.into()))?;
     super::refuse_registered(state, kind, name).map_err(fail)
 }
 
-async fn list_images(State(state): State<Arc<AppState>>) -> Result<Json<ImageList>, Failure> {
+async fn list_images(State(state): State<Arc<Daemon>>) -> Result<Json<ImageList>, Failure> {
     Ok(Json(ImageList {
         images: super::list_images(&state).map_err(fail)?,
     }))
 }
 
 async fn show_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<ImageInfo>, Failure> {
     super::show_image(&state, &name).map(Json).map_err(fail)
 }
 
 async fn delete_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<ArtifactDeleted>, Failure> {
     super::delete_image(&state, &name)
@@ -76,21 +77,21 @@ async fn delete_image(
         .map_err(fail)
 }
 
-async fn list_kernels(State(state): State<Arc<AppState>>) -> Result<Json<KernelList>, Failure> {
+async fn list_kernels(State(state): State<Arc<Daemon>>) -> Result<Json<KernelList>, Failure> {
     Ok(Json(KernelList {
         kernels: super::list_kernels(&state).map_err(fail)?,
     }))
 }
 
 async fn show_kernel(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<KernelInfo>, Failure> {
     super::show_kernel(&state, &name).map(Json).map_err(fail)
 }
 
 async fn delete_kernel(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<ArtifactDeleted>, Failure> {
     super::delete_kernel(&state, &name)
@@ -100,7 +101,7 @@ async fn delete_kernel(
 }
 
 async fn register(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     JsonBody(req): JsonBody<ImageRegisterRequest>,
 ) -> Result<Json<ImageInfo>, Failure> {
     let st = state.clone();
@@ -116,7 +117,7 @@ async fn register(
         .map_err(fail)
 }
 
-fn pull(state: Arc<AppState>, kind: Kind, name: String) -> Result<Response, Failure> {
+fn pull(state: Arc<Daemon>, kind: Kind, name: String) -> Result<Response, Failure> {
     checked(&state, kind, &name)?;
     Ok(stream_operation(state, move |state, sink| async move {
         super::pull(&state, kind, &name, &sink)
@@ -126,7 +127,7 @@ fn pull(state: Arc<AppState>, kind: Kind, name: String) -> Result<Response, Fail
 }
 
 async fn pull_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(PullRequest {}): JsonBody<PullRequest>,
 ) -> Result<Response, Failure> {
@@ -134,7 +135,7 @@ async fn pull_image(
 }
 
 async fn pull_kernel(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(PullRequest {}): JsonBody<PullRequest>,
 ) -> Result<Response, Failure> {
@@ -142,7 +143,7 @@ async fn pull_kernel(
 }
 
 fn build(
-    state: Arc<AppState>,
+    state: Arc<Daemon>,
     kind: Kind,
     name: String,
     req: BuildRequest,
@@ -156,7 +157,7 @@ fn build(
 }
 
 async fn build_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<BuildRequest>,
 ) -> Result<Response, Failure> {
@@ -164,7 +165,7 @@ async fn build_image(
 }
 
 async fn build_kernel(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<BuildRequest>,
 ) -> Result<Response, Failure> {
@@ -172,7 +173,7 @@ async fn build_kernel(
 }
 
 async fn promote(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(PromoteRequest {}): JsonBody<PromoteRequest>,
 ) -> Result<Response, Failure> {
@@ -187,7 +188,7 @@ async fn promote(
 /// The export archive as the response body; packing happens before the
 /// response starts, so a failure is a plain JSON error.
 async fn export_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Response, Failure> {
     use axum::http::header;
@@ -243,7 +244,7 @@ impl std::io::Write for ChannelWriter {
 }
 
 async fn import_url(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> Result<Response, Failure> {
     Ok(stream_operation(state, move |state, sink| async move {
@@ -261,7 +262,7 @@ struct UploadQuery {
 }
 
 async fn import_upload(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     axum::extract::Query(q): axum::extract::Query<UploadQuery>,
     body: axum::body::Body,
 ) -> Result<Response, Failure> {

@@ -22,13 +22,14 @@ use tokio::io::AsyncReadExt;
 
 use super::paths::VmPaths;
 use super::{info, ops, VmError};
-use crate::api::{stream_operation, AppState, Failure, JsonBody};
+use crate::api::support::{stream_operation, Failure, JsonBody};
+use crate::context::Daemon;
 
 /// How often `logs?follow=true` looks for new serial output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// Every `/v1/vms` route (merged into the main router).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<Arc<Daemon>> {
     Router::new()
         .route(routes::VM_LIST.path(), get(list).post(create))
         .route(routes::VM_SHOW.path(), get(show).delete(delete))
@@ -48,7 +49,7 @@ fn fail(e: VmError) -> Failure {
     Failure(ApiError::from(e))
 }
 
-fn record(state: &AppState, name: &str) -> Result<VmRecord, Failure> {
+fn record(state: &Daemon, name: &str) -> Result<VmRecord, Failure> {
     let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
     db.get_vm_by_name(name)
         .map_err(|e| fail(e.into()))?
@@ -93,7 +94,7 @@ fn flags(query: Option<String>, allowed: &[&str]) -> Result<Vec<String>, Failure
     Ok(on)
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> Result<Json<VmList>, Failure> {
+async fn list(State(state): State<Arc<Daemon>>) -> Result<Json<VmList>, Failure> {
     let vms = {
         let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
         db.list_vms().map_err(|e| fail(e.into()))?
@@ -104,7 +105,7 @@ async fn list(State(state): State<Arc<AppState>>) -> Result<Json<VmList>, Failur
 }
 
 async fn create(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     JsonBody(req): JsonBody<VmCreateRequest>,
 ) -> Result<Response, Failure> {
     let resolved = ops::check_create(&state, &req).map_err(fail)?;
@@ -119,7 +120,7 @@ async fn create(
 }
 
 async fn show(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<VmInfo>, Failure> {
     let vm = record(&state, &name)?;
@@ -127,7 +128,7 @@ async fn show(
 }
 
 async fn delete(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<VmDeleted>, Failure> {
@@ -139,7 +140,7 @@ async fn delete(
 }
 
 async fn start(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(VmStartRequest {}): JsonBody<VmStartRequest>,
 ) -> Result<Response, Failure> {
@@ -151,7 +152,7 @@ async fn start(
 }
 
 async fn stop(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(VmStopRequest { force }): JsonBody<VmStopRequest>,
 ) -> Result<Response, Failure> {
@@ -164,7 +165,7 @@ async fn stop(
 }
 
 async fn restart(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(VmStopRequest { force }): JsonBody<VmStopRequest>,
 ) -> Result<Response, Failure> {
@@ -178,7 +179,7 @@ async fn restart(
 }
 
 async fn ports(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<VmPorts>, Failure> {
     let vm = record(&state, &name)?;
@@ -188,7 +189,7 @@ async fn ports(
 /// Record activity (an SSH session starting) and answer with the VM's
 /// details minus the agent's (what `banger vm ssh` needs).
 async fn activity(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(VmActivityRequest {}): JsonBody<VmActivityRequest>,
 ) -> Result<Json<VmInfo>, Failure> {
@@ -204,7 +205,7 @@ async fn activity(
 
 /// Where `banger vm run`'s phase timings of a VM are kept: beside its
 /// disks, so they go with the VM.
-fn timings_path(state: &AppState, vm: &VmRecord) -> std::path::PathBuf {
+fn timings_path(state: &Daemon, vm: &VmRecord) -> std::path::PathBuf {
     VmPaths::new(&state.layout, &vm.id)
         .dir
         .join(info::TIMINGS_FILE)
@@ -212,7 +213,7 @@ fn timings_path(state: &AppState, vm: &VmRecord) -> std::path::PathBuf {
 
 /// The phase timings `banger vm run` recorded (empty when there are none).
 async fn get_timings(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<VmTimings>, Failure> {
     let vm = record(&state, &name)?;
@@ -231,7 +232,7 @@ async fn get_timings(
 
 /// Replace the phase timings `banger vm run` recorded for a VM.
 async fn put_timings(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(timings): JsonBody<VmTimings>,
 ) -> Result<Json<VmTimings>, Failure> {
@@ -255,7 +256,7 @@ async fn put_timings(
 /// hangs up or the VM is deleted; a rotation of the live log (it shrinks)
 /// starts it again from its beginning.
 async fn logs(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Failure> {
