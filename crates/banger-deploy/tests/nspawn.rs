@@ -82,7 +82,13 @@ fn test_image() -> Option<(PathBuf, String, String)> {
 /// Whether the test can run here; prints why not (or fails when privileged
 /// tests are required).
 fn runnable(test: &str) -> bool {
-    let bins = ["banger", "bangerd", "bangerd-root", "banger-vsock-agent"];
+    let bins = [
+        "banger",
+        "bangerd",
+        "bangerd-root",
+        "bangerd-build",
+        "banger-vsock-agent",
+    ];
     bins.iter()
         .fold(
             banger_test_support::Gate::named(test).root().tools(&[
@@ -100,6 +106,7 @@ const INSTALLED_PATHS: &[&str] = &[
     "/usr/local/bin/banger",
     "/usr/local/bin/bangerd",
     "/usr/local/bin/bangerd-root",
+    "/usr/local/bin/bangerd-build",
     "/usr/local/lib/banger",
     "/etc/banger",
     "/etc/tmpfiles.d/banger.conf",
