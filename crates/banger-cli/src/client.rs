@@ -17,6 +17,7 @@ use banger_host::paths::{ensure_private_dir, Layout, PrivateDirError};
 use banger_wire::api::{
     ApiError, DaemonStatus, ErrorCode, InstallMode, LogLevel, ShutdownResponse, StreamEvent,
 };
+use banger_wire::routes::{self, NoBody, Raw, Target};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -24,6 +25,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+/// This CLI's version, compared with the daemon's at every connection.
+const CLI_VERSION: &str = banger_wire::VERSION;
 
 /// Environment variable naming the `bangerd` binary to auto-start.
 pub const DAEMON_BIN_ENV: &str = "BANGERD_BIN";
@@ -87,6 +91,16 @@ pub enum ClientError {
         status: u16,
         body: String,
     },
+    /// The daemon answering is another banger version. Answers tolerate
+    /// additions, but the two are not tested together, so commands refuse
+    /// to run until the user restarts the daemon.
+    #[error("daemon {daemon}, CLI {cli}: {fix}", fix = skew_fix(*.system))]
+    VersionSkew {
+        daemon: String,
+        cli: &'static str,
+        /// The daemon is the system service (restarted with systemctl).
+        system: bool,
+    },
     #[error("cannot decode the answer of bangerd to {method} {path}: {source}")]
     Decode {
         method: Method,
@@ -136,6 +150,24 @@ pub enum ClientError {
     },
 }
 
+fn skew_fix(system: bool) -> &'static str {
+    if system {
+        "restart the service with `sudo systemctl restart bangerd` (running VMs are recovered)"
+    } else {
+        "run `banger daemon stop` (then the next command starts the new one)"
+    }
+}
+
+/// Whether a connection accepts a daemon of another version: only the
+/// commands that report on it or stop it do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionCheck {
+    /// A daemon of another version is [`ClientError::VersionSkew`].
+    SameVersion,
+    /// Any version that answers `/v1/status` will do.
+    AnyVersion,
+}
+
 fn error_code(e: &ApiError) -> String {
     serde_json::to_value(e.code)
         .ok()
@@ -171,7 +203,17 @@ impl Client {
     /// Connect to the daemon of `layout`, starting a per-user daemon when none
     /// answers (`config`: the `--config` flag, passed on to the daemon).
     pub async fn connect(layout: &Layout, config: Option<&Path>) -> Result<Client, ClientError> {
-        if let Some(client) = Client::connect_existing(layout).await? {
+        Client::connect_checked(layout, config, VersionCheck::SameVersion).await
+    }
+
+    /// [`Client::connect`], accepting a daemon of another version when
+    /// `check` says so.
+    pub async fn connect_checked(
+        layout: &Layout,
+        config: Option<&Path>,
+        check: VersionCheck,
+    ) -> Result<Client, ClientError> {
+        if let Some(client) = Client::probe(layout, check).await? {
             return Ok(client);
         }
         match layout.mode {
@@ -185,6 +227,17 @@ impl Client {
     /// Connect to a daemon that is already answering; `None` when there is
     /// none (no socket, or a stale one). Never starts a daemon.
     pub async fn connect_existing(layout: &Layout) -> Result<Option<Client>, ClientError> {
+        Client::probe(layout, VersionCheck::SameVersion).await
+    }
+
+    /// [`Client::connect_existing`] for a daemon of any version (`daemon stop`).
+    pub async fn connect_existing_any_version(
+        layout: &Layout,
+    ) -> Result<Option<Client>, ClientError> {
+        Client::probe(layout, VersionCheck::AnyVersion).await
+    }
+
+    async fn probe(layout: &Layout, check: VersionCheck) -> Result<Option<Client>, ClientError> {
         let client = Client::at(layout.socket());
         let answer = tokio::time::timeout(PROBE_TIMEOUT, client.status())
             .await
@@ -193,8 +246,21 @@ impl Client {
                 secs: PROBE_TIMEOUT.as_secs(),
                 log: layout.log_file(),
             })?;
+        let system = layout.mode == InstallMode::System;
         match answer {
+            Ok(status) if check == VersionCheck::SameVersion && status.version != CLI_VERSION => {
+                Err(ClientError::VersionSkew {
+                    daemon: status.version,
+                    cli: CLI_VERSION,
+                    system,
+                })
+            }
             Ok(_) => Ok(Some(client)),
+            Err(ClientError::VersionSkew { daemon, cli, .. }) => Err(ClientError::VersionSkew {
+                daemon,
+                cli,
+                system,
+            }),
             Err(ClientError::Connect { socket, source }) => {
                 if gone(&source) {
                     Ok(None)
@@ -213,14 +279,72 @@ impl Client {
         &self.socket
     }
 
-    /// `GET /v1/status`.
+    /// `GET /v1/status`. An answer that does not parse but names another
+    /// version is [`ClientError::VersionSkew`], not a decoding error: that is
+    /// what the user can act on.
     pub async fn status(&self) -> Result<DaemonStatus, ClientError> {
-        self.get_json("/v1/status").await
+        let target = routes::STATUS.target();
+        let raw: serde_json::Value = self.get_json(&target.path).await?;
+        match serde_json::from_value::<DaemonStatus>(raw.clone()) {
+            Ok(status) => Ok(status),
+            Err(source) => match raw.get("version").and_then(|v| v.as_str()) {
+                Some(daemon) if daemon != CLI_VERSION => Err(ClientError::VersionSkew {
+                    daemon: daemon.to_owned(),
+                    cli: CLI_VERSION,
+                    system: false,
+                }),
+                _ => Err(ClientError::Decode {
+                    method: Method::GET,
+                    path: target.path,
+                    source,
+                }),
+            },
+        }
     }
 
     /// `POST /v1/shutdown`: the daemon stops after answering.
     pub async fn shutdown(&self) -> Result<ShutdownResponse, ClientError> {
-        self.post_json("/v1/shutdown", &serde_json::json!({})).await
+        self.call(&routes::SHUTDOWN.target(), &NoBody {}).await
+    }
+
+    /// One JSON request of a typed route: GET and DELETE send no body, POST
+    /// sends `body`.
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: &Target<Req, Resp>,
+        body: &Req,
+    ) -> Result<Resp, ClientError> {
+        let method = http_method(target.method);
+        let path = target.path.as_str();
+        let body = match target.method {
+            routes::Method::Post => Some(encode(path, body)?),
+            routes::Method::Get | routes::Method::Delete => None,
+        };
+        let resp = self.send(method.clone(), path, body).await?;
+        self.decode(method, path, resp).await
+    }
+
+    /// A streamed typed route: progress to `renderer`, the `done` result
+    /// decoded as the route's answer.
+    pub async fn call_stream<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        target: &Target<Req, Resp>,
+        body: &Req,
+        renderer: &mut dyn StreamRenderer,
+    ) -> Result<Resp, ClientError> {
+        let result = self.stream(&target.path, body, renderer).await?;
+        decode_result(&target.path, result)
+    }
+
+    /// A streamed typed route whose request body is a file.
+    pub async fn call_upload<Resp: DeserializeOwned>(
+        &self,
+        target: &Target<Raw, Resp>,
+        body: UploadBody,
+        renderer: &mut dyn StreamRenderer,
+    ) -> Result<Resp, ClientError> {
+        let result = self.stream_upload(&target.path, body, renderer).await?;
+        decode_result(&target.path, result)
     }
 
     /// `GET path`, decoding a JSON answer.
@@ -549,6 +673,25 @@ fn encode<B: Serialize + ?Sized>(path: &str, body: &B) -> Result<Bytes, ClientEr
         })
 }
 
+fn http_method(m: routes::Method) -> Method {
+    match m {
+        routes::Method::Get => Method::GET,
+        routes::Method::Post => Method::POST,
+        routes::Method::Delete => Method::DELETE,
+    }
+}
+
+fn decode_result<T: DeserializeOwned>(
+    path: &str,
+    result: serde_json::Value,
+) -> Result<T, ClientError> {
+    serde_json::from_value(result).map_err(|source| ClientError::Decode {
+        method: Method::POST,
+        path: path.to_owned(),
+        source,
+    })
+}
+
 fn parse_event(path: &str, line: &[u8]) -> Result<StreamEvent, ClientError> {
     serde_json::from_slice(line).map_err(|source| ClientError::Decode {
         method: Method::POST,
@@ -778,7 +921,7 @@ impl<W: Write> StreamRenderer for PlainRenderer<W> {
                 }
             }
             StreamEvent::Log {
-                level: LogLevel::Info,
+                level: LogLevel::Info | LogLevel::Unknown,
                 message,
             } => writeln!(self.out, "{}", crate::term::text(message)),
             StreamEvent::Log {
@@ -787,7 +930,7 @@ impl<W: Write> StreamRenderer for PlainRenderer<W> {
             } => {
                 writeln!(self.out, "warning: {}", crate::term::text(message))
             }
-            StreamEvent::Done { .. } | StreamEvent::Error { .. } => Ok(()),
+            StreamEvent::Done { .. } | StreamEvent::Error { .. } | StreamEvent::Unknown => Ok(()),
         };
     }
 
@@ -862,7 +1005,7 @@ impl StreamRenderer for ProgressRenderer {
             StreamEvent::Log { level, message } => {
                 let message = crate::term::text(message);
                 let line = match level {
-                    LogLevel::Info => message.into_owned(),
+                    LogLevel::Info | LogLevel::Unknown => message.into_owned(),
                     LogLevel::Warn => format!("warning: {message}"),
                 };
                 match &self.current {
@@ -870,7 +1013,7 @@ impl StreamRenderer for ProgressRenderer {
                     None => eprintln!("{line}"),
                 }
             }
-            StreamEvent::Done { .. } | StreamEvent::Error { .. } => {}
+            StreamEvent::Done { .. } | StreamEvent::Error { .. } | StreamEvent::Unknown => {}
         }
     }
 

@@ -2,7 +2,7 @@
 //! dynamic engine. The script a shell sources only registers `banger`
 //! itself as the completer (`COMPLETE=SHELL banger -- WORDS...`), so
 //! subcommands and flags always match this binary, and VM, image, kernel
-//! and session names come live from the daemon.
+//! names come live from the daemon.
 //!
 //! Resource names are best effort and quiet: with no daemon answering (or a
 //! route it does not have) the candidates are empty. Completion never starts
@@ -18,6 +18,8 @@ use clap_complete::engine::{ArgValueCompleter, CompletionCandidate};
 use clap_complete::env::{Bash, CompleteEnv, EnvCompleter, Fish, Powershell, Zsh};
 
 use crate::cli::{Cli, GlobalArgs};
+use banger_wire::routes;
+
 use crate::client::Client;
 
 /// The environment variable that turns `banger` into its own completer.
@@ -55,7 +57,7 @@ Install:
               to $PROFILE
 
 The script calls `banger` on every TAB, so completions always match the installed
-version. VM, image, kernel and session names come from the running daemon; when
+version. VM, image and kernel names come from the running daemon; when
 none runs, they are simply not offered (completion never starts one).";
 
 /// The kinds of names completion asks the daemon for.
@@ -64,17 +66,16 @@ pub enum Resource {
     Vm,
     Image,
     Kernel,
-    Session,
 }
 
 impl Resource {
-    /// The API route listing this kind.
+    /// The API route listing this kind (its answer is decoded loosely:
+    /// only the `name`s are read).
     pub fn route(self) -> &'static str {
         match self {
-            Resource::Vm => "/v1/vms",
-            Resource::Image => "/v1/images",
-            Resource::Kernel => "/v1/kernels",
-            Resource::Session => "/v1/sessions",
+            Resource::Vm => routes::VM_LIST.path(),
+            Resource::Image => routes::IMAGE_LIST.path(),
+            Resource::Kernel => routes::KERNEL_LIST.path(),
         }
     }
 }
@@ -136,7 +137,6 @@ fn completer(kind: Resource) -> ArgValueCompleter {
         Resource::Vm => ArgValueCompleter::new(|c: &OsStr| candidates(Resource::Vm, c)),
         Resource::Image => ArgValueCompleter::new(|c: &OsStr| candidates(Resource::Image, c)),
         Resource::Kernel => ArgValueCompleter::new(|c: &OsStr| candidates(Resource::Kernel, c)),
-        Resource::Session => ArgValueCompleter::new(|c: &OsStr| candidates(Resource::Session, c)),
     }
 }
 
@@ -149,7 +149,6 @@ pub fn resource_of(path: &[&str], arg: &clap::Arg) -> Option<Resource> {
         "vm" | "vms" => Some(Resource::Vm),
         "image" | "images" => Some(Resource::Image),
         "kernel" | "kernels" | "kernel_ref" => Some(Resource::Kernel),
-        "session" | "sessions" => Some(Resource::Session),
         _ => None,
     };
     let id = arg.get_id().as_str();

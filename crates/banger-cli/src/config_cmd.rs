@@ -13,6 +13,8 @@ use banger_config::{
 use banger_host::paths::Layout;
 
 use crate::cli::{ConfigCommand, GlobalArgs};
+use banger_wire::routes::{self, NoBody};
+
 use crate::client::Client;
 
 /// Run a `banger config` subcommand.
@@ -97,7 +99,9 @@ fn daemon_config(layout: &Layout) -> anyhow::Result<Option<serde_json::Value>> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         match Client::connect_existing(layout).await? {
-            Some(client) => Ok(Some(client.get_json("/v1/config").await?)),
+            Some(client) => Ok(Some(
+                client.call(&routes::CONFIG.target(), &NoBody {}).await?,
+            )),
             None => Ok(None),
         }
     })

@@ -9,7 +9,7 @@ use banger_host::paths::Layout;
 use banger_wire::api::{DaemonStatus, InstallMode};
 
 use crate::cli::{DaemonCommand, GlobalArgs};
-use crate::client::Client;
+use crate::client::{Client, ClientError, VersionCheck};
 
 /// How long `banger daemon stop` waits for the daemon process to exit.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -30,8 +30,19 @@ pub fn run(global: &GlobalArgs, cmd: DaemonCommand) -> anyhow::Result<ExitCode> 
 }
 
 async fn status(layout: &Layout, config: Option<&Path>, json: bool) -> anyhow::Result<ExitCode> {
-    let client = Client::connect(layout, config).await?;
+    // Status is how a user finds out which daemon answers: any version will do.
+    let client = Client::connect_checked(layout, config, VersionCheck::AnyVersion).await?;
     let status = client.status().await?;
+    if status.version != banger_wire::VERSION {
+        eprintln!(
+            "warning: {}",
+            ClientError::VersionSkew {
+                daemon: status.version.clone(),
+                cli: banger_wire::VERSION,
+                system: layout.mode == InstallMode::System,
+            }
+        );
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -88,7 +99,7 @@ async fn stop(layout: &Layout) -> anyhow::Result<ExitCode> {
             "bangerd runs as the system service here; stop it with `sudo systemctl stop bangerd`"
         );
     }
-    let Some(client) = Client::connect_existing(layout).await? else {
+    let Some(client) = Client::connect_existing_any_version(layout).await? else {
         println!("bangerd is not running");
         return Ok(ExitCode::SUCCESS);
     };
@@ -167,7 +178,7 @@ mod tests {
             runtime_dir: "/r".into(),
             backend: "qemu-tcg".into(),
             backend_reason: "KVM is nested PVM".into(),
-            install_mode: InstallMode::PerUser,
+            install_mode: InstallMode::PerUser.to_string(),
             root_helper: None,
             schema_version: 3,
         };

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use banger_host::paths::Layout;
 use banger_wire::image::{
-    ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, ImportRequest,
-    InstallReport, KernelInfo, KernelList, PromoteRequest, PullRequest,
+    ArtifactDeleted, BuildRequest, ImageInfo, ImageRegisterRequest, ImportRequest, InstallReport,
+    KernelInfo, PromoteRequest, PullRequest,
 };
+use banger_wire::routes::{self, NoBody, Route, Target};
 use clap::{Args, Subcommand};
 
 use crate::cli::GlobalArgs;
@@ -190,24 +191,30 @@ pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitC
         let client = connect(global).await?;
         match cmd {
             ImageCommand::Pull { name } => {
-                install(&client, &path("images", &name, "/pull"), &PullRequest {}).await
+                install(&client, routes::IMAGE_PULL.at(&name), &PullRequest {}).await
             }
             ImageCommand::Build(a) => {
                 let body = BuildRequest { force: a.force };
-                install(&client, &path("images", &a.name, "/build"), &body).await
+                install(&client, routes::IMAGE_BUILD.at(&a.name), &body).await
             }
             ImageCommand::List { json } => {
-                let list: ImageList = client.get_json("/v1/images").await?;
+                let list = client
+                    .call(&routes::IMAGE_LIST.target(), &NoBody {})
+                    .await?;
                 output(json, &list, |l| format_image_list(&l.images))
             }
             ImageCommand::Show { name, json } => {
-                let info: ImageInfo = client.get_json(&path("images", &name, "")).await?;
+                let info = client
+                    .call(&routes::IMAGE_SHOW.at(&name), &NoBody {})
+                    .await?;
                 output(json, &info, format_image_show)
             }
-            ImageCommand::Delete { name } => delete(&client, "images", "image", &name).await,
+            ImageCommand::Delete { name } => {
+                delete(&client, routes::IMAGE_DELETE, "image", &name).await
+            }
             ImageCommand::Register(a) => {
                 let req = register_request(&a)?;
-                let info: ImageInfo = client.post_json("/v1/images/register", &req).await?;
+                let info = client.call(&routes::IMAGE_REGISTER.target(), &req).await?;
                 println!(
                     "registered image {} ({}, kernel {})",
                     info.name,
@@ -218,15 +225,13 @@ pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitC
             }
             ImageCommand::Promote { name } => {
                 let mut render = client::stderr_renderer();
-                let result = client
-                    .stream(
-                        &path("images", &name, "/promote"),
+                let info = client
+                    .call_stream(
+                        &routes::IMAGE_PROMOTE.at(&name),
                         &PromoteRequest {},
                         render.as_mut(),
                     )
                     .await?;
-                let info: ImageInfo =
-                    serde_json::from_value(result).context("decoding the promoted image")?;
                 println!("image {} is now managed at {}", info.name, info.rootfs);
                 Ok(())
             }
@@ -294,7 +299,7 @@ async fn export(
         total: None,
     });
     let resp = client
-        .get_download(&path("images", name, "/export"))
+        .get_download(&routes::IMAGE_EXPORT.at(name).path)
         .await?;
     let total = resp
         .headers()
@@ -367,10 +372,10 @@ async fn export(
 
 async fn import(client: &Client, source: &str) -> anyhow::Result<()> {
     let mut render = client::stderr_renderer();
-    let result = if source.starts_with("http://") || source.starts_with("https://") {
+    let report = if source.starts_with("http://") || source.starts_with("https://") {
         client
-            .stream(
-                "/v1/images/import",
+            .call_stream(
+                &routes::IMAGE_IMPORT.target(),
                 &ImportRequest {
                     url: source.to_owned(),
                 },
@@ -392,12 +397,11 @@ async fn import(client: &Client, source: &str) -> anyhow::Result<()> {
             .canonicalize()
             .map(|p| p.display().to_string())
             .unwrap_or_else(|_| source.to_owned());
-        let route = format!("/v1/images/import/upload?name={}", query_escape(&label));
+        let target = routes::IMAGE_IMPORT_UPLOAD.target().query("name", &label);
         client
-            .stream_upload(&route, client::file_body(file), render.as_mut())
+            .call_upload(&target, client::file_body(file), render.as_mut())
             .await?
     };
-    let report: InstallReport = serde_json::from_value(result).context("decoding the result")?;
     print!("{}", format_import(&report));
     Ok(())
 }
@@ -418,40 +422,33 @@ pub fn format_import(report: &InstallReport) -> String {
         .collect()
 }
 
-/// Percent-encode everything but unreserved characters (RFC 3986).
-fn query_escape(s: &str) -> String {
-    s.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'/') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
 /// Run a `banger kernel` subcommand.
 pub fn run_kernel(global: &GlobalArgs, cmd: KernelCommand) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async {
         let client = connect(global).await?;
         match cmd {
             KernelCommand::Pull { name } => {
-                install(&client, &path("kernels", &name, "/pull"), &PullRequest {}).await
+                install(&client, routes::KERNEL_PULL.at(&name), &PullRequest {}).await
             }
             KernelCommand::Build(a) => {
                 let body = BuildRequest { force: a.force };
-                install(&client, &path("kernels", &a.name, "/build"), &body).await
+                install(&client, routes::KERNEL_BUILD.at(&a.name), &body).await
             }
             KernelCommand::List { json } => {
-                let list: KernelList = client.get_json("/v1/kernels").await?;
+                let list = client
+                    .call(&routes::KERNEL_LIST.target(), &NoBody {})
+                    .await?;
                 output(json, &list, |l| format_kernel_list(&l.kernels))
             }
             KernelCommand::Show { name, json } => {
-                let info: KernelInfo = client.get_json(&path("kernels", &name, "")).await?;
+                let info = client
+                    .call(&routes::KERNEL_SHOW.at(&name), &NoBody {})
+                    .await?;
                 output(json, &info, format_kernel_show)
             }
-            KernelCommand::Delete { name } => delete(&client, "kernels", "kernel", &name).await,
+            KernelCommand::Delete { name } => {
+                delete(&client, routes::KERNEL_DELETE, "kernel", &name).await
+            }
         }
     })?;
     Ok(ExitCode::SUCCESS)
@@ -471,24 +468,13 @@ fn output<T: serde::Serialize>(
     Ok(())
 }
 
-/// `/v1/{collection}/NAME...` with the name escaped for a URL path segment.
-fn path(collection: &str, name: &str, rest: &str) -> String {
-    let mut out = format!("/v1/{collection}/");
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-async fn install<B: serde::Serialize>(client: &Client, path: &str, body: &B) -> anyhow::Result<()> {
+async fn install<B: serde::Serialize>(
+    client: &Client,
+    target: Target<B, InstallReport>,
+    body: &B,
+) -> anyhow::Result<()> {
     let mut render = client::stderr_renderer();
-    let result = client.stream(path, body, render.as_mut()).await?;
-    let report: InstallReport = serde_json::from_value(result).context("decoding the result")?;
+    let report = client.call_stream(&target, body, render.as_mut()).await?;
     print!("{}", format_install(&report));
     Ok(())
 }
@@ -509,8 +495,13 @@ pub fn format_install(report: &InstallReport) -> String {
         .collect()
 }
 
-async fn delete(client: &Client, collection: &str, kind: &str, name: &str) -> anyhow::Result<()> {
-    let done: ArtifactDeleted = client.delete_json(&path(collection, name, "")).await?;
+async fn delete(
+    client: &Client,
+    route: Route<NoBody, ArtifactDeleted>,
+    kind: &str,
+    name: &str,
+) -> anyhow::Result<()> {
+    let done = client.call(&route.at(name), &NoBody {}).await?;
     if done.existed {
         println!("deleted {kind} {}", done.name);
     } else {
@@ -838,13 +829,5 @@ mod tests {
         assert_eq!(date(0), "1970-01-01");
         assert_eq!(date(951_782_400), "2000-02-29");
         assert_eq!(date(1_735_689_599), "2024-12-31");
-    }
-
-    #[test]
-    fn names_are_escaped_in_paths() {
-        assert_eq!(
-            path("images", "a b/c", "/pull"),
-            "/v1/images/a%20b%2Fc/pull"
-        );
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use banger_host::paths::Layout;
 use banger_wire::api::{NetworkReport, NetworkSetupRequest, NetworkTeardownRequest};
+use banger_wire::routes::{self, Route};
 use clap::Subcommand;
 
 use crate::cli::GlobalArgs;
@@ -50,7 +51,7 @@ pub fn run(global: &GlobalArgs, cmd: NetworkCommand) -> anyhow::Result<ExitCode>
             NetworkCommand::Setup { no_nat } => {
                 let r = stream(
                     &client,
-                    "/v1/network/setup",
+                    routes::NETWORK_SETUP,
                     &NetworkSetupRequest { nat: !no_nat },
                 )
                 .await?;
@@ -67,7 +68,7 @@ pub fn run(global: &GlobalArgs, cmd: NetworkCommand) -> anyhow::Result<ExitCode>
 pub async fn teardown(client: &Client, force: bool) -> anyhow::Result<NetworkReport> {
     stream(
         client,
-        "/v1/network/teardown",
+        routes::NETWORK_TEARDOWN,
         &NetworkTeardownRequest { force },
     )
     .await
@@ -75,12 +76,13 @@ pub async fn teardown(client: &Client, force: bool) -> anyhow::Result<NetworkRep
 
 async fn stream<B: serde::Serialize>(
     client: &Client,
-    path: &str,
+    route: Route<B, NetworkReport>,
     body: &B,
 ) -> anyhow::Result<NetworkReport> {
     let mut render = client::stderr_renderer();
-    let result = client.stream(path, body, render.as_mut()).await?;
-    serde_json::from_value(result).context("decoding the network report")
+    Ok(client
+        .call_stream(&route.target(), body, render.as_mut())
+        .await?)
 }
 
 /// What `banger network setup` prints.

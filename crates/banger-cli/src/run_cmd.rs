@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use banger_host::paths::Layout;
 use banger_wire::api::StreamEvent;
+use banger_wire::routes::{self, NoBody};
 use banger_wire::vm::{PhaseTiming, VmInfo, VmTimings};
 use clap::Args;
 
@@ -445,9 +446,8 @@ fn ssh_wait_timed_out(e: &anyhow::Error) -> bool {
 }
 
 async fn delete(client: &Client, name: &str) -> anyhow::Result<()> {
-    let _: banger_wire::vm::VmDeleted = client
-        .delete_json(&vm_cmd::vm_path(name, "?force=true"))
-        .await?;
+    let target = routes::VM_DELETE.at(name).query("force", "true");
+    client.call(&target, &NoBody {}).await?;
     Ok(())
 }
 
@@ -455,9 +455,7 @@ async fn record_timings(client: &Client, name: &str, phases: &[PhaseTiming]) -> 
     let body = VmTimings {
         phases: phases.to_vec(),
     };
-    let _: VmTimings = client
-        .post_json(&vm_cmd::vm_path(name, "/timings"), &body)
-        .await?;
+    client.call(&routes::VM_TIMINGS_PUT.at(name), &body).await?;
     Ok(())
 }
 

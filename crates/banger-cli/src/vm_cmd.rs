@@ -7,9 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use banger_host::paths::Layout;
-use banger_wire::vm::{
-    VmCreateRequest, VmDeleted, VmInfo, VmList, VmPorts, VmStartRequest, VmStopRequest,
-};
+use banger_wire::routes::{self, NoBody};
+use banger_wire::vm::{VmActivityRequest, VmCreateRequest, VmInfo, VmStartRequest, VmStopRequest};
 use clap::{Args, Subcommand};
 
 use crate::cli::GlobalArgs;
@@ -169,10 +168,10 @@ pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
             VmCommand::Create(args) => create(&client, args).await.map(|()| None),
             VmCommand::Start { name } => start(&client, &name).await.map(|()| None),
             VmCommand::Stop { name, force } => {
-                stop(&client, &name, force, "stop").await.map(|()| None)
+                stop(&client, &name, force, false).await.map(|()| None)
             }
             VmCommand::Restart { name, force } => {
-                stop(&client, &name, force, "restart").await.map(|()| None)
+                stop(&client, &name, force, true).await.map(|()| None)
             }
             VmCommand::Delete { names, force } => {
                 delete(&client, &names, force).await.map(|()| None)
@@ -194,20 +193,6 @@ pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// `/v1/vms/NAME...` with the name escaped for a URL path segment.
-pub(crate) fn vm_path(name: &str, rest: &str) -> String {
-    let mut out = String::from("/v1/vms/");
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 async fn create(client: &Client, args: CreateArgs) -> anyhow::Result<()> {
     let req = args.spec.request(args.no_start);
     let mut render = client::stderr_renderer();
@@ -222,8 +207,9 @@ pub(crate) async fn create_vm(
     req: &VmCreateRequest,
     render: &mut dyn client::StreamRenderer,
 ) -> anyhow::Result<VmInfo> {
-    let result = client.stream("/v1/vms", req, render).await?;
-    serde_json::from_value(result).context("decoding the created VM")
+    Ok(client
+        .call_stream(&routes::VM_CREATE.target(), req, render)
+        .await?)
 }
 
 /// `POST /v1/vms/NAME/start`, progress to `render`; the started VM.
@@ -232,10 +218,9 @@ pub(crate) async fn start_vm(
     name: &str,
     render: &mut dyn client::StreamRenderer,
 ) -> anyhow::Result<VmInfo> {
-    let result = client
-        .stream(&vm_path(name, "/start"), &VmStartRequest {}, render)
-        .await?;
-    serde_json::from_value(result).context("decoding the VM")
+    Ok(client
+        .call_stream(&routes::VM_START.at(name), &VmStartRequest {}, render)
+        .await?)
 }
 
 fn ready_line(vm: &VmInfo) -> String {
@@ -255,24 +240,27 @@ async fn start(client: &Client, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stop(client: &Client, name: &str, force: bool, op: &str) -> anyhow::Result<()> {
+async fn stop(client: &Client, name: &str, force: bool, restart: bool) -> anyhow::Result<()> {
     let mut render = client::stderr_renderer();
-    let result = client
-        .stream(
-            &vm_path(name, &format!("/{op}")),
-            &VmStopRequest { force },
-            render.as_mut(),
-        )
+    let route = if restart {
+        routes::VM_RESTART
+    } else {
+        routes::VM_STOP
+    };
+    let vm = client
+        .call_stream(&route.at(name), &VmStopRequest { force }, render.as_mut())
         .await?;
-    let vm: VmInfo = serde_json::from_value(result).context("decoding the VM")?;
     println!("{}", ready_line(&vm));
     Ok(())
 }
 
 async fn delete(client: &Client, names: &[String], force: bool) -> anyhow::Result<()> {
-    let query = if force { "?force=true" } else { "" };
     for name in names {
-        let done: VmDeleted = client.delete_json(&vm_path(name, query)).await?;
+        let mut target = routes::VM_DELETE.at(name);
+        if force {
+            target = target.query("force", "true");
+        }
+        let done = client.call(&target, &NoBody {}).await?;
         if done.existed {
             println!("deleted {}", done.name);
         } else {
@@ -283,7 +271,7 @@ async fn delete(client: &Client, names: &[String], force: bool) -> anyhow::Resul
 }
 
 async fn list(client: &Client, json: bool) -> anyhow::Result<()> {
-    let list: VmList = client.get_json("/v1/vms").await?;
+    let list = client.call(&routes::VM_LIST.target(), &NoBody {}).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
@@ -342,7 +330,7 @@ pub(crate) fn table(rows: &[Vec<String>]) -> String {
 }
 
 async fn show(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
-    let vm: VmInfo = client.get_json(&vm_path(name, "")).await?;
+    let vm = client.call(&routes::VM_SHOW.at(name), &NoBody {}).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&vm)?);
     } else {
@@ -476,13 +464,16 @@ fn human(bytes: u64) -> String {
 }
 
 async fn logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
-    let path = vm_path(name, if follow { "/logs?follow=true" } else { "/logs" });
+    let mut target = routes::VM_LOGS.at(name);
+    if follow {
+        target = target.query("follow", "true");
+    }
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     // The console is the guest's: its escape sequences are shown, not run.
     let mut escaper = crate::term::StreamEscaper::default();
     client
-        .get_stream(&path, &mut |chunk| {
+        .get_stream(&target.path, &mut |chunk| {
             out.write_all(escaper.push(chunk).as_bytes())?;
             out.flush()
         })
@@ -495,7 +486,7 @@ async fn logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
 }
 
 async fn ports(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
-    let ports: VmPorts = client.get_json(&vm_path(name, "/ports")).await?;
+    let ports = client.call(&routes::VM_PORTS.at(name), &NoBody {}).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&ports)?);
         return Ok(());
@@ -526,8 +517,8 @@ async fn ports(client: &Client, name: &str, json: bool) -> anyhow::Result<()> {
 
 /// Record the session with the daemon and get the VM's SSH details.
 pub(crate) async fn ssh_target(client: &Client, name: &str) -> anyhow::Result<VmInfo> {
-    let vm: VmInfo = client
-        .post_json(&vm_path(name, "/activity"), &serde_json::json!({}))
+    let vm = client
+        .call(&routes::VM_ACTIVITY.at(name), &VmActivityRequest {})
         .await?;
     if vm.state != "running" {
         bail!(
@@ -700,12 +691,6 @@ mod tests {
             lines[2],
             "db    stopped  -           2     1G      8G    debian-bookworm  -"
         );
-    }
-
-    #[test]
-    fn names_are_escaped_in_paths() {
-        assert_eq!(vm_path("web", "/start"), "/v1/vms/web/start");
-        assert_eq!(vm_path("a/../b", ""), "/v1/vms/a%2F..%2Fb");
     }
 
     #[test]

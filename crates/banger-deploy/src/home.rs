@@ -326,12 +326,7 @@ mod tests {
     /// by uid 4242 / gid 4343 when `owned`, else by root; `None` when not
     /// root (these tests switch uids), unless BANGER_REQUIRE_PRIVILEGED=1.
     fn scratch(test: &str, owned: bool) -> Option<(tempfile::TempDir, PathBuf, Owner)> {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-                "{test} needs root"
-            );
-            eprintln!("skipping {test}: needs root");
+        if !banger_test_support::Gate::named(test).root().check() {
             return None;
         }
         let t = tempfile::tempdir().unwrap();

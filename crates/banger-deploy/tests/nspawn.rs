@@ -82,39 +82,23 @@ fn test_image() -> Option<(PathBuf, String, String)> {
 /// Whether the test can run here; prints why not (or fails when privileged
 /// tests are required).
 fn runnable(test: &str) -> bool {
-    if !common::root_or_skip(test) {
-        return false;
-    }
-    for tool in ["systemd-nspawn", "mmdebstrap", "nsenter"] {
-        if !common::tool_or_skip(test, tool) {
-            return false;
-        }
-    }
-    let missing: Vec<String> = [
+    let bins = [
         "banger",
         "bangerd",
         "bangerd-root",
         "bangerd-build",
         "banger-vsock-agent",
-    ]
-    .iter()
-    .map(|b| build_dir().join(b))
-    .filter(|p| !p.is_file())
-    .map(|p| p.display().to_string())
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    assert!(
-        !common::required(),
-        "{test}: not built: {} (run `cargo build --workspace --bins` first)",
-        missing.join(", ")
-    );
-    eprintln!(
-        "skipping {test}: not built: {} (cargo build --workspace --bins)",
-        missing.join(", ")
-    );
-    false
+    ];
+    bins.iter()
+        .fold(
+            banger_test_support::Gate::named(test).root().tools(&[
+                "systemd-nspawn",
+                "mmdebstrap",
+                "nsenter",
+            ]),
+            |gate, b| gate.file(&build_dir().join(b), "cargo build --workspace --bins"),
+        )
+        .check()
 }
 
 /// Everything `banger system install` creates, for the uninstall check.

@@ -50,12 +50,11 @@ fn evaluated(test: &str) -> Option<&'static Value> {
         return None;
     }
     let Some(lib) = nixpkgs_lib() else {
-        assert!(
-            !common::required(),
-            "{test}: nixpkgs lib not found (../shared/nixpkgs-lib/lib or BANGER_NIXPKGS_LIB) \
-             and BANGER_REQUIRE_PRIVILEGED=1 is set"
-        );
-        eprintln!("skipping {test}: nixpkgs lib not found at ../shared/nixpkgs-lib/lib");
+        let missing = workspace().join("../shared/nixpkgs-lib/lib/default.nix");
+        let ok = banger_test_support::Gate::named(test)
+            .file(&missing, "or set BANGER_NIXPKGS_LIB to a nixpkgs lib")
+            .check();
+        assert!(!ok, "{} appeared while the test ran", missing.display());
         return None;
     };
     let result = EVAL.get_or_init(|| {

@@ -335,20 +335,20 @@ pub(crate) mod tests {
         // A real ext4 made by mkfs.ext4 (no root needed for a file).
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("real.ext4");
+        if !banger_test_support::Gate::new().tool("mkfs.ext4").check() {
+            return;
+        }
         let ok = std::process::Command::new("mkfs.ext4")
             .args(["-q", "-F", "-U", "12345678-1234-1234-1234-123456789abc"])
             .arg(&p)
             .arg("8M")
-            .status();
-        match ok {
-            Ok(s) if s.success() => {
-                assert_eq!(
-                    rootfs(&p).unwrap().uuid,
-                    "12345678-1234-1234-1234-123456789abc"
-                );
-            }
-            other => eprintln!("skipping: mkfs.ext4 unavailable ({other:?})"),
-        }
+            .status()
+            .expect("run mkfs.ext4");
+        assert!(ok.success(), "mkfs.ext4 failed: {ok}");
+        assert_eq!(
+            rootfs(&p).unwrap().uuid,
+            "12345678-1234-1234-1234-123456789abc"
+        );
     }
 
     #[test]

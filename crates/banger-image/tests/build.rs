@@ -17,19 +17,12 @@ const KERNEL: &str = "generic-6.12";
 
 /// Whether build tests run here; prints why not.
 fn enabled(test: &str) -> bool {
-    if std::env::var("BANGER_BUILD_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipping {test}: set BANGER_BUILD_TESTS=1 to run image/kernel build tests (root, network, minutes)");
-        return false;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        let msg = format!("{test} needs root (mmdebstrap, chroot)");
-        if std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("{msg} and BANGER_REQUIRE_PRIVILEGED=1 is set");
-        }
-        eprintln!("skipping {msg}");
-        return false;
-    }
-    true
+    // Root for mmdebstrap and chroot.
+    banger_test_support::Gate::named(test)
+        .build_tests()
+        .root()
+        .tool("mmdebstrap")
+        .check()
 }
 
 fn shared_cache() -> PathBuf {

@@ -52,8 +52,7 @@ const USERSPACE_MARK: &str = "Welcome to";
 
 #[tokio::test]
 async fn real_kernel_and_image_boot_to_userspace_under_tcg() {
-    if std::env::var("BANGER_BOOT_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipping: set BANGER_BOOT_TESTS=1 to boot the real kernel and image");
+    if !banger_test_support::Gate::new().boot_tests().check() {
         return;
     }
     let Some(qemu) = qemu_binary() else { return };
@@ -67,17 +66,14 @@ async fn real_kernel_and_image_boot_to_userspace_under_tcg() {
 /// the `-cx16` of banger's `-cpu max,-cx16,-svm,-vmx` this guest panics within seconds.
 #[tokio::test]
 async fn debian12_qemu_7_2_boots_the_real_kernel_and_image() {
-    if std::env::var("BANGER_BOOT_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipping: set BANGER_BOOT_TESTS=1 to boot the real kernel and image");
+    if !banger_test_support::Gate::new().boot_tests().check() {
         return;
     }
     let Some(qemu) = std::env::var_os("BANGER_BOOT_OLD_QEMU").map(PathBuf::from) else {
-        assert!(
-            std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        banger_test_support::skip(
             "BANGER_BOOT_OLD_QEMU is not set: run `scripts/qemu-bookworm.sh` and export the \
-             path it prints (scripts/test.sh does)"
+             path it prints (scripts/test.sh does)",
         );
-        eprintln!("skipping: set BANGER_BOOT_OLD_QEMU to a QEMU 7.2 qemu-system-x86_64");
         return;
     };
     let out = std::process::Command::new(&qemu)

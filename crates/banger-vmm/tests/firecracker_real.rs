@@ -208,9 +208,7 @@ async fn real_jailer_runs_firecracker_with_bangers_configuration() {
         );
         return;
     };
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipping: the jailer needs root");
+    if !banger_test_support::Gate::new().root().check() {
         return;
     }
     let fx = Fixture::new();

@@ -26,13 +26,6 @@ pub(crate) fn mkfs_from(path: &Path, label: &str, tree: Option<&Path>) {
 /// Whether a test that needs root may run; panics when root is required
 /// (`BANGER_REQUIRE_PRIVILEGED=1`) but missing, prints why it skips otherwise.
 pub(crate) fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "{test}: BANGER_REQUIRE_PRIVILEGED=1 but not running as root"
-    );
-    eprintln!("skipping {test}: needs root (mount, loop devices)");
-    false
+    // Mounts and loop devices.
+    banger_test_support::Gate::named(test).root().check()
 }

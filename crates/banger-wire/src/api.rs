@@ -34,7 +34,6 @@ impl std::fmt::Display for InstallMode {
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DaemonStatus {
     pub pid: u32,
     pub version: String,
@@ -46,7 +45,9 @@ pub struct DaemonStatus {
     /// The VMM backend `vmm = auto` resolves to on this host, and why.
     pub backend: String,
     pub backend_reason: String,
-    pub install_mode: InstallMode,
+    /// `system` or `per-user` ([`InstallMode`]'s text): a string, so a
+    /// mode added by a newer daemon still parses.
+    pub install_mode: String,
     /// Whether a root helper is connected (system unit or per-user child).
     pub root_helper: Option<String>,
     pub schema_version: u32,
@@ -69,6 +70,9 @@ pub enum ErrorCode {
     HelperFailed,
     State,
     Internal,
+    /// A code added by a newer daemon (the message still says what failed).
+    #[serde(other)]
+    Unknown,
 }
 
 impl ErrorCode {
@@ -83,14 +87,13 @@ impl ErrorCode {
             ErrorCode::Unsupported => 501,
             ErrorCode::HelperUnavailable => 503,
             ErrorCode::HelperFailed => 502,
-            ErrorCode::State | ErrorCode::Internal => 500,
+            ErrorCode::State | ErrorCode::Internal | ErrorCode::Unknown => 500,
         }
     }
 }
 
 /// Body of every non-2xx response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
@@ -107,7 +110,7 @@ impl std::error::Error for ApiError {}
 /// One line of a streamed (NDJSON) response. A stream always ends with
 /// exactly one `Done` or `Error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "event", rename_all = "snake_case")]
 pub enum StreamEvent {
     /// A phase began or advanced. `total`/`current` are bytes or items when known.
     Progress {
@@ -124,6 +127,9 @@ pub enum StreamEvent {
     Done { result: serde_json::Value },
     /// The operation failed.
     Error { error: ApiError },
+    /// An event added by a newer daemon; clients skip it.
+    #[serde(other)]
+    Unknown,
 }
 
 /// Severity of a [`StreamEvent::Log`].
@@ -132,11 +138,13 @@ pub enum StreamEvent {
 pub enum LogLevel {
     Info,
     Warn,
+    /// A level added by a newer daemon; printed like `Info`.
+    #[serde(other)]
+    Unknown,
 }
 
 /// `POST /v1/shutdown` response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ShutdownResponse {
     pub pid: u32,
 }
@@ -173,7 +181,6 @@ pub struct NetworkTeardownRequest {
 
 /// The `Done` result of the network routes: what the host network looks like now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkReport {
     /// Bridge name (config `bridge_name`).
     pub bridge: String,

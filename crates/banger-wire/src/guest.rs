@@ -86,7 +86,7 @@ pub enum AgentRequest {
 
 /// The agent's answer to one [`AgentRequest`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AgentResponse {
     Health(AgentHealth),
     Ports { ports: Vec<ListeningPort> },
@@ -96,7 +96,6 @@ pub enum AgentResponse {
 
 /// Answer to [`AgentRequest::Health`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct AgentHealth {
     pub version: String,
     pub uptime_secs: u64,
@@ -107,7 +106,6 @@ pub struct AgentHealth {
 
 /// A listening socket in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ListeningPort {
     /// `tcp`, `tcp6`, `udp` or `udp6`.
     pub proto: String,
@@ -119,7 +117,6 @@ pub struct ListeningPort {
 
 /// Guest resource usage.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GuestStats {
     pub load1: f64,
     pub load5: f64,
@@ -132,7 +129,6 @@ pub struct GuestStats {
 
 /// Usage of one mounted filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DiskUsage {
     pub mount: String,
     pub total_bytes: u64,

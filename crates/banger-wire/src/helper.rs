@@ -112,7 +112,7 @@ impl HelperRequest {
 
 /// A successful answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum HelperResponse {
     /// Answer to [`HelperRequest::Ping`].
     Pong { version: String, owner_uid: u32 },
@@ -154,7 +154,6 @@ pub enum HelperErrorCode {
 
 /// Error answer of the helper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(deny_unknown_fields)]
 #[error("root helper: {message}")]
 pub struct HelperError {
     pub code: HelperErrorCode,

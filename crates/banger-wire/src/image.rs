@@ -17,6 +17,9 @@ pub enum ArtifactSource {
     Imported,
     /// Host-side files used in place (`image register`); not managed.
     Registered,
+    /// A source added by a newer daemon.
+    #[serde(other)]
+    Unknown,
 }
 
 impl std::fmt::Display for ArtifactSource {
@@ -27,13 +30,13 @@ impl std::fmt::Display for ArtifactSource {
             ArtifactSource::File => "file",
             ArtifactSource::Imported => "imported",
             ArtifactSource::Registered => "registered",
+            ArtifactSource::Unknown => "unknown",
         })
     }
 }
 
 /// One image, as `GET /v1/images` and `GET /v1/images/{name}` report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ImageInfo {
     pub name: String,
     pub version: String,
@@ -65,14 +68,12 @@ pub struct ImageInfo {
 
 /// `GET /v1/images`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ImageList {
     pub images: Vec<ImageInfo>,
 }
 
 /// One kernel, as `GET /v1/kernels` and `GET /v1/kernels/{name}` report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KernelInfo {
     pub name: String,
     pub version: String,
@@ -103,7 +104,6 @@ pub struct KernelInfo {
 
 /// `GET /v1/kernels`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct KernelList {
     pub kernels: Vec<KernelInfo>,
 }
@@ -147,7 +147,6 @@ pub struct ExportedBundle {
 
 /// One bundle a pull or build installed (or found installed).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InstalledBundle {
     /// `image` or `kernel`.
     pub kind: String,
@@ -166,7 +165,6 @@ pub struct InstalledBundle {
 
 /// The `Done` result of pull and build: what is installed now, kernel first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InstallReport {
     pub installed: Vec<InstalledBundle>,
 }
@@ -206,7 +204,6 @@ pub struct PromoteRequest {}
 
 /// Result of `DELETE /v1/images/{name}` and `DELETE /v1/kernels/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ArtifactDeleted {
     pub name: String,
     /// False when there was nothing of that name (delete is idempotent).

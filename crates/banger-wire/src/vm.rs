@@ -45,7 +45,6 @@ pub struct VmStopRequest {
 
 /// Result of `DELETE /v1/vms/{name}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmDeleted {
     pub name: String,
     /// False when there was no such VM (delete is idempotent).
@@ -64,6 +63,9 @@ pub enum SpecSource {
     Host,
     /// banger's built-in default.
     BuiltIn,
+    /// A source added by a newer daemon.
+    #[serde(other)]
+    Unknown,
 }
 
 impl std::fmt::Display for SpecSource {
@@ -73,6 +75,7 @@ impl std::fmt::Display for SpecSource {
             SpecSource::Config => "config",
             SpecSource::Host => "host",
             SpecSource::BuiltIn => "built-in",
+            SpecSource::Unknown => "unknown",
         })
     }
 }
@@ -81,7 +84,6 @@ impl std::fmt::Display for SpecSource {
 /// event of `POST /v1/vms` (a `log` line starting with `spec:`) and kept in
 /// [`VmInfo::spec`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmSizeSpec {
     pub vcpu: u32,
     pub vcpu_source: SpecSource,
@@ -93,7 +95,6 @@ pub struct VmSizeSpec {
 
 /// A VM's disks on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmDisks {
     /// Copy-on-write clone of the image's `rootfs.ext4` (`/dev/vda`).
     pub root: String,
@@ -108,7 +109,6 @@ pub struct VmDisks {
 /// How to reach a VM with OpenSSH: `ssh -i KEY -o UserKnownHostsFile=KNOWN_HOSTS
 /// -o StrictHostKeyChecking=yes USER@HOST`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmSshAccess {
     pub user: String,
     /// The VM's address (`None` while stopped).
@@ -123,7 +123,6 @@ pub struct VmSshAccess {
 
 /// One VM, as `GET /v1/vms` lists it and `GET /v1/vms/{name}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmInfo {
     pub id: String,
     pub name: String,
@@ -157,7 +156,6 @@ pub struct VmInfo {
 
 /// What `GET /v1/vms/{name}` adds to [`VmInfo`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmDetails {
     pub disks: VmDisks,
     pub ssh: VmSshAccess,
@@ -184,14 +182,12 @@ pub struct VmDetails {
 
 /// `GET /v1/vms` answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmList {
     pub vms: Vec<VmInfo>,
 }
 
 /// `GET /v1/vms/{name}/ports` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmPorts {
     pub name: String,
     pub ip: Option<String>,
@@ -206,7 +202,6 @@ pub struct VmActivityRequest {}
 
 /// One phase of `banger vm run` and how long it took.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PhaseTiming {
     /// `resolve image`, `clone disk`, `boot`, `SSH ready`, `workspace copy`
     /// or `command`.
@@ -218,7 +213,6 @@ pub struct PhaseTiming {
 /// `banger vm run` measured (shown by `banger vm show`). Empty when the VM
 /// was not made by `vm run`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct VmTimings {
     pub phases: Vec<PhaseTiming>,
 }
@@ -247,13 +241,17 @@ mod tests {
     }
 
     #[test]
-    fn timings_default_to_empty_and_reject_unknown_fields() {
+    fn timings_default_to_empty_and_tolerate_added_fields() {
         let t: VmTimings =
             serde_json::from_str(r#"{"phases":[{"phase":"boot","millis":1500}]}"#).unwrap();
         assert_eq!(t.phases[0].phase, "boot");
         assert_eq!(t.phases[0].millis, 1500);
         assert_eq!(VmTimings::default().phases.len(), 0);
-        assert!(serde_json::from_str::<VmTimings>(r#"{"phases":[],"x":1}"#).is_err());
+        // Also part of `vm show`'s answer, so a newer daemon's field must parse.
+        let t: VmTimings =
+            serde_json::from_str(r#"{"phases":[{"phase":"boot","millis":1,"cpu":2}],"x":1}"#)
+                .unwrap();
+        assert_eq!(t.phases[0].millis, 1);
     }
 
     #[test]

@@ -25,19 +25,10 @@ const OWNER: u32 = 65534;
 const KERNEL: &str = "generic-6.12";
 
 fn enabled(test: &str) -> bool {
-    if std::env::var("BANGER_BUILD_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipping {test}: set BANGER_BUILD_TESTS=1 to run image/kernel build tests (root, network, minutes)");
-        return false;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-            "{test}: BANGER_REQUIRE_PRIVILEGED=1 but not running as root"
-        );
-        eprintln!("skipping {test}: building needs root");
-        return false;
-    }
-    true
+    banger_test_support::Gate::named(test)
+        .build_tests()
+        .root()
+        .check()
 }
 
 /// One request sent as the owner (the client the helper serves): a thread

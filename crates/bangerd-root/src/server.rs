@@ -506,12 +506,7 @@ mod tests {
         // Serving another uid means chowning the socket to it, and connecting
         // to another uid's 0600 socket anyway needs root: exactly the peer the
         // check is for (root is not the owner here).
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-                "BANGER_REQUIRE_PRIVILEGED=1 but not running as root"
-            );
-            eprintln!("skipping: giving the socket to another uid needs root");
+        if !banger_test_support::Gate::new().root().check() {
             return;
         }
         let tmp = tempfile::tempdir().unwrap();

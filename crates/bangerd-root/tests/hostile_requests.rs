@@ -336,12 +336,8 @@ fn tree(dir: &Path) -> Vec<String> {
 
 #[test]
 fn the_server_refuses_hostile_lines_and_changes_nothing() {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-            "BANGER_REQUIRE_PRIVILEGED=1 but this test is not running as root"
-        );
-        eprintln!("skipping: a network namespace needs root");
+    // A network namespace needs root.
+    if !banger_test_support::Gate::new().root().check() {
         return;
     }
     let d = dirs();

@@ -20,16 +20,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_bangerd-root");
 const CIDR: &str = "172.16.0.0/24";
 const NOBODY: u32 = 65534;
 
+/// Network namespaces, bridges and taps need root and `ip`.
 fn privileged() -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-        "BANGER_REQUIRE_PRIVILEGED=1 but these tests are not running as root"
-    );
-    eprintln!("skipping: network namespaces, bridges and taps need root");
-    false
+    banger_test_support::Gate::new().root().tool("ip").check()
 }
 
 fn run(cmd: &mut Command) -> String {

@@ -15,6 +15,7 @@ use banger_wire::api::{
     ApiError, DaemonStatus, ErrorCode, NetworkSetupRequest, NetworkTeardownRequest,
     ShutdownResponse,
 };
+use banger_wire::routes;
 
 use crate::context::Daemon;
 use crate::network;
@@ -25,11 +26,11 @@ pub use support::BODY_READ_TIMEOUT;
 /// The router with every `/v1` route and the JSON fallbacks.
 pub fn router(state: Arc<Daemon>) -> Router {
     Router::new()
-        .route("/v1/status", get(status))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/v1/config", get(config))
-        .route("/v1/network/setup", post(network_setup))
-        .route("/v1/network/teardown", post(network_teardown))
+        .route(routes::STATUS.path(), get(status))
+        .route(routes::SHUTDOWN.path(), post(shutdown))
+        .route(routes::CONFIG.path(), get(config))
+        .route(routes::NETWORK_SETUP.path(), post(network_setup))
+        .route(routes::NETWORK_TEARDOWN.path(), post(network_teardown))
         .merge(crate::vm::api::routes())
         .merge(crate::image::api::routes())
         .fallback(not_found)
@@ -122,7 +123,7 @@ pub fn daemon_status(state: &Daemon) -> DaemonStatus {
         runtime_dir: state.layout.runtime_dir.display().to_string(),
         backend: state.backend.backend.to_string(),
         backend_reason: crate::config_view::backend_reason(&state.backend),
-        install_mode: state.layout.mode,
+        install_mode: state.layout.mode.to_string(),
         root_helper: state.helper.describe(),
         schema_version: state.schema_version,
     }

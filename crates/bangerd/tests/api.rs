@@ -21,7 +21,7 @@ async fn status_over_the_client_and_curl_then_shutdown() {
     let status = client.status().await.unwrap();
     assert_eq!(status.pid, daemon.pid());
     assert_eq!(status.version, banger_wire::VERSION);
-    assert_eq!(status.install_mode, InstallMode::PerUser);
+    assert_eq!(status.install_mode, InstallMode::PerUser.to_string());
     assert_eq!(status.socket, env.socket().display().to_string());
     assert_eq!(status.state_dir, env.layout.state_dir.display().to_string());
     assert_eq!(status.schema_version, banger_state::SCHEMA_VERSION);
@@ -273,7 +273,7 @@ async fn system_mode_socket_is_owner_only_and_uses_the_system_helper() {
     let client = daemon.client();
 
     let status = client.status().await.unwrap();
-    assert_eq!(status.install_mode, InstallMode::System);
+    assert_eq!(status.install_mode, InstallMode::System.to_string());
     assert_eq!(status.state_dir, p("state"));
     let helper_socket = sys.join("root-run/bangerd-root.sock");
     assert_eq!(
@@ -316,12 +316,8 @@ async fn system_mode_socket_is_owner_only_and_uses_the_system_helper() {
 /// only the daemon's per-connection check stands between it and the API.
 /// `None` when this test cannot switch users (not root).
 fn curl_as_nobody(test: &str, socket: &std::path::Path) -> Option<(u16, String)> {
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
-            "{test}: needs root and BANGER_REQUIRE_PRIVILEGED=1 is set"
-        );
-        eprintln!("skipping {test}: needs root to connect as another user");
+    // Connecting as another user needs root.
+    if !banger_test_support::Gate::named(test).root().check() {
         return None;
     }
     let mut setpriv = std::process::Command::new("setpriv");
@@ -396,7 +392,7 @@ async fn other_users_are_refused_unless_in_an_explicit_socket_group() {
     let (code, body) = curl_as_nobody(test, &socket).unwrap();
     assert_eq!(code, 200, "a member of socket_group is served: {body}");
     let status: DaemonStatus = serde_json::from_str(&body).unwrap();
-    assert_eq!(status.install_mode, InstallMode::System);
+    assert_eq!(status.install_mode, InstallMode::System.to_string());
     daemon.client().shutdown().await.unwrap();
     assert!(daemon.wait_exit().success());
 }

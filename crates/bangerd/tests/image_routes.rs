@@ -395,11 +395,10 @@ async fn vm_create_pulls_a_missing_image_and_delete_refuses_while_in_use() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cli_pulls_lists_shows_and_deletes() {
     let cli = common::daemon_bin().with_file_name("banger");
-    if !cli.exists() {
-        eprintln!(
-            "skipping cli_pulls_lists_shows_and_deletes: {} is not built (cargo build -p banger-cli)",
-            cli.display()
-        );
+    if !banger_test_support::Gate::new()
+        .file(&cli, "cargo build -p banger-cli")
+        .check()
+    {
         return;
     }
     let s = Setup::new().await;
@@ -607,10 +606,10 @@ async fn register_with_kernel_files_creates_and_promotes_both() {
         .and_then(|e| e.ok())
         .map(|e| e.file_name())
     else {
-        eprintln!(
-            "skipping register_with_kernel_files_creates_and_promotes_both: no built kernel at {} (set BANGER_TEST_STORE; scripts/test-store.sh makes one)",
+        banger_test_support::skip(&format!(
+            "no built kernel at {} (set BANGER_TEST_STORE; scripts/test-store.sh makes one)",
             kdir.display()
-        );
+        ));
         return;
     };
     let s = Setup::new().await;
@@ -733,17 +732,12 @@ async fn build_without_root_names_the_fix() {
 /// from its recipe and installs it (minutes; BANGER_BUILD_TESTS=1).
 #[tokio::test(flavor = "multi_thread")]
 async fn kernel_build_route_installs_the_kernel() {
-    if std::env::var("BANGER_BUILD_TESTS").as_deref() != Ok("1") {
-        eprintln!("skipping kernel_build_route_installs_the_kernel: set BANGER_BUILD_TESTS=1 (root, network to the Debian mirror, minutes)");
-        return;
-    }
-    if !nix::unistd::geteuid().is_root() {
-        let msg =
-            "kernel_build_route_installs_the_kernel needs root (the daemon builds in-process)";
-        if std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-            panic!("{msg} and BANGER_REQUIRE_PRIVILEGED=1 is set");
-        }
-        eprintln!("skipping {msg}");
+    // Root: the daemon builds in-process.
+    if !banger_test_support::Gate::new()
+        .build_tests()
+        .root()
+        .check()
+    {
         return;
     }
     // A fresh cache dir: the route really builds (downloads the Debian

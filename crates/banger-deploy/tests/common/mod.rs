@@ -7,39 +7,15 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// Whether privileged tests must run (CI) rather than skip.
-pub fn required() -> bool {
-    std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
-}
-
-/// `true` when running as root; otherwise prints why the test is skipped
-/// (or panics when privileged tests are required).
+/// `true` when running as root (to chown to the owner's uid); otherwise
+/// the shared gate skips saying why, or fails in CI.
 pub fn root_or_skip(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        !required(),
-        "{test}: needs root and BANGER_REQUIRE_PRIVILEGED=1 is set"
-    );
-    eprintln!("skipping {test}: needs root (chown to the owner's uid)");
-    false
+    banger_test_support::Gate::named(test).root().check()
 }
 
 /// `true` when `tool` is on PATH; otherwise skips like [`root_or_skip`].
 pub fn tool_or_skip(test: &str, tool: &str) -> bool {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    assert!(
-        !required(),
-        "{test}: {tool} is not installed and BANGER_REQUIRE_PRIVILEGED=1 is set"
-    );
-    eprintln!("skipping {test}: {tool} is not installed");
-    false
+    banger_test_support::Gate::named(test).tool(tool).check()
 }
 
 /// The owner the staging trees contain.

@@ -5,36 +5,17 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-fn required() -> bool {
-    std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() == Ok("1")
-}
-
-/// Whether a test that needs root can run: true as root; otherwise prints
-/// why it skips, or fails when `BANGER_REQUIRE_PRIVILEGED=1`.
+/// Whether a test that needs root can run (the shared gate: skips saying
+/// why, fails when `BANGER_REQUIRE_PRIVILEGED=1`).
 pub fn privileged(test: &str) -> bool {
-    if nix::unistd::geteuid().is_root() {
-        return true;
-    }
-    assert!(
-        !required(),
-        "{test}: BANGER_REQUIRE_PRIVILEGED=1 but not running as root"
-    );
-    eprintln!("{test}: skipped: needs root");
-    false
+    banger_test_support::Gate::named(test).root().check()
 }
 
-/// Whether the program at `path` exists; otherwise prints why the test
-/// skips, or fails when `BANGER_REQUIRE_PRIVILEGED=1` (CI installs it).
+/// Whether the program at `path` exists (the shared gate; CI installs it).
 pub fn have_program(test: &str, path: &str, package: &str) -> bool {
-    if Path::new(path).exists() {
-        return true;
-    }
-    assert!(
-        !required(),
-        "{test}: {path} is missing (apt-get install {package}); BANGER_REQUIRE_PRIVILEGED=1 requires it"
-    );
-    eprintln!("{test}: skipped: {path} missing (package {package})");
-    false
+    banger_test_support::Gate::named(test)
+        .file(Path::new(path), &format!("apt-get install {package}"))
+        .check()
 }
 
 /// A private mount namespace held open by a `sleep` child: filesystems are

@@ -269,13 +269,8 @@ mod tests {
 
     #[test]
     fn prepare_links_files_into_the_jail_owned_by_the_jail_user() {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            assert!(
-                std::env::var_os("BANGER_REQUIRE_PRIVILEGED").is_none(),
-                "BANGER_REQUIRE_PRIVILEGED is set but this test is not running as root"
-            );
-            eprintln!("skipping: chown to the jail uid needs root");
+        // chown to the jail uid needs root.
+        if !banger_test_support::Gate::new().root().check() {
             return;
         }
         let dir = tempfile::tempdir().unwrap();

@@ -70,19 +70,20 @@ pub fn write_pvh_kernel(path: &Path, message: &str) {
     std::fs::write(path, elf).unwrap();
 }
 
-/// The QEMU binary, or `None` (with a printed reason) when absent.
+/// The QEMU binary, or `None` (the test skips, saying why) when absent.
+/// Absent QEMU fails the test with `BANGER_REQUIRE_PRIVILEGED=1` (CI) or
+/// `BANGER_REQUIRE_QEMU` (a developer who wants these tests to run).
 pub fn qemu_binary() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    for dir in std::env::split_paths(&path) {
-        let candidate = dir.join("qemu-system-x86_64");
-        if candidate.is_file() {
-            return Some(candidate);
-        }
+    const QEMU: &str = "qemu-system-x86_64";
+    if let Some(path) = banger_test_support::which(QEMU) {
+        return Some(path);
     }
-    if std::env::var_os("BANGER_REQUIRE_QEMU").is_some() {
-        panic!("qemu-system-x86_64 is not in PATH and BANGER_REQUIRE_QEMU is set");
-    }
-    eprintln!("skipping: qemu-system-x86_64 is not in PATH");
+    assert!(
+        std::env::var_os("BANGER_REQUIRE_QEMU").is_none(),
+        "{QEMU} is not on PATH and BANGER_REQUIRE_QEMU is set"
+    );
+    let ok = banger_test_support::Gate::new().tool(QEMU).check();
+    debug_assert!(!ok, "which() and the gate disagree about {QEMU}");
     None
 }
 

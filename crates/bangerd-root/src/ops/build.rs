@@ -283,7 +283,8 @@ mod tests {
             .arg("--version")
             .output();
         if !version.is_ok_and(|v| String::from_utf8_lossy(&v.stdout).starts_with("systemd 252 ")) {
-            eprintln!("skipping the score check: needs systemd-analyze from systemd 252");
+            // Debian 12 (CI) has it; elsewhere the recorded score is not comparable.
+            banger_test_support::skip("the score check needs systemd-analyze from systemd 252");
             return;
         }
         let root = tempfile::tempdir().unwrap();

@@ -193,13 +193,8 @@ mod tests {
 
     #[test]
     fn bind_gives_two_open_descriptors() {
-        if !nix::unistd::geteuid().is_root() {
-            assert_ne!(
-                std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref(),
-                Ok("1"),
-                "bind_gives_two_open_descriptors needs root"
-            );
-            eprintln!("skipping bind_gives_two_open_descriptors: port 53 needs root");
+        // Port 53 needs root.
+        if !banger_test_support::Gate::new().root().check() {
             return;
         }
         // In a private network namespace (this thread's only), never the host's.

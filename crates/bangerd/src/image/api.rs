@@ -13,6 +13,7 @@ use banger_wire::image::{
     ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, ImportRequest,
     KernelInfo, KernelList, PromoteRequest, PullRequest, EXPORT_INDEX_HEADER,
 };
+use banger_wire::routes;
 
 use super::ImageError;
 use crate::api::support::{stream_operation, Failure, JsonBody};
@@ -21,19 +22,25 @@ use crate::context::Daemon;
 /// Every image and kernel route (merged into the main router).
 pub fn routes() -> Router<Arc<Daemon>> {
     Router::new()
-        .route("/v1/images", get(list_images))
-        .route("/v1/images/register", post(register))
-        .route("/v1/images/import", post(import_url))
-        .route("/v1/images/import/upload", post(import_upload))
-        .route("/v1/images/{name}/export", get(export_image))
-        .route("/v1/images/{name}", get(show_image).delete(delete_image))
-        .route("/v1/images/{name}/pull", post(pull_image))
-        .route("/v1/images/{name}/build", post(build_image))
-        .route("/v1/images/{name}/promote", post(promote))
-        .route("/v1/kernels", get(list_kernels))
-        .route("/v1/kernels/{name}", get(show_kernel).delete(delete_kernel))
-        .route("/v1/kernels/{name}/pull", post(pull_kernel))
-        .route("/v1/kernels/{name}/build", post(build_kernel))
+        .route(routes::IMAGE_LIST.path(), get(list_images))
+        .route(routes::IMAGE_REGISTER.path(), post(register))
+        .route(routes::IMAGE_IMPORT.path(), post(import_url))
+        .route(routes::IMAGE_IMPORT_UPLOAD.path(), post(import_upload))
+        .route(routes::IMAGE_EXPORT.path(), get(export_image))
+        .route(
+            routes::IMAGE_SHOW.path(),
+            get(show_image).delete(delete_image),
+        )
+        .route(routes::IMAGE_PULL.path(), post(pull_image))
+        .route(routes::IMAGE_BUILD.path(), post(build_image))
+        .route(routes::IMAGE_PROMOTE.path(), post(promote))
+        .route(routes::KERNEL_LIST.path(), get(list_kernels))
+        .route(
+            routes::KERNEL_SHOW.path(),
+            get(show_kernel).delete(delete_kernel),
+        )
+        .route(routes::KERNEL_PULL.path(), post(pull_kernel))
+        .route(routes::KERNEL_BUILD.path(), post(build_kernel))
 }
 
 fn fail(e: ImageError) -> Failure {

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use banger_state::VmRecord;
 use banger_wire::api::{ApiError, ErrorCode};
+use banger_wire::routes;
 use banger_wire::vm::{
     VmActivityRequest, VmCreateRequest, VmDeleted, VmInfo, VmList, VmPorts, VmStartRequest,
     VmStopRequest, VmTimings,
@@ -30,15 +31,18 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Every `/v1/vms` route (merged into the main router).
 pub fn routes() -> Router<Arc<Daemon>> {
     Router::new()
-        .route("/v1/vms", get(list).post(create))
-        .route("/v1/vms/{name}", get(show).delete(delete))
-        .route("/v1/vms/{name}/start", post(start))
-        .route("/v1/vms/{name}/stop", post(stop))
-        .route("/v1/vms/{name}/restart", post(restart))
-        .route("/v1/vms/{name}/logs", get(logs))
-        .route("/v1/vms/{name}/ports", get(ports))
-        .route("/v1/vms/{name}/activity", post(activity))
-        .route("/v1/vms/{name}/timings", get(get_timings).post(put_timings))
+        .route(routes::VM_LIST.path(), get(list).post(create))
+        .route(routes::VM_SHOW.path(), get(show).delete(delete))
+        .route(routes::VM_START.path(), post(start))
+        .route(routes::VM_STOP.path(), post(stop))
+        .route(routes::VM_RESTART.path(), post(restart))
+        .route(routes::VM_LOGS.path(), get(logs))
+        .route(routes::VM_PORTS.path(), get(ports))
+        .route(routes::VM_ACTIVITY.path(), post(activity))
+        .route(
+            routes::VM_TIMINGS.path(),
+            get(get_timings).post(put_timings),
+        )
 }
 
 fn fail(e: VmError) -> Failure {

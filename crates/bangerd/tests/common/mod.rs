@@ -212,32 +212,9 @@ pub fn curl_via(mut cmd: Command, socket: &Path, args: &[&str]) -> (u16, String)
 /// Whether privileged tests can run; prints why not (and fails when
 /// `BANGER_REQUIRE_PRIVILEGED=1`).
 pub fn privileged(test: &str) -> bool {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("not running as root".to_owned());
-    }
-    for tool in ["ip", "nft"] {
-        let found = Command::new(tool)
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success());
-        if !found {
-            missing.push(format!("`{tool}` not found"));
-        }
-    }
-    if !helper_bin().is_file() {
-        missing.push(format!(
-            "{} is not built (cargo build -p bangerd-root)",
-            helper_bin().display()
-        ));
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = missing.join(", ");
-    if std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: privileged test cannot run: {reason}");
-    }
-    eprintln!("skipping {test}: {reason}");
-    false
+    banger_test_support::Gate::named(test)
+        .root()
+        .tools(&["ip", "nft"])
+        .file(&helper_bin(), "cargo build -p bangerd-root")
+        .check()
 }

@@ -41,39 +41,16 @@ pub fn agent_bin() -> PathBuf {
 /// Whether VM tests can run at all (root, ip, nft, the helper, the CLI and
 /// the agent built); prints why not, fails with `BANGER_REQUIRE_PRIVILEGED=1`.
 pub fn privileged(test: &str) -> bool {
-    if !common::privileged(test) {
-        return false;
-    }
-    let mut missing = Vec::new();
-    for (bin, pkg) in [
-        (cli_bin(), "banger-cli"),
-        (agent_bin(), "banger-vsock-agent"),
-    ] {
-        if !bin.is_file() {
-            missing.push(format!(
-                "{} is not built (cargo build -p {pkg})",
-                bin.display()
-            ));
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let reason = missing.join(", ");
-    if std::env::var("BANGER_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("{test}: cannot run: {reason}");
-    }
-    eprintln!("skipping {test}: {reason}");
-    false
+    common::privileged(test)
+        && banger_test_support::Gate::named(test)
+            .file(&cli_bin(), "cargo build -p banger-cli")
+            .file(&agent_bin(), "cargo build -p banger-vsock-agent")
+            .check()
 }
 
 /// Whether booting tests are enabled (`BANGER_BOOT_TESTS=1`); prints why not.
 pub fn boot_tests(test: &str) -> bool {
-    if std::env::var("BANGER_BOOT_TESTS").as_deref() == Ok("1") {
-        return true;
-    }
-    eprintln!("skipping {test}: set BANGER_BOOT_TESTS=1 to boot real VMs under QEMU");
-    false
+    banger_test_support::Gate::named(test).boot_tests().check()
 }
 
 /// A network namespace, deleted on drop.
