@@ -74,6 +74,7 @@ impl AgentContext {
         session::SessionStore {
             root: self.root.join(dir),
             agent_exe: self.agent_exe.clone(),
+            home: self.root.join("root"),
         }
     }
 }

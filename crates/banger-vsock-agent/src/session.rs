@@ -43,8 +43,6 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub const LAUNCH_WAIT: Duration = Duration::from_millis(1500);
 /// How much of stderr `show` carries once a session ended.
 pub const STDERR_TAIL_BYTES: u64 = 2048;
-/// Longest session name.
-pub const MAX_NAME_LEN: usize = 64;
 /// Longest control request line accepted by a supervisor.
 const MAX_CONTROL_LINE: u64 = 128;
 
@@ -102,6 +100,16 @@ pub struct SessionStore {
     pub root: PathBuf,
     /// The binary that runs `session-supervise` (the agent itself).
     pub agent_exe: PathBuf,
+    /// root's home (`/root`): a session without a cwd starts in
+    /// `HOME/repo` when that exists (a prepared workspace), else in `HOME`.
+    pub home: PathBuf,
+}
+
+/// `home/repo` when it is a directory, else `home`.
+pub fn default_cwd(home: &Path) -> String {
+    let repo = home.join("repo");
+    let dir = if repo.is_dir() { repo } else { home.to_owned() };
+    dir.to_string_lossy().into_owned()
 }
 
 impl Default for SessionStore {
@@ -110,26 +118,12 @@ impl Default for SessionStore {
             root: PathBuf::from(banger_wire::guest::SESSIONS_DIR),
             agent_exe: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from(banger_wire::guest::AGENT_RUN_PATH)),
+            home: PathBuf::from("/root"),
         }
     }
 }
 
-/// A session name: 1-64 of `[A-Za-z0-9._-]`, not starting with `-` or `.`.
-pub fn validate_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && !name.starts_with(['-', '.'])
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "session name {name:?} must be 1-{MAX_NAME_LEN} letters, digits, '.', '_' or '-', not starting with '-' or '.'"
-        ))
-    }
-}
+pub use banger_wire::session::validate_session_name as validate_name;
 
 fn validate_id(id: &str) -> Result<(), SessionError> {
     if id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -147,7 +141,7 @@ fn validate_spec(spec: &SessionSpec) -> Result<(), SessionError> {
     if spec.command.is_empty() || spec.command[0].is_empty() {
         return Err(SessionError::Invalid("the command is empty".into()));
     }
-    if !spec.cwd.starts_with('/') {
+    if !spec.cwd.is_empty() && !spec.cwd.starts_with('/') {
         return Err(SessionError::Invalid(format!(
             "cwd {:?} is not an absolute path",
             spec.cwd
@@ -266,6 +260,11 @@ impl SessionStore {
     /// Check `spec` and, when every check passes, start its supervisor.
     pub fn start(&self, spec: &SessionSpec) -> Result<StartOutcome, SessionError> {
         validate_spec(spec)?;
+        let mut spec = spec.clone();
+        if spec.cwd.is_empty() {
+            spec.cwd = default_cwd(&self.home);
+        }
+        let spec = &spec;
         let problems = preflight(spec);
         if !problems.is_empty() {
             return Ok(StartOutcome::Refused(problems));
@@ -803,14 +802,6 @@ pub fn supervise(dir: &Path) -> Result<(), SessionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn names_are_checked() {
-        assert!(validate_name("web-1.dev_x").is_ok());
-        for bad in ["", "-x", ".x", "a/b", "a b", &"x".repeat(65)] {
-            assert!(validate_name(bad).is_err(), "{bad:?}");
-        }
-    }
 
     #[test]
     fn a_cut_character_is_left_for_the_next_read() {

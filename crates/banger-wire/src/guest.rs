@@ -226,7 +226,8 @@ pub struct SessionSpec {
     pub name: String,
     /// Program and arguments (no shell); the program is looked up on `PATH`.
     pub command: Vec<String>,
-    /// Absolute directory in the guest.
+    /// Absolute directory in the guest; empty: `/root/repo` when it exists,
+    /// else `/root`.
     pub cwd: String,
     /// Extra environment, `KEY=VALUE`, over the agent's base environment.
     #[serde(default)]

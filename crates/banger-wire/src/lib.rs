@@ -7,6 +7,7 @@
 //! - [`image`]: bodies of the `/v1/images` and `/v1/kernels` routes.
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
 //! - [`vm`]: bodies of the `/v1/vms` routes.
+//! - [`session`]: bodies of the `/v1/vms/{vm}/sessions` routes.
 //!
 //! Everything here is plain data: no I/O, so both sides of every socket agree
 //! on the exact shapes and the parse layer can be tested without hardware.
@@ -16,6 +17,7 @@ pub mod guest;
 pub mod helper;
 pub mod image;
 pub mod install;
+pub mod session;
 pub mod vm;
 
 /// The banger version every binary reports (workspace version).
