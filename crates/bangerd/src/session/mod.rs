@@ -56,9 +56,21 @@ pub enum SessionError {
         message: String,
     },
     #[error(transparent)]
-    Vm(#[from] VmError),
+    Vm(Box<VmError>),
     #[error(transparent)]
-    State(#[from] StateError),
+    State(Box<StateError>),
+}
+
+impl From<VmError> for SessionError {
+    fn from(e: VmError) -> Self {
+        SessionError::Vm(Box::new(e))
+    }
+}
+
+impl From<StateError> for SessionError {
+    fn from(e: StateError) -> Self {
+        SessionError::State(Box::new(e))
+    }
 }
 
 impl SessionError {
@@ -89,7 +101,7 @@ impl From<SessionError> for ApiError {
 fn vm_record(state: &AppState, name: &str) -> Result<VmRecord, SessionError> {
     let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
     db.get_vm_by_name(name)?.ok_or_else(|| {
-        SessionError::Vm(VmError::NotFound {
+        SessionError::from(VmError::NotFound {
             name: name.to_owned(),
         })
     })
@@ -395,7 +407,7 @@ pub async fn start(
         }
     }
     for var in &req.env {
-        if !var.split_once('=').is_some_and(|(k, _)| !k.is_empty()) {
+        if var.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
             return Err(SessionError::Invalid {
                 message: format!("--env {var:?} is not KEY=VALUE"),
             });
