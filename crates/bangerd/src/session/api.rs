@@ -19,13 +19,14 @@ use banger_wire::session::{
 };
 
 use super::{SessionError, Signal, DEFAULT_STOP_GRACE, MAX_STOP_GRACE};
-use crate::api::{AppState, Failure, JsonBody};
+use crate::api::support::{Failure, JsonBody};
+use crate::context::Daemon;
 
 /// How often `logs?follow=true` asks the guest for more.
 const FOLLOW_POLL: Duration = Duration::from_millis(500);
 
 /// Every session route (merged into the main router).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<Arc<Daemon>> {
     Router::new()
         .route("/v1/sessions", get(all_names))
         .route("/v1/vms/{name}/sessions", get(list).post(start))
@@ -43,7 +44,7 @@ fn bad(message: String) -> Failure {
     Failure::new(ErrorCode::BadRequest, message)
 }
 
-async fn all_names(State(state): State<Arc<AppState>>) -> Result<Json<SessionNames>, Failure> {
+async fn all_names(State(state): State<Arc<Daemon>>) -> Result<Json<SessionNames>, Failure> {
     let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
     let vms = db.list_vms().map_err(|e| fail(e.into()))?;
     let sessions = db
@@ -62,7 +63,7 @@ async fn all_names(State(state): State<Arc<AppState>>) -> Result<Json<SessionNam
 }
 
 async fn list(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<SessionList>, Failure> {
     let sessions = super::list(&state, &name).await.map_err(fail)?;
@@ -70,7 +71,7 @@ async fn list(
 }
 
 async fn start(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<SessionStartRequest>,
 ) -> Result<Json<SessionInfo>, Failure> {
@@ -81,7 +82,7 @@ async fn start(
 }
 
 async fn show(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path((name, session)): Path<(String, String)>,
 ) -> Result<Json<SessionInfo>, Failure> {
     super::show(&state, &name, &session)
@@ -91,7 +92,7 @@ async fn show(
 }
 
 async fn stop(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path((name, session)): Path<(String, String)>,
     JsonBody(req): JsonBody<SessionStopRequest>,
 ) -> Result<Json<SessionInfo>, Failure> {
@@ -112,7 +113,7 @@ async fn stop(
 }
 
 async fn kill(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path((name, session)): Path<(String, String)>,
     JsonBody(req): JsonBody<SessionKillRequest>,
 ) -> Result<Json<SessionInfo>, Failure> {
@@ -178,7 +179,7 @@ fn log_query(query: Option<String>) -> Result<(Vec<LogStream>, Option<u32>, bool
 }
 
 async fn logs(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path((name, session)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Failure> {

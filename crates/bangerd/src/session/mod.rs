@@ -19,7 +19,7 @@ use banger_wire::guest::{
 };
 use banger_wire::session::{SessionInfo, SessionSource, SessionStartRequest};
 
-use crate::api::AppState;
+use crate::context::Daemon;
 use crate::vm::{info, VmError};
 
 /// Default time between SIGTERM and SIGKILL for `stop`.
@@ -98,7 +98,7 @@ impl From<SessionError> for ApiError {
     }
 }
 
-fn vm_record(state: &AppState, name: &str) -> Result<VmRecord, SessionError> {
+fn vm_record(state: &Daemon, name: &str) -> Result<VmRecord, SessionError> {
     let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
     db.get_vm_by_name(name)?.ok_or_else(|| {
         SessionError::from(VmError::NotFound {
@@ -134,7 +134,7 @@ fn getrandom(buf: &mut [u8]) {
 /// Ask the VM's agent `request`; an `Error` answer becomes
 /// [`SessionError::Guest`].
 async fn ask(
-    state: &AppState,
+    state: &Daemon,
     vm: &VmRecord,
     name: &str,
     op: &'static str,
@@ -177,7 +177,7 @@ fn exit_code_of(status: &SessionStatus) -> Option<i32> {
 }
 
 /// Record what the guest said about one session.
-fn remember(state: &AppState, id: &str, g: &GuestSession) -> Result<(), SessionError> {
+fn remember(state: &Daemon, id: &str, g: &GuestSession) -> Result<(), SessionError> {
     let json = serde_json::to_string(g).expect("GuestSession serializes");
     let ended = g.status.is_ended().then(|| {
         g.ended_at_ms
@@ -284,7 +284,7 @@ fn info_from(
 }
 
 /// Every session of VM `vm_name`, read live from the guest when it runs.
-pub async fn list(state: &AppState, vm_name: &str) -> Result<Vec<SessionInfo>, SessionError> {
+pub async fn list(state: &Daemon, vm_name: &str) -> Result<Vec<SessionInfo>, SessionError> {
     let vm = vm_record(state, vm_name)?;
     let records = {
         let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
@@ -316,7 +316,7 @@ pub async fn list(state: &AppState, vm_name: &str) -> Result<Vec<SessionInfo>, S
 
 /// Combine a record with the guest's list (`None`: the agent did not answer).
 fn reconcile(
-    state: &AppState,
+    state: &Daemon,
     vm: &VmRecord,
     s: &NamedSession,
     guest: Option<&[GuestSession]>,
@@ -341,7 +341,7 @@ fn reconcile(
     }
 }
 
-fn find_record(state: &AppState, vm: &VmRecord, name: &str) -> Result<NamedSession, SessionError> {
+fn find_record(state: &Daemon, vm: &VmRecord, name: &str) -> Result<NamedSession, SessionError> {
     let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
     db.list_named_sessions(&vm.id)?
         .into_iter()
@@ -353,11 +353,7 @@ fn find_record(state: &AppState, vm: &VmRecord, name: &str) -> Result<NamedSessi
 }
 
 /// One session, live when its VM runs.
-pub async fn show(
-    state: &AppState,
-    vm_name: &str,
-    name: &str,
-) -> Result<SessionInfo, SessionError> {
+pub async fn show(state: &Daemon, vm_name: &str, name: &str) -> Result<SessionInfo, SessionError> {
     let vm = vm_record(state, vm_name)?;
     let s = find_record(state, &vm, name)?;
     if vm.state != VmState::Running {
@@ -388,7 +384,7 @@ pub async fn show(
 
 /// Check and start a session.
 pub async fn start(
-    state: &AppState,
+    state: &Daemon,
     vm_name: &str,
     req: SessionStartRequest,
 ) -> Result<SessionInfo, SessionError> {
@@ -458,7 +454,7 @@ pub async fn start(
         stdin: req.stdin_mode,
         require_commands: req.require_commands,
     };
-    let forget = |state: &AppState| {
+    let forget = |state: &Daemon| {
         let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
         let _ = db.delete_session(&id);
     };
@@ -496,7 +492,7 @@ pub async fn start(
 
 /// `stop` (SIGTERM, SIGKILL after `grace`) or `kill` (one signal).
 pub async fn signal(
-    state: &AppState,
+    state: &Daemon,
     vm_name: &str,
     name: &str,
     what: Signal,
@@ -546,7 +542,7 @@ pub struct LogCursor {
 
 /// Open a log read of a session (its VM must run: logs live in the guest).
 pub fn open_logs(
-    state: &AppState,
+    state: &Daemon,
     vm_name: &str,
     name: &str,
     streams: Vec<LogStream>,
@@ -572,7 +568,7 @@ pub fn open_logs(
 /// Read what is new on every stream of `cursor`: the chunks (with their
 /// stream) and whether the session has ended with nothing left to read.
 pub async fn read_logs(
-    state: &AppState,
+    state: &Daemon,
     cursor: &mut LogCursor,
 ) -> Result<(Vec<(LogStream, String)>, bool), SessionError> {
     let mut out = Vec::new();
