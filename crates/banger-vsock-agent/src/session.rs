@@ -595,17 +595,15 @@ fn read_state(dir: &Path) -> Result<Option<SupervisorState>, SessionError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SessionError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io_err("create", &tmp))?;
-    f.write_all(bytes).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("sync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("rename", path))
+    let owner = crate::apply::Owner {
+        uid: nix::unistd::getuid().as_raw(),
+        gid: nix::unistd::getgid().as_raw(),
+    };
+    crate::apply::write_atomic(path, &mut &bytes[..], 0o600, owner).map_err(|f| SessionError::Io {
+        op: f.op,
+        path: f.path,
+        source: f.source,
+    })
 }
 
 fn write_state(dir: &Path, state: &SupervisorState) -> Result<(), SessionError> {
