@@ -445,11 +445,7 @@ mod tests {
             ),
             (
                 r#"{"op":"build_bundle","kind":"image","name":"../../../etc/debian-bookworm"}"#,
-                "build_bundle: no image recipe named \"../../../etc/debian-bookworm\"",
-            ),
-            (
-                r#"{"op":"build_bundle","kind":"kernel","name":"my-kernel"}"#,
-                "no kernel recipe named \"my-kernel\" (known: generic-6.12)",
+                "build_bundle: image recipe name \"../../../etc/debian-bookworm\" is invalid",
             ),
             (
                 r#"{"op":"build_bundle","kind":"rootfs","name":"debian-bookworm"}"#,
