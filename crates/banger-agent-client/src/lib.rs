@@ -187,6 +187,12 @@ fn op_name(request: &AgentRequest) -> &'static str {
         AgentRequest::Health {} => "health",
         AgentRequest::Ports {} => "ports",
         AgentRequest::Stats {} => "stats",
+        AgentRequest::SessionStart { .. } => "session start",
+        AgentRequest::SessionList {} => "session list",
+        AgentRequest::SessionShow { .. } => "session show",
+        AgentRequest::SessionLogs { .. } => "session logs",
+        AgentRequest::SessionStop { .. } => "session stop",
+        AgentRequest::SessionSignal { .. } => "session signal",
     }
 }
 
@@ -196,5 +202,18 @@ fn unexpected(op: &'static str, response: AgentResponse) -> AgentClientError {
         AgentResponse::Health(_) => AgentClientError::Unexpected { op, got: "health" },
         AgentResponse::Ports { .. } => AgentClientError::Unexpected { op, got: "ports" },
         AgentResponse::Stats(_) => AgentClientError::Unexpected { op, got: "stats" },
+        AgentResponse::Session(_) => AgentClientError::Unexpected { op, got: "session" },
+        AgentResponse::Sessions { .. } => AgentClientError::Unexpected {
+            op,
+            got: "sessions",
+        },
+        AgentResponse::SessionRefused { .. } => AgentClientError::Unexpected {
+            op,
+            got: "session_refused",
+        },
+        AgentResponse::SessionLog(_) => AgentClientError::Unexpected {
+            op,
+            got: "session_log",
+        },
     }
 }

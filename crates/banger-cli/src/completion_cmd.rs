@@ -66,6 +66,7 @@ pub enum Resource {
     Vm,
     Image,
     Kernel,
+    Session,
 }
 
 impl Resource {
@@ -76,6 +77,7 @@ impl Resource {
             Resource::Vm => routes::VM_LIST.path(),
             Resource::Image => routes::IMAGE_LIST.path(),
             Resource::Kernel => routes::KERNEL_LIST.path(),
+            Resource::Session => routes::SESSION_NAMES.path(),
         }
     }
 }
@@ -137,6 +139,7 @@ fn completer(kind: Resource) -> ArgValueCompleter {
         Resource::Vm => ArgValueCompleter::new(|c: &OsStr| candidates(Resource::Vm, c)),
         Resource::Image => ArgValueCompleter::new(|c: &OsStr| candidates(Resource::Image, c)),
         Resource::Kernel => ArgValueCompleter::new(|c: &OsStr| candidates(Resource::Kernel, c)),
+        Resource::Session => ArgValueCompleter::new(|c: &OsStr| candidates(Resource::Session, c)),
     }
 }
 
@@ -149,6 +152,7 @@ pub fn resource_of(path: &[&str], arg: &clap::Arg) -> Option<Resource> {
         "vm" | "vms" => Some(Resource::Vm),
         "image" | "images" => Some(Resource::Image),
         "kernel" | "kernels" | "kernel_ref" => Some(Resource::Kernel),
+        "session" | "sessions" => Some(Resource::Session),
         _ => None,
     };
     let id = arg.get_id().as_str();

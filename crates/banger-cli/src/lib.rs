@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod image_cmd;
 pub mod network_cmd;
 pub mod run_cmd;
+pub mod session_cmd;
 pub mod shell;
 pub mod ssh_config_cmd;
 pub mod system_cmd;

@@ -103,6 +103,9 @@ pub enum VmCommand {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Long-lived commands supervised in the guest (docs/sessions.md).
+    #[command(subcommand)]
+    Session(crate::session_cmd::SessionCommand),
 }
 
 /// The flags `vm create` and `vm run` share: a new VM's name, image and size.
@@ -180,6 +183,7 @@ pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
             VmCommand::Show { name, json } => show(&client, &name, json).await.map(|()| None),
             VmCommand::Logs { name, follow } => logs(&client, &name, follow).await.map(|()| None),
             VmCommand::Ports { name, json } => ports(&client, &name, json).await.map(|()| None),
+            VmCommand::Session(cmd) => crate::session_cmd::run(&client, cmd).await.map(|()| None),
             VmCommand::Ssh { name, command } => ssh_target(&client, &name)
                 .await
                 .map(|vm| Some((vm, command))),

@@ -34,7 +34,7 @@ pub use artifacts::{ImageRecord, KernelRecord};
 pub use error::StateError;
 pub use leases::Lease;
 pub use migrations::SCHEMA_VERSION;
-pub use sessions::SessionRecord;
+pub use sessions::{NamedSession, SessionRecord};
 pub use types::{
     ArtifactSource, CloneStrategy, ParseEnumError, SessionKind, Timestamp, VmState, VmmBackend,
 };

@@ -11,6 +11,7 @@ use crate::{sql, StateError};
 const MIGRATIONS: &[&str] = &[
     include_str!("../migrations/0001_initial.sql"),
     include_str!("../migrations/0002_leases_sessions.sql"),
+    include_str!("../migrations/0003_session_names.sql"),
 ];
 
 /// The schema version this build creates and understands.

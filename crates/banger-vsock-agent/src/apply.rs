@@ -96,10 +96,10 @@ pub enum ApplyError {
 
 /// An I/O failure with the operation and path, before it is tied to an entry.
 #[derive(Debug)]
-struct IoFail {
-    op: &'static str,
-    path: PathBuf,
-    source: io::Error,
+pub(crate) struct IoFail {
+    pub(crate) op: &'static str,
+    pub(crate) path: PathBuf,
+    pub(crate) source: io::Error,
 }
 
 impl From<IoFail> for ApplyError {
@@ -746,7 +746,7 @@ fn set_owner_mode(path: &Path, mode: u32, owner: Owner) -> Result<(), IoFail> {
 
 /// Replace `path` with `contents` (mode, owner) atomically: a reader (sshd,
 /// a crash mid-write) sees the old file or the new one, never a partial one.
-fn write_atomic(
+pub(crate) fn write_atomic(
     path: &Path,
     contents: &mut dyn Read,
     mode: u32,

@@ -12,6 +12,7 @@ pub mod drive;
 pub mod ext4;
 pub mod procfs;
 pub mod server;
+pub mod session;
 
 #[cfg(test)]
 mod test_support;

@@ -24,6 +24,12 @@ enum Command {
     Apply(ApplyArgs),
     /// Answer the host (health, ports, stats) over virtio-serial or vsock.
     Serve(ServeArgs),
+    /// Supervise one session (started by `serve`; not for direct use).
+    #[command(hide = true)]
+    SessionSupervise {
+        /// The session directory (`/run/banger/sessions/<id>`).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -99,6 +105,9 @@ fn main() -> ExitCode {
         Some(Command::Apply(args)) => apply_command(args),
         Some(Command::Serve(args)) => serve_command(args),
         None => serve_command(ServeArgs::default()),
+        Some(Command::SessionSupervise { dir }) => {
+            banger_vsock_agent::session::supervise(&dir).map_err(anyhow::Error::from)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

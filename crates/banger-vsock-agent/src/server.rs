@@ -20,7 +20,8 @@ use banger_wire::guest::{
 };
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
 
-use crate::{apply, procfs};
+use crate::session::StartOutcome;
+use crate::{apply, procfs, session};
 
 /// Longest request line accepted; anything longer is answered with an error.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -51,6 +52,9 @@ pub struct AgentContext {
     /// The guest's `/`; the apply record and the work disk (`root/root`)
     /// are found under it.
     pub root: PathBuf,
+    /// The binary that supervises sessions (`session-supervise`); sessions
+    /// live under `root` + [`banger_wire::guest::SESSIONS_DIR`].
+    pub agent_exe: PathBuf,
 }
 
 impl Default for AgentContext {
@@ -58,6 +62,19 @@ impl Default for AgentContext {
         AgentContext {
             proc_root: PathBuf::from("/proc"),
             root: PathBuf::from("/"),
+            agent_exe: session::SessionStore::default().agent_exe,
+        }
+    }
+}
+
+impl AgentContext {
+    /// The guest's sessions.
+    pub fn sessions(&self) -> session::SessionStore {
+        let dir = banger_wire::guest::SESSIONS_DIR.trim_start_matches('/');
+        session::SessionStore {
+            root: self.root.join(dir),
+            agent_exe: self.agent_exe.clone(),
+            home: self.root.join("root"),
         }
     }
 }
@@ -74,6 +91,42 @@ pub fn handle_request(ctx: &AgentContext, request: &AgentRequest) -> AgentRespon
                 .map(AgentResponse::Stats)
                 .map_err(|e| e.to_string())
         }
+        AgentRequest::SessionStart { spec } => match ctx.sessions().start(spec) {
+            Ok(StartOutcome::Started(s)) => Ok(AgentResponse::Session(*s)),
+            Ok(StartOutcome::Refused(problems)) => Ok(AgentResponse::SessionRefused { problems }),
+            Err(e) => Err(e.to_string()),
+        },
+        AgentRequest::SessionList {} => ctx
+            .sessions()
+            .list()
+            .map(|sessions| AgentResponse::Sessions { sessions })
+            .map_err(|e| e.to_string()),
+        AgentRequest::SessionShow { id } => ctx
+            .sessions()
+            .show(id)
+            .map(AgentResponse::Session)
+            .map_err(|e| e.to_string()),
+        AgentRequest::SessionLogs {
+            id,
+            stream,
+            offset,
+            max_bytes,
+            tail_lines,
+        } => ctx
+            .sessions()
+            .logs(id, *stream, *offset, *max_bytes, *tail_lines)
+            .map(AgentResponse::SessionLog)
+            .map_err(|e| e.to_string()),
+        AgentRequest::SessionStop { id, grace_ms } => ctx
+            .sessions()
+            .control(id, &format!("stop {grace_ms}"))
+            .map(AgentResponse::Session)
+            .map_err(|e| e.to_string()),
+        AgentRequest::SessionSignal { id, signal } => ctx
+            .sessions()
+            .control(id, &format!("signal {signal}"))
+            .map(AgentResponse::Session)
+            .map_err(|e| e.to_string()),
     };
     result.unwrap_or_else(|message| AgentResponse::Error { message })
 }
@@ -469,6 +522,7 @@ mod tests {
         let ctx = AgentContext {
             proc_root: PathBuf::from("/proc"),
             root: tmp.path().to_owned(),
+            agent_exe: PathBuf::from("/nonexistent"),
         };
         let health = |ctx: &AgentContext| match handle_request(ctx, &AgentRequest::Health {}) {
             AgentResponse::Health(h) => h,

@@ -254,6 +254,7 @@ proptest! {
         let ctx = AgentContext {
             proc_root: "/nonexistent/banger-test/proc".into(),
             root: "/nonexistent/banger-test".into(),
+            agent_exe: "/nonexistent/banger-test/agent".into(),
         };
         let mut stream = input.clone();
         // A partial last line (the sender went away) is dropped.

@@ -82,6 +82,27 @@ pub enum AgentRequest {
     Ports {},
     /// Load, memory and root/work disk usage.
     Stats {},
+    /// Check and start a supervised session (`docs/sessions.md`).
+    SessionStart { spec: SessionSpec },
+    /// Every session the guest knows (since its boot).
+    SessionList {},
+    /// One session.
+    SessionShow { id: String },
+    /// Up to `max_bytes` of a session's `stream` log from byte `offset`;
+    /// with `tail_lines`, the offset is moved back so the answer starts at
+    /// most that many lines before the end.
+    SessionLogs {
+        id: String,
+        stream: LogStream,
+        offset: u64,
+        max_bytes: u32,
+        #[serde(default)]
+        tail_lines: Option<u32>,
+    },
+    /// SIGTERM to the session's process group, SIGKILL after `grace_ms`.
+    SessionStop { id: String, grace_ms: u64 },
+    /// Send `signal` (a number) to the session's process group.
+    SessionSignal { id: String, signal: i32 },
 }
 
 /// The agent's answer to one [`AgentRequest`].
@@ -89,9 +110,22 @@ pub enum AgentRequest {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum AgentResponse {
     Health(AgentHealth),
-    Ports { ports: Vec<ListeningPort> },
+    Ports {
+        ports: Vec<ListeningPort>,
+    },
     Stats(GuestStats),
-    Error { message: String },
+    Session(GuestSession),
+    Sessions {
+        sessions: Vec<GuestSession>,
+    },
+    /// A session start refused by its preflight; nothing was started.
+    SessionRefused {
+        problems: Vec<String>,
+    },
+    SessionLog(SessionLogChunk),
+    Error {
+        message: String,
+    },
 }
 
 /// Answer to [`AgentRequest::Health`].
@@ -133,4 +167,132 @@ pub struct DiskUsage {
     pub mount: String,
     pub total_bytes: u64,
     pub used_bytes: u64,
+}
+
+/// Where the guest agent keeps supervised sessions, one directory per id.
+pub const SESSIONS_DIR: &str = "/run/banger/sessions";
+/// Most bytes one [`AgentRequest::SessionLogs`] answer carries.
+pub const MAX_SESSION_LOG_CHUNK: u32 = 256 * 1024;
+
+/// What a session's stdin is connected to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StdinMode {
+    /// `/dev/null`.
+    #[default]
+    Detached,
+    /// A FIFO kept open by the supervisor: attachers write to it, and the
+    /// command never sees EOF while nobody is attached.
+    Pipe,
+}
+
+impl std::fmt::Display for StdinMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StdinMode::Detached => "detached",
+            StdinMode::Pipe => "pipe",
+        })
+    }
+}
+
+/// One of a session's two output logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+impl LogStream {
+    /// The log's file name in the session directory.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            LogStream::Stdout => "stdout.log",
+            LogStream::Stderr => "stderr.log",
+        }
+    }
+}
+
+/// What the host asks the guest to run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSpec {
+    /// 32 lowercase hex digits, chosen by the host.
+    pub id: String,
+    pub name: String,
+    /// Program and arguments (no shell); the program is looked up on `PATH`.
+    pub command: Vec<String>,
+    /// Absolute directory in the guest; empty: `/root/repo` when it exists,
+    /// else `/root`.
+    pub cwd: String,
+    /// Extra environment, `KEY=VALUE`, over the agent's base environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    #[serde(default)]
+    pub stdin: StdinMode,
+    /// Commands that must be on `PATH` before anything starts.
+    #[serde(default)]
+    pub require_commands: Vec<String>,
+}
+
+/// Where a session is in its life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SessionStatus {
+    /// The supervisor has not reported the launch yet.
+    Starting {},
+    Running {},
+    Exited {
+        code: i32,
+    },
+    Signaled {
+        signal: i32,
+    },
+    /// The command could not be executed.
+    LaunchFailed {
+        message: String,
+    },
+    /// The supervisor died without recording an end (killed from inside the
+    /// guest).
+    Lost {
+        message: String,
+    },
+}
+
+impl SessionStatus {
+    /// True once nothing runs any more.
+    pub fn is_ended(&self) -> bool {
+        !matches!(self, SessionStatus::Starting {} | SessionStatus::Running {})
+    }
+}
+
+/// A session as the guest agent reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestSession {
+    pub spec: SessionSpec,
+    pub status: SessionStatus,
+    pub pid: Option<u32>,
+    /// Milliseconds since the Unix epoch (guest clock).
+    pub started_at_ms: Option<u64>,
+    pub ended_at_ms: Option<u64>,
+    /// The last lines of stderr, once the session ended.
+    #[serde(default)]
+    pub stderr_tail: Option<String>,
+}
+
+/// Part of a session log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionLogChunk {
+    /// Where `data` starts in the log.
+    pub offset: u64,
+    /// The bytes as text (invalid UTF-8 replaced; a character cut by the
+    /// size limit is left for the next request).
+    pub data: String,
+    /// The offset to ask for next.
+    pub next_offset: u64,
+    /// Whether the session had ended when this was read: with `data`
+    /// empty, nothing more will come.
+    pub ended: bool,
 }

@@ -8,6 +8,7 @@
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
 //! - [`routes`]: every API route, typed, shared by the CLI and the daemon.
 //! - [`vm`]: bodies of the `/v1/vms` routes.
+//! - [`session`]: bodies of the `/v1/vms/{vm}/sessions` routes.
 //!
 //! Everything here is plain data: no I/O, so both sides of every socket agree
 //! on the exact shapes and the parse layer can be tested without hardware.
@@ -18,6 +19,7 @@ pub mod helper;
 pub mod image;
 pub mod install;
 pub mod routes;
+pub mod session;
 pub mod vm;
 
 /// The banger version every binary reports (workspace version).

@@ -258,6 +258,10 @@ pub const KERNEL_PULL: Route<PullRequest, InstallReport> =
 pub const KERNEL_BUILD: Route<BuildRequest, InstallReport> =
     Route::new(Post, "/v1/kernels/{name}/build", Stream);
 
+/// Every named session of every VM (completion).
+pub const SESSION_NAMES: Route<NoBody, crate::session::SessionNames> =
+    Route::new(Get, "/v1/sessions", Json);
+
 /// Every route, for tests and docs.
 pub const ALL: &[RouteInfo] = &[
     STATUS.info,
@@ -292,6 +296,7 @@ pub const ALL: &[RouteInfo] = &[
     KERNEL_DELETE.info,
     KERNEL_PULL.info,
     KERNEL_BUILD.info,
+    SESSION_NAMES.info,
 ];
 
 #[cfg(test)]

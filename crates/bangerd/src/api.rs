@@ -33,6 +33,7 @@ pub fn router(state: Arc<Daemon>) -> Router {
         .route(routes::NETWORK_TEARDOWN.path(), post(network_teardown))
         .merge(crate::vm::api::routes())
         .merge(crate::image::api::routes())
+        .merge(crate::session::api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

@@ -32,6 +32,7 @@ pub mod lock;
 pub mod logging;
 pub mod network;
 pub mod notify;
+pub mod session;
 pub mod socket;
 pub mod ssh_config;
 pub mod vm;
