@@ -473,7 +473,10 @@ impl Tree {
             })?;
             buf[..buf.len().min(4)].to_vec()
         };
-        let diff = {
+        // Decode in a closure so that, whatever fails inside, the blob is
+        // still read to its end and its digest checked first: a corrupt
+        // cached blob reads as a digest mismatch (and is evicted).
+        let diff = (|| -> Result<String, FlattenError> {
             let decoder: Box<dyn Read + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
                 Box::new(flate2::read::MultiGzDecoder::new(&mut outer))
             } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
@@ -511,8 +514,8 @@ impl Tree {
                 layer: name.clone(),
                 reason: format!("reading past the end of the tar: {e}"),
             })?;
-            hex_digest(inner.hash)
-        };
+            Ok(hex_digest(inner.hash))
+        })();
         std::io::copy(&mut outer, &mut std::io::sink()).map_err(|source| FlattenError::Io {
             op: "read layer blob",
             path: input.blob.to_owned(),
@@ -526,6 +529,7 @@ impl Tree {
                 actual: blob_digest,
             });
         }
+        let diff = diff?;
         if let Some(want) = input.diff_id {
             if diff != want {
                 return Err(FlattenError::Digest {

@@ -42,8 +42,8 @@ pub struct ImportOptions {
     pub reference: OciRef,
     pub access: Access,
     pub cache: LayerCache,
-    /// A private directory for the content store and the tar; emptied by
-    /// the caller afterwards.
+    /// A private directory; the import's scratch space (file contents, the
+    /// tar) lives in a temporary directory inside it, removed on return.
     pub work_dir: PathBuf,
     /// Where `rootfs.ext4` goes.
     pub dest: PathBuf,
@@ -88,13 +88,16 @@ pub fn build(
     progress: ProgressFn<'_>,
 ) -> Result<Imported, ImportError> {
     let reference = opts.reference.whole();
-    let content = opts.work_dir.join("content");
-    std::fs::create_dir_all(&content).map_err(|source| ImportError::Io {
-        op: "create",
-        path: content.clone(),
-        source,
-    })?;
-    let mut tree = Tree::new(&content, opts.limits.clone());
+    // Removed on every exit, success or failure.
+    let scratch = tempfile::Builder::new()
+        .prefix("oci-import-")
+        .tempdir_in(&opts.work_dir)
+        .map_err(|source| ImportError::Io {
+            op: "create a scratch directory in",
+            path: opts.work_dir.clone(),
+            source,
+        })?;
+    let mut tree = Tree::new(scratch.path(), opts.limits.clone());
     let count = fetched.layers.len();
     for (index, layer) in fetched.layers.iter().enumerate() {
         progress(Event::Apply {
@@ -127,7 +130,7 @@ pub fn build(
         tree.len(),
         tree.content_bytes()
     )));
-    let tar = opts.work_dir.join("rootfs.tar");
+    let tar = scratch.path().join("rootfs.tar");
     crate::rootfs::write_tar(&tree, &tar)?;
     let hex = fetched
         .manifest_digest
@@ -142,7 +145,7 @@ pub fn build(
     let size = crate::rootfs::mkfs(
         &tar,
         &opts.dest,
-        &opts.work_dir,
+        scratch.path(),
         &tree,
         &Ext4Options {
             size: opts.size,
@@ -150,8 +153,8 @@ pub fn build(
             epoch,
         },
     )?;
-    let _ = std::fs::remove_file(&tar);
-    let _ = std::fs::remove_dir_all(&content);
+    drop(tree);
+    drop(scratch);
     Ok(Imported {
         reference,
         reference_digest: fetched.reference_digest.clone(),
