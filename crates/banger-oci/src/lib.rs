@@ -27,4 +27,4 @@ pub mod registry;
 pub mod rootfs;
 
 pub use import::{import, ImportError, ImportOptions, Imported};
-pub use reference::{is_oci_reference, OciRef};
+pub use reference::OciRef;

@@ -17,14 +17,6 @@ pub struct ReferenceError {
     pub source: oci_client::ParseError,
 }
 
-/// True when `input` names an OCI image rather than a catalog entry: it has a
-/// registry or path (`/`), a tag (`:`) or a digest (`@`). Catalog names
-/// have none of these, so `banger image pull debian-bookworm` keeps its
-/// meaning.
-pub fn is_oci_reference(input: &str) -> bool {
-    input.contains(['/', ':', '@'])
-}
-
 /// A parsed reference, as the user typed it and fully qualified.
 #[derive(Debug, Clone)]
 pub struct OciRef {
@@ -124,16 +116,6 @@ pub fn is_loopback_registry(registry: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn catalog_names_are_not_references() {
-        assert!(!is_oci_reference("debian-bookworm"));
-        assert!(!is_oci_reference("debian-bookworm-minimal"));
-        assert!(is_oci_reference("debian:bookworm"));
-        assert!(is_oci_reference("localhost:5000/team/dev"));
-        assert!(is_oci_reference("alpine@sha256:abcd"));
-        assert!(is_oci_reference("library/alpine"));
-    }
 
     #[test]
     fn docker_hub_defaults_and_names() {

@@ -11,7 +11,7 @@ use banger_image::Kind;
 use banger_wire::api::ApiError;
 use banger_wire::image::{
     ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, ImportRequest,
-    KernelInfo, KernelList, PromoteRequest, PullRequest, EXPORT_INDEX_HEADER,
+    KernelInfo, KernelList, OciPullRequest, PromoteRequest, PullRequest, EXPORT_INDEX_HEADER,
 };
 
 use super::ImageError;
@@ -29,6 +29,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/images/{name}/pull", post(pull_image))
         .route("/v1/images/{name}/build", post(build_image))
         .route("/v1/images/{name}/promote", post(promote))
+        .route("/v1/oci/pull", post(oci_pull))
         .route("/v1/kernels", get(list_kernels))
         .route("/v1/kernels/{name}", get(show_kernel).delete(delete_kernel))
         .route("/v1/kernels/{name}/pull", post(pull_kernel))
@@ -132,6 +133,18 @@ async fn pull_kernel(
     JsonBody(PullRequest {}): JsonBody<PullRequest>,
 ) -> Result<Response, Failure> {
     pull(state, Kind::Kernel, name)
+}
+
+async fn oci_pull(
+    State(state): State<Arc<AppState>>,
+    JsonBody(req): JsonBody<OciPullRequest>,
+) -> Result<Response, Failure> {
+    super::oci::prepare(&state, &req).map_err(|e| Failure(e.into()))?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        super::oci::pull(state, req, &sink)
+            .await
+            .map_err(ApiError::from)
+    }))
 }
 
 fn build(
