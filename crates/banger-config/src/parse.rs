@@ -1065,7 +1065,14 @@ mod tests {
         for ok in ["registry.lan", "registry.lan:5000", "10.0.0.5:443"] {
             assert!(check_registry(ok), "{ok}");
         }
-        for bad in ["", "http://r.lan", "r.lan/path", "r.lan:0", "r.lan:99999", "r lan"] {
+        for bad in [
+            "",
+            "http://r.lan",
+            "r.lan/path",
+            "r.lan:0",
+            "r.lan:99999",
+            "r lan",
+        ] {
             assert!(!check_registry(bad), "{bad}");
         }
     }

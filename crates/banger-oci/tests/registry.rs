@@ -4,118 +4,14 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 
 use banger_oci::auth::{credentials_for, Credentials};
 use banger_oci::cache::LayerCache;
 use banger_oci::flatten::Limits;
 use banger_oci::registry::Access;
 use banger_oci::{ImportError, ImportOptions, OciRef};
-use common::{layer, E};
-
-struct Registry {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-    creds: Option<(String, String)>,
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Registry {
-    fn start(auth: Option<(&str, &str)>) -> Registry {
-        let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut auth_yaml = String::new();
-        if let Some((u, p)) = auth {
-            let out = Command::new(common::which("htpasswd"))
-                .args(["-Bbn", u, p])
-                .output()
-                .unwrap();
-            assert!(out.status.success());
-            std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
-            auth_yaml = format!(
-                "auth:\n  htpasswd:\n    realm: banger-test\n    path: {}\n",
-                dir.path().join("htpasswd").display()
-            );
-        }
-        let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_yaml}",
-            dir.path().join("storage").display()
-        );
-        let cfg = dir.path().join("config.yml");
-        std::fs::write(&cfg, config).unwrap();
-        let log = dir.path().join("registry.log");
-        let child = Command::new(common::which("docker-registry"))
-            .arg("serve")
-            .arg(&cfg)
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        let reg = Registry {
-            child,
-            port,
-            log,
-            _dir: dir,
-            creds: auth.map(|(u, p)| (u.to_owned(), p.to_owned())),
-        };
-        for _ in 0..200 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return reg;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        panic!("docker-registry did not listen on {port}");
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Push an OCI layout of `layers` as `repo:tag` with skopeo.
-    fn push(&self, layers: &[&common::Layer], repo: &str, tag: &str) {
-        let dir = tempfile::tempdir().unwrap();
-        common::oci_layout(dir.path(), layers, tag);
-        let mut cmd = Command::new(common::which("skopeo"));
-        cmd.args(["--insecure-policy", "copy", "-q", "--dest-tls-verify=false"]);
-        if let Some((u, p)) = &self.creds {
-            cmd.arg(format!("--dest-creds={u}:{p}"));
-        }
-        let out = cmd
-            .arg(format!("oci:{}:{tag}", dir.path().display()))
-            .arg(format!("docker://{}/{repo}:{tag}", self.addr()))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "skopeo copy: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    /// GET requests for one blob, from the registry's access log (stderr
-    /// carries the app log, stdout the access log; both are searched).
-    fn blob_gets(&self, digest: &str) -> usize {
-        let mut text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        text += &std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default();
-        text.lines()
-            .filter(|l| l.contains("\"GET /v2/") && l.contains(&format!("/blobs/{digest}")))
-            .count()
-    }
-}
+use common::{layer, Registry, E};
 
 fn tools() -> bool {
     common::require("docker-registry", "docker-registry")
