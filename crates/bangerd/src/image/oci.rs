@@ -16,7 +16,8 @@ use banger_wire::api::{ApiError, ErrorCode};
 use banger_wire::image::{OciOrigin, OciPullReport, OciPullRequest};
 
 use super::{lookup_kernel, refuse_registered, store, Forwarder, ImageError};
-use crate::api::{AppState, EventSink};
+use crate::context::Daemon;
+use crate::events::EventSink;
 
 #[derive(Debug, thiserror::Error)]
 pub enum OciPullError {
@@ -103,7 +104,7 @@ pub fn origin_of(i: &Installed) -> Option<OciOrigin> {
 }
 
 /// Checks that need no network, answered before the stream starts.
-pub fn prepare(state: &AppState, req: &OciPullRequest) -> Result<(OciRef, String), OciPullError> {
+pub fn prepare(state: &Daemon, req: &OciPullRequest) -> Result<(OciRef, String), OciPullError> {
     let r = OciRef::parse(&req.reference)?;
     let name = req.name.clone().unwrap_or_else(|| r.default_name());
     validate_name(&name).map_err(|e| OciPullError::Image(e.into()))?;
@@ -166,7 +167,7 @@ fn to_progress(e: Event) -> Progress {
 
 /// Import `req` as image `name`.
 pub async fn pull(
-    state: Arc<AppState>,
+    state: Arc<Daemon>,
     req: OciPullRequest,
     sink: &EventSink,
 ) -> Result<OciPullReport, OciPullError> {
@@ -183,7 +184,7 @@ pub async fn pull(
 }
 
 fn run(
-    state: &AppState,
+    state: &Daemon,
     req: &OciPullRequest,
     reference: OciRef,
     name: String,
