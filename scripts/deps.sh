@@ -25,6 +25,10 @@ apt-get install -y -qq --no-install-recommends \
     iproute2 nftables openssh-client zstd xz-utils cpio kmod \
     mmdebstrap busybox-static bind9-dnsutils bash-completion fish python3 \
     systemd systemd-container nix-bin xfsprogs >/dev/null
+# banger-oci's tests: a loopback registry, pushes from OCI layouts,
+# htpasswd auth, and the import bench's comparison (umoci).
+apt-get install -y -qq --no-install-recommends \
+    docker-registry skopeo umoci apache2-utils >/dev/null
 
 # The golden image's build fetches mise with `npm pack` (a nodejs that
 # bundles npm, e.g. NodeSource's, also does).

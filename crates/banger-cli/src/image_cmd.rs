@@ -8,8 +8,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 use banger_host::paths::Layout;
 use banger_wire::image::{
-    ArtifactDeleted, BuildRequest, ImageInfo, ImageRegisterRequest, ImportRequest, InstallReport,
-    KernelInfo, PromoteRequest, PullRequest,
+    is_oci_reference, ArtifactDeleted, BuildRequest, ImageInfo, ImageRegisterRequest,
+    ImportRequest, InstallReport, KernelInfo, OciPullReport, OciPullRequest, PromoteRequest,
+    PullRequest,
 };
 use banger_wire::routes::{self, NoBody, Route, Target};
 use clap::{Args, Subcommand};
@@ -18,10 +19,32 @@ use crate::cli::GlobalArgs;
 use crate::client::{self, Client};
 use crate::vm_cmd::table;
 
+/// `banger image pull`.
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// Catalog name (debian-bookworm) or OCI reference
+    /// (docker.io/library/debian:bookworm, localhost:5000/team/dev@sha256:...).
+    #[arg(value_name = "NAME|REFERENCE")]
+    pub reference: String,
+    /// OCI only: the kernel the image boots with (required), e.g. generic-6.12.
+    #[arg(long)]
+    pub kernel_ref: Option<String>,
+    /// OCI only: the image name (default: repository and tag, e.g. debian-bookworm).
+    #[arg(long = "name", value_name = "NAME")]
+    pub image_name: Option<String>,
+    /// OCI only: size of rootfs.ext4, e.g. 4G (default: content plus headroom).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// OCI only: linux/amd64, the one platform banger guests run.
+    #[arg(long)]
+    pub platform: Option<String>,
+}
+
 /// `banger image ...`
 #[derive(Debug, Subcommand)]
 #[command(after_help = "Examples:
   banger image pull debian-bookworm        download, verify and install (with its kernel)
+  banger image pull docker.io/library/debian:bookworm --kernel-ref generic-6.12   import an OCI image
   banger image build debian-bookworm       build it locally from its recipe instead (root)
   banger image list
   banger image show debian-bookworm --json
@@ -32,11 +55,11 @@ use crate::vm_cmd::table;
   banger image delete mine")]
 pub enum ImageCommand {
     /// Download an image from the catalog, verify its sha256 while streaming
-    /// and install it, with the kernel it boots with.
-    Pull {
-        /// Catalog name, e.g. debian-bookworm.
-        name: String,
-    },
+    /// and install it, with the kernel it boots with. Or import an OCI image
+    /// from a registry (a reference with a registry, path, tag or digest):
+    /// its layers are flattened into an ext4 root filesystem, without root
+    /// (docs/oci-import.md).
+    Pull(PullArgs),
     /// Build an image from its recipe and install it (and its kernel when
     /// missing). Needs root: a daemon running as root builds it, otherwise
     /// the system install's root helper does. Takes minutes.
@@ -190,8 +213,28 @@ pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitC
     runtime()?.block_on(async {
         let client = connect(global).await?;
         match cmd {
-            ImageCommand::Pull { name } => {
-                install(&client, routes::IMAGE_PULL.at(&name), &PullRequest {}).await
+            ImageCommand::Pull(a) => {
+                if is_oci_reference(&a.reference) {
+                    oci_pull(&client, a).await
+                } else {
+                    if a.kernel_ref.is_some()
+                        || a.image_name.is_some()
+                        || a.size.is_some()
+                        || a.platform.is_some()
+                    {
+                        anyhow::bail!(
+                            "--kernel-ref, --name, --size and --platform apply to OCI references \
+                             (REGISTRY/REPO:TAG); {:?} is a catalog name",
+                            a.reference
+                        );
+                    }
+                    install(
+                        &client,
+                        routes::IMAGE_PULL.at(&a.reference),
+                        &PullRequest {},
+                    )
+                    .await
+                }
             }
             ImageCommand::Build(a) => {
                 let body = BuildRequest { force: a.force };
@@ -468,6 +511,63 @@ fn output<T: serde::Serialize>(
     Ok(())
 }
 
+async fn oci_pull(client: &Client, a: PullArgs) -> anyhow::Result<()> {
+    let Some(kernel_ref) = a.kernel_ref else {
+        anyhow::bail!(
+            "{} is an OCI reference: pass --kernel-ref KERNEL (e.g. generic-6.12; `banger kernel list`)",
+            a.reference
+        );
+    };
+    let size_bytes = a
+        .size
+        .as_deref()
+        .map(banger_config::parse_size)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--size: {e}"))?;
+    let body = OciPullRequest {
+        reference: a.reference,
+        kernel_ref,
+        name: a.image_name,
+        size_bytes,
+        platform: a.platform,
+    };
+    let mut render = client::stderr_renderer();
+    let report = client
+        .call_stream(&routes::OCI_PULL.target(), &body, render.as_mut())
+        .await?;
+    print!("{}", format_oci_pull(&report));
+    Ok(())
+}
+
+/// What an OCI pull did, and whether the tag moved since the last pull.
+pub fn format_oci_pull(r: &OciPullReport) -> String {
+    let mut out = format!(
+        "image {} imported from {}\nmanifest {}\n{} layers ({} cached), {} downloaded, rootfs {}\ninit: {}\n",
+        r.name,
+        r.origin.reference,
+        r.origin.manifest_digest,
+        r.layers,
+        r.layers_cached,
+        size(r.downloaded_bytes),
+        size(r.size_bytes),
+        r.init,
+    );
+    if let Some(pm) = &r.sshd_installed_by {
+        out.push_str(&format!("sshd: installed with {pm} on first boot\n"));
+    }
+    match &r.previous_digest {
+        None => {}
+        Some(d) if *d == r.origin.reference_digest => {
+            out.push_str("unchanged since the last pull\n");
+        }
+        Some(d) => out.push_str(&format!(
+            "changed since the last pull (was {d}, now {})\n",
+            r.origin.reference_digest
+        )),
+    }
+    out
+}
+
 async fn install<B: serde::Serialize>(
     client: &Client,
     target: Target<B, InstallReport>,
@@ -610,6 +710,11 @@ pub fn format_image_show(i: &ImageInfo) -> String {
     if let Some(h) = &i.recipe_hash {
         rows.push(("recipe hash", h.clone()));
     }
+    if let Some(o) = &i.oci {
+        rows.push(("oci reference", o.reference.clone()));
+        rows.push(("oci digest", o.reference_digest.clone()));
+        rows.push(("manifest", o.manifest_digest.clone()));
+    }
     rows.push(("used by", or_dash(&i.used_by)));
     kv(&rows)
 }
@@ -700,7 +805,60 @@ mod tests {
             installed_at: Some(1_735_776_000),
             recipe_hash: None,
             used_by: vec!["dev".into(), "ci".into()],
+            oci: None,
         }
+    }
+
+    #[test]
+    fn oci_pull_report_says_whether_the_tag_moved() {
+        use banger_wire::image::{OciOrigin, OciPullReport};
+        let mut r = OciPullReport {
+            name: "dev-a".into(),
+            origin: OciOrigin {
+                reference: "localhost:5000/team/dev:a".into(),
+                reference_digest: "sha256:new".into(),
+                manifest_digest: "sha256:new".into(),
+            },
+            previous_digest: None,
+            layers: 2,
+            layers_cached: 1,
+            downloaded_bytes: 1 << 20,
+            size_bytes: 1 << 30,
+            init: "systemd".into(),
+            sshd_installed_by: Some("apt".into()),
+        };
+        let out = format_oci_pull(&r);
+        assert!(
+            out.contains("image dev-a imported from localhost:5000/team/dev:a"),
+            "{out}"
+        );
+        assert!(
+            out.contains("2 layers (1 cached), 1M downloaded, rootfs 1G"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sshd: installed with apt on first boot"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("changed") && !out.contains("unchanged"),
+            "{out}"
+        );
+        r.previous_digest = Some("sha256:new".into());
+        assert!(format_oci_pull(&r).contains("unchanged since the last pull"));
+        r.previous_digest = Some("sha256:old".into());
+        assert!(format_oci_pull(&r)
+            .contains("changed since the last pull (was sha256:old, now sha256:new)"));
+
+        let mut i = image();
+        i.source = ArtifactSource::Oci;
+        i.oci = Some(r.origin.clone());
+        let show = format_image_show(&i);
+        assert!(
+            show.contains("source:         oci") || show.contains("oci"),
+            "{show}"
+        );
+        assert!(show.contains("localhost:5000/team/dev:a"), "{show}");
     }
 
     #[test]

@@ -197,7 +197,11 @@ fn show_json_gives_every_key_with_provenance() {
     let (stdout, _) = check(&out, 0);
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("show --json prints JSON");
     let obj = v.as_object().unwrap();
-    assert_eq!(obj.len(), 24, "{stdout}");
+    assert_eq!(obj.len(), 25, "{stdout}");
+    assert_eq!(
+        v["insecure_registries"],
+        serde_json::json!({"value": [], "provenance": "built-in"})
+    );
     assert_eq!(
         v["serial_log_max"],
         serde_json::json!({"value": "2M", "provenance": "built-in"})
@@ -250,7 +254,7 @@ fn show_text_has_one_key_per_line() {
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines[0], format!("# config file: {}", good.display()));
-    assert_eq!(lines.len(), 25, "{stdout}");
+    assert_eq!(lines.len(), 26, "{stdout}");
     let line = |key: &str| {
         *lines
             .iter()

@@ -218,6 +218,9 @@ pub struct Config {
     pub default_dns: Setting<Vec<IpAddr>>,
     /// No trailing slash.
     pub catalog_url: Setting<String>,
+    /// OCI registries (`host[:port]`) that `image pull` may reach over
+    /// plain HTTP; loopback registries always may (docs/oci-import.md).
+    pub insecure_registries: Setting<Vec<String>>,
     pub vm_defaults: VmDefaultsConfig,
     pub file_sync: Vec<FileSyncEntry>,
     pub network: NetworkConfig,
@@ -249,6 +252,7 @@ impl Config {
                 .parse()
                 .expect("DEFAULT_DNS is a valid address")]),
             catalog_url: Setting::built_in(DEFAULT_CATALOG_URL.to_owned()),
+            insecure_registries: Setting::built_in(Vec::new()),
             vm_defaults: VmDefaultsConfig::default(),
             file_sync: Vec::new(),
             network: NetworkConfig::default(),

@@ -38,6 +38,7 @@ const ROOT_KEYS: &[&str] = &[
     "tap_pool_size",
     "default_dns",
     "catalog_url",
+    "insecure_registries",
     "vm_defaults",
     "file_sync",
     "network",
@@ -78,6 +79,7 @@ struct Raw {
     tap_pool_size: Seen<u32>,
     default_dns: Seen<Vec<IpAddr>>,
     catalog_url: Seen<String>,
+    insecure_registries: Seen<Vec<String>>,
     vm_defaults: VmDefaultsConfig,
     file_sync: Vec<FileSyncEntry>,
     network: NetworkConfig,
@@ -159,6 +161,7 @@ fn build(raw: Raw, origin: &Path, home: &Path) -> Config {
         tap_pool_size: pick(raw.tap_pool_size, d.tap_pool_size),
         default_dns: pick(raw.default_dns, d.default_dns),
         catalog_url: pick(raw.catalog_url, d.catalog_url),
+        insecure_registries: pick(raw.insecure_registries, d.insecure_registries),
         vm_defaults: raw.vm_defaults,
         file_sync: raw.file_sync,
         network: raw.network,
@@ -322,6 +325,7 @@ impl Walker<'_> {
                 }
                 "default_dns" => raw.default_dns = self.dns(item, line),
                 "catalog_url" => raw.catalog_url = self.string(item, line, key, "a URL", check_url),
+                "insecure_registries" => raw.insecure_registries = self.registries(item, line),
                 "vm_defaults" => raw.vm_defaults = self.vm_defaults(item, line),
                 "file_sync" => raw.file_sync = self.file_sync(item, line),
                 "network" => raw.network = self.network(item, line),
@@ -597,6 +601,33 @@ impl Walker<'_> {
                     vline,
                     key,
                     format!("expected an IP address string, found {}", describe_value(v)),
+                ),
+            }
+        }
+        (out.len() == arr.len()).then_some((out, line))
+    }
+
+    fn registries(&mut self, item: &Item, line: usize) -> Seen<Vec<String>> {
+        let key = "insecure_registries";
+        let Some(arr) = item.as_array() else {
+            self.wrong_type(line, key, "an array like [\"registry.lan:5000\"]", item);
+            return None;
+        };
+        let mut out = Vec::new();
+        for (i, v) in arr.iter().enumerate() {
+            let vline = self.span_line(v.span(), line);
+            let k = format!("{key}[{i}]");
+            match v.as_str() {
+                Some(s) if check_registry(s) => out.push(s.to_owned()),
+                Some(s) => self.problem(
+                    vline,
+                    k,
+                    format!("{s:?} is not a registry host[:port] (no scheme, no path)"),
+                ),
+                None => self.problem(
+                    vline,
+                    k,
+                    format!("expected a host[:port] string, found {}", describe_value(v)),
                 ),
             }
         }
@@ -1013,8 +1044,39 @@ fn sync_guest_path(s: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// `host[:port]` as registries are named in image references.
+fn check_registry(s: &str) -> bool {
+    let (host, port) = match s.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (s, None),
+    };
+    !host.is_empty()
+        && host.len() <= 253
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        && port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn insecure_registries_are_host_and_port_only() {
+        for ok in ["registry.lan", "registry.lan:5000", "10.0.0.5:443"] {
+            assert!(check_registry(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "http://r.lan",
+            "r.lan/path",
+            "r.lan:0",
+            "r.lan:99999",
+            "r lan",
+        ] {
+            assert!(!check_registry(bad), "{bad}");
+        }
+    }
+
     use super::*;
 
     #[test]

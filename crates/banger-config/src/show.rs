@@ -92,6 +92,9 @@ impl Config {
                 Some(Value::Array(v.iter().map(|ip| s(ip.to_string())).collect()))
             }),
             row("catalog_url", &self.catalog_url, |v| Some(s(v))),
+            row("insecure_registries", &self.insecure_registries, |v| {
+                Some(Value::Array(v.iter().map(s).collect()))
+            }),
             row("vm_defaults.vcpu", &vm.vcpu, |v| Some(int(u64::from(*v)))),
             row("vm_defaults.memory_mib", &vm.memory_mib, |v| Some(int(*v))),
             row("vm_defaults.disk_size", &vm.disk_bytes, |v| {

@@ -26,6 +26,7 @@ const KEYS: &[&str] = &[
     "tap_pool_size",
     "default_dns",
     "catalog_url",
+    "insecure_registries",
     "vcpu",
     "memory_mib",
     "disk_size",

@@ -80,6 +80,12 @@ pub enum Origin {
     File { path: String, bundle_sha256: String },
     /// Copied from host-side files (`image promote` of a registered image).
     Imported { paths: Vec<String> },
+    /// Imported from an OCI registry (banger-oci).
+    Oci {
+        reference: String,
+        reference_digest: String,
+        manifest_digest: String,
+    },
 }
 
 /// Contents of `origin.json`.

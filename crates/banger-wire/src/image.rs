@@ -17,6 +17,8 @@ pub enum ArtifactSource {
     Imported,
     /// Host-side files used in place (`image register`); not managed.
     Registered,
+    /// Imported from an OCI registry (`image pull REGISTRY/REPO:TAG`).
+    Oci,
     /// A source added by a newer daemon.
     #[serde(other)]
     Unknown,
@@ -30,6 +32,7 @@ impl std::fmt::Display for ArtifactSource {
             ArtifactSource::File => "file",
             ArtifactSource::Imported => "imported",
             ArtifactSource::Registered => "registered",
+            ArtifactSource::Oci => "oci",
             ArtifactSource::Unknown => "unknown",
         })
     }
@@ -64,6 +67,74 @@ pub struct ImageInfo {
     pub recipe_hash: Option<String>,
     /// Names of the VMs created from it.
     pub used_by: Vec<String>,
+    /// For an image imported from an OCI registry: the reference and the
+    /// digests it resolved to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oci: Option<OciOrigin>,
+}
+
+/// True when what the user gave `image pull` names an OCI image rather than
+/// a catalog entry: it has a registry or path (`/`), a tag (`:`) or a digest
+/// (`@`). Catalog names have none of these, so `banger image pull
+/// debian-bookworm` keeps its meaning.
+pub fn is_oci_reference(input: &str) -> bool {
+    input.contains(['/', ':', '@'])
+}
+
+/// Where an OCI import came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciOrigin {
+    /// Fully qualified, e.g. `docker.io/library/debian:bookworm`.
+    pub reference: String,
+    /// What the reference resolved to (an index's digest for
+    /// multi-platform tags): compared by a later pull of the same tag.
+    pub reference_digest: String,
+    /// The linux/amd64 image manifest's digest.
+    pub manifest_digest: String,
+}
+
+/// `POST /v1/images/oci/pull` body: import an OCI image (docs/oci-import.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciPullRequest {
+    /// `[REGISTRY/]REPOSITORY[:TAG][@sha256:DIGEST]`.
+    pub reference: String,
+    /// The kernel the image boots with (installed or registered).
+    pub kernel_ref: String,
+    /// Image name; default: the repository's last part and the tag.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Size of rootfs.ext4 in bytes; default: content plus headroom.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<u64>,
+    /// Only `linux/amd64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub platform: Option<String>,
+}
+
+/// The `Done` result of an OCI pull.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OciPullReport {
+    pub name: String,
+    pub origin: OciOrigin,
+    /// The reference digest the previous pull of this image recorded;
+    /// `None` on a first pull.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_digest: Option<String>,
+    pub layers: u32,
+    /// Layers found in the layer cache (not downloaded).
+    pub layers_cached: u32,
+    pub downloaded_bytes: u64,
+    /// Size of rootfs.ext4 (apparent; the file is sparse).
+    pub size_bytes: u64,
+    /// `systemd` (the image's own) or `banger`.
+    pub init: String,
+    /// Whether sshd is installed on first boot, and with which package
+    /// manager (`apt`, `apk`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sshd_installed_by: Option<String>,
 }
 
 /// `GET /v1/images`.
@@ -212,6 +283,17 @@ pub struct ArtifactDeleted {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn catalog_names_are_not_oci_references() {
+        use super::is_oci_reference;
+        assert!(!is_oci_reference("debian-bookworm"));
+        assert!(!is_oci_reference("debian-bookworm-minimal"));
+        assert!(is_oci_reference("debian:bookworm"));
+        assert!(is_oci_reference("localhost:5000/team/dev"));
+        assert!(is_oci_reference("alpine@sha256:abcd"));
+        assert!(is_oci_reference("library/alpine"));
+    }
+
     use super::*;
 
     #[test]

@@ -258,6 +258,10 @@ pub const KERNEL_PULL: Route<PullRequest, InstallReport> =
 pub const KERNEL_BUILD: Route<BuildRequest, InstallReport> =
     Route::new(Post, "/v1/kernels/{name}/build", Stream);
 
+/// Import an OCI image from a registry (docs/oci-import.md).
+pub const OCI_PULL: Route<crate::image::OciPullRequest, crate::image::OciPullReport> =
+    Route::new(Post, "/v1/oci/pull", Stream);
+
 /// Every named session of every VM (completion).
 pub const SESSION_NAMES: Route<NoBody, crate::session::SessionNames> =
     Route::new(Get, "/v1/sessions", Json);
@@ -296,6 +300,7 @@ pub const ALL: &[RouteInfo] = &[
     KERNEL_DELETE.info,
     KERNEL_PULL.info,
     KERNEL_BUILD.info,
+    OCI_PULL.info,
     SESSION_NAMES.info,
 ];
 

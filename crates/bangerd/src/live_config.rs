@@ -210,6 +210,7 @@ fn in_force(started: &Config, file: Config) -> (Config, Vec<&'static str>) {
         tap_pool_size,
         default_dns,
         catalog_url,
+        insecure_registries,
         vm_defaults,
         file_sync,
         network,
@@ -252,6 +253,7 @@ fn in_force(started: &Config, file: Config) -> (Config, Vec<&'static str>) {
         metrics_poll_interval,
         tap_pool_size,
         catalog_url,
+        insecure_registries,
         vm_defaults,
         file_sync,
     };

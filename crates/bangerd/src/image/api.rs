@@ -11,7 +11,7 @@ use banger_image::Kind;
 use banger_wire::api::ApiError;
 use banger_wire::image::{
     ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, ImportRequest,
-    KernelInfo, KernelList, PromoteRequest, PullRequest, EXPORT_INDEX_HEADER,
+    KernelInfo, KernelList, OciPullRequest, PromoteRequest, PullRequest, EXPORT_INDEX_HEADER,
 };
 use banger_wire::routes;
 
@@ -34,6 +34,7 @@ pub fn routes() -> Router<Arc<Daemon>> {
         .route(routes::IMAGE_PULL.path(), post(pull_image))
         .route(routes::IMAGE_BUILD.path(), post(build_image))
         .route(routes::IMAGE_PROMOTE.path(), post(promote))
+        .route(routes::OCI_PULL.path(), post(oci_pull))
         .route(routes::KERNEL_LIST.path(), get(list_kernels))
         .route(
             routes::KERNEL_SHOW.path(),
@@ -140,6 +141,18 @@ async fn pull_kernel(
     JsonBody(PullRequest {}): JsonBody<PullRequest>,
 ) -> Result<Response, Failure> {
     pull(state, Kind::Kernel, name)
+}
+
+async fn oci_pull(
+    State(state): State<Arc<Daemon>>,
+    JsonBody(req): JsonBody<OciPullRequest>,
+) -> Result<Response, Failure> {
+    super::oci::prepare(&state, &req).map_err(|e| Failure(e.into()))?;
+    Ok(stream_operation(state, move |state, sink| async move {
+        super::oci::pull(state, req, &sink)
+            .await
+            .map_err(ApiError::from)
+    }))
 }
 
 fn build(

@@ -17,6 +17,7 @@
 //! store first.
 
 pub mod api;
+pub mod oci;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -279,7 +280,7 @@ fn bundle_report(i: &Installed, fetched: bool) -> InstalledBundle {
         Origin::Catalog { bundle_sha256, .. }
         | Origin::Build { bundle_sha256 }
         | Origin::File { bundle_sha256, .. } => Some(bundle_sha256.clone()),
-        Origin::Imported { .. } => None,
+        Origin::Imported { .. } | Origin::Oci { .. } => None,
     });
     InstalledBundle {
         kind: i.manifest.kind.as_str().to_owned(),
@@ -471,6 +472,7 @@ fn origin_text(o: &Origin) -> (ArtifactSource, Option<String>) {
         Origin::Build { .. } => (ArtifactSource::Build, None),
         Origin::File { path, .. } => (ArtifactSource::File, Some(path.clone())),
         Origin::Imported { paths } => (ArtifactSource::Imported, Some(paths.join(", "))),
+        Origin::Oci { reference, .. } => (ArtifactSource::Oci, Some(reference.clone())),
     }
 }
 
@@ -497,6 +499,7 @@ fn managed_image_info(i: &Installed, users: &UsersMap) -> ImageInfo {
         installed_at: i.origin.as_ref().map(|o| o.installed_at),
         recipe_hash: i.manifest.recipe_hash.clone(),
         used_by: users.get(&i.manifest.name).cloned().unwrap_or_default(),
+        oci: oci::origin_of(i),
     }
 }
 
@@ -515,6 +518,7 @@ fn registered_image_info(r: &ImageRecord, users: &UsersMap) -> ImageInfo {
         installed_at: Some((r.created_at.unix_millis().max(0) / 1000) as u64),
         recipe_hash: r.recipe_hash.clone(),
         used_by: users.get(&r.name).cloned().unwrap_or_default(),
+        oci: None,
     }
 }
 
