@@ -29,7 +29,7 @@ use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use tracing::info;
 
-use super::OpError;
+use super::{CredentialsOp, FileOp, OpError};
 
 /// Prefix of the transient units builds run in (system mode).
 pub const UNIT_PREFIX: &str = "banger-build-";
@@ -123,6 +123,38 @@ pub fn image_kind(kind: BundleKind) -> Kind {
     }
 }
 
+/// Why a build of one bundle failed (the bundle is named by
+/// [`OpError::Build`]).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildFailure {
+    #[error("this helper was started without a store to build into")]
+    NoStore,
+    #[error("build task failed: {0}")]
+    Task(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Build(banger_image::build::BuildError),
+    #[error(transparent)]
+    Install(banger_image::store::StoreError),
+    /// Copying the bundle into the owner's cache, as the owner.
+    #[error(transparent)]
+    HandOver(Box<OpError>),
+    #[error("cannot find the helper binary: {0}")]
+    HelperExe(#[source] std::io::Error),
+    #[error("cannot run systemd-run: {0}")]
+    SystemdRun(#[source] std::io::Error),
+    /// The unit's reply is a wire message: its Debug form is all there is.
+    #[error("the build unit answered {answer} ({status}), not a built bundle")]
+    UnitAnswer {
+        answer: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("build unit failed ({status}): {stderr_tail}")]
+    UnitFailed {
+        status: std::process::ExitStatus,
+        stderr_tail: String,
+    },
+}
+
 /// Build and install `kind name` as [`BuildPaths::runner`] says.
 pub async fn build_bundle(
     kind: BundleKind,
@@ -139,7 +171,7 @@ pub async fn build_bundle(
                 .map_err(|e| OpError::Build {
                     kind: kind.as_str(),
                     name: name.to_owned(),
-                    message: format!("build task failed: {e}"),
+                    source: Box::new(BuildFailure::Task(e)),
                 })?
         }
         BuildRunner::TransientUnit { install_file } => {
@@ -158,10 +190,10 @@ pub fn build_here(
     uid: u32,
     gid: u32,
 ) -> Result<HelperResponse, OpError> {
-    let build_err = |message: String| OpError::Build {
+    let build_err = |source: BuildFailure| OpError::Build {
         kind: kind.as_str(),
         name: name.to_owned(),
-        message,
+        source: Box::new(source),
     };
     root_private_dir(&paths.work_dir)?;
     // The bundle cache is root's: a cache hit is a bundle root built, never
@@ -174,16 +206,17 @@ pub fn build_here(
             info!(phase = p.phase.as_str(), "{kind:?} {name}: {}", p.message);
         }
     };
-    let built = build(image_kind(kind), name, &opts, &log).map_err(|e| build_err(e.to_string()))?;
+    let built = build(image_kind(kind), name, &opts, &log)
+        .map_err(|e| build_err(BuildFailure::Build(e)))?;
     let bundle = File::open(&built.packed.path).map_err(|source| OpError::File {
-        what: "open the built bundle",
+        op: FileOp::OpenBuiltBundle,
         path: built.packed.path.clone(),
         source,
     })?;
     let installed = as_owner(uid, gid, || {
         hand_over(kind, name, bundle, &built, paths, &log).map_err(|e| match e {
             OpError::Build { .. } | OpError::Refused { .. } => e,
-            other => build_err(other.to_string()),
+            other => build_err(BuildFailure::HandOver(Box::new(other))),
         })
     })?;
     Ok(HelperResponse::Built {
@@ -225,14 +258,14 @@ pub fn root_private_dir(dir: &Path) -> Result<(), OpError> {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(source) => {
                 return Err(OpError::File {
-                    what: "create",
+                    op: FileOp::Create,
                     path: cur,
                     source,
                 })
             }
         }
         let meta = std::fs::symlink_metadata(&cur).map_err(|source| OpError::File {
-            what: "stat",
+            op: FileOp::Stat,
             path: cur.clone(),
             source,
         })?;
@@ -265,9 +298,8 @@ fn as_owner<T: Send>(
     gid: u32,
     f: impl FnOnce() -> Result<T, OpError> + Send,
 ) -> Result<T, OpError> {
-    let cred_err = |what: &'static str| {
-        move |source: std::io::Error| OpError::Credentials { what, uid, source }
-    };
+    let cred_err =
+        |op: CredentialsOp| move |source: std::io::Error| OpError::Credentials { op, uid, source };
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -277,19 +309,19 @@ fn as_owner<T: Send>(
                     libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
                 };
                 if rc != 0 {
-                    return Err(cred_err("drop the supplementary groups")(
+                    return Err(cred_err(CredentialsOp::DropGroups)(
                         std::io::Error::last_os_error(),
                     ));
                 }
                 // SAFETY: as above.
                 if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
-                    return Err(cred_err("switch to the owner's group")(
+                    return Err(cred_err(CredentialsOp::SetGroup)(
                         std::io::Error::last_os_error(),
                     ));
                 }
                 // SAFETY: as above.
                 if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
-                    return Err(cred_err("switch to the owner's uid")(
+                    return Err(cred_err(CredentialsOp::SetUid)(
                         std::io::Error::last_os_error(),
                     ));
                 }
@@ -297,18 +329,12 @@ fn as_owner<T: Send>(
                 // SAFETY: no arguments, cannot fail.
                 let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
                 if (euid, egid) != (uid, gid) {
-                    return Err(cred_err("switch to the owner")(std::io::Error::other(
-                        format!("still running as {euid}:{egid}"),
-                    )));
+                    return Err(OpError::CredentialsUnchanged { uid, euid, egid });
                 }
                 f()
             })
             .join()
-            .unwrap_or_else(|_| {
-                Err(cred_err("run as the owner")(std::io::Error::other(
-                    "the thread panicked",
-                )))
-            })
+            .unwrap_or_else(|_| Err(OpError::OwnerThreadPanicked { uid }))
     })
 }
 
@@ -335,7 +361,7 @@ fn hand_over(
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(no_symlink("open the cache directory", &paths.cache_dir))?;
+    .map_err(no_symlink(FileOp::OpenCacheDir, &paths.cache_dir))?;
     // SAFETY: `open` returned a fresh descriptor that nothing else owns.
     let cache = unsafe { OwnedFd::from_raw_fd(cache) };
     match mkdirat(
@@ -344,18 +370,19 @@ fn hand_over(
         Mode::from_bits_truncate(0o750),
     ) {
         Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(file_err("create", &dir_path)(e)),
+        Err(e) => return Err(file_err(FileOp::Create, &dir_path)(e)),
     }
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let dir = openat2(cache.as_raw_fd(), kind_name, how).map_err(no_symlink("open", &dir_path))?;
+    let dir =
+        openat2(cache.as_raw_fd(), kind_name, how).map_err(no_symlink(FileOp::Open, &dir_path))?;
     // SAFETY: `openat2` returned a fresh descriptor that nothing else owns.
     let dir = unsafe { OwnedFd::from_raw_fd(dir) };
     let dirfd = Some(dir.as_raw_fd());
     match unlinkat(dirfd, partial.as_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(file_err("remove", &dir_path.join(&partial))(e)),
+        Err(e) => return Err(file_err(FileOp::Remove, &dir_path.join(&partial))(e)),
     }
     let out = openat(
         dirfd,
@@ -363,13 +390,13 @@ fn hand_over(
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o640),
     )
-    .map_err(file_err("create", &dir_path.join(&partial)))?;
+    .map_err(file_err(FileOp::Create, &dir_path.join(&partial)))?;
     // SAFETY: `openat` returned a fresh descriptor that nothing else owns.
     let mut out = File::from(unsafe { OwnedFd::from_raw_fd(out) });
     std::io::copy(&mut bundle, &mut out)
         .and_then(|_| out.sync_all())
         .map_err(|source| OpError::File {
-            what: "write",
+            op: FileOp::Write,
             path: dir_path.join(&partial),
             source,
         })?;
@@ -389,10 +416,10 @@ fn hand_over(
             });
         }
         Ok(_) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(file_err("stat", &dest)(e)),
+        Err(e) => return Err(file_err(FileOp::Stat, &dest)(e)),
     }
     renameat(dirfd, partial.as_str(), dirfd, file_name.as_str())
-        .map_err(file_err("rename into place", &dest))?;
+        .map_err(file_err(FileOp::RenameIntoPlace, &dest))?;
     let store = Store::new(&paths.state_dir);
     let origin = Origin::Build {
         bundle_sha256: built.packed.sha256.clone(),
@@ -402,14 +429,14 @@ fn hand_over(
         .map_err(|e| OpError::Build {
             kind: kind.as_str(),
             name: name.to_owned(),
-            message: e.to_string(),
+            source: Box::new(BuildFailure::Install(e)),
         })
 }
 
-fn file_err(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError {
+fn file_err(op: FileOp, path: &Path) -> impl FnOnce(Errno) -> OpError {
     let path = path.to_owned();
     move |e| OpError::File {
-        what,
+        op,
         path,
         source: e.into(),
     }
@@ -417,7 +444,7 @@ fn file_err(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError {
 
 /// Like [`file_err`], but a symlink where a directory belongs (`ELOOP`, or
 /// `ENOTDIR` from `O_DIRECTORY|O_NOFOLLOW`) is named as such.
-fn no_symlink(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError {
+fn no_symlink(op: FileOp, path: &Path) -> impl FnOnce(Errno) -> OpError {
     let path = path.to_owned();
     move |e| match e {
         Errno::ELOOP | Errno::ENOTDIR => OpError::Refused {
@@ -425,7 +452,7 @@ fn no_symlink(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError 
             reason:
                 "it is a symbolic link or not a directory (remove it; the next build recreates it)",
         },
-        e => file_err(what, &path)(e),
+        e => file_err(op, &path)(e),
     }
 }
 
@@ -458,13 +485,12 @@ async fn in_transient_unit(
     paths: &BuildPaths,
     install_file: &Path,
 ) -> Result<HelperResponse, OpError> {
-    let build_err = |message: String| OpError::Build {
+    let build_err = |source: BuildFailure| OpError::Build {
         kind: kind.as_str(),
         name: name.to_owned(),
-        message,
+        source: Box::new(source),
     };
-    let exe = std::env::current_exe()
-        .map_err(|e| build_err(format!("cannot find the helper binary: {e}")))?;
+    let exe = std::env::current_exe().map_err(|e| build_err(BuildFailure::HelperExe(e)))?;
     let mut cmd = tokio::process::Command::new("systemd-run");
     cmd.args(["--quiet", "--wait", "--collect", "--pipe"])
         .args(unit_options(kind, name, paths))
@@ -480,24 +506,23 @@ async fn in_transient_unit(
     let out = cmd
         .output()
         .await
-        .map_err(|e| build_err(format!("cannot run systemd-run: {e}")))?;
+        .map_err(|e| build_err(BuildFailure::SystemdRun(e)))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
     match last.map(serde_json::from_str::<banger_wire::helper::HelperReply>) {
         Some(Ok(Ok(resp @ HelperResponse::Built { .. }))) if out.status.success() => Ok(resp),
-        Some(Ok(Ok(other))) => Err(build_err(format!(
-            "the build unit answered {other:?} ({}), not a built bundle",
-            out.status
-        ))),
+        Some(Ok(Ok(other))) => Err(build_err(BuildFailure::UnitAnswer {
+            answer: format!("{other:?}"),
+            status: out.status,
+        })),
         Some(Ok(Err(e))) => Err(OpError::BuildUnit(e.message)),
         _ => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
-            Err(build_err(format!(
-                "build unit failed ({}): {}",
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )))
+            Err(build_err(BuildFailure::UnitFailed {
+                status: out.status,
+                stderr_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            }))
         }
     }
 }

@@ -12,7 +12,7 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_utils::nla::Nla;
 use rtnetlink::Handle;
 
-use super::{tun, OpError};
+use super::{tun, NetlinkOp, OpError};
 use crate::validate::{IfaceName, IFACE_PREFIX};
 
 // From <linux/if_link.h>: attributes of IFLA_INFO_DATA for kind "tun".
@@ -133,10 +133,10 @@ impl Net {
         Ok(Net { handle })
     }
 
-    fn nl_err(what: &'static str, name: &str) -> impl FnOnce(rtnetlink::Error) -> OpError {
+    fn nl_err(op: NetlinkOp, name: &str) -> impl FnOnce(rtnetlink::Error) -> OpError {
         let name = name.to_owned();
         move |source| OpError::Netlink {
-            what,
+            op,
             name,
             source: Box::new(source),
         }
@@ -150,7 +150,7 @@ impl Net {
             .execute()
             .try_collect()
             .await
-            .map_err(Self::nl_err("list", "links"))?;
+            .map_err(Self::nl_err(NetlinkOp::List, "links"))?;
         Ok(msgs.into_iter().map(Link::from_message).collect())
     }
 
@@ -177,7 +177,7 @@ impl Net {
             .up()
             .execute()
             .await
-            .map_err(Self::nl_err("set up", &link.name))
+            .map_err(Self::nl_err(NetlinkOp::SetUp, &link.name))
     }
 
     async fn delete(&self, link: &Link) -> Result<(), OpError> {
@@ -186,7 +186,7 @@ impl Net {
             .del(link.index)
             .execute()
             .await
-            .map_err(Self::nl_err("delete", &link.name))
+            .map_err(Self::nl_err(NetlinkOp::Delete, &link.name))
     }
 
     async fn ipv4_addresses(&self, link: &Link) -> Result<Vec<(AddressMessage, Ipv4Net)>, OpError> {
@@ -198,7 +198,7 @@ impl Net {
             .execute()
             .try_collect()
             .await
-            .map_err(Self::nl_err("list addresses of", &link.name))?;
+            .map_err(Self::nl_err(NetlinkOp::ListAddressesOf, &link.name))?;
         let mut out = Vec::new();
         for msg in msgs {
             if msg.header.family != AddressFamily::Inet {
@@ -234,7 +234,7 @@ impl Net {
                     .bridge(name.to_string())
                     .execute()
                     .await
-                    .map_err(Self::nl_err("create bridge", name.as_str()))?;
+                    .map_err(Self::nl_err(NetlinkOp::CreateBridge, name.as_str()))?;
                 changed = true;
                 self.require(name).await?
             }
@@ -249,7 +249,10 @@ impl Net {
                     .del(msg.clone())
                     .execute()
                     .await
-                    .map_err(Self::nl_err("remove a stale address from", name.as_str()))?;
+                    .map_err(Self::nl_err(
+                        NetlinkOp::RemoveStaleAddressFrom,
+                        name.as_str(),
+                    ))?;
                 changed = true;
             }
         }
@@ -263,7 +266,7 @@ impl Net {
                 )
                 .execute()
                 .await
-                .map_err(Self::nl_err("add an address to", name.as_str()))?;
+                .map_err(Self::nl_err(NetlinkOp::AddAddressTo, name.as_str()))?;
             changed = true;
         }
         if !bridge.up {
@@ -310,7 +313,7 @@ impl Net {
                 .controller(br.index)
                 .execute()
                 .await
-                .map_err(Self::nl_err("attach to its bridge", name.as_str()))?;
+                .map_err(Self::nl_err(NetlinkOp::AttachToBridge, name.as_str()))?;
             changed = true;
         }
         if !tap.up {
