@@ -1201,10 +1201,9 @@ pub async fn delete(state: &AppState, name: &str, force: bool) -> Result<VmDelet
         VmState::Running | VmState::Starting | VmState::Stopping
     ) && !force
     {
-        return Err(VmError::WrongState {
+        return Err(VmError::DeleteWhileActive {
             name: name.to_owned(),
-            state: vm.state.to_string(),
-            hint: format!("stop it first (`banger vm stop {name}`) or delete it with --force"),
+            state: vm.state,
         });
     }
     purge(state, &vm.id).await?;
