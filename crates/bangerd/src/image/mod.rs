@@ -176,6 +176,8 @@ fn catalog_code(e: &CatalogError) -> ErrorCode {
         // The URL comes from the user's config or environment.
         CatalogError::BadBaseUrl { .. } => ErrorCode::BadRequest,
         CatalogError::Parse(_)
+        | CatalogError::Edit(_)
+        | CatalogError::NoEntries { .. }
         | CatalogError::Format(_)
         | CatalogError::Entry { .. }
         | CatalogError::Read { .. } => ErrorCode::Internal,
@@ -234,11 +236,12 @@ fn build_code(e: &banger_image::build::BuildError) -> ErrorCode {
 fn store_code(e: &StoreError) -> ErrorCode {
     match e {
         StoreError::Name(_) | StoreError::Invalid(_) => ErrorCode::BadRequest,
-        StoreError::Damaged { .. } => ErrorCode::Conflict,
+        StoreError::Damaged { .. } | StoreError::DamagedManifest { .. } => ErrorCode::Conflict,
         StoreError::Io { .. }
         | StoreError::Bundle { .. }
         | StoreError::Describe(_)
-        | StoreError::ModulesDisk { .. } => ErrorCode::Internal,
+        | StoreError::ModulesDisk { .. }
+        | StoreError::ModulesTree { .. } => ErrorCode::Internal,
     }
 }
 
