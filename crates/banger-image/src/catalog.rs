@@ -20,9 +20,10 @@ pub const CATALOG_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("catalog is invalid: {0}")]
-    Parse(#[source] toml::de::Error),
+    // Boxed: toml's errors are large and every pull result carries them.
+    Parse(#[source] Box<toml::de::Error>),
     #[error("catalog is invalid: {0}")]
-    Edit(#[source] toml_edit::TomlError),
+    Edit(#[source] Box<toml_edit::TomlError>),
     #[error("catalog is invalid: no [[{kind}]] entries")]
     NoEntries { kind: Kind },
     #[error("catalog format {0} is not supported (this banger reads {CATALOG_FORMAT_VERSION})")]
@@ -152,7 +153,7 @@ impl Catalog {
 
     /// Parse and validate catalog text.
     pub fn parse(text: &str) -> Result<Catalog, CatalogError> {
-        let raw: RawCatalog = toml::from_str(text).map_err(CatalogError::Parse)?;
+        let raw: RawCatalog = toml::from_str(text).map_err(|e| CatalogError::Parse(Box::new(e)))?;
         if raw.format_version != CATALOG_FORMAT_VERSION {
             return Err(CatalogError::Format(raw.format_version));
         }
@@ -268,7 +269,9 @@ pub fn set_published(
     size: u64,
     sha256: &str,
 ) -> Result<String, CatalogError> {
-    let mut doc: toml_edit::DocumentMut = text.parse().map_err(CatalogError::Edit)?;
+    let mut doc: toml_edit::DocumentMut = text
+        .parse()
+        .map_err(|e: toml_edit::TomlError| CatalogError::Edit(Box::new(e)))?;
     let tables = doc
         .get_mut(kind.as_str())
         .and_then(|i| i.as_array_of_tables_mut())

@@ -118,8 +118,9 @@ pub enum RecipeError {
     #[error("recipe {path}: {source}")]
     Parse {
         path: String,
+        // Boxed: toml's error is large and every build result carries it.
         #[source]
-        source: toml::de::Error,
+        source: Box<toml::de::Error>,
     },
     #[error("recipe {path}: {field}: {reason}")]
     Invalid {
@@ -207,7 +208,7 @@ impl RecipeSet {
         let (path, text) = self.recipe_text(Kind::Kernel, name)?;
         let raw: RawKernel = toml::from_str(text).map_err(|source| RecipeError::Parse {
             path: path.clone(),
-            source,
+            source: Box::new(source),
         })?;
         let r = KernelRecipe::from_raw(raw, &path)?;
         if r.name != name {
@@ -233,7 +234,7 @@ impl RecipeSet {
             }
             let raw: RawImage = toml::from_str(text).map_err(|source| RecipeError::Parse {
                 path: path.clone(),
-                source,
+                source: Box::new(source),
             })?;
             next = raw.extends.clone();
             chain.push((path, raw));
