@@ -233,12 +233,15 @@ fn build_code(e: &banger_image::build::BuildError) -> ErrorCode {
 }
 
 /// A refused name or file is the request's fault (400); a damaged install
-/// stands in the way (409, delete it); the rest is I/O here.
+/// is this daemon's own data gone bad (500, the message names its path;
+/// tests/image_routes.rs pins that `show` of one is 500); the rest is I/O
+/// here.
 fn store_code(e: &StoreError) -> ErrorCode {
     match e {
         StoreError::Name(_) | StoreError::Invalid(_) => ErrorCode::BadRequest,
-        StoreError::Damaged { .. } | StoreError::DamagedManifest { .. } => ErrorCode::Conflict,
-        StoreError::Io { .. }
+        StoreError::Damaged { .. }
+        | StoreError::DamagedManifest { .. }
+        | StoreError::Io { .. }
         | StoreError::Bundle { .. }
         | StoreError::Describe(_)
         | StoreError::ModulesDisk { .. }
@@ -1264,7 +1267,7 @@ mod code_tests {
                     path: "/s/a".into(),
                     reason: "manifest missing".into(),
                 }),
-                ErrorCode::Conflict,
+                ErrorCode::Internal,
             ),
             (
                 ImageError::Invalid(ValidateError::Relative {
