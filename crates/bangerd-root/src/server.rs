@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use banger_helper_client::framing::{read_line, LineError, MAX_LINE};
 use banger_wire::helper::{HelperError, HelperErrorCode, HelperReply, HelperRequest};
 use ipnet::Ipv4Net;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -17,7 +18,6 @@ use tracing::{debug, info, warn};
 
 use crate::action::{Action, Policy};
 use crate::ops;
-use crate::protocol::{read_line, LineError, MAX_LINE};
 
 /// How to run the helper.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -253,7 +253,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     );
     let notify = config.notify_systemd;
     if notify {
-        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             warn!(error = %e, "cannot notify systemd");
         }
     }
@@ -264,7 +264,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
                 _ = int.recv() => info!("SIGINT: stopping"),
             }
             if notify {
-                if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]) {
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
                     warn!(error = %e, "cannot notify systemd");
                 }
             }
@@ -415,7 +415,7 @@ async fn answer(line: &[u8], shared: &Shared) -> HelperReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{ClientError, HelperClient};
+    use banger_helper_client::{ClientError, HelperClient};
     use banger_wire::helper::HelperResponse;
 
     async fn start(dir: &Path, owner_uid: u32) -> (PathBuf, tokio::sync::oneshot::Sender<()>) {
@@ -469,11 +469,7 @@ mod tests {
             ),
             (
                 r#"{"op":"build_bundle","kind":"image","name":"../../../etc/debian-bookworm"}"#,
-                "build_bundle: no image recipe named \"../../../etc/debian-bookworm\"",
-            ),
-            (
-                r#"{"op":"build_bundle","kind":"kernel","name":"my-kernel"}"#,
-                "no kernel recipe named \"my-kernel\" (known: generic-6.12)",
+                "build_bundle: image recipe name \"../../../etc/debian-bookworm\" is invalid",
             ),
             (
                 r#"{"op":"build_bundle","kind":"rootfs","name":"debian-bookworm"}"#,

@@ -240,11 +240,15 @@ fn check_action(action: &Action, range: Ipv4Net) -> Result<(), String> {
                     .iter()
                     .all(|n| n.trunc() == *n && n.prefix_len() > 0)
         }
-        Action::BuildBundle { kind, name } => {
-            let k = bangerd_root::ops::build::image_kind(*kind);
-            banger_image::recipe::RecipeSet::embedded()
-                .names(k)
-                .contains(name)
+        // The helper checks the shape only (the builder knows the recipes):
+        // never a path, an option or a hidden name.
+        Action::BuildBundle { kind: _, name } => {
+            (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && !name.starts_with(['-', '.'])
+                && !name.contains("..")
         }
         Action::BindDns { address } => bridge_address_ok(address, range),
         Action::ResolvedLink { bridge, address } => {

@@ -107,21 +107,6 @@ pub enum OpError {
     /// build). A string: it crossed a process boundary as a wire reply.
     #[error("{0}")]
     BuildUnit(String),
-    /// A thread could not take on the owner's credentials.
-    #[error("cannot {op} (uid {uid}): {source}")]
-    Credentials {
-        op: CredentialsOp,
-        uid: u32,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The credential switch returned success but the thread still runs as
-    /// someone else.
-    #[error("cannot switch to the owner (uid {uid}): still running as {euid}:{egid}")]
-    CredentialsUnchanged { uid: u32, euid: u32, egid: u32 },
-    /// The thread running as the owner panicked.
-    #[error("cannot run as the owner (uid {uid}): the thread panicked")]
-    OwnerThreadPanicked { uid: u32 },
 }
 
 /// The netlink request that failed.
@@ -198,13 +183,6 @@ impl std::fmt::Display for NftOp {
 pub enum FileOp {
     Read,
     Write,
-    Create,
-    Stat,
-    Remove,
-    Open,
-    OpenCacheDir,
-    OpenBuiltBundle,
-    RenameIntoPlace,
 }
 
 impl std::fmt::Display for FileOp {
@@ -212,13 +190,6 @@ impl std::fmt::Display for FileOp {
         f.write_str(match self {
             FileOp::Read => "read",
             FileOp::Write => "write",
-            FileOp::Create => "create",
-            FileOp::Stat => "stat",
-            FileOp::Remove => "remove",
-            FileOp::Open => "open",
-            FileOp::OpenCacheDir => "open the cache directory",
-            FileOp::OpenBuiltBundle => "open the built bundle",
-            FileOp::RenameIntoPlace => "rename into place",
         })
     }
 }
@@ -239,24 +210,6 @@ impl std::fmt::Display for DnsSocket {
     }
 }
 
-/// The credential change that failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialsOp {
-    DropGroups,
-    SetGroup,
-    SetUid,
-}
-
-impl std::fmt::Display for CredentialsOp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CredentialsOp::DropGroups => "drop the supplementary groups",
-            CredentialsOp::SetGroup => "switch to the owner's group",
-            CredentialsOp::SetUid => "switch to the owner's uid",
-        })
-    }
-}
-
 impl OpError {
     /// The wire error code for this failure.
     pub fn code(&self) -> HelperErrorCode {
@@ -268,8 +221,7 @@ impl OpError {
             OpError::Tun { .. }
             | OpError::File { .. }
             | OpError::Build { .. }
-            | OpError::BuildUnit(_)
-            | OpError::Credentials { .. } => HelperErrorCode::Io,
+            | OpError::BuildUnit(_) => HelperErrorCode::Io,
             // Port 53 taken on the bridge address: another DNS server is
             // in the way, which the user can move.
             OpError::DnsBind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
@@ -278,9 +230,6 @@ impl OpError {
             OpError::DnsBind { .. }
             | OpError::ResolvectlStart { .. }
             | OpError::ResolvectlFailed { .. } => HelperErrorCode::Io,
-            OpError::CredentialsUnchanged { .. } | OpError::OwnerThreadPanicked { .. } => {
-                HelperErrorCode::Io
-            }
             OpError::Nft { .. } => HelperErrorCode::Nftables,
             OpError::Refused { .. } => HelperErrorCode::Invalid,
         }
@@ -382,7 +331,7 @@ mod code_tests {
             ),
             (
                 OpError::File {
-                    op: FileOp::RenameIntoPlace,
+                    op: FileOp::Write,
                     path: "/x".into(),
                     source: io(std::io::ErrorKind::PermissionDenied),
                 },

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use banger_agent_client::AgentClient;
 use banger_state::{VmRecord, VmState};
 use banger_vmm::VmmHandle;
-use banger_vsock_agent::client::AgentClient;
 use banger_wire::vm::{VmDetails, VmDisks, VmInfo, VmPorts, VmSshAccess};
 
 use super::manager::AgentSample;
@@ -47,7 +47,7 @@ pub async fn vm_show(state: &Daemon, vm: &VmRecord, ask_agent: bool) -> VmInfo {
     let mut info = vm_info(vm);
     let extra = VmExtra::from_json(&vm.spec);
     let p = VmPaths::new(&state.layout, &vm.id);
-    let host_key = std::fs::read_to_string(&p.host_key_pub).ok();
+    let host_key = tokio::fs::read_to_string(&p.host_key_pub).await.ok();
     let fingerprint = host_key
         .as_deref()
         .and_then(|k| banger_vm::ssh::parse_public_key(k).ok())
@@ -88,15 +88,15 @@ pub async fn vm_show(state: &Daemon, vm: &VmRecord, ask_agent: bool) -> VmInfo {
         stats,
         agent_error,
         stats_at,
-        timings: read_timings(&p.dir),
+        timings: read_timings(&p.dir).await,
     });
     info
 }
 
 /// The phase timings `banger vm run` left in the VM's directory; a file
 /// that is missing or does not parse is no timings (they are only shown).
-pub fn read_timings(vm_dir: &std::path::Path) -> Option<banger_wire::vm::VmTimings> {
-    let bytes = std::fs::read(vm_dir.join(TIMINGS_FILE)).ok()?;
+pub async fn read_timings(vm_dir: &std::path::Path) -> Option<banger_wire::vm::VmTimings> {
+    let bytes = tokio::fs::read(vm_dir.join(TIMINGS_FILE)).await.ok()?;
     serde_json::from_slice::<banger_wire::vm::VmTimings>(&bytes)
         .ok()
         .filter(|t| !t.phases.is_empty())
@@ -178,7 +178,7 @@ pub async fn connect_agent(state: &Daemon, vm: &VmRecord) -> Result<AgentConn, V
         });
     };
     let timeout = || {
-        agent_err(banger_vsock_agent::client::AgentClientError::Timeout {
+        agent_err(banger_agent_client::AgentClientError::Timeout {
             op: "connect",
             after: AGENT_TIMEOUT,
         })
@@ -190,13 +190,13 @@ pub async fn connect_agent(state: &Daemon, vm: &VmRecord) -> Result<AgentConn, V
         .await
         .map_err(|_| timeout())?
         .map_err(|e| {
-            agent_err(banger_vsock_agent::client::AgentClientError::Connect {
+            agent_err(banger_agent_client::AgentClientError::Connect {
                 path: endpoint.socket().to_owned(),
                 source: std::io::Error::other(e.to_string()),
             })
         })?;
     drain_stale(&mut stream).await.map_err(|e| {
-        agent_err(banger_vsock_agent::client::AgentClientError::Io {
+        agent_err(banger_agent_client::AgentClientError::Io {
             op: "drain stale answers",
             source: std::io::Error::other(e),
         })

@@ -105,7 +105,7 @@ pub enum VmError {
     #[error("VM {name}: guest agent: {source}")]
     Agent {
         name: String,
-        source: banger_vsock_agent::client::AgentClientError,
+        source: banger_agent_client::AgentClientError,
     },
     #[error("`{command}` failed in VM {name} (exit status {status:?}): {stderr}")]
     GuestCommand {
@@ -116,6 +116,9 @@ pub enum VmError {
     },
     #[error("VM {name} is not running, so its agent cannot be asked")]
     NotRunning { name: String },
+    /// A blocking step (disk, file or key work) panicked or was cancelled.
+    #[error("a disk or file step of the VM operation did not finish: {source}")]
+    BlockingTask { source: tokio::task::JoinError },
     #[error("cannot {op} {path}: {source}")]
     Io {
         op: &'static str,
@@ -152,6 +155,8 @@ impl VmError {
             | VmError::Agent { .. }
             | VmError::GuestCommand { .. }
             | VmError::Vmm { .. } => ErrorCode::Internal,
+            // A host-side step panicked or was cancelled: a bug here.
+            VmError::BlockingTask { .. } => ErrorCode::Internal,
             VmError::Disk(_) | VmError::SshKey(_) | VmError::Store(_) | VmError::Io { .. } => {
                 ErrorCode::Internal
             }
