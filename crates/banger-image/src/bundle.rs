@@ -37,6 +37,7 @@ pub enum BundleError {
     Io {
         op: &'static str,
         path: PathBuf,
+        #[source]
         source: io::Error,
     },
     #[error(transparent)]
@@ -65,10 +66,20 @@ pub enum BundleError {
     },
     #[error("artifact {name} is listed in the manifest but missing from the bundle")]
     Missing { name: String },
-    #[error("bundle is {what}, expected {expected}")]
-    Unexpected { what: String, expected: String },
+    #[error("bundle is a {size}-byte manifest, expected at most {MAX_MANIFEST_BYTES} bytes")]
+    ManifestTooLarge { size: u64 },
+    #[error("bundle is a {found} bundle, expected a {expected} bundle")]
+    WrongKind { found: Kind, expected: Kind },
+    #[error("bundle is named {found:?}, expected {expected:?}")]
+    WrongName { found: String, expected: String },
+    #[error("bundle is longer than {MAX_ENTRIES} entries (at {at:?}), expected at most {MAX_ENTRIES} entries")]
+    TooManyEntries { at: String },
     #[error("artifact source {path} is missing: {source}")]
-    MissingSource { path: PathBuf, source: io::Error },
+    MissingSource {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> BundleError + 'a {
@@ -390,10 +401,7 @@ fn read_manifest_entry<R: Read>(
         return Err(BundleError::ManifestNotFirst { found: first_path });
     }
     if first.size() > MAX_MANIFEST_BYTES {
-        return Err(BundleError::Unexpected {
-            what: format!("a {}-byte manifest", first.size()),
-            expected: format!("at most {MAX_MANIFEST_BYTES} bytes"),
-        });
+        return Err(BundleError::ManifestTooLarge { size: first.size() });
     }
     let mut json = Vec::new();
     first.read_to_end(&mut json).map_err(BundleError::Stream)?;
@@ -427,16 +435,16 @@ fn unpack_entries<R: Read>(
     let (manifest, json) = read_manifest_entry(&mut first)?;
     drop(first);
     if manifest.kind != expect.kind {
-        return Err(BundleError::Unexpected {
-            what: format!("a {} bundle", manifest.kind),
-            expected: format!("a {} bundle", expect.kind),
+        return Err(BundleError::WrongKind {
+            found: manifest.kind,
+            expected: expect.kind,
         });
     }
     if let Some(name) = &expect.name {
         if &manifest.name != name {
-            return Err(BundleError::Unexpected {
-                what: format!("named {:?}", manifest.name),
-                expected: format!("{name:?}"),
+            return Err(BundleError::WrongName {
+                found: manifest.name.clone(),
+                expected: name.clone(),
             });
         }
     }
@@ -458,10 +466,7 @@ fn unpack_entries<R: Read>(
         let mut entry = entry.map_err(BundleError::Stream)?;
         let path = entry_path(&entry)?;
         if seen_paths.len() >= MAX_ENTRIES {
-            return Err(BundleError::Unexpected {
-                what: format!("longer than {MAX_ENTRIES} entries (at {path:?})"),
-                expected: format!("at most {MAX_ENTRIES} entries"),
-            });
+            return Err(BundleError::TooManyEntries { at: path });
         }
         if !seen_paths.insert(path.clone()) {
             return Err(BundleError::Duplicate { path });

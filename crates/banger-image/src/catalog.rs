@@ -20,7 +20,12 @@ pub const CATALOG_FORMAT_VERSION: u32 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("catalog is invalid: {0}")]
-    Parse(String),
+    // Boxed: toml's errors are large and every pull result carries them.
+    Parse(#[source] Box<toml::de::Error>),
+    #[error("catalog is invalid: {0}")]
+    Edit(#[source] Box<toml_edit::TomlError>),
+    #[error("catalog is invalid: no [[{kind}]] entries")]
+    NoEntries { kind: Kind },
     #[error("catalog format {0} is not supported (this banger reads {CATALOG_FORMAT_VERSION})")]
     Format(u32),
     #[error("catalog entry {name:?}: {reason}")]
@@ -148,8 +153,7 @@ impl Catalog {
 
     /// Parse and validate catalog text.
     pub fn parse(text: &str) -> Result<Catalog, CatalogError> {
-        let raw: RawCatalog =
-            toml::from_str(text).map_err(|e| CatalogError::Parse(e.to_string()))?;
+        let raw: RawCatalog = toml::from_str(text).map_err(|e| CatalogError::Parse(Box::new(e)))?;
         if raw.format_version != CATALOG_FORMAT_VERSION {
             return Err(CatalogError::Format(raw.format_version));
         }
@@ -267,11 +271,11 @@ pub fn set_published(
 ) -> Result<String, CatalogError> {
     let mut doc: toml_edit::DocumentMut = text
         .parse()
-        .map_err(|e: toml_edit::TomlError| CatalogError::Parse(e.to_string()))?;
+        .map_err(|e: toml_edit::TomlError| CatalogError::Edit(Box::new(e)))?;
     let tables = doc
         .get_mut(kind.as_str())
         .and_then(|i| i.as_array_of_tables_mut())
-        .ok_or_else(|| CatalogError::Parse(format!("no [[{}]] entries", kind.as_str())))?;
+        .ok_or(CatalogError::NoEntries { kind })?;
     let table = tables
         .iter_mut()
         .find(|t| t.get("name").and_then(|v| v.as_str()) == Some(name))

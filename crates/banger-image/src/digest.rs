@@ -18,9 +18,15 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum DigestError {
     #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("{path}: only regular files and directories can go into a bundle tree (found {what})")]
-    Unsupported { path: PathBuf, what: &'static str },
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path}: only regular files and directories can go into a bundle tree (found a symlink; copy its target in instead)")]
+    Symlink { path: PathBuf },
+    #[error("{path}: only regular files and directories can go into a bundle tree (found a special file)")]
+    SpecialFile { path: PathBuf },
     #[error("{path}: file name is not UTF-8")]
     NotUtf8 { path: PathBuf },
 }
@@ -194,12 +200,11 @@ fn walk(
         } else if ft.is_file() {
             out.push((rel, path, meta));
         } else {
-            let what = if ft.is_symlink() {
-                "a symlink"
+            return Err(if ft.is_symlink() {
+                DigestError::Symlink { path }
             } else {
-                "a special file"
-            };
-            return Err(DigestError::Unsupported { path, what });
+                DigestError::SpecialFile { path }
+            });
         }
     }
     Ok(())

@@ -88,7 +88,7 @@ pub enum PullError {
     #[error("cannot create the HTTP client: {0}")]
     Client(String),
     #[error("pull task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 /// Result of pulling one entry.
@@ -210,7 +210,7 @@ pub async fn pull(
             let (store2, kind, name) = (store.clone(), entry.kind, entry.name.clone());
             tokio::task::spawn_blocking(move || store2.lock(kind, &name, || {}))
                 .await
-                .map_err(|e| PullError::Task(e.to_string()))??
+                .map_err(PullError::Task)??
         }
     };
     if let Some(installed) = store.get(entry.kind, &entry.name)? {
@@ -325,7 +325,7 @@ pub async fn pull(
         }
     };
     drop(sender);
-    let unpacked = unpacker.await.map_err(|e| PullError::Task(e.to_string()))?;
+    let unpacked = unpacker.await.map_err(PullError::Task)?;
     // Download failures come first: they explain any unpack error.
     download?;
     if received < entry.size {

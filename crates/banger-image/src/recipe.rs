@@ -109,8 +109,19 @@ pub enum RecipeError {
         name: String,
         known: String,
     },
-    #[error("recipe {path}: {message}")]
-    Parse { path: String, message: String },
+    #[error("recipe {path}: not UTF-8")]
+    NotUtf8 {
+        path: String,
+        #[source]
+        source: std::str::Utf8Error,
+    },
+    #[error("recipe {path}: {source}")]
+    Parse {
+        path: String,
+        // Boxed: toml's error is large and every build result carries it.
+        #[source]
+        source: Box<toml::de::Error>,
+    },
     #[error("recipe {path}: {field}: {reason}")]
     Invalid {
         path: String,
@@ -185,9 +196,9 @@ impl RecipeSet {
             return Err(unknown());
         }
         let bytes = self.files.get(&path).ok_or_else(unknown)?;
-        let text = std::str::from_utf8(bytes).map_err(|_| RecipeError::Parse {
+        let text = std::str::from_utf8(bytes).map_err(|source| RecipeError::NotUtf8 {
             path: path.clone(),
-            message: "not UTF-8".into(),
+            source,
         })?;
         Ok((path, text))
     }
@@ -195,9 +206,9 @@ impl RecipeSet {
     /// The kernel recipe `name`, checked.
     pub fn kernel(&self, name: &str) -> Result<KernelRecipe, RecipeError> {
         let (path, text) = self.recipe_text(Kind::Kernel, name)?;
-        let raw: RawKernel = toml::from_str(text).map_err(|e| RecipeError::Parse {
+        let raw: RawKernel = toml::from_str(text).map_err(|source| RecipeError::Parse {
             path: path.clone(),
-            message: e.to_string(),
+            source: Box::new(source),
         })?;
         let r = KernelRecipe::from_raw(raw, &path)?;
         if r.name != name {
@@ -221,9 +232,9 @@ impl RecipeSet {
             if chain.len() >= 8 || chain.iter().any(|(p, _): &(String, RawImage)| p == &path) {
                 return Err(RecipeError::ExtendsLoop { path });
             }
-            let raw: RawImage = toml::from_str(text).map_err(|e| RecipeError::Parse {
+            let raw: RawImage = toml::from_str(text).map_err(|source| RecipeError::Parse {
                 path: path.clone(),
-                message: e.to_string(),
+                source: Box::new(source),
             })?;
             next = raw.extends.clone();
             chain.push((path, raw));

@@ -50,6 +50,14 @@ pub enum StoreError {
         path: PathBuf,
         reason: String,
     },
+    #[error("installed {kind} {name} at {path} is damaged: {source}")]
+    DamagedManifest {
+        kind: Kind,
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: ManifestError,
+    },
     #[error("bundle {path}: {source}")]
     Bundle { path: PathBuf, source: BundleError },
     #[error(transparent)]
@@ -58,6 +66,12 @@ pub enum StoreError {
     Describe(BundleError),
     #[error("cannot make the modules disk {path}: {reason}")]
     ModulesDisk { path: PathBuf, reason: String },
+    #[error("cannot make the modules disk {path}: {source}")]
+    ModulesTree {
+        path: PathBuf,
+        #[source]
+        source: crate::digest::DigestError,
+    },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
@@ -240,7 +254,13 @@ impl Store {
             path: dir.clone(),
             reason,
         };
-        let manifest = Manifest::from_json(&bytes).map_err(|e| damaged(e.to_string()))?;
+        let manifest =
+            Manifest::from_json(&bytes).map_err(|source| StoreError::DamagedManifest {
+                kind,
+                name: name.to_owned(),
+                path: dir.clone(),
+                source,
+            })?;
         if manifest.kind != kind || manifest.name != name {
             return Err(damaged(format!(
                 "manifest describes {} {}",
@@ -590,7 +610,11 @@ fn make_modules_disk(staged: &Path) -> Result<(), StoreError> {
         path: out.clone(),
         reason,
     };
-    let (tree_bytes, _) = crate::digest::tree_digest(&modules).map_err(|e| fail(e.to_string()))?;
+    let (tree_bytes, _) =
+        crate::digest::tree_digest(&modules).map_err(|source| StoreError::ModulesTree {
+            path: out.clone(),
+            source,
+        })?;
     // Room for metadata and 4 KiB blocks of small files, rounded to 1 MiB.
     let size = ((tree_bytes * 3 / 2 + (16 << 20)) >> 20) << 20;
     let output = std::process::Command::new("mkfs.ext4")

@@ -11,25 +11,74 @@ const PVH_NOTE_NAME: &[u8] = b"Xen";
 const PVH_NOTE_TYPE: u32 = 18;
 const EXT4_MAGIC: u16 = 0xEF53;
 
+/// Which artifact a check was looking at: the same path checks apply to
+/// each, and the message names the kind so the user knows which flag or
+/// file to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artifact {
+    RootFs,
+    Kernel,
+    Initrd,
+    ModulesDir,
+}
+
+impl std::fmt::Display for Artifact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Artifact::RootFs => "root filesystem",
+            Artifact::Kernel => "kernel",
+            Artifact::Initrd => "initrd",
+            Artifact::ModulesDir => "modules directory",
+        })
+    }
+}
+
+/// What makes a kernel file something other than a bootable x86_64 ELF.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ElfDefect {
+    ShortHeader,
+    NoMagic,
+    Not64BitLittleEndian,
+    NotX86_64,
+    NotExecutable,
+    BadProgramHeaders,
+    TruncatedProgramHeaders,
+}
+
+impl std::fmt::Display for ElfDefect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ElfDefect::ShortHeader => "shorter than an ELF header",
+            ElfDefect::NoMagic => "no ELF magic",
+            ElfDefect::Not64BitLittleEndian => "not 64-bit little-endian",
+            ElfDefect::NotX86_64 => "machine is not x86_64",
+            ElfDefect::NotExecutable => "not an executable (ET_EXEC)",
+            ElfDefect::BadProgramHeaders => "bad program header table",
+            ElfDefect::TruncatedProgramHeaders => "truncated program headers",
+        })
+    }
+}
+
 /// Why a file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ValidateError {
-    #[error("{what} path {path} must be absolute")]
-    Relative { what: &'static str, path: PathBuf },
-    #[error("{what} {path} cannot be read: {source}")]
+    #[error("{artifact} path {path} must be absolute")]
+    Relative { artifact: Artifact, path: PathBuf },
+    #[error("{artifact} {path} cannot be read: {source}")]
     Unreadable {
-        what: &'static str,
+        artifact: Artifact,
         path: PathBuf,
+        #[source]
         source: io::Error,
     },
-    #[error("{what} {path} is not a regular file")]
-    NotFile { what: &'static str, path: PathBuf },
-    #[error("{what} {path} is not a directory")]
-    NotDir { what: &'static str, path: PathBuf },
+    #[error("{artifact} {path} is not a regular file")]
+    NotFile { artifact: Artifact, path: PathBuf },
+    #[error("{artifact} {path} is not a directory")]
+    NotDir { artifact: Artifact, path: PathBuf },
     #[error("root filesystem {path} is not ext4 (no ext2/3/4 superblock magic at offset 1080)")]
     NotExt4 { path: PathBuf },
-    #[error("kernel {path} is not an x86_64 ELF executable: {reason} (a bzImage/vmlinuz must be converted; see docs/kernel-catalog.md)")]
-    NotElf { path: PathBuf, reason: String },
+    #[error("kernel {path} is not an x86_64 ELF executable: {defect} (a bzImage/vmlinuz must be converted; see docs/kernel-catalog.md)")]
+    NotElf { path: PathBuf, defect: ElfDefect },
     #[error("kernel {path} has no PVH entry note (Xen note type 18): Firecracker and QEMU microvm cannot boot it (needs CONFIG_PVH=y)")]
     NoPvhNote { path: PathBuf },
 }
@@ -50,27 +99,27 @@ pub struct KernelInfo {
     pub pvh_entry: u64,
 }
 
-fn open_file(what: &'static str, path: &Path) -> Result<std::fs::File, ValidateError> {
+fn open_file(artifact: Artifact, path: &Path) -> Result<std::fs::File, ValidateError> {
     if !path.is_absolute() {
         return Err(ValidateError::Relative {
-            what,
+            artifact,
             path: path.to_owned(),
         });
     }
     let unreadable = |source| ValidateError::Unreadable {
-        what,
+        artifact,
         path: path.to_owned(),
         source,
     };
     let meta = std::fs::metadata(path).map_err(unreadable)?;
     if !meta.is_file() {
         return Err(ValidateError::NotFile {
-            what,
+            artifact,
             path: path.to_owned(),
         });
     }
     std::fs::File::open(path).map_err(|source| ValidateError::Unreadable {
-        what,
+        artifact,
         path: path.to_owned(),
         source,
     })
@@ -78,7 +127,7 @@ fn open_file(what: &'static str, path: &Path) -> Result<std::fs::File, ValidateE
 
 /// An absolute path to an ext4 image.
 pub fn rootfs(path: &Path) -> Result<Ext4Info, ValidateError> {
-    let mut f = open_file("root filesystem", path)?;
+    let mut f = open_file(Artifact::RootFs, path)?;
     let mut sb = [0u8; 1024];
     let read = f
         .seek(SeekFrom::Start(1024))
@@ -92,7 +141,7 @@ pub fn rootfs(path: &Path) -> Result<Ext4Info, ValidateError> {
         }
         Err(source) => {
             return Err(ValidateError::Unreadable {
-                what: "root filesystem",
+                artifact: Artifact::RootFs,
                 path: path.to_owned(),
                 source,
             })
@@ -118,44 +167,44 @@ pub fn rootfs(path: &Path) -> Result<Ext4Info, ValidateError> {
 
 /// An absolute path to an ELF x86_64 kernel with the PVH note.
 pub fn vmlinux(path: &Path) -> Result<KernelInfo, ValidateError> {
-    let mut f = open_file("kernel", path)?;
-    let not_elf = |reason: &str| ValidateError::NotElf {
+    let mut f = open_file(Artifact::Kernel, path)?;
+    let not_elf = |defect| ValidateError::NotElf {
         path: path.to_owned(),
-        reason: reason.to_owned(),
+        defect,
     };
     let unreadable = |source| ValidateError::Unreadable {
-        what: "kernel",
+        artifact: Artifact::Kernel,
         path: path.to_owned(),
         source,
     };
     let mut eh = [0u8; 64];
     f.read_exact(&mut eh)
-        .map_err(|_| not_elf("shorter than an ELF header"))?;
+        .map_err(|_| not_elf(ElfDefect::ShortHeader))?;
     if &eh[0..4] != b"\x7fELF" {
-        return Err(not_elf("no ELF magic"));
+        return Err(not_elf(ElfDefect::NoMagic));
     }
     if eh[4] != 2 || eh[5] != 1 {
-        return Err(not_elf("not 64-bit little-endian"));
+        return Err(not_elf(ElfDefect::Not64BitLittleEndian));
     }
     let u16_at = |b: &[u8], o: usize| u16::from_le_bytes([b[o], b[o + 1]]);
     let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
     let u64_at = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
     if u16_at(&eh, 18) != 62 {
-        return Err(not_elf("machine is not x86_64"));
+        return Err(not_elf(ElfDefect::NotX86_64));
     }
     if u16_at(&eh, 16) != 2 {
-        return Err(not_elf("not an executable (ET_EXEC)"));
+        return Err(not_elf(ElfDefect::NotExecutable));
     }
     let phoff = u64_at(&eh, 32);
     let phentsize = usize::from(u16_at(&eh, 54));
     let phnum = usize::from(u16_at(&eh, 56));
     if phentsize < 56 || phnum == 0 || phnum > 256 {
-        return Err(not_elf("bad program header table"));
+        return Err(not_elf(ElfDefect::BadProgramHeaders));
     }
     let mut ph = vec![0u8; phentsize * phnum];
     f.seek(SeekFrom::Start(phoff))
         .and_then(|_| f.read_exact(&mut ph))
-        .map_err(|_| not_elf("truncated program headers"))?;
+        .map_err(|_| not_elf(ElfDefect::TruncatedProgramHeaders))?;
     for i in 0..phnum {
         let h = &ph[i * phentsize..(i + 1) * phentsize];
         const PT_NOTE: u32 = 4;
@@ -207,7 +256,7 @@ fn find_pvh_note(mut notes: &[u8]) -> Option<u64> {
 /// An absolute path to an initramfs (any format the kernel accepts: only
 /// existence and readability are checked).
 pub fn initrd(path: &Path) -> Result<u64, ValidateError> {
-    let f = open_file("initrd", path)?;
+    let f = open_file(Artifact::Initrd, path)?;
     Ok(f.metadata().map(|m| m.len()).unwrap_or(0))
 }
 
@@ -215,18 +264,18 @@ pub fn initrd(path: &Path) -> Result<u64, ValidateError> {
 pub fn modules_dir(path: &Path) -> Result<(), ValidateError> {
     if !path.is_absolute() {
         return Err(ValidateError::Relative {
-            what: "modules directory",
+            artifact: Artifact::ModulesDir,
             path: path.to_owned(),
         });
     }
     let meta = std::fs::metadata(path).map_err(|source| ValidateError::Unreadable {
-        what: "modules directory",
+        artifact: Artifact::ModulesDir,
         path: path.to_owned(),
         source,
     })?;
     if !meta.is_dir() {
         return Err(ValidateError::NotDir {
-            what: "modules directory",
+            artifact: Artifact::ModulesDir,
             path: path.to_owned(),
         });
     }

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::VmmError;
+use crate::{FileOp, VmmError};
 
 /// Remove a leftover Unix socket at `path` (a VMM refuses to bind over one);
 /// anything that is not a socket is left alone and reported.
@@ -14,7 +14,7 @@ pub(crate) fn remove_stale_socket(path: &Path) -> Result<(), VmmError> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(VmmError::Io {
-            what: "inspect",
+            op: FileOp::Inspect,
             path: path.to_owned(),
             source,
         }),
@@ -31,7 +31,7 @@ pub(crate) fn remove_stale_socket(path: &Path) -> Result<(), VmmError> {
 pub(crate) fn remove_file_if_exists(path: &Path) -> Result<(), VmmError> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(VmmError::Io {
-            what: "remove",
+            op: FileOp::Remove,
             path: path.to_owned(),
             source: e,
         }),
@@ -49,7 +49,7 @@ pub(crate) fn create_truncated(path: &Path) -> Result<File, VmmError> {
         .mode(0o600)
         .open(path)
         .map_err(|source| VmmError::Io {
-            what: "create",
+            op: FileOp::Create,
             path: path.to_owned(),
             source,
         })
@@ -64,7 +64,7 @@ pub(crate) fn open_append(path: &Path) -> Result<File, VmmError> {
         .mode(0o600)
         .open(path)
         .map_err(|source| VmmError::Io {
-            what: "open for appending",
+            op: FileOp::OpenForAppending,
             path: path.to_owned(),
             source,
         })
@@ -92,7 +92,7 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
 /// Read a pid written by a VMM.
 pub(crate) fn read_pidfile(path: &Path) -> Result<u32, VmmError> {
     let content = std::fs::read_to_string(path).map_err(|source| VmmError::Io {
-        what: "read pidfile",
+        op: FileOp::ReadPidfile,
         path: path.to_owned(),
         source,
     })?;

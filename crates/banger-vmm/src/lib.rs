@@ -47,10 +47,11 @@ pub enum VmmError {
     FirecrackerApi(#[from] firecracker::ApiError),
     #[error(transparent)]
     Qmp(#[from] qemu::QmpError),
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {op} {path}: {source}")]
     Io {
-        what: &'static str,
+        op: FileOp,
         path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
     #[error("{path} exists and is not a socket; refusing to replace it")]
@@ -63,21 +64,47 @@ pub enum VmmError {
     #[error("{binary} exited during startup ({status}); its last output:\n{output}")]
     ExitedEarly {
         binary: PathBuf,
-        status: String,
+        status: EarlyExit,
         output: String,
     },
-    #[error("{binary} did not {what} within {secs} s")]
+    #[error("{binary} did not {waited_for} within {secs} s")]
     StartupTimeout {
         binary: PathBuf,
-        what: String,
+        waited_for: StartupStep,
         secs: u64,
     },
     #[error("pidfile {path} does not hold a pid: {content:?}")]
     BadPidfile { path: PathBuf, content: String },
-    #[error("handle file {path} is unreadable: {reason}")]
-    BadHandle { path: PathBuf, reason: String },
-    #[error("jail path {path}: {reason}")]
-    Jail { path: PathBuf, reason: String },
+    #[error("handle file {path} is unreadable: {source}")]
+    BadHandle {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("jail path {path}: the Firecracker binary path has no file name")]
+    JailNoFileName { path: PathBuf },
+    #[error("jail path {path}: {op}: {source}")]
+    JailIo {
+        op: JailOp,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("jail path {dst}: hard-link {src}{}: {source}", exdev_hint(source))]
+    JailLink {
+        src: PathBuf,
+        dst: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("jail path {path}: not an ELF executable: {source}")]
+    JailNotElf {
+        path: PathBuf,
+        #[source]
+        source: goblin::error::Error,
+    },
+    #[error("jail path {path}: is dynamically linked (it needs {interpreter}), but the jailer runs it in an empty chroot: use a statically linked Firecracker (the released binaries are static musl builds) or turn the jailer off")]
+    JailDynamic { path: PathBuf, interpreter: String },
     #[error("VMM process {pid} of {id} did not exit after SIGKILL")]
     Unkillable { id: String, pid: u32 },
     #[error("VM {id} already runs from {run_dir} (VMM process {pid}); stop it first")]
@@ -88,6 +115,111 @@ pub enum VmmError {
     },
     #[error("VMM process {pid} of {id} is still running; stop it before cleaning up")]
     StillRunning { id: String, pid: u32 },
+}
+
+/// A file step of launching or cleaning up a VMM: the path and the OS error
+/// say what to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Inspect,
+    Open,
+    OpenForAppending,
+    Create,
+    Read,
+    ReadPidfile,
+    Write,
+    Remove,
+    RemoveJailDir,
+    RenameIntoPlace,
+    CopyInitrdTo,
+    Pad,
+    DuplicateHandleOf,
+}
+
+impl std::fmt::Display for FileOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileOp::Inspect => "inspect",
+            FileOp::Open => "open",
+            FileOp::OpenForAppending => "open for appending",
+            FileOp::Create => "create",
+            FileOp::Read => "read",
+            FileOp::ReadPidfile => "read pidfile",
+            FileOp::Write => "write",
+            FileOp::Remove => "remove",
+            FileOp::RemoveJailDir => "remove jail directory",
+            FileOp::RenameIntoPlace => "rename into place",
+            FileOp::CopyInitrdTo => "copy the initrd to",
+            FileOp::Pad => "pad",
+            FileOp::DuplicateHandleOf => "duplicate the handle of",
+        })
+    }
+}
+
+/// A step of laying out the jailer's chroot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JailOp {
+    Create,
+    Read,
+    ChownToJailIds,
+    RemoveStaleLink,
+}
+
+impl std::fmt::Display for JailOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            JailOp::Create => "create",
+            JailOp::Read => "read",
+            JailOp::ChownToJailIds => "chown to the jail uid/gid",
+            JailOp::RemoveStaleLink => "remove the stale link",
+        })
+    }
+}
+
+fn exdev_hint(e: &std::io::Error) -> &'static str {
+    if e.raw_os_error() == Some(libc::EXDEV) {
+        " (the chroot base must be on the same filesystem as the VM's files)"
+    } else {
+        ""
+    }
+}
+
+/// What a VMM that exited during startup left to report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EarlyExit {
+    Status(std::process::ExitStatus),
+    /// The child was reaped before its pid could be read.
+    AlreadyReaped,
+    /// It exited, but its status could not be collected.
+    Unknown,
+}
+
+impl std::fmt::Display for EarlyExit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EarlyExit::Status(s) => s.fmt(f),
+            EarlyExit::AlreadyReaped => f.write_str("already reaped"),
+            EarlyExit::Unknown => f.write_str("unknown status"),
+        }
+    }
+}
+
+/// What a VMM did not get done within its startup timeout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartupStep {
+    /// Firecracker: create its API socket.
+    ApiSocket(PathBuf),
+    /// QEMU: set the VM up and daemonize.
+    SetUp,
+}
+
+impl std::fmt::Display for StartupStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartupStep::ApiSocket(p) => write!(f, "create its API socket {}", p.display()),
+            StartupStep::SetUp => f.write_str("set up the VM"),
+        }
+    }
 }
 
 /// A backend with everything needed to start VMs on it.
@@ -280,17 +412,17 @@ impl VmmHandle {
     pub fn save(&self) -> Result<(), VmmError> {
         let path = Self::handle_path(&self.run_dir);
         let tmp = self.run_dir.join(format!(".{HANDLE_FILE}.tmp"));
-        let text = serde_json::to_vec_pretty(self).map_err(|e| VmmError::BadHandle {
+        let text = serde_json::to_vec_pretty(self).map_err(|source| VmmError::BadHandle {
             path: path.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         std::fs::write(&tmp, text).map_err(|source| VmmError::Io {
-            what: "write",
+            op: FileOp::Write,
             path: tmp.clone(),
             source,
         })?;
         std::fs::rename(&tmp, &path).map_err(|source| VmmError::Io {
-            what: "rename into place",
+            op: FileOp::RenameIntoPlace,
             path,
             source,
         })
@@ -301,14 +433,11 @@ impl VmmHandle {
     pub fn load(run_dir: &Path) -> Result<VmmHandle, VmmError> {
         let path = Self::handle_path(run_dir);
         let text = std::fs::read(&path).map_err(|source| VmmError::Io {
-            what: "read",
+            op: FileOp::Read,
             path: path.clone(),
             source,
         })?;
-        serde_json::from_slice(&text).map_err(|e| VmmError::BadHandle {
-            path,
-            reason: e.to_string(),
-        })
+        serde_json::from_slice(&text).map_err(|source| VmmError::BadHandle { path, source })
     }
 
     /// Whether the VMM process is still the one launched (pid + start time).
@@ -456,7 +585,7 @@ impl VmmHandle {
             match std::fs::remove_dir_all(jail) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                     return Err(VmmError::Io {
-                        what: "remove jail directory",
+                        op: FileOp::RemoveJailDir,
                         path: jail.clone(),
                         source: e,
                     })

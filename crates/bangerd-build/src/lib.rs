@@ -25,9 +25,8 @@ use banger_image::build::{build, BuildOptions, Built};
 use banger_image::recipe::RecipeSet;
 use banger_image::store::{Installed, Origin, Store};
 use banger_image::{Kind, Progress};
-use banger_wire::helper::{BundleKind, HelperResponse};
+use banger_wire::helper::{BundleKind, HelperErrorCode, HelperResponse};
 use bangerd_root::ops::build::BuildPaths;
-use bangerd_root::ops::OpError;
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, renameat, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
@@ -66,6 +65,126 @@ pub fn recipe_name(kind: BundleKind, name: &str) -> Result<String, UnknownRecipe
     }
 }
 
+/// Why a build failed, in the builder; sent to the helper as its typed
+/// wire reply ([`BuildError::code`] and the message).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The image builder failed.
+    #[error("building {kind} {name} failed: {source}")]
+    Build {
+        kind: &'static str,
+        name: String,
+        // Boxed: a build error carries whole paths and command tails.
+        #[source]
+        source: Box<banger_image::build::BuildError>,
+    },
+    /// Installing the bundle into the owner's store failed.
+    #[error("building {kind} {name} failed: {source}")]
+    Install {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: Box<banger_image::store::StoreError>,
+    },
+    /// Copying the bundle into the owner's cache, as the owner, failed.
+    #[error("building {kind} {name} failed: {source}")]
+    HandOver {
+        kind: &'static str,
+        name: String,
+        #[source]
+        source: Box<BuildError>,
+    },
+    /// A file operation failed.
+    #[error("cannot {op} {path}: {source}")]
+    File {
+        op: FileOp,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A path must not be touched (a symlink, or writable by others).
+    #[error("refusing to touch {path}: {reason}")]
+    Refused { path: PathBuf, reason: &'static str },
+    /// A thread could not take on the owner's credentials.
+    #[error("cannot {op} (uid {uid}): {source}")]
+    Credentials {
+        op: CredentialsOp,
+        uid: u32,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The credential switch returned success but the thread still runs as
+    /// someone else.
+    #[error("cannot switch to the owner (uid {uid}): still running as {euid}:{egid}")]
+    CredentialsUnchanged { uid: u32, euid: u32, egid: u32 },
+    /// The thread running as the owner panicked.
+    #[error("cannot run as the owner (uid {uid}): the thread panicked")]
+    OwnerThreadPanicked { uid: u32 },
+}
+
+impl BuildError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> HelperErrorCode {
+        match self {
+            BuildError::Refused { .. } => HelperErrorCode::Invalid,
+            BuildError::Build { .. }
+            | BuildError::Install { .. }
+            | BuildError::HandOver { .. }
+            | BuildError::File { .. }
+            | BuildError::Credentials { .. }
+            | BuildError::CredentialsUnchanged { .. }
+            | BuildError::OwnerThreadPanicked { .. } => HelperErrorCode::Io,
+        }
+    }
+}
+
+/// A file step of the build or the hand-over: the path and the OS error say
+/// what to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Create,
+    Stat,
+    Remove,
+    Open,
+    OpenCacheDir,
+    OpenBuiltBundle,
+    Write,
+    RenameIntoPlace,
+}
+
+impl std::fmt::Display for FileOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileOp::Create => "create",
+            FileOp::Stat => "stat",
+            FileOp::Remove => "remove",
+            FileOp::Open => "open",
+            FileOp::OpenCacheDir => "open the cache directory",
+            FileOp::OpenBuiltBundle => "open the built bundle",
+            FileOp::Write => "write",
+            FileOp::RenameIntoPlace => "rename into place",
+        })
+    }
+}
+
+/// The credential change that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialsOp {
+    DropGroups,
+    SetGroup,
+    SetUid,
+}
+
+impl std::fmt::Display for CredentialsOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CredentialsOp::DropGroups => "drop the supplementary groups",
+            CredentialsOp::SetGroup => "switch to the owner's group",
+            CredentialsOp::SetUid => "switch to the owner's uid",
+        })
+    }
+}
+
 /// Build as root in [`BuildPaths::work_dir`], then install the bundle into
 /// the owner's store as the owner (`uid`, `gid`), in this process
 /// (blocking; minutes).
@@ -75,12 +194,7 @@ pub fn build_here(
     paths: &BuildPaths,
     uid: u32,
     gid: u32,
-) -> Result<HelperResponse, OpError> {
-    let build_err = |message: String| OpError::Build {
-        kind: kind.as_str(),
-        name: name.to_owned(),
-        message,
-    };
+) -> Result<HelperResponse, BuildError> {
     root_private_dir(&paths.work_dir)?;
     // The bundle cache is root's: a cache hit is a bundle root built, never
     // one the owner planted.
@@ -92,16 +206,24 @@ pub fn build_here(
             info!(phase = p.phase.as_str(), "{kind:?} {name}: {}", p.message);
         }
     };
-    let built = build(image_kind(kind), name, &opts, &log).map_err(|e| build_err(e.to_string()))?;
-    let bundle = File::open(&built.packed.path).map_err(|source| OpError::File {
-        what: "open the built bundle",
+    let built = build(image_kind(kind), name, &opts, &log).map_err(|e| BuildError::Build {
+        kind: kind.as_str(),
+        name: name.to_owned(),
+        source: Box::new(e),
+    })?;
+    let bundle = File::open(&built.packed.path).map_err(|source| BuildError::File {
+        op: FileOp::OpenBuiltBundle,
         path: built.packed.path.clone(),
         source,
     })?;
     let installed = as_owner(uid, gid, || {
         hand_over(kind, name, bundle, &built, paths, &log).map_err(|e| match e {
-            OpError::Build { .. } | OpError::Refused { .. } => e,
-            other => build_err(other.to_string()),
+            BuildError::Install { .. } | BuildError::Refused { .. } => e,
+            other => BuildError::HandOver {
+                kind: kind.as_str(),
+                name: name.to_owned(),
+                source: Box::new(other),
+            },
         })
     })?;
     Ok(HelperResponse::Built {
@@ -118,8 +240,8 @@ pub fn build_here(
 /// owned by root, and none is writable by group or others, except an
 /// intermediate directory with the sticky bit (`/tmp`), where others cannot
 /// rename or remove root's entries. Root then uses paths under `dir` freely.
-pub fn root_private_dir(dir: &Path) -> Result<(), OpError> {
-    let refused = |path: &Path, reason| OpError::Refused {
+pub fn root_private_dir(dir: &Path) -> Result<(), BuildError> {
+    let refused = |path: &Path, reason| BuildError::Refused {
         path: path.to_owned(),
         reason,
     };
@@ -142,15 +264,15 @@ pub fn root_private_dir(dir: &Path) -> Result<(), OpError> {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(source) => {
-                return Err(OpError::File {
-                    what: "create",
+                return Err(BuildError::File {
+                    op: FileOp::Create,
                     path: cur,
                     source,
                 })
             }
         }
-        let meta = std::fs::symlink_metadata(&cur).map_err(|source| OpError::File {
-            what: "stat",
+        let meta = std::fs::symlink_metadata(&cur).map_err(|source| BuildError::File {
+            op: FileOp::Stat,
             path: cur.clone(),
             source,
         })?;
@@ -181,10 +303,10 @@ pub fn root_private_dir(dir: &Path) -> Result<(), OpError> {
 fn as_owner<T: Send>(
     uid: u32,
     gid: u32,
-    f: impl FnOnce() -> Result<T, OpError> + Send,
-) -> Result<T, OpError> {
-    let cred_err = |what: &'static str| {
-        move |source: std::io::Error| OpError::Credentials { what, uid, source }
+    f: impl FnOnce() -> Result<T, BuildError> + Send,
+) -> Result<T, BuildError> {
+    let cred_err = |op: CredentialsOp| {
+        move |source: std::io::Error| BuildError::Credentials { op, uid, source }
     };
     std::thread::scope(|scope| {
         scope
@@ -195,19 +317,19 @@ fn as_owner<T: Send>(
                     libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>())
                 };
                 if rc != 0 {
-                    return Err(cred_err("drop the supplementary groups")(
+                    return Err(cred_err(CredentialsOp::DropGroups)(
                         std::io::Error::last_os_error(),
                     ));
                 }
                 // SAFETY: as above.
                 if unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) } != 0 {
-                    return Err(cred_err("switch to the owner's group")(
+                    return Err(cred_err(CredentialsOp::SetGroup)(
                         std::io::Error::last_os_error(),
                     ));
                 }
                 // SAFETY: as above.
                 if unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) } != 0 {
-                    return Err(cred_err("switch to the owner's uid")(
+                    return Err(cred_err(CredentialsOp::SetUid)(
                         std::io::Error::last_os_error(),
                     ));
                 }
@@ -215,18 +337,12 @@ fn as_owner<T: Send>(
                 // SAFETY: no arguments, cannot fail.
                 let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
                 if (euid, egid) != (uid, gid) {
-                    return Err(cred_err("switch to the owner")(std::io::Error::other(
-                        format!("still running as {euid}:{egid}"),
-                    )));
+                    return Err(BuildError::CredentialsUnchanged { uid, euid, egid });
                 }
                 f()
             })
             .join()
-            .unwrap_or_else(|_| {
-                Err(cred_err("run as the owner")(std::io::Error::other(
-                    "the thread panicked",
-                )))
-            })
+            .unwrap_or_else(|_| Err(BuildError::OwnerThreadPanicked { uid }))
     })
 }
 
@@ -239,7 +355,7 @@ fn hand_over(
     built: &Built,
     paths: &BuildPaths,
     log: &(dyn Fn(Progress) + Send + Sync),
-) -> Result<Installed, OpError> {
+) -> Result<Installed, BuildError> {
     let kind_name = match kind {
         BundleKind::Image => "images",
         BundleKind::Kernel => "kernels",
@@ -253,19 +369,19 @@ fn hand_over(
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::empty(),
     )
-    .map_err(no_symlink("open the cache directory", &paths.cache_dir))?;
+    .map_err(no_symlink(FileOp::OpenCacheDir, &paths.cache_dir))?;
     match mkdirat(&cache, kind_name, Mode::from_bits_truncate(0o750)) {
         Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(file_err("create", &dir_path)(e)),
+        Err(e) => return Err(file_err(FileOp::Create, &dir_path)(e)),
     }
     let how = OpenHow::new()
         .flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    let dir = openat2(&cache, kind_name, how).map_err(no_symlink("open", &dir_path))?;
+    let dir = openat2(&cache, kind_name, how).map_err(no_symlink(FileOp::Open, &dir_path))?;
     let dirfd = &dir;
     match unlinkat(dirfd, partial.as_str(), UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(file_err("remove", &dir_path.join(&partial))(e)),
+        Err(e) => return Err(file_err(FileOp::Remove, &dir_path.join(&partial))(e)),
     }
     let out = openat(
         dirfd,
@@ -273,12 +389,12 @@ fn hand_over(
         OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
         Mode::from_bits_truncate(0o640),
     )
-    .map_err(file_err("create", &dir_path.join(&partial)))?;
+    .map_err(file_err(FileOp::Create, &dir_path.join(&partial)))?;
     let mut out = File::from(out);
     std::io::copy(&mut bundle, &mut out)
         .and_then(|_| out.sync_all())
-        .map_err(|source| OpError::File {
-            what: "write",
+        .map_err(|source| BuildError::File {
+            op: FileOp::Write,
             path: dir_path.join(&partial),
             source,
         })?;
@@ -292,33 +408,33 @@ fn hand_over(
     ) {
         Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
             let _ = unlinkat(dirfd, partial.as_str(), UnlinkatFlags::NoRemoveDir);
-            return Err(OpError::Refused {
+            return Err(BuildError::Refused {
                 path: dest,
                 reason: "it is a symbolic link (remove it; the next build writes the bundle there)",
             });
         }
         Ok(_) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(file_err("stat", &dest)(e)),
+        Err(e) => return Err(file_err(FileOp::Stat, &dest)(e)),
     }
     renameat(dirfd, partial.as_str(), dirfd, file_name.as_str())
-        .map_err(file_err("rename into place", &dest))?;
+        .map_err(file_err(FileOp::RenameIntoPlace, &dest))?;
     let store = Store::new(&paths.state_dir);
     let origin = Origin::Build {
         bundle_sha256: built.packed.sha256.clone(),
     };
     store
         .install_file(&dest, image_kind(kind), name, origin, log)
-        .map_err(|e| OpError::Build {
+        .map_err(|e| BuildError::Install {
             kind: kind.as_str(),
             name: name.to_owned(),
-            message: e.to_string(),
+            source: Box::new(e),
         })
 }
 
-fn file_err(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError {
+fn file_err(op: FileOp, path: &Path) -> impl FnOnce(Errno) -> BuildError {
     let path = path.to_owned();
-    move |e| OpError::File {
-        what,
+    move |e| BuildError::File {
+        op,
         path,
         source: e.into(),
     }
@@ -326,15 +442,15 @@ fn file_err(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError {
 
 /// Like [`file_err`], but a symlink where a directory belongs (`ELOOP`, or
 /// `ENOTDIR` from `O_DIRECTORY|O_NOFOLLOW`) is named as such.
-fn no_symlink(what: &'static str, path: &Path) -> impl FnOnce(Errno) -> OpError {
+fn no_symlink(op: FileOp, path: &Path) -> impl FnOnce(Errno) -> BuildError {
     let path = path.to_owned();
     move |e| match e {
-        Errno::ELOOP | Errno::ENOTDIR => OpError::Refused {
+        Errno::ELOOP | Errno::ENOTDIR => BuildError::Refused {
             path,
             reason:
                 "it is a symbolic link or not a directory (remove it; the next build recreates it)",
         },
-        e => file_err(what, &path)(e),
+        e => file_err(op, &path)(e),
     }
 }
 

@@ -245,7 +245,7 @@ impl Install {
         Install { tmp, paths }
     }
 
-    fn build(&self) -> Result<HelperResponse, bangerd_root::ops::OpError> {
+    fn build(&self) -> Result<HelperResponse, bangerd_build::BuildError> {
         build_here(BundleKind::Kernel, KERNEL, &self.paths, OWNER, OWNER)
     }
 

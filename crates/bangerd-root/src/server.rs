@@ -73,9 +73,9 @@ pub enum ServeError {
     #[error("another root helper is already listening on {path}")]
     InUse { path: PathBuf },
     /// Creating or securing the socket failed.
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {op} {path}: {source}")]
     Socket {
-        what: &'static str,
+        op: SocketOp,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -87,6 +87,30 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// The step of setting up the helper's socket that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SocketOp {
+    Inspect,
+    RemoveStale,
+    CreateParent,
+    Bind,
+    Chmod,
+    Chown,
+}
+
+impl std::fmt::Display for SocketOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SocketOp::Inspect => "inspect",
+            SocketOp::RemoveStale => "remove the stale socket",
+            SocketOp::CreateParent => "create the directory of",
+            SocketOp::Bind => "bind",
+            SocketOp::Chmod => "chmod",
+            SocketOp::Chown => "chown",
+        })
+    }
 }
 
 struct Shared {
@@ -119,9 +143,9 @@ impl Server {
     /// called inside a tokio runtime.
     pub fn bind(config: &ServeConfig) -> Result<Server, ServeError> {
         let path = &config.socket;
-        let sock_err = |what: &'static str| {
+        let sock_err = |op: SocketOp| {
             let path = path.clone();
-            move |source| ServeError::Socket { what, path, source }
+            move |source| ServeError::Socket { op, path, source }
         };
         remove_stale_socket(path)?;
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -129,14 +153,14 @@ impl Server {
                 .recursive(true)
                 .mode(0o755)
                 .create(parent)
-                .map_err(sock_err("create the directory of"))?;
+                .map_err(sock_err(SocketOp::CreateParent))?;
         }
-        let listener = UnixListener::bind(path).map_err(sock_err("bind"))?;
+        let listener = UnixListener::bind(path).map_err(sock_err(SocketOp::Bind))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(config.socket_mode))
-            .map_err(sock_err("chmod"))?;
+            .map_err(sock_err(SocketOp::Chmod))?;
         if config.socket_uid.is_some() || config.socket_gid.is_some() {
             std::os::unix::fs::chown(path, config.socket_uid, config.socket_gid)
-                .map_err(sock_err("chown"))?;
+                .map_err(sock_err(SocketOp::Chown))?;
         }
         Ok(Server {
             listener,
@@ -190,7 +214,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => {
             return Err(ServeError::Socket {
-                what: "inspect",
+                op: SocketOp::Inspect,
                 path: path.into(),
                 source,
             })
@@ -203,7 +227,7 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
         return Err(ServeError::InUse { path: path.into() });
     }
     std::fs::remove_file(path).map_err(|source| ServeError::Socket {
-        what: "remove the stale socket",
+        op: SocketOp::RemoveStale,
         path: path.into(),
         source,
     })

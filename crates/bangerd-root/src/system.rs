@@ -30,8 +30,12 @@ pub enum SystemError {
         source: std::io::Error,
     },
     /// The file is not valid install metadata.
-    #[error("install metadata {path} is invalid: {message}")]
-    Parse { path: PathBuf, message: String },
+    #[error("install metadata {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
     /// The owner uid has no passwd entry, so its home (for `~/` in the
     /// config) is unknown.
     #[error("owner uid {uid} from the install metadata has no passwd entry")]
@@ -47,9 +51,9 @@ pub fn read_install(path: &Path) -> Result<InstallMetadata, SystemError> {
         path: path.to_owned(),
         source,
     })?;
-    toml::from_str(&text).map_err(|e| SystemError::Parse {
+    toml::from_str(&text).map_err(|source| SystemError::Parse {
         path: path.to_owned(),
-        message: e.to_string(),
+        source,
     })
 }
 

@@ -53,15 +53,23 @@ pub enum HelperCallError {
 }
 
 impl HelperCallError {
-    /// Helper errors keep their own codes (`helper_unavailable`, `helper_failed`).
+    /// The API error code this failure is served with: no helper is 503;
+    /// host state in the way (a link of another kind) is 409, which the user
+    /// resolves; anything else the helper refused or failed is 502, since
+    /// the daemon only sends requests it validated itself.
     pub fn code(&self) -> ErrorCode {
+        use banger_wire::helper::HelperErrorCode as H;
         match self {
             HelperCallError::Unavailable { .. } | HelperCallError::Connect { .. } => {
                 ErrorCode::HelperUnavailable
             }
-            HelperCallError::Transport { .. } | HelperCallError::Refused { .. } => {
-                ErrorCode::HelperFailed
-            }
+            HelperCallError::Transport { .. } => ErrorCode::HelperFailed,
+            HelperCallError::Refused { source, .. } => match source.code {
+                H::Conflict => ErrorCode::Conflict,
+                H::PeerRejected | H::Invalid | H::Netlink | H::Nftables | H::Io => {
+                    ErrorCode::HelperFailed
+                }
+            },
         }
     }
 }

@@ -14,10 +14,10 @@ use crate::progress::{Phase, Progress, ProgressFn};
 const TAIL_LINES: usize = 40;
 
 /// Run `cmd` to completion, forwarding its output lines as progress
-/// prefixed with `what`.
+/// prefixed with `what` (the tool's name, also the error's).
 pub(crate) fn run(
     cmd: &mut Command,
-    what: &str,
+    what: &'static str,
     progress: ProgressFn<'_>,
 ) -> Result<String, BuildError> {
     let command = format!("{cmd:?}");
@@ -26,11 +26,10 @@ pub(crate) fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| BuildError::Command {
-            what: what.to_owned(),
+        .map_err(|source| BuildError::CommandStart {
+            tool: what,
             command: command.clone(),
-            status: "could not start".into(),
-            tail: e.to_string(),
+            source,
         })?;
     let tail: Arc<Mutex<VecDeque<String>>> = Arc::default();
     let stdout = child.stdout.take().expect("piped");
@@ -56,11 +55,10 @@ pub(crate) fn run(
             progress(Progress::note(Phase::Build, format!("{what}: {line}")));
         }
     });
-    let status = child.wait().map_err(|e| BuildError::Command {
-        what: what.to_owned(),
+    let status = child.wait().map_err(|source| BuildError::CommandWait {
+        tool: what,
         command: command.clone(),
-        status: "wait failed".into(),
-        tail: e.to_string(),
+        source,
     })?;
     if status.success() {
         Ok(captured)
@@ -70,9 +68,9 @@ pub(crate) fn run(
             .map(|t| t.iter().cloned().collect::<Vec<_>>().join("\n"))
             .unwrap_or_default();
         Err(BuildError::Command {
-            what: what.to_owned(),
+            tool: what,
             command,
-            status: status.to_string(),
+            status,
             tail,
         })
     }
@@ -127,15 +125,15 @@ pub(crate) fn parse_e2fsprogs_version(text: &str) -> Option<(u32, u32, u32)> {
 pub(crate) fn require_mkfs() -> Result<PathBuf, BuildError> {
     let why = "make a reproducible ext4 from a tarball (mkfs.ext4 -d TARBALL)";
     let mkfs = require_tool("mkfs.ext4", "e2fsprogs", why)?;
-    let out = Command::new(&mkfs)
-        .arg("-V")
-        .output()
-        .map_err(|e| BuildError::Command {
-            what: "mkfs.ext4 -V".into(),
-            command: mkfs.display().to_string(),
-            status: "could not start".into(),
-            tail: e.to_string(),
-        })?;
+    let out =
+        Command::new(&mkfs)
+            .arg("-V")
+            .output()
+            .map_err(|source| BuildError::CommandStart {
+                tool: "mkfs.ext4 -V",
+                command: mkfs.display().to_string(),
+                source,
+            })?;
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -177,11 +175,11 @@ pub fn debugfs(image: &Path, request: &str) -> Result<String, BuildError> {
         .filter(|l| !l.starts_with("debugfs "))
         .collect();
     if !out.status.success() || !errors.is_empty() {
-        return Err(BuildError::Command {
-            what: format!("debugfs -R {request:?}"),
-            command: image.display().to_string(),
-            status: out.status.to_string(),
-            tail: errors.join("\n"),
+        return Err(BuildError::Debugfs {
+            request: request.to_owned(),
+            image: image.to_owned(),
+            status: out.status,
+            errors: errors.join("\n"),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())

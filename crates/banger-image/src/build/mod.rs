@@ -43,12 +43,35 @@ pub enum BuildError {
     },
     #[error(transparent)]
     Recipe(#[from] RecipeError),
-    #[error("{what} failed ({status}): {command}\n{tail}")]
-    Command {
-        what: String,
+    #[error("{tool} failed (could not start): {command}\n{source}")]
+    CommandStart {
+        tool: &'static str,
         command: String,
-        status: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed (wait failed): {command}\n{source}")]
+    CommandWait {
+        tool: &'static str,
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{tool} failed ({status}): {command}\n{tail}")]
+    Command {
+        tool: &'static str,
+        command: String,
+        status: std::process::ExitStatus,
+        /// The command's last output lines.
         tail: String,
+    },
+    #[error("debugfs -R {request:?} failed ({status}): {image}\n{errors}")]
+    Debugfs {
+        request: String,
+        image: PathBuf,
+        status: std::process::ExitStatus,
+        /// debugfs's stderr without its banner.
+        errors: String,
     },
     #[error("cannot {op} {path}: {source}")]
     Io {

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use super::api::FirecrackerPaths;
 use super::Prepared;
 use crate::spec::VmSpec;
-use crate::VmmError;
+use crate::{JailOp, VmmError};
 
 /// API socket path inside the jail (Firecracker's default).
 pub const JAIL_API_SOCKET: &str = "/run/firecracker.socket";
@@ -49,10 +49,11 @@ pub fn jail_layout(
     firecracker: &Path,
     id: &str,
 ) -> Result<JailLayout, VmmError> {
-    let exec_name = firecracker.file_name().ok_or_else(|| VmmError::Jail {
-        path: firecracker.to_owned(),
-        reason: "the Firecracker binary path has no file name".into(),
-    })?;
+    let exec_name = firecracker
+        .file_name()
+        .ok_or_else(|| VmmError::JailNoFileName {
+            path: firecracker.to_owned(),
+        })?;
     let jail_dir = cfg.chroot_base_dir.join(exec_name).join(id);
     Ok(JailLayout {
         root: jail_dir.join("root"),
@@ -99,32 +100,30 @@ pub fn jail_paths(spec: &VmSpec) -> FirecrackerPaths {
     }
 }
 
-fn jail_err(path: &Path, what: &str, e: std::io::Error) -> VmmError {
-    VmmError::Jail {
+fn jail_err(path: &Path, op: JailOp, source: std::io::Error) -> VmmError {
+    VmmError::JailIo {
+        op,
         path: path.to_owned(),
-        reason: format!("{what}: {e}"),
+        source,
     }
 }
 
 fn chown(path: &Path, uid: u32, gid: u32) -> Result<(), VmmError> {
     std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .map_err(|e| jail_err(path, "chown to the jail uid/gid", e))
+        .map_err(|e| jail_err(path, JailOp::ChownToJailIds, e))
 }
 
 fn link_into(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<(), VmmError> {
     match std::fs::remove_file(dst) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(jail_err(dst, "remove the stale link", e))
+            return Err(jail_err(dst, JailOp::RemoveStaleLink, e))
         }
         _ => {}
     }
-    std::fs::hard_link(src, dst).map_err(|e| {
-        let hint = if e.raw_os_error() == Some(libc::EXDEV) {
-            " (the chroot base must be on the same filesystem as the VM's files)"
-        } else {
-            ""
-        };
-        jail_err(dst, &format!("hard-link {}{hint}", src.display()), e)
+    std::fs::hard_link(src, dst).map_err(|source| VmmError::JailLink {
+        src: src.to_owned(),
+        dst: dst.to_owned(),
+        source,
     })?;
     chown(dst, uid, gid)
 }
@@ -133,19 +132,15 @@ fn link_into(src: &Path, dst: &Path, uid: u32, gid: u32) -> Result<(), VmmError>
 /// chroot that holds no dynamic loader, and the exec then fails with a bare
 /// "No such file or directory" that names neither file.
 pub fn require_static(firecracker: &Path) -> Result<(), VmmError> {
-    let bytes = std::fs::read(firecracker).map_err(|e| jail_err(firecracker, "read", e))?;
-    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| VmmError::Jail {
+    let bytes = std::fs::read(firecracker).map_err(|e| jail_err(firecracker, JailOp::Read, e))?;
+    let elf = goblin::elf::Elf::parse(&bytes).map_err(|source| VmmError::JailNotElf {
         path: firecracker.to_owned(),
-        reason: format!("not an ELF executable: {e}"),
+        source,
     })?;
     match elf.interpreter {
-        Some(interp) => Err(VmmError::Jail {
+        Some(interp) => Err(VmmError::JailDynamic {
             path: firecracker.to_owned(),
-            reason: format!(
-                "is dynamically linked (it needs {interp}), but the jailer runs it in an \
-                 empty chroot: use a statically linked Firecracker (the released binaries \
-                 are static musl builds) or turn the jailer off"
-            ),
+            interpreter: interp.to_owned(),
         }),
         None => Ok(()),
     }
@@ -160,7 +155,7 @@ pub(crate) fn prepare(
     let layout = jail_layout(cfg, firecracker, &spec.id)?;
     let root = &layout.root;
     let run = root.join("run");
-    std::fs::create_dir_all(&run).map_err(|e| jail_err(&run, "create", e))?;
+    std::fs::create_dir_all(&run).map_err(|e| jail_err(&run, JailOp::Create, e))?;
     chown(&run, cfg.uid, cfg.gid)?;
     let paths = jail_paths(spec);
     let inside = |p: &str| root.join(p.trim_start_matches('/'));

@@ -18,7 +18,7 @@ use crate::agent::{AgentEndpoint, AGENT_VSOCK_PORT};
 use crate::launch::{self, LaunchGuard, SocketWait};
 use crate::process::{detached_command, process_start_time};
 use crate::spec::VmSpec;
-use crate::{LaunchOptions, VmState, VmmError, VmmHandle};
+use crate::{EarlyExit, FileOp, LaunchOptions, StartupStep, VmState, VmmError, VmmHandle};
 
 pub use api::{ActionType, ApiCall, ApiClient, ApiError, FirecrackerPaths, InstanceInfo};
 pub use jailer::JailerConfig;
@@ -106,7 +106,7 @@ pub(crate) async fn launch(
     }
     let serial = launch::open_append(&spec.serial_log)?;
     let serial_err = serial.try_clone().map_err(|source| VmmError::Io {
-        what: "duplicate the handle of",
+        op: FileOp::DuplicateHandleOf,
         path: spec.serial_log.clone(),
         source,
     })?;
@@ -119,7 +119,7 @@ pub(crate) async fn launch(
     })?;
     let pid = child.id().ok_or_else(|| VmmError::ExitedEarly {
         binary: prepared.program.clone(),
-        status: "already reaped".into(),
+        status: EarlyExit::AlreadyReaped,
         output: launch::tail(&spec.serial_log, 20),
     })?;
     let start_time = process_start_time(pid)?;
@@ -133,8 +133,8 @@ pub(crate) async fn launch(
         SocketWait::Ready => {}
         SocketWait::ProcessExited => {
             let status = match child.try_wait() {
-                Ok(Some(s)) => s.to_string(),
-                _ => "unknown status".into(),
+                Ok(Some(s)) => EarlyExit::Status(s),
+                _ => EarlyExit::Unknown,
             };
             return Err(VmmError::ExitedEarly {
                 binary: prepared.program.clone(),
@@ -145,7 +145,7 @@ pub(crate) async fn launch(
         SocketWait::TimedOut => {
             return Err(VmmError::StartupTimeout {
                 binary: prepared.program.clone(),
-                what: format!("create its API socket {}", prepared.api_socket.display()),
+                waited_for: StartupStep::ApiSocket(prepared.api_socket.clone()),
                 secs: opts.api_timeout.as_secs(),
             })
         }

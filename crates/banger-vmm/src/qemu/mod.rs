@@ -16,7 +16,7 @@ use banger_host::probe::{Accel, Backend};
 use crate::agent::{AgentEndpoint, AGENT_SERIAL_PORT};
 use crate::launch::{self, LaunchGuard};
 use crate::spec::VmSpec;
-use crate::{LaunchOptions, VmState, VmmError, VmmHandle};
+use crate::{EarlyExit, FileOp, LaunchOptions, StartupStep, VmState, VmmError, VmmHandle};
 
 pub use qmp::{QmpClient, QmpError, QmpStatus};
 
@@ -69,26 +69,26 @@ const PAGE: u64 = 4096;
 /// initramfs unpacker skips zero padding, so a zero-padded copy in the run
 /// directory is equivalent. Returns the path QEMU should load.
 pub fn page_aligned_initrd(initrd: &Path, run_dir: &Path) -> Result<PathBuf, VmmError> {
-    let io = |what: &'static str, path: &Path| {
+    let io = |op: FileOp, path: &Path| {
         let path = path.to_owned();
-        move |source| VmmError::Io { what, path, source }
+        move |source| VmmError::Io { op, path, source }
     };
     let len = std::fs::metadata(initrd)
-        .map_err(io("inspect", initrd))?
+        .map_err(io(FileOp::Inspect, initrd))?
         .len();
     if len % PAGE == 0 {
         return Ok(initrd.to_owned());
     }
     let padded = run_dir.join(PADDED_INITRD);
     let tmp = run_dir.join(format!(".{PADDED_INITRD}.tmp"));
-    std::fs::copy(initrd, &tmp).map_err(io("copy the initrd to", &tmp))?;
+    std::fs::copy(initrd, &tmp).map_err(io(FileOp::CopyInitrdTo, &tmp))?;
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&tmp)
-        .map_err(io("open", &tmp))?;
+        .map_err(io(FileOp::Open, &tmp))?;
     file.set_len(len.div_ceil(PAGE) * PAGE)
-        .map_err(io("pad", &tmp))?;
-    std::fs::rename(&tmp, &padded).map_err(io("rename into place", &padded))?;
+        .map_err(io(FileOp::Pad, &tmp))?;
+    std::fs::rename(&tmp, &padded).map_err(io(FileOp::RenameIntoPlace, &padded))?;
     Ok(padded)
 }
 
@@ -241,7 +241,7 @@ pub(crate) async fn launch(
     let spec = &spec;
     let log = launch::create_truncated(&vmm_log)?;
     let log_err = log.try_clone().map_err(|source| VmmError::Io {
-        what: "duplicate the handle of",
+        op: FileOp::DuplicateHandleOf,
         path: vmm_log.clone(),
         source,
     })?;
@@ -269,7 +269,7 @@ pub(crate) async fn launch(
             // kill_on_drop ends the still-daemonizing parent.
             return Err(VmmError::StartupTimeout {
                 binary: cfg.binary.clone(),
-                what: "set up the VM".into(),
+                waited_for: StartupStep::SetUp,
                 secs: STARTUP_TIMEOUT.as_secs(),
             });
         }
@@ -277,7 +277,7 @@ pub(crate) async fn launch(
     if !status.success() {
         return Err(VmmError::ExitedEarly {
             binary: cfg.binary.clone(),
-            status: status.to_string(),
+            status: EarlyExit::Status(status),
             output: launch::tail(&vmm_log, 20),
         });
     }

@@ -118,6 +118,33 @@ pub fn default_builder() -> std::io::Result<PathBuf> {
     Ok(dir.join(BUILDER_NAME))
 }
 
+/// Why a build of one bundle failed (the bundle is named by
+/// [`OpError::Build`]). The builder's own failures come back typed as its
+/// wire reply ([`OpError::BuildUnit`]); these are the helper's part.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildFailure {
+    #[error("this helper was started without a store to build into")]
+    NoStore,
+    /// The builder (or `systemd-run`, in system mode) could not be started.
+    #[error("cannot run {}: {source}", program.display())]
+    Start {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The builder's reply is a wire message: its Debug form is all there is.
+    #[error("the builder answered {answer} ({status}), not a built bundle")]
+    UnitAnswer {
+        answer: String,
+        status: std::process::ExitStatus,
+    },
+    #[error("the builder failed ({status}): {stderr_tail}")]
+    UnitFailed {
+        status: std::process::ExitStatus,
+        stderr_tail: String,
+    },
+}
+
 /// Build and install `kind name` as [`BuildPaths::runner`] says.
 pub async fn build_bundle(
     kind: BundleKind,
@@ -200,36 +227,37 @@ async fn run_builder(
     mut cmd: tokio::process::Command,
     program: &Path,
 ) -> Result<HelperResponse, OpError> {
-    let build_err = |message: String| OpError::Build {
+    let build_err = |source: BuildFailure| OpError::Build {
         kind: kind.as_str(),
         name: name.to_owned(),
-        message,
+        source: Box::new(source),
     };
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let out = cmd
-        .output()
-        .await
-        .map_err(|e| build_err(format!("cannot run {}: {e}", program.display())))?;
+    let out = cmd.output().await.map_err(|source| {
+        build_err(BuildFailure::Start {
+            program: program.to_owned(),
+            source,
+        })
+    })?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let last = stdout.lines().rev().find(|l| !l.trim().is_empty());
     match last.map(serde_json::from_str::<banger_wire::helper::HelperReply>) {
         Some(Ok(Ok(resp @ HelperResponse::Built { .. }))) if out.status.success() => Ok(resp),
-        Some(Ok(Ok(other))) => Err(build_err(format!(
-            "the builder answered {other:?} ({}), not a built bundle",
-            out.status
-        ))),
+        Some(Ok(Ok(other))) => Err(build_err(BuildFailure::UnitAnswer {
+            answer: format!("{other:?}"),
+            status: out.status,
+        })),
         Some(Ok(Err(e))) => Err(OpError::BuildUnit(e.message)),
         _ => {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(20).collect();
-            Err(build_err(format!(
-                "the builder failed ({}): {}",
-                out.status,
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )))
+            Err(build_err(BuildFailure::UnitFailed {
+                status: out.status,
+                stderr_tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            }))
         }
     }
 }

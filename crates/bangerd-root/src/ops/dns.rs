@@ -16,7 +16,7 @@ use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use tokio::net::unix::OwnedWriteHalf;
 use tracing::info;
 
-use super::OpError;
+use super::{DnsSocket, OpError};
 use crate::validate::IfaceName;
 
 /// The port the `.vm` zone is served on.
@@ -29,16 +29,10 @@ const RESOLVED_SOCKET: &str = "/run/systemd/resolve/io.systemd.Resolve";
 /// only through [`send_sockets`], which closes them after sending.
 pub fn bind(address: Ipv4Addr) -> Result<HelperResponse, OpError> {
     let at = SocketAddr::from((address, DNS_PORT));
-    let err = |what: &str| {
-        let what = format!("{what} {at}");
-        move |e: std::io::Error| OpError::Dns {
-            what,
-            message: e.to_string(),
-        }
-    };
-    let udp = UdpSocket::bind(at).map_err(err("bind UDP"))?;
+    let err = |socket| move |source| OpError::DnsBind { socket, at, source };
+    let udp = UdpSocket::bind(at).map_err(err(DnsSocket::Udp))?;
     // std sets SO_REUSEADDR on listeners: a restarted daemon rebinds at once.
-    let tcp = TcpListener::bind(at).map_err(err("listen on TCP"))?;
+    let tcp = TcpListener::bind(at).map_err(err(DnsSocket::Tcp))?;
     Ok(HelperResponse::DnsSockets {
         udp: udp.into_raw_fd(),
         tcp: tcp.into_raw_fd(),
@@ -117,14 +111,15 @@ pub async fn resolved_link(bridge: &IfaceName, address: Ipv4Addr) -> Result<bool
             .args(&argv)
             .output()
             .await
-            .map_err(|e| OpError::Dns {
-                what: format!("run resolvectl {}", argv.join(" ")),
-                message: e.to_string(),
+            .map_err(|source| OpError::ResolvectlStart {
+                args: argv.join(" "),
+                source,
             })?;
         if !out.status.success() {
-            return Err(OpError::Dns {
-                what: format!("run resolvectl {}", argv.join(" ")),
-                message: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            return Err(OpError::ResolvectlFailed {
+                args: argv.join(" "),
+                status: out.status,
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
             });
         }
     }

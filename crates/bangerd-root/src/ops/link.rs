@@ -12,7 +12,7 @@ use rtnetlink::packet_route::link::{
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec};
 
-use super::{tun, OpError};
+use super::{tun, NetlinkOp, OpError};
 use crate::validate::{IfaceName, IFACE_PREFIX};
 
 // From <linux/if_link.h>: attributes of IFLA_INFO_DATA for kind "tun".
@@ -133,10 +133,10 @@ impl Net {
         Ok(Net { handle })
     }
 
-    fn nl_err(what: &'static str, name: &str) -> impl FnOnce(rtnetlink::Error) -> OpError {
+    fn nl_err(op: NetlinkOp, name: &str) -> impl FnOnce(rtnetlink::Error) -> OpError {
         let name = name.to_owned();
         move |source| OpError::Netlink {
-            what,
+            op,
             name,
             source: Box::new(source),
         }
@@ -150,7 +150,7 @@ impl Net {
             .execute()
             .try_collect()
             .await
-            .map_err(Self::nl_err("list", "links"))?;
+            .map_err(Self::nl_err(NetlinkOp::List, "links"))?;
         Ok(msgs.into_iter().map(Link::from_message).collect())
     }
 
@@ -176,7 +176,7 @@ impl Net {
             .set(LinkUnspec::new_with_index(link.index).up().build())
             .execute()
             .await
-            .map_err(Self::nl_err("set up", &link.name))
+            .map_err(Self::nl_err(NetlinkOp::SetUp, &link.name))
     }
 
     async fn delete(&self, link: &Link) -> Result<(), OpError> {
@@ -185,7 +185,7 @@ impl Net {
             .del(link.index)
             .execute()
             .await
-            .map_err(Self::nl_err("delete", &link.name))
+            .map_err(Self::nl_err(NetlinkOp::Delete, &link.name))
     }
 
     async fn ipv4_addresses(&self, link: &Link) -> Result<Vec<(AddressMessage, Ipv4Net)>, OpError> {
@@ -197,7 +197,7 @@ impl Net {
             .execute()
             .try_collect()
             .await
-            .map_err(Self::nl_err("list addresses of", &link.name))?;
+            .map_err(Self::nl_err(NetlinkOp::ListAddressesOf, &link.name))?;
         let mut out = Vec::new();
         for msg in msgs {
             if msg.header.family != AddressFamily::Inet {
@@ -234,7 +234,7 @@ impl Net {
                     .add(LinkMessageBuilder::<LinkBridge>::new(name.as_str()).build())
                     .execute()
                     .await
-                    .map_err(Self::nl_err("create bridge", name.as_str()))?;
+                    .map_err(Self::nl_err(NetlinkOp::CreateBridge, name.as_str()))?;
                 changed = true;
                 self.require(name).await?
             }
@@ -249,7 +249,10 @@ impl Net {
                     .del(msg.clone())
                     .execute()
                     .await
-                    .map_err(Self::nl_err("remove a stale address from", name.as_str()))?;
+                    .map_err(Self::nl_err(
+                        NetlinkOp::RemoveStaleAddressFrom,
+                        name.as_str(),
+                    ))?;
                 changed = true;
             }
         }
@@ -263,7 +266,7 @@ impl Net {
                 )
                 .execute()
                 .await
-                .map_err(Self::nl_err("add an address to", name.as_str()))?;
+                .map_err(Self::nl_err(NetlinkOp::AddAddressTo, name.as_str()))?;
             changed = true;
         }
         if !bridge.up {
@@ -313,7 +316,7 @@ impl Net {
                 )
                 .execute()
                 .await
-                .map_err(Self::nl_err("attach to its bridge", name.as_str()))?;
+                .map_err(Self::nl_err(NetlinkOp::AttachToBridge, name.as_str()))?;
             changed = true;
         }
         if !tap.up {

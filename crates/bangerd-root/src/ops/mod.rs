@@ -22,9 +22,9 @@ pub enum OpError {
     #[error("cannot open a netlink socket: {0}")]
     NetlinkSocket(#[source] std::io::Error),
     /// A netlink request failed.
-    #[error("netlink: cannot {what} {name}: {source}")]
+    #[error("netlink: cannot {op} {name}: {source}")]
     Netlink {
-        what: &'static str,
+        op: NetlinkOp,
         name: String,
         // Boxed: the netlink error embeds a whole message and would bloat
         // every Result in this module.
@@ -45,20 +45,25 @@ pub enum OpError {
     #[error("link {name} disappeared while it was being configured")]
     Vanished { name: String },
     /// A /dev/net/tun operation failed.
-    #[error("tap {name}: {what}: {source}")]
+    #[error("tap {name}: {op}: {source}")]
     Tun {
         name: String,
-        what: &'static str,
+        op: TunOp,
         #[source]
         source: std::io::Error,
     },
     /// `nft` failed or returned something unexpected.
-    #[error("nftables: {what}: {message}")]
-    Nft { what: &'static str, message: String },
+    #[error("nftables: {op}: {}", nft::describe(source))]
+    Nft {
+        op: NftOp,
+        // Boxed for the same reason as the netlink error.
+        #[source]
+        source: Box<nftables::helper::NftablesError>,
+    },
     /// A file operation failed.
-    #[error("cannot {what} {path}: {source}")]
+    #[error("cannot {op} {path}: {source}")]
     File {
-        what: &'static str,
+        op: FileOp,
         path: PathBuf,
         #[source]
         source: std::io::Error,
@@ -66,28 +71,143 @@ pub enum OpError {
     /// A file passed validation but must not be touched.
     #[error("refusing to touch {path}: {reason}")]
     Refused { path: PathBuf, reason: &'static str },
-    /// Binding the DNS sockets or configuring systemd-resolved failed.
-    #[error("dns: cannot {what}: {message}")]
-    Dns { what: String, message: String },
-    /// Building or installing a bundle failed.
-    #[error("building {kind} {name} failed: {message}")]
-    Build {
-        kind: &'static str,
-        name: String,
-        message: String,
-    },
-    /// The build unit answered with an error (its message already names the
-    /// build).
-    #[error("{0}")]
-    BuildUnit(String),
-    /// A thread could not take on the owner's credentials.
-    #[error("cannot {what} (uid {uid}): {source}")]
-    Credentials {
-        what: &'static str,
-        uid: u32,
+    /// The `.vm` DNS sockets could not be bound (something else serves port
+    /// 53 on the bridge address?).
+    #[error("dns: cannot {socket} {at}: {source}")]
+    DnsBind {
+        socket: DnsSocket,
+        at: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
+    /// `resolvectl` could not be started.
+    #[error("dns: cannot run resolvectl {args}: {source}")]
+    ResolvectlStart {
+        args: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// `resolvectl` ran and refused.
+    #[error("dns: cannot run resolvectl {args}: {stderr}")]
+    ResolvectlFailed {
+        args: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    /// Building or installing a bundle failed.
+    #[error("building {kind} {name} failed: {source}")]
+    Build {
+        kind: &'static str,
+        name: String,
+        // Boxed: a build error carries whole paths and command tails.
+        #[source]
+        source: Box<build::BuildFailure>,
+    },
+    /// The build unit answered with an error (its message already names the
+    /// build). A string: it crossed a process boundary as a wire reply.
+    #[error("{0}")]
+    BuildUnit(String),
+}
+
+/// The netlink request that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NetlinkOp {
+    List,
+    SetUp,
+    Delete,
+    ListAddressesOf,
+    CreateBridge,
+    RemoveStaleAddressFrom,
+    AddAddressTo,
+    AttachToBridge,
+}
+
+impl std::fmt::Display for NetlinkOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetlinkOp::List => "list",
+            NetlinkOp::SetUp => "set up",
+            NetlinkOp::Delete => "delete",
+            NetlinkOp::ListAddressesOf => "list addresses of",
+            NetlinkOp::CreateBridge => "create bridge",
+            NetlinkOp::RemoveStaleAddressFrom => "remove a stale address from",
+            NetlinkOp::AddAddressTo => "add an address to",
+            NetlinkOp::AttachToBridge => "attach to its bridge",
+        })
+    }
+}
+
+/// The step of making a persistent tap that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TunOp {
+    OpenDevice,
+    SetIff,
+    SetOwner,
+    SetPersist,
+}
+
+impl std::fmt::Display for TunOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TunOp::OpenDevice => "open /dev/net/tun",
+            TunOp::SetIff => "TUNSETIFF",
+            TunOp::SetOwner => "TUNSETOWNER",
+            TunOp::SetPersist => "TUNSETPERSIST",
+        })
+    }
+}
+
+/// The `nft` call that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NftOp {
+    ListTables,
+    ListTable,
+    ApplyTables,
+    DeleteTables,
+}
+
+impl std::fmt::Display for NftOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NftOp::ListTables => "list tables",
+            NftOp::ListTable => "list table banger",
+            NftOp::ApplyTables => "apply tables inet banger and bridge banger",
+            NftOp::DeleteTables => "delete banger's tables",
+        })
+    }
+}
+
+/// A file step nobody acts on differently: the path and the OS error say
+/// what to fix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileOp {
+    Read,
+    Write,
+}
+
+impl std::fmt::Display for FileOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            FileOp::Read => "read",
+            FileOp::Write => "write",
+        })
+    }
+}
+
+/// Which DNS socket could not be bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsSocket {
+    Udp,
+    Tcp,
+}
+
+impl std::fmt::Display for DnsSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DnsSocket::Udp => "bind UDP",
+            DnsSocket::Tcp => "listen on TCP",
+        })
+    }
 }
 
 impl OpError {
@@ -101,9 +221,15 @@ impl OpError {
             OpError::Tun { .. }
             | OpError::File { .. }
             | OpError::Build { .. }
-            | OpError::BuildUnit(_)
-            | OpError::Credentials { .. } => HelperErrorCode::Io,
-            OpError::Dns { .. } => HelperErrorCode::Io,
+            | OpError::BuildUnit(_) => HelperErrorCode::Io,
+            // Port 53 taken on the bridge address: another DNS server is
+            // in the way, which the user can move.
+            OpError::DnsBind { source, .. } if source.kind() == std::io::ErrorKind::AddrInUse => {
+                HelperErrorCode::Conflict
+            }
+            OpError::DnsBind { .. }
+            | OpError::ResolvectlStart { .. }
+            | OpError::ResolvectlFailed { .. } => HelperErrorCode::Io,
             OpError::Nft { .. } => HelperErrorCode::Nftables,
             OpError::Refused { .. } => HelperErrorCode::Invalid,
         }
@@ -155,7 +281,7 @@ pub async fn execute(action: &Action, policy: &Policy) -> Result<HelperResponse,
                 return Err(OpError::Build {
                     kind: kind.as_str(),
                     name: name.clone(),
-                    message: "this helper was started without a store to build into".into(),
+                    source: Box::new(build::BuildFailure::NoStore),
                 });
             };
             let gid = policy
@@ -169,4 +295,98 @@ pub async fn execute(action: &Action, policy: &Policy) -> Result<HelperResponse,
         }
     };
     Ok(HelperResponse::Done { changed })
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+
+    fn io(kind: std::io::ErrorKind) -> std::io::Error {
+        std::io::Error::from(kind)
+    }
+
+    /// Pins the classification the daemon relies on: a host in the way is
+    /// a conflict, a refused path is invalid input, a failing step is I/O.
+    #[test]
+    fn op_errors_map_to_their_wire_codes() {
+        let cases = [
+            (
+                OpError::WrongKind {
+                    name: "bg0".into(),
+                    found: "veth".into(),
+                    expected: "bridge",
+                },
+                HelperErrorCode::Conflict,
+            ),
+            (
+                OpError::MissingBridge { name: "bg0".into() },
+                HelperErrorCode::Conflict,
+            ),
+            (
+                OpError::Refused {
+                    path: "/var/cache/banger".into(),
+                    reason: "it is a symbolic link",
+                },
+                HelperErrorCode::Invalid,
+            ),
+            (
+                OpError::File {
+                    op: FileOp::Write,
+                    path: "/x".into(),
+                    source: io(std::io::ErrorKind::PermissionDenied),
+                },
+                HelperErrorCode::Io,
+            ),
+            (
+                OpError::DnsBind {
+                    socket: DnsSocket::Udp,
+                    at: "172.16.0.1:53".parse().unwrap(),
+                    source: io(std::io::ErrorKind::AddrInUse),
+                },
+                HelperErrorCode::Conflict,
+            ),
+            (
+                OpError::DnsBind {
+                    socket: DnsSocket::Tcp,
+                    at: "172.16.0.1:53".parse().unwrap(),
+                    source: io(std::io::ErrorKind::PermissionDenied),
+                },
+                HelperErrorCode::Io,
+            ),
+            (
+                OpError::NetlinkSocket(io(std::io::ErrorKind::PermissionDenied)),
+                HelperErrorCode::Netlink,
+            ),
+            (
+                OpError::Build {
+                    kind: "image",
+                    name: "debian".into(),
+                    source: Box::new(build::BuildFailure::NoStore),
+                },
+                HelperErrorCode::Io,
+            ),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn nft_failures_show_what_nft_said() {
+        let err = OpError::Nft {
+            op: NftOp::ApplyTables,
+            source: Box::new(nftables::helper::NftablesError::NftFailed {
+                program: "nft".into(),
+                hint: "applying ruleset".into(),
+                stdout: String::new(),
+                stderr: "Error: Could not process rule: No such file or directory\n".into(),
+            }),
+        };
+        assert_eq!(err.code(), HelperErrorCode::Nftables);
+        assert_eq!(
+            err.to_string(),
+            "nftables: apply tables inet banger and bridge banger: Error: Could not process rule: No such file or directory"
+        );
+        assert!(std::error::Error::source(&err).is_some());
+    }
 }

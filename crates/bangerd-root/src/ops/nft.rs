@@ -31,7 +31,7 @@ use nftables::schema::{Chain, NfCmd, NfListObject, NfObject, Nftables, Rule, Tab
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
-use super::OpError;
+use super::{FileOp, NftOp, OpError};
 use crate::validate::{Fence, IfaceName, IFACE_PREFIX};
 
 /// Name of banger's tables (families `inet` and `bridge`).
@@ -45,14 +45,19 @@ const LINK_LOCAL: &str = "169.254.0.0/16";
 /// The `.vm` DNS server bangerd runs on the bridge address.
 const DNS_PORT: u32 = 53;
 
-fn nft_err(what: &'static str) -> impl FnOnce(NftablesError) -> OpError {
-    move |e| {
-        let message = match e {
-            // The crate's Display leaves out what nft actually said.
-            NftablesError::NftFailed { stderr, .. } => stderr.trim().to_owned(),
-            other => other.to_string(),
-        };
-        OpError::Nft { what, message }
+fn nft_err(op: NftOp) -> impl FnOnce(NftablesError) -> OpError {
+    move |e| OpError::Nft {
+        op,
+        source: Box::new(e),
+    }
+}
+
+/// What to show for a failed `nft` call.
+pub(super) fn describe(e: &NftablesError) -> String {
+    match e {
+        // The crate's Display leaves out what nft actually said.
+        NftablesError::NftFailed { stderr, .. } => stderr.trim().to_owned(),
+        other => other.to_string(),
     }
 }
 
@@ -311,7 +316,7 @@ fn table(family: NfFamily) -> Table<'static> {
 async fn existing_tables() -> Result<Vec<NfFamily>, OpError> {
     let listed = helper::get_current_ruleset_with_args_async(DEFAULT_NFT, ["list", "tables"])
         .await
-        .map_err(nft_err("list tables"))?;
+        .map_err(nft_err(NftOp::ListTables))?;
     Ok(listed
         .objects
         .iter()
@@ -334,7 +339,7 @@ async fn table_matches(family: NfFamily, want: &[NfListObject<'static>]) -> Resu
         Ok(listed) => listed,
         // Content this crate cannot parse is not ours: replace it.
         Err(NftablesError::NftInvalidJson(_)) => return Ok(false),
-        Err(e) => return Err(nft_err("list table banger")(e)),
+        Err(e) => return Err(nft_err(NftOp::ListTable)(e)),
     };
     let mut have = Vec::new();
     for obj in listed.objects.iter() {
@@ -408,7 +413,7 @@ pub(super) async fn ensure_nat(
         objects: objects.into(),
     })
     .await
-    .map_err(nft_err("apply tables inet banger and bridge banger"))?;
+    .map_err(nft_err(NftOp::ApplyTables))?;
     Ok(true)
 }
 
@@ -426,24 +431,24 @@ pub(super) async fn remove_nat() -> Result<bool, OpError> {
         objects: objects.into(),
     })
     .await
-    .map_err(nft_err("delete banger's tables"))?;
+    .map_err(nft_err(NftOp::DeleteTables))?;
     Ok(true)
 }
 
 /// NAT needs IPv4 forwarding; it is per network namespace. Never turned off
 /// again: other software on the host may rely on it too.
 pub(super) fn enable_ip_forward() -> Result<bool, OpError> {
-    let file_err = |what| {
+    let file_err = |op| {
         move |source| OpError::File {
-            what,
+            op,
             path: IP_FORWARD.into(),
             source,
         }
     };
-    let current = std::fs::read_to_string(IP_FORWARD).map_err(file_err("read"))?;
+    let current = std::fs::read_to_string(IP_FORWARD).map_err(file_err(FileOp::Read))?;
     if current.trim() == "1" {
         return Ok(false);
     }
-    std::fs::write(IP_FORWARD, "1\n").map_err(file_err("write"))?;
+    std::fs::write(IP_FORWARD, "1\n").map_err(file_err(FileOp::Write))?;
     Ok(true)
 }

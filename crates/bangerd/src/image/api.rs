@@ -110,8 +110,8 @@ async fn register(
         .await
         .map_err(|e| {
             fail(ImageError::Task {
-                what: "register",
-                reason: e.to_string(),
+                task: super::ImageTask::Register,
+                source: e,
             })
         })?
         .map(Json)
@@ -208,12 +208,8 @@ async fn export_image(
     use axum::response::IntoResponse;
     let plan = super::plan_export(&state, &name).await.map_err(fail)?;
     let size = plan.archive_size();
-    let index = serde_json::to_string(plan.index()).map_err(|e| {
-        fail(ImageError::Task {
-            what: "export",
-            reason: e.to_string(),
-        })
-    })?;
+    let index =
+        serde_json::to_string(plan.index()).map_err(|e| fail(ImageError::EncodeIndex(e)))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<std::io::Result<axum::body::Bytes>>(8);
     tokio::task::spawn_blocking(move || {
         let writer = std::io::BufWriter::with_capacity(1 << 20, ChannelWriter { tx: tx.clone() });

@@ -28,7 +28,7 @@ use banger_image::manifest::{self, validate_name, ManifestError};
 use banger_image::pull::PullError;
 use banger_image::store::{Import, Installed, Origin, Store, StoreError};
 use banger_image::transfer::{self, ExportPlan, ImportedBundle, Source, TransferError};
-use banger_image::validate::{self, ValidateError};
+use banger_image::validate::{self, Artifact, ValidateError};
 use banger_image::{Kind, Progress};
 use banger_state::{ArtifactSource as DbSource, ImageRecord, KernelRecord, Timestamp};
 use banger_wire::api::{ApiError, ErrorCode, StreamEvent};
@@ -53,12 +53,10 @@ pub enum ImageError {
     },
     #[error("{kind} {name} is registered from host files; delete it first (`banger {kind} delete {name}`) or copy it into the store with `banger image promote {name}`")]
     Registered { kind: Kind, name: String },
-    #[error("{kind} {name} already exists ({what}); delete it first or pick another name")]
-    Exists {
-        kind: Kind,
-        name: String,
-        what: &'static str,
-    },
+    #[error("{kind} {name} already exists (installed in the store); delete it first or pick another name")]
+    ExistsInStore { kind: Kind, name: String },
+    #[error("{kind} {name} already exists (registered); delete it first or pick another name")]
+    ExistsRegistered { kind: Kind, name: String },
     #[error(
         "image {name} is already managed by banger's store; only registered images can be promoted"
     )]
@@ -94,14 +92,44 @@ pub enum ImageError {
     Transfer(#[from] TransferError),
     #[error("image {name} is registered from host files; copy it into the store with `banger image promote {name}`, then export it")]
     ExportRegistered { name: String },
-    #[error("the upload broke off: {reason}")]
-    Upload { reason: String },
+    #[error("the upload broke off: {0}")]
+    Upload(#[source] axum::Error),
+    #[error("cannot encode the export index: {0}")]
+    EncodeIndex(#[source] serde_json::Error),
     #[error(transparent)]
     State(#[from] banger_state::StateError),
     #[error(transparent)]
     Helper(#[from] crate::helper::HelperOpError),
-    #[error("{what} task failed: {reason}")]
-    Task { what: &'static str, reason: String },
+    #[error("{task} task failed: {source}")]
+    Task {
+        task: ImageTask,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// The blocking image operation whose task panicked or was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageTask {
+    Build,
+    Delete,
+    Promote,
+    Export,
+    Import,
+    Register,
+}
+
+impl std::fmt::Display for ImageTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ImageTask::Build => "build",
+            ImageTask::Delete => "delete",
+            ImageTask::Promote => "promote",
+            ImageTask::Export => "export",
+            ImageTask::Import => "import",
+            ImageTask::Register => "register",
+        })
+    }
 }
 
 impl ImageError {
@@ -119,32 +147,110 @@ impl ImageError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ImageError::NotFound { .. } | ImageError::NoRecipe { .. } => ErrorCode::NotFound,
-            ImageError::Catalog(CatalogError::Unknown { .. }) => ErrorCode::NotFound,
-            ImageError::Pull(PullError::NotPublished { .. })
-            | ImageError::Pull(PullError::Catalog(CatalogError::Unknown { .. })) => {
-                ErrorCode::NotFound
-            }
             ImageError::InUse { .. }
             | ImageError::Registered { .. }
-            | ImageError::Exists { .. }
-            | ImageError::AlreadyManaged { .. } => ErrorCode::Conflict,
-            ImageError::BadRequest { .. } | ImageError::Name(_) | ImageError::Invalid(_) => {
-                ErrorCode::BadRequest
-            }
-            ImageError::Store(StoreError::Name(_) | StoreError::Invalid(_)) => {
-                ErrorCode::BadRequest
-            }
-            ImageError::NeedsRoot { .. }
-            | ImageError::Build(banger_image::build::BuildError::NotRoot { .. }) => {
-                ErrorCode::Unsupported
-            }
+            | ImageError::ExistsInStore { .. }
+            | ImageError::ExistsRegistered { .. }
+            | ImageError::AlreadyManaged { .. }
+            | ImageError::ExportRegistered { .. } => ErrorCode::Conflict,
+            ImageError::BadRequest { .. }
+            | ImageError::Name(_)
+            | ImageError::Invalid(_)
+            | ImageError::Upload(_) => ErrorCode::BadRequest,
+            ImageError::NeedsRoot { .. } => ErrorCode::Unsupported,
+            ImageError::Catalog(e) => catalog_code(e),
+            ImageError::Pull(e) => pull_code(e),
+            ImageError::Build(e) => build_code(e),
+            ImageError::Store(e) => store_code(e),
             ImageError::Transfer(e) => transfer_code(e),
-            ImageError::ExportRegistered { .. } => ErrorCode::Conflict,
-            ImageError::Upload { .. } => ErrorCode::BadRequest,
-            ImageError::State(_) => ErrorCode::State,
+            ImageError::State(e) => crate::vm::state_code(e),
             ImageError::Helper(e) => e.code(),
-            _ => ErrorCode::Internal,
+            ImageError::EncodeIndex(_) | ImageError::Task { .. } => ErrorCode::Internal,
         }
+    }
+}
+
+/// A name the catalog does not know is 404; a catalog this banger cannot
+/// read is broken on the serving side (500), not the user's request.
+fn catalog_code(e: &CatalogError) -> ErrorCode {
+    match e {
+        CatalogError::Unknown { .. } => ErrorCode::NotFound,
+        // The URL comes from the user's config or environment.
+        CatalogError::BadBaseUrl { .. } => ErrorCode::BadRequest,
+        CatalogError::Parse(_)
+        | CatalogError::Edit(_)
+        | CatalogError::NoEntries { .. }
+        | CatalogError::Format(_)
+        | CatalogError::Entry { .. }
+        | CatalogError::Read { .. } => ErrorCode::Internal,
+    }
+}
+
+/// Nothing published is 404; a download the remote broke is the remote's
+/// fault (400, nothing here is broken, as for transfers); the rest is ours.
+fn pull_code(e: &PullError) -> ErrorCode {
+    match e {
+        PullError::NotPublished { .. } => ErrorCode::NotFound,
+        PullError::Catalog(e) => catalog_code(e),
+        PullError::Store(e) => store_code(e),
+        PullError::Unreachable { .. }
+        | PullError::Status { .. }
+        | PullError::SizeAnnounced { .. }
+        | PullError::Interrupted { .. }
+        | PullError::Truncated { .. }
+        | PullError::TooLong { .. }
+        | PullError::Checksum { .. }
+        | PullError::Bundle { .. }
+        | PullError::KernelRef { .. } => ErrorCode::BadRequest,
+        PullError::Client(_) | PullError::Task(_) => ErrorCode::Internal,
+    }
+}
+
+/// A build this daemon cannot do is unsupported (501); a recipe that does
+/// not parse or a missing host tool is the host's setup (the message names
+/// the package); a failing step is internal.
+fn build_code(e: &banger_image::build::BuildError) -> ErrorCode {
+    use banger_image::build::BuildError as B;
+    match e {
+        B::NotRoot { .. } | B::MissingTool { .. } | B::OldTool { .. } => ErrorCode::Unsupported,
+        B::Store(e) => store_code(e),
+        B::Recipe(_)
+        | B::CommandStart { .. }
+        | B::CommandWait { .. }
+        | B::Command { .. }
+        | B::Debugfs { .. }
+        | B::Io { .. }
+        | B::PinMismatch { .. }
+        | B::PinMissing { .. }
+        | B::KernelTree(_)
+        | B::MissingModule { .. }
+        | B::Module { .. }
+        | B::BzImage { .. }
+        | B::Validate(_)
+        | B::Bundle(_)
+        | B::Npm { .. }
+        | B::Inspect { .. }
+        // Opening or taking the build's lock file in the work directory.
+        | B::Lock(_) => ErrorCode::Internal,
+    }
+}
+
+/// A refused name or file is the request's fault (400); a damaged install
+/// is this daemon's own data gone bad (500, the message names its path;
+/// tests/image_routes.rs pins that `show` of one is 500); the rest is I/O
+/// here.
+fn store_code(e: &StoreError) -> ErrorCode {
+    match e {
+        StoreError::Name(_) | StoreError::Invalid(_) => ErrorCode::BadRequest,
+        StoreError::Damaged { .. }
+        | StoreError::DamagedManifest { .. }
+        | StoreError::Io { .. }
+        | StoreError::Bundle { .. }
+        | StoreError::Describe(_)
+        | StoreError::ModulesDisk { .. }
+        | StoreError::ModulesTree { .. }
+        // Opening or taking the store's lock file (waiting is not an error).
+        | StoreError::Lock(_) => ErrorCode::Internal,
     }
 }
 
@@ -202,15 +308,12 @@ pub fn base_url(state: &Daemon, catalog: &Catalog) -> String {
 }
 
 async fn blocking<T: Send + 'static>(
-    what: &'static str,
+    task: ImageTask,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, ImageError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| ImageError::Task {
-            what,
-            reason: e.to_string(),
-        })
+        .map_err(|source| ImageError::Task { task, source })
 }
 
 /// Forwards [`Progress`] reports (sent from any thread) to a stream.
@@ -385,7 +488,7 @@ async fn build_one(
     let fwd = Forwarder::new(sink);
     let cb = fwd.callback();
     let name2 = name.to_owned();
-    let result = blocking("build", move || {
+    let result = blocking(ImageTask::Build, move || {
         banger_image::build::build_and_install(kind, &name2, &opts, &store, &cb)
     })
     .await;
@@ -699,7 +802,7 @@ pub async fn delete_image(state: &Daemon, name: &str) -> Result<ArtifactDeleted,
     }
     let store = store(state);
     let n = name.to_owned();
-    let in_store = blocking("delete", move || store.delete(Kind::Image, &n)).await??;
+    let in_store = blocking(ImageTask::Delete, move || store.delete(Kind::Image, &n)).await??;
     let in_db = match registered_image(state, name)? {
         Some(_) => state.db().delete_image(name)?,
         None => false,
@@ -736,7 +839,7 @@ pub async fn delete_kernel(state: &Daemon, name: &str) -> Result<ArtifactDeleted
     }
     let store = store(state);
     let n = name.to_owned();
-    let in_store = blocking("delete", move || store.delete(Kind::Kernel, &n)).await??;
+    let in_store = blocking(ImageTask::Delete, move || store.delete(Kind::Kernel, &n)).await??;
     let in_db = match registered_kernel(state, name)? {
         Some(_) => state.db().delete_kernel(name)?,
         None => false,
@@ -747,30 +850,26 @@ pub async fn delete_kernel(state: &Daemon, name: &str) -> Result<ArtifactDeleted
     })
 }
 
-fn abs(what: &'static str, p: &str) -> Result<PathBuf, ImageError> {
+fn abs(artifact: Artifact, p: &str) -> Result<PathBuf, ImageError> {
     let path = PathBuf::from(p);
     if !path.is_absolute() {
-        return Err(ValidateError::Relative { what, path }.into());
+        return Err(ValidateError::Relative { artifact, path }.into());
     }
     Ok(path)
 }
 
 fn taken(state: &Daemon, kind: Kind, name: &str) -> Result<(), ImageError> {
-    let what = if store(state).get(kind, name)?.is_some() {
-        "installed in the store"
+    let name = name.to_owned();
+    if store(state).get(kind, &name)?.is_some() {
+        Err(ImageError::ExistsInStore { kind, name })
     } else if match kind {
-        Kind::Image => registered_image(state, name)?.is_some(),
-        Kind::Kernel => registered_kernel(state, name)?.is_some(),
+        Kind::Image => registered_image(state, &name)?.is_some(),
+        Kind::Kernel => registered_kernel(state, &name)?.is_some(),
     } {
-        "registered"
+        Err(ImageError::ExistsRegistered { kind, name })
     } else {
-        return Ok(());
-    };
-    Err(ImageError::Exists {
-        kind,
-        name: name.to_owned(),
-        what,
-    })
+        Ok(())
+    }
 }
 
 /// Register host-side files as an image (and, with explicit kernel paths, a
@@ -779,7 +878,7 @@ fn taken(state: &Daemon, kind: Kind, name: &str) -> Result<(), ImageError> {
 /// note, readable initrd, modules directory).
 pub fn register(state: &Daemon, req: &ImageRegisterRequest) -> Result<ImageInfo, ImageError> {
     validate_name(&req.name)?;
-    let rootfs = abs("root filesystem", &req.rootfs)?;
+    let rootfs = abs(Artifact::RootFs, &req.rootfs)?;
     let kernel = RegisterKernel::from_request(req)?;
     let info = validate::rootfs(&rootfs)?;
     kernel.validate()?;
@@ -833,12 +932,12 @@ impl RegisterKernel {
                 "a registered image needs a kernel: give kernel_ref (an installed kernel) or the kernel path",
             )),
             (None, Some(k)) => Ok(RegisterKernel::Paths {
-                vmlinux: abs("kernel", k)?,
-                initrd: req.initrd.as_deref().map(|p| abs("initrd", p)).transpose()?,
+                vmlinux: abs(Artifact::Kernel, k)?,
+                initrd: req.initrd.as_deref().map(|p| abs(Artifact::Initrd, p)).transpose()?,
                 modules: req
                     .modules
                     .as_deref()
-                    .map(|p| abs("modules directory", p))
+                    .map(|p| abs(Artifact::ModulesDir, p))
                     .transpose()?,
             }),
         }
@@ -934,7 +1033,7 @@ pub async fn promote(
                 sink.progress("promote", format!("copying kernel {kernel} into the store"))
                     .await;
                 let (s, cb, kn) = (store.clone(), fwd.callback(), kernel.clone());
-                blocking("promote", move || {
+                blocking(ImageTask::Promote, move || {
                     s.import(
                         &kn,
                         &k.version,
@@ -953,7 +1052,7 @@ pub async fn promote(
         sink.progress("promote", format!("copying image {name} into the store"))
             .await;
         let (s, cb, n) = (store.clone(), fwd.callback(), name.to_owned());
-        blocking("promote", move || {
+        blocking(ImageTask::Promote, move || {
             s.import(
                 &n,
                 &image.version,
@@ -1062,7 +1161,7 @@ pub async fn plan_export(state: &Daemon, name: &str) -> Result<ExportPlan, Image
         });
     }
     let (n, scratch) = (name.to_owned(), state.layout.cache_dir.join("export"));
-    Ok(blocking("export", move || {
+    Ok(blocking(ImageTask::Export, move || {
         transfer::plan_export(&store, &n, &scratch, &banger_image::progress::ignore)
     })
     .await??)
@@ -1133,19 +1232,104 @@ pub async fn import_upload(
                 }
             }
             Err(e) => {
-                broken = Some(e.to_string());
+                broken = Some(e);
                 break;
             }
         }
     }
     drop(tx);
-    let result = task.await.map_err(|e| ImageError::Task {
-        what: "import",
-        reason: e.to_string(),
+    let result = task.await.map_err(|source| ImageError::Task {
+        task: ImageTask::Import,
+        source,
     })?;
     fwd.finish().await;
-    if let Some(reason) = broken {
-        return Err(ImageError::Upload { reason });
+    if let Some(e) = broken {
+        return Err(ImageError::Upload(e));
     }
     Ok(import_report(result?))
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+
+    /// Pins representative statuses, including errors nested in the
+    /// library's enums (catalog, pull, store, build), which are classified
+    /// variant by variant too.
+    #[test]
+    fn image_errors_map_to_their_api_codes() {
+        let json_err = serde_json::from_str::<u32>("x").unwrap_err();
+        let cases = [
+            (
+                ImageError::NotFound {
+                    kind: Kind::Image,
+                    name: "a".into(),
+                },
+                ErrorCode::NotFound,
+            ),
+            (
+                ImageError::Catalog(CatalogError::Unknown {
+                    kind: Kind::Kernel,
+                    name: "k".into(),
+                    known: "generic-6.12".into(),
+                }),
+                ErrorCode::NotFound,
+            ),
+            (
+                ImageError::Pull(PullError::NotPublished {
+                    kind: Kind::Image,
+                    name: "a".into(),
+                    needed_by: None,
+                    build: "banger image build a".into(),
+                }),
+                ErrorCode::NotFound,
+            ),
+            (
+                ImageError::ExistsRegistered {
+                    kind: Kind::Image,
+                    name: "a".into(),
+                },
+                ErrorCode::Conflict,
+            ),
+            (
+                ImageError::Store(StoreError::Damaged {
+                    kind: Kind::Image,
+                    name: "a".into(),
+                    path: "/s/a".into(),
+                    reason: "manifest missing".into(),
+                }),
+                ErrorCode::Internal,
+            ),
+            (
+                ImageError::Invalid(ValidateError::Relative {
+                    artifact: Artifact::Kernel,
+                    path: "vmlinux".into(),
+                }),
+                ErrorCode::BadRequest,
+            ),
+            (
+                ImageError::Build(banger_image::build::BuildError::NotRoot {
+                    kind: Kind::Image,
+                    name: "a".into(),
+                }),
+                ErrorCode::Unsupported,
+            ),
+            (ImageError::EncodeIndex(json_err), ErrorCode::Internal),
+        ];
+        for (err, code) in cases {
+            assert_eq!(err.code(), code, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_taken_name_says_where_it_is_taken() {
+        let err = ImageError::ExistsInStore {
+            kind: Kind::Kernel,
+            name: "generic-6.12".into(),
+        };
+        assert_eq!(
+            err.to_string(),
+            "kernel generic-6.12 already exists (installed in the store); delete it first or pick another name"
+        );
+    }
 }

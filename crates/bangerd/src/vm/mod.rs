@@ -60,17 +60,12 @@ pub enum VmError {
     ImageMissing { name: String, hint: String },
     #[error("kernel {kernel} (needed by image {image}) is not installed: run `banger kernel pull {kernel}` or `banger kernel build {kernel}`")]
     KernelMissing { image: String, kernel: String },
-    #[error("installed {kind} {name} is unusable: {reason}")]
-    BadArtifact {
-        kind: &'static str,
+    #[error(
+        "VM {name} is {state}; stop it first (`banger vm stop {name}`) or delete it with --force"
+    )]
+    DeleteWhileActive {
         name: String,
-        reason: String,
-    },
-    #[error("VM {name} is {state}; {hint}")]
-    WrongState {
-        name: String,
-        state: String,
-        hint: String,
+        state: banger_state::VmState,
     },
     #[error("VMs cannot start on this host: {reason}")]
     NoBackend { reason: String },
@@ -137,20 +132,56 @@ impl VmError {
     pub fn code(&self) -> ErrorCode {
         match self {
             VmError::InvalidName(_) | VmError::InvalidRequest { .. } => ErrorCode::BadRequest,
-            VmError::NameTaken { .. } | VmError::WrongState { .. } | VmError::NotRunning { .. } => {
-                ErrorCode::Conflict
-            }
+            VmError::NameTaken { .. }
+            | VmError::DeleteWhileActive { .. }
+            | VmError::NotRunning { .. } => ErrorCode::Conflict,
             VmError::NotFound { .. }
             | VmError::ImageMissing { .. }
             | VmError::KernelMissing { .. } => ErrorCode::NotFound,
             VmError::NoBackend { .. } | VmError::NoAgentBinary { .. } => ErrorCode::Unsupported,
             VmError::Helper(e) => e.code(),
             VmError::Image(e) => e.code(),
-            VmError::State(banger_state::StateError::AlreadyExists { .. }) => ErrorCode::Conflict,
-            VmError::State(banger_state::StateError::WrongState { .. }) => ErrorCode::Conflict,
-            VmError::State(_) => ErrorCode::State,
-            _ => ErrorCode::Internal,
+            VmError::State(e) => state_code(e),
+            // Request names are checked up front (`InvalidName`); these come
+            // from host-side steps (host keys, known_hosts, the configured
+            // network, file_sync sources), whose messages name the file.
+            VmError::Identity(_) | VmError::NetPlan(_) | VmError::FileSync(_) => {
+                ErrorCode::Internal
+            }
+            // The guest failed to come up or answer: nothing the request
+            // could change (the message carries the console's last lines).
+            VmError::SshNotReady { .. }
+            | VmError::DiedDuringBoot { .. }
+            | VmError::Agent { .. }
+            | VmError::GuestCommand { .. }
+            | VmError::Vmm { .. } => ErrorCode::Internal,
+            // A host-side step panicked or was cancelled: a bug here.
+            VmError::BlockingTask { .. } => ErrorCode::Internal,
+            VmError::Disk(_) | VmError::SshKey(_) | VmError::Store(_) | VmError::Io { .. } => {
+                ErrorCode::Internal
+            }
         }
+    }
+}
+
+/// A record that exists or is in another state is a conflict; the rest of
+/// the database's failures are its own code.
+pub(crate) fn state_code(e: &banger_state::StateError) -> ErrorCode {
+    use banger_state::StateError as S;
+    match e {
+        S::NotFound { .. } => ErrorCode::NotFound,
+        // Every address is leased: stop or delete a VM, or widen the range.
+        S::AlreadyExists { .. }
+        | S::WrongState { .. }
+        | S::InUse { .. }
+        | S::LeasesExhausted { .. } => ErrorCode::Conflict,
+        S::Io { .. }
+        | S::Open { .. }
+        | S::Corrupt { .. }
+        | S::NewerSchema { .. }
+        | S::Migration { .. }
+        | S::WalUnavailable { .. }
+        | S::Query { .. } => ErrorCode::State,
     }
 }
 
@@ -247,4 +278,120 @@ pub fn agent_binary(layout: &banger_host::paths::Layout) -> Result<PathBuf, VmEr
     Err(VmError::NoAgentBinary {
         tried: tried.join(", "),
     })
+}
+
+#[cfg(test)]
+mod code_tests {
+    use super::*;
+    use banger_wire::helper::{HelperError, HelperErrorCode};
+
+    fn refused(code: HelperErrorCode) -> VmError {
+        VmError::from(HelperCallError::Refused {
+            op: "create_tap",
+            source: HelperError {
+                code,
+                message: "refused".into(),
+            },
+        })
+    }
+
+    /// Pins the status of representative failures: what the user named is
+    /// missing (404), what stands in the way (409), what they asked is
+    /// refused (400), what this host cannot do (501), what broke here (500).
+    #[test]
+    fn vm_errors_map_to_their_api_codes() {
+        let cases = [
+            (
+                VmError::NotFound { name: "a".into() },
+                ErrorCode::NotFound,
+                404,
+            ),
+            (
+                VmError::KernelMissing {
+                    image: "i".into(),
+                    kernel: "k".into(),
+                },
+                ErrorCode::NotFound,
+                404,
+            ),
+            (
+                VmError::NameTaken { name: "a".into() },
+                ErrorCode::Conflict,
+                409,
+            ),
+            (
+                VmError::DeleteWhileActive {
+                    name: "a".into(),
+                    state: banger_state::VmState::Running,
+                },
+                ErrorCode::Conflict,
+                409,
+            ),
+            (
+                VmError::State(banger_state::StateError::LeasesExhausted {
+                    path: "/db".into(),
+                    vm: "a".into(),
+                    candidates: 253,
+                }),
+                ErrorCode::Conflict,
+                409,
+            ),
+            (
+                VmError::State(banger_state::StateError::Corrupt {
+                    path: "/db".into(),
+                    detail: "x".into(),
+                }),
+                ErrorCode::State,
+                500,
+            ),
+            (
+                VmError::InvalidRequest {
+                    message: "image name must not be empty".into(),
+                },
+                ErrorCode::BadRequest,
+                400,
+            ),
+            (
+                VmError::NoBackend {
+                    reason: "no qemu".into(),
+                },
+                ErrorCode::Unsupported,
+                501,
+            ),
+            (
+                VmError::from(HelperCallError::Unavailable {
+                    reason: "not root".into(),
+                }),
+                ErrorCode::HelperUnavailable,
+                503,
+            ),
+            (refused(HelperErrorCode::Conflict), ErrorCode::Conflict, 409),
+            (refused(HelperErrorCode::Io), ErrorCode::HelperFailed, 502),
+            (
+                VmError::Io {
+                    op: "read",
+                    path: "/x".into(),
+                    source: std::io::Error::from(std::io::ErrorKind::PermissionDenied),
+                },
+                ErrorCode::Internal,
+                500,
+            ),
+        ];
+        for (err, code, status) in cases {
+            assert_eq!(err.code(), code, "{err}");
+            assert_eq!(ApiError::from(err).code.http_status(), status);
+        }
+    }
+
+    #[test]
+    fn deleting_an_active_vm_names_it_and_the_fix() {
+        let err = VmError::DeleteWhileActive {
+            name: "web".into(),
+            state: banger_state::VmState::Running,
+        };
+        assert_eq!(
+            err.to_string(),
+            "VM web is running; stop it first (`banger vm stop web`) or delete it with --force"
+        );
+    }
 }

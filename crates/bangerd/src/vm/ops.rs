@@ -1420,10 +1420,9 @@ pub async fn delete(state: &Daemon, name: &str, force: bool) -> Result<VmDeleted
         VmState::Running | VmState::Starting | VmState::Stopping
     ) && !force
     {
-        return Err(VmError::WrongState {
+        return Err(VmError::DeleteWhileActive {
             name: name.to_owned(),
-            state: vm.state.to_string(),
-            hint: format!("stop it first (`banger vm stop {name}`) or delete it with --force"),
+            state: vm.state,
         });
     }
     purge(state, &vm.id).await?;
