@@ -7,6 +7,7 @@
 //! - [`image`]: bodies of the `/v1/images` and `/v1/kernels` routes.
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
 //! - [`vm`]: bodies of the `/v1/vms` routes.
+//! - [`vmm`]: backend, clone strategy and MAC types every process shares.
 //!
 //! Everything here is plain data: no I/O, so both sides of every socket agree
 //! on the exact shapes and the parse layer can be tested without hardware.
@@ -17,6 +18,7 @@ pub mod helper;
 pub mod image;
 pub mod install;
 pub mod vm;
+pub mod vmm;
 
 /// The banger version every binary reports (workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

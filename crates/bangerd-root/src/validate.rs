@@ -51,8 +51,7 @@ pub fn recipe_name(
     kind: banger_wire::helper::BundleKind,
     name: &str,
 ) -> Result<String, ValidateError> {
-    let known =
-        banger_image::recipe::RecipeSet::embedded().names(crate::ops::build::image_kind(kind));
+    let known = banger_image::recipe::RecipeSet::embedded().names(kind);
     if known.iter().any(|k| k == name) {
         Ok(name.to_owned())
     } else {

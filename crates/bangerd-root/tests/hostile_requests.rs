@@ -240,12 +240,9 @@ fn check_action(action: &Action, range: Ipv4Net) -> Result<(), String> {
                     .iter()
                     .all(|n| n.trunc() == *n && n.prefix_len() > 0)
         }
-        Action::BuildBundle { kind, name } => {
-            let k = bangerd_root::ops::build::image_kind(*kind);
-            banger_image::recipe::RecipeSet::embedded()
-                .names(k)
-                .contains(name)
-        }
+        Action::BuildBundle { kind, name } => banger_image::recipe::RecipeSet::embedded()
+            .names(*kind)
+            .contains(name),
         Action::BindDns { address } => bridge_address_ok(address, range),
         Action::ResolvedLink { bridge, address } => {
             iface_ok(bridge) && bridge_address_ok(address, range)

@@ -21,7 +21,7 @@ use std::process::Stdio;
 
 use banger_image::build::{build, BuildOptions, Built};
 use banger_image::store::{Installed, Origin, Store};
-use banger_image::{Kind, Progress};
+use banger_image::Progress;
 use banger_wire::helper::{BundleKind, HelperResponse};
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, renameat, OFlag, OpenHow, ResolveFlag};
@@ -115,14 +115,6 @@ pub enum BuildRunner {
     TransientUnit { install_file: PathBuf },
 }
 
-/// The wire kind as banger-image's kind.
-pub fn image_kind(kind: BundleKind) -> Kind {
-    match kind {
-        BundleKind::Image => Kind::Image,
-        BundleKind::Kernel => Kind::Kernel,
-    }
-}
-
 /// Build and install `kind name` as [`BuildPaths::runner`] says.
 pub async fn build_bundle(
     kind: BundleKind,
@@ -174,7 +166,7 @@ pub fn build_here(
             info!(phase = p.phase.as_str(), "{kind:?} {name}: {}", p.message);
         }
     };
-    let built = build(image_kind(kind), name, &opts, &log).map_err(|e| build_err(e.to_string()))?;
+    let built = build(kind, name, &opts, &log).map_err(|e| build_err(e.to_string()))?;
     let bundle = File::open(&built.packed.path).map_err(|source| OpError::File {
         what: "open the built bundle",
         path: built.packed.path.clone(),
@@ -398,7 +390,7 @@ fn hand_over(
         bundle_sha256: built.packed.sha256.clone(),
     };
     store
-        .install_file(&dest, image_kind(kind), name, origin, log)
+        .install_file(&dest, kind, name, origin, log)
         .map_err(|e| OpError::Build {
             kind: kind.as_str(),
             name: name.to_owned(),

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banger_config::HostFacts;
-use banger_host::probe::CloneStrategy as ProbedStrategy;
 use banger_image::Kind;
-use banger_state::{CloneStrategy, StateDb, Timestamp, VmPatch, VmRecord, VmState, VmmBackend};
+use banger_state::{CloneStrategy, StateDb, Timestamp, VmPatch, VmRecord, VmState};
 use banger_vm::disk::{self, RootFile};
 use banger_vm::identity::{self, KnownHosts};
 use banger_vmm::{
@@ -224,7 +223,7 @@ pub async fn create(
         memory_mib: resolved.size.memory_mib,
         disk_bytes: resolved.size.disk_bytes,
         ip: None,
-        mac: identity::MacAddr::for_vm(&id).to_string(),
+        mac: identity::vm_mac(&id).to_string(),
         tap: None,
         backend: None,
         vmm_pid: None,
@@ -337,7 +336,7 @@ async fn define(
 
     let preferred = match state.vms.clone_strategy(&vms_dir) {
         // No root-helper operation makes device-mapper snapshots yet.
-        ProbedStrategy::DmSnapshot => ProbedStrategy::SparseCopy,
+        CloneStrategy::DmSnapshot => CloneStrategy::SparseCopy,
         s => s,
     };
     sink.progress(
@@ -346,12 +345,7 @@ async fn define(
     )
     .await;
     let (src, dst) = (image.rootfs.clone(), p.root_disk.clone());
-    let used = blocking(move || disk::clone_rootfs(&src, &dst, preferred)).await??;
-    let strategy = match used {
-        ProbedStrategy::Reflink => CloneStrategy::Reflink,
-        ProbedStrategy::DmSnapshot => CloneStrategy::DmSnapshot,
-        ProbedStrategy::SparseCopy => CloneStrategy::SparseCopy,
-    };
+    let strategy = blocking(move || disk::clone_rootfs(&src, &dst, preferred)).await??;
     db(state).update_vm(
         &vm.id,
         &VmPatch {
@@ -619,7 +613,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         drives,
         net: Some(NetSpec {
             tap: tap.clone(),
-            mac: banger_vmm::MacAddr(identity::MacAddr::for_vm(&vm.id).0),
+            mac: identity::vm_mac(&vm.id),
         }),
         serial_log: p.serial_log.clone(),
         agent: Some(AgentSpec {
@@ -791,10 +785,7 @@ fn record_vmm(state: &AppState, id: &str, handle: &VmmHandle) -> Result<(), VmEr
     db(state).update_vm(
         id,
         &VmPatch {
-            backend: Some(Some(match handle.backend {
-                Backend::Firecracker => VmmBackend::Firecracker,
-                Backend::Qemu { .. } => VmmBackend::Qemu,
-            })),
+            backend: Some(Some(handle.backend.vmm())),
             vmm_pid: Some(Some(handle.pid)),
             vmm_start_time: Some(Some(handle.start_time)),
             ..VmPatch::default()
