@@ -471,9 +471,7 @@ pub fn format_show(vm: &VmInfo) -> String {
         .collect()
 }
 
-fn human(bytes: u64) -> String {
-    indicatif::HumanBytes(bytes).to_string()
-}
+use banger_wire::units::human_bytes as human;
 
 async fn logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
     let path = vm_path(name, if follow { "/logs?follow=true" } else { "/logs" });

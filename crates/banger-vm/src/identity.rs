@@ -6,9 +6,9 @@
 //! use.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use banger_wire::guest::SshHostKey;
@@ -33,6 +33,8 @@ pub enum IdentityError {
     InvalidPublicKey { name: String, reason: String },
     #[error("known_hosts path {} has no parent directory", path.display())]
     NoParent { path: PathBuf },
+    #[error(transparent)]
+    Write(#[from] banger_fs::AtomicWriteError),
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -222,21 +224,15 @@ impl KnownHosts {
             Err(e) => return Err(io_err("read", &self.path)(e)),
         };
         edit(&mut lines);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".known_hosts.")
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(io_err("create a temporary file in", dir))?;
         let mut text = lines.join("\n");
         if !text.is_empty() {
             text.push('\n');
         }
-        tmp.write_all(text.as_bytes())
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(io_err("write", tmp.path()))?;
-        tmp.persist(&self.path)
-            .map_err(|e| io_err("replace", &self.path)(e.error))?;
-        sync_dir(dir).map_err(io_err("sync directory", dir))?;
+        banger_fs::write_atomic(
+            &self.path,
+            &mut text.as_bytes(),
+            banger_fs::WriteOptions::mode(0o600),
+        )?;
         Ok(())
     }
 
@@ -284,6 +280,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn dns_label_names() {

@@ -6,6 +6,7 @@
 //! - [`guest`]: the per-VM config drive contents and the guest agent protocol.
 //! - [`image`]: bodies of the `/v1/images` and `/v1/kernels` routes.
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
+//! - [`units`]: byte sizes as written (`16G`) and shown (`1.5 GiB`).
 //! - [`vm`]: bodies of the `/v1/vms` routes.
 //! - [`vmm`]: backend, clone strategy and MAC types every process shares.
 //!
@@ -17,6 +18,7 @@ pub mod guest;
 pub mod helper;
 pub mod image;
 pub mod install;
+pub mod units;
 pub mod vm;
 pub mod vmm;
 
