@@ -2,55 +2,28 @@
 //! unknown routes, wrong methods and unparsable bodies, is an
 //! [`ApiError`] JSON body with the HTTP status of its [`ErrorCode`].
 
-use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+pub mod support;
 
-use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, Request, State};
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use banger_host::paths::Layout;
-use banger_state::StateDb;
 use banger_wire::api::{
     ApiError, DaemonStatus, ErrorCode, NetworkSetupRequest, NetworkTeardownRequest,
-    ShutdownResponse, StreamEvent, NDJSON,
+    ShutdownResponse,
 };
-use serde::de::DeserializeOwned;
-use tokio::sync::{mpsc, watch};
 
-use crate::helper::RootHelper;
-use crate::network::{self, NetSettings};
+use crate::context::Daemon;
+use crate::network;
+use support::{stream_operation, Failure, JsonBody};
 
-/// Everything the handlers share.
-#[derive(Debug)]
-pub struct AppState {
-    /// Paths of this install.
-    pub layout: Layout,
-    /// Bridge and NAT settings from the config.
-    pub net: NetSettings,
-    /// The state database (opened and migrated at start).
-    pub db: Mutex<StateDb>,
-    /// Schema version of `db`, cached for `/v1/status`.
-    pub schema_version: u32,
-    /// The VMM backend `vmm = auto` resolves to, and why.
-    pub backend: (String, String),
-    /// How privileged operations are reached.
-    pub helper: RootHelper,
-    /// When the daemon started (for uptime).
-    pub started: Instant,
-    /// Set to true to begin a graceful shutdown.
-    pub shutdown: watch::Sender<bool>,
-    /// Serializes host network changes so two requests never interleave.
-    pub network_lock: tokio::sync::Mutex<()>,
-    /// VM settings, the VMM launcher and per-VM locks.
-    pub vms: crate::vm::VmManager,
-}
+pub use support::BODY_READ_TIMEOUT;
 
 /// The router with every `/v1` route and the JSON fallbacks.
-pub fn router(state: Arc<AppState>) -> Router {
+pub fn router(state: Arc<Daemon>) -> Router {
     Router::new()
         .route("/v1/status", get(status))
         .route("/v1/shutdown", post(shutdown))
@@ -97,7 +70,7 @@ async fn json_rejections(response: Response) -> Response {
 /// Before each request: pick up an edited config file (so the handler runs
 /// with it). After: tell the client what the user must know about the file.
 async fn config_notices(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -119,84 +92,6 @@ async fn config_notices(
     resp
 }
 
-/// An [`ApiError`] as an HTTP response.
-#[derive(Debug)]
-pub struct Failure(pub ApiError);
-
-impl Failure {
-    /// A failure with `code` and `message`.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
-        Failure(ApiError {
-            code,
-            message: message.into(),
-        })
-    }
-}
-
-impl From<ApiError> for Failure {
-    fn from(e: ApiError) -> Failure {
-        Failure(e)
-    }
-}
-
-impl IntoResponse for Failure {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.0.code.http_status())
-            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, Json(self.0)).into_response()
-    }
-}
-
-/// How long a JSON request body may take to arrive in full.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A JSON request body. An empty body means `T::default()`; anything else
-/// must parse as `T` (unknown fields rejected), else 400 `bad_request`. The
-/// content type is not checked so `curl -d '{}'` works as typed.
-#[derive(Debug)]
-pub struct JsonBody<T>(pub T);
-
-impl<S, T> FromRequest<S> for JsonBody<T>
-where
-    S: Send + Sync,
-    T: DeserializeOwned + Default,
-{
-    type Rejection = Failure;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
-        // The head had its own timeout (crate::http); a body that trickles
-        // or stops would hold this request forever without this one.
-        let read = tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state));
-        let bytes = read
-            .await
-            .map_err(|_| {
-                Failure::new(
-                    ErrorCode::BadRequest,
-                    format!(
-                        "the request body did not arrive within {} s",
-                        BODY_READ_TIMEOUT.as_secs()
-                    ),
-                )
-            })?
-            .map_err(|r| {
-                Failure::new(
-                    ErrorCode::BadRequest,
-                    format!("cannot read request body: {}", r.body_text()),
-                )
-            })?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
-            return Ok(JsonBody(T::default()));
-        }
-        match Json::<T>::from_bytes(&bytes) {
-            Ok(Json(v)) => Ok(JsonBody(v)),
-            Err(r) => Err(Failure::new(
-                ErrorCode::BadRequest,
-                format!("invalid JSON body: {}", r.body_text()),
-            )),
-        }
-    }
-}
-
 async fn not_found(req: Request) -> Failure {
     Failure::new(
         ErrorCode::NotFound,
@@ -216,7 +111,7 @@ async fn method_not_allowed(req: Request) -> Failure {
 }
 
 /// The current [`DaemonStatus`].
-pub fn daemon_status(state: &AppState) -> DaemonStatus {
+pub fn daemon_status(state: &Daemon) -> DaemonStatus {
     DaemonStatus {
         pid: std::process::id(),
         version: banger_wire::VERSION.to_owned(),
@@ -233,11 +128,11 @@ pub fn daemon_status(state: &AppState) -> DaemonStatus {
     }
 }
 
-async fn status(State(state): State<Arc<AppState>>) -> Json<DaemonStatus> {
+async fn status(State(state): State<Arc<Daemon>>) -> Json<DaemonStatus> {
     Json(daemon_status(&state))
 }
 
-async fn shutdown(State(state): State<Arc<AppState>>) -> Json<ShutdownResponse> {
+async fn shutdown(State(state): State<Arc<Daemon>>) -> Json<ShutdownResponse> {
     tracing::info!("shutdown requested over the API");
     // The graceful shutdown lets this response finish before the server stops.
     state.shutdown.send_replace(true);
@@ -246,12 +141,12 @@ async fn shutdown(State(state): State<Arc<AppState>>) -> Json<ShutdownResponse> 
     })
 }
 
-async fn config(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
+async fn config(State(state): State<Arc<Daemon>>) -> Json<serde_json::Value> {
     Json(crate::config_view::effective_json(&state.vms.config()))
 }
 
 async fn network_setup(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     JsonBody(req): JsonBody<NetworkSetupRequest>,
 ) -> Result<Response, Failure> {
     state.helper.check_available()?;
@@ -264,14 +159,15 @@ async fn network_setup(
 }
 
 async fn network_teardown(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     JsonBody(NetworkTeardownRequest { force }): JsonBody<NetworkTeardownRequest>,
 ) -> Result<Response, Failure> {
     state.helper.check_available()?;
     if !force {
         let running: Vec<String> = {
-            let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
-            db.list_vms()
+            state
+                .db()
+                .list_vms()
                 .map_err(|e| Failure::new(ErrorCode::State, e.to_string()))?
                 .into_iter()
                 .filter(|v| {
@@ -298,214 +194,9 @@ async fn network_teardown(
     }
     Ok(stream_operation(state, move |state, sink| async move {
         let _guard = state.network_lock.lock().await;
-        let report = network::teardown(&state.helper, &state.net, &sink).await;
+        let report = network::teardown(&state, &sink).await;
         // The teardown deleted every banger tap, idle pool taps included.
         state.vms.taps.forget();
         report
     }))
-}
-
-/// How many NDJSON lines a streamed response buffers for a slow client
-/// before progress lines are dropped.
-pub const STREAM_BUFFER: usize = 64;
-
-/// Sends [`StreamEvent`]s of one streamed response as NDJSON lines.
-///
-/// Progress and log lines never wait for the client: an operation holds
-/// locks (a VM's, the network's) while it reports, and a client that stops
-/// reading must not hold them with it. When [`STREAM_BUFFER`] lines are
-/// unread, further ones are dropped (and counted in the next line that fits);
-/// only the final `Done`/`Error`, sent after the operation let go of
-/// everything, waits for room.
-#[derive(Debug, Clone)]
-pub struct EventSink {
-    tx: mpsc::Sender<Bytes>,
-    dropped: Arc<std::sync::atomic::AtomicU64>,
-}
-
-fn ndjson_line(event: &StreamEvent) -> Option<Bytes> {
-    match serde_json::to_vec(event) {
-        Ok(mut line) => {
-            line.push(b'\n');
-            Some(Bytes::from(line))
-        }
-        Err(e) => {
-            tracing::error!("cannot serialize stream event {event:?}: {e}");
-            None
-        }
-    }
-}
-
-impl EventSink {
-    fn new(tx: mpsc::Sender<Bytes>) -> EventSink {
-        EventSink {
-            tx,
-            dropped: Arc::default(),
-        }
-    }
-
-    /// Send one progress or log event without waiting: a client that reads
-    /// slowly loses progress lines, one that went away loses all of them, and
-    /// neither stops the operation (host changes half-done are worse than an
-    /// unread progress line).
-    pub async fn send(&self, event: StreamEvent) {
-        use std::sync::atomic::Ordering;
-        let dropped = self.dropped.load(Ordering::Relaxed);
-        if dropped > 0 {
-            let note = StreamEvent::Log {
-                level: banger_wire::api::LogLevel::Warn,
-                message: format!("{dropped} progress lines were dropped: the client reads slowly"),
-            };
-            if let Some(line) = ndjson_line(&note) {
-                if self.tx.try_send(line).is_ok() {
-                    self.dropped.fetch_sub(dropped, Ordering::Relaxed);
-                }
-            }
-        }
-        let Some(line) = ndjson_line(&event) else {
-            return;
-        };
-        match self.tx.try_send(line) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.dropped.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::debug!("stream client went away; continuing the operation");
-            }
-        }
-    }
-
-    /// Send the last event of a stream, waiting for room: the operation is
-    /// over and holds nothing, and the client needs this line most. A client
-    /// that never reads again is cut off by the server's write-stall timeout,
-    /// which closes the channel.
-    async fn send_final(&self, event: StreamEvent) {
-        if let Some(line) = ndjson_line(&event) {
-            if self.tx.send(line).await.is_err() {
-                tracing::debug!("stream client went away before the result");
-            }
-        }
-    }
-
-    /// A sink whose events go nowhere (operations started by the daemon itself).
-    pub fn discard() -> EventSink {
-        let (tx, _) = mpsc::channel(1);
-        EventSink::new(tx)
-    }
-
-    /// Convenience for a [`StreamEvent::Progress`] without counts.
-    pub async fn progress(&self, phase: &str, message: impl Into<String>) {
-        self.send(StreamEvent::Progress {
-            phase: phase.to_owned(),
-            message: message.into(),
-            current: None,
-            total: None,
-        })
-        .await;
-    }
-}
-
-/// Run `op` in its own task and stream its events, ending with exactly one
-/// `Done` (its result) or `Error`.
-pub(crate) fn stream_operation<S, F, Fut, R>(state: S, op: F) -> Response
-where
-    S: Send + 'static,
-    F: FnOnce(S, EventSink) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = Result<R, ApiError>> + Send + 'static,
-    R: serde::Serialize,
-{
-    let (tx, rx) = mpsc::channel::<Bytes>(STREAM_BUFFER);
-    let sink = EventSink::new(tx);
-    tokio::spawn(async move {
-        let last = match op(state, sink.clone()).await {
-            Ok(result) => match serde_json::to_value(&result) {
-                Ok(result) => StreamEvent::Done { result },
-                Err(e) => StreamEvent::Error {
-                    error: ApiError {
-                        code: ErrorCode::Internal,
-                        message: format!("cannot serialize the result: {e}"),
-                    },
-                },
-            },
-            Err(error) => {
-                tracing::warn!(code = ?error.code, "streamed operation failed: {}", error.message);
-                StreamEvent::Error { error }
-            }
-        };
-        sink.send_final(last).await;
-    });
-    let body = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
-    });
-    ([(header::CONTENT_TYPE, NDJSON)], Body::from_stream(body)).into_response()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    /// A client that starts a streamed operation and never reads the body:
-    /// the operation still runs to its end and lets go of its lock, and what
-    /// a reader finally gets is the result plus a note about dropped lines.
-    #[tokio::test]
-    async fn a_client_that_stops_reading_never_blocks_the_operation_or_its_lock() {
-        let lock = Arc::new(tokio::sync::Mutex::new(()));
-        let (finished_tx, finished_rx) = tokio::sync::oneshot::channel();
-        let response = stream_operation(lock.clone(), move |lock, sink| async move {
-            {
-                let _held = lock.lock().await;
-                for i in 0..20 * STREAM_BUFFER {
-                    sink.progress("flood", format!("line {i}")).await;
-                }
-            }
-            let _ = finished_tx.send(());
-            Ok::<_, ApiError>("done")
-        });
-        tokio::time::timeout(Duration::from_secs(60), finished_rx)
-            .await
-            .expect("the operation must finish while nobody reads its stream")
-            .unwrap();
-        assert!(
-            lock.try_lock().is_ok(),
-            "the operation's lock is still held"
-        );
-
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let lines: Vec<StreamEvent> = body
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect();
-        assert!(lines.len() <= STREAM_BUFFER + 1, "{} lines", lines.len());
-        assert!(
-            matches!(lines.last(), Some(StreamEvent::Done { result }) if result == "done"),
-            "{lines:?}"
-        );
-    }
-
-    #[tokio::test]
-    async fn dropped_progress_lines_are_counted_for_the_reader() {
-        let (tx, mut rx) = mpsc::channel(2);
-        let sink = EventSink::new(tx);
-        for i in 0..5 {
-            sink.progress("p", format!("{i}")).await;
-        }
-        rx.recv().await.unwrap();
-        rx.recv().await.unwrap();
-        sink.progress("p", "after").await;
-        let note: StreamEvent = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
-        assert!(
-            matches!(&note, StreamEvent::Log { message, .. } if message.starts_with("3 progress lines were dropped")),
-            "{note:?}"
-        );
-        let next: StreamEvent = serde_json::from_slice(&rx.recv().await.unwrap()).unwrap();
-        assert!(
-            matches!(&next, StreamEvent::Progress { message, .. } if message == "after"),
-            "{next:?}"
-        );
-    }
 }

@@ -10,11 +10,11 @@ use banger_wire::api::InstallMode;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 
-use crate::api::{self, AppState};
+use crate::api;
+use crate::context::{Daemon, NetSettings};
 use crate::helper::{self, ChildSpec, HelperChild, RootHelper};
 use crate::lock::{DaemonLock, LockError};
 use crate::logging::{self, LogTarget, LoggingError};
-use crate::network::NetSettings;
 use crate::notify;
 use crate::socket::{self, PeerCheckedListener, PeerPolicy, SocketAccess, SocketError};
 
@@ -133,7 +133,7 @@ fn serve(
     let backend = crate::config_view::backend(&config);
     let live =
         crate::live_config::LiveConfig::new(config_path, layout.home.clone(), layout.mode, config);
-    let vms = crate::vm::VmManager::new(live);
+    let vms = crate::vm::manager::VmManager::new(live);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -161,7 +161,7 @@ fn serve(
     tracing::info!(socket = %layout.socket().display(), "listening");
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let state = Arc::new(AppState {
+    let state = Arc::new(Daemon {
         layout: layout.clone(),
         net,
         db: Mutex::new(db),
@@ -172,6 +172,7 @@ fn serve(
         shutdown: shutdown_tx,
         network_lock: tokio::sync::Mutex::new(()),
         vms,
+        dns: tokio::sync::Mutex::new(None),
     });
     // Records must match the VMMs that really run before anyone asks.
     runtime.block_on(crate::vm::recover::recover(&state));
@@ -261,7 +262,7 @@ fn start_helper(
                 bin: helper::helper_binary(),
                 socket: layout.helper_socket(),
                 owner_uid: nix::unistd::getuid().as_raw(),
-                cidr: net.cidr.clone(),
+                cidr: net.cidr.to_string(),
                 allowed_dirs: vec![
                     layout.state_dir.clone(),
                     layout.cache_dir.clone(),
@@ -312,7 +313,7 @@ fn start_helper(
 }
 
 async fn serve_api(
-    state: Arc<AppState>,
+    state: Arc<Daemon>,
     listener: PeerCheckedListener,
     mut signals: Signals,
     mut shutdown_rx: watch::Receiver<bool>,

@@ -52,19 +52,54 @@ pub enum HelperCallError {
     },
 }
 
-impl From<HelperCallError> for ApiError {
-    fn from(e: HelperCallError) -> ApiError {
-        let code = match e {
+impl HelperCallError {
+    /// Helper errors keep their own codes (`helper_unavailable`, `helper_failed`).
+    pub fn code(&self) -> ErrorCode {
+        match self {
             HelperCallError::Unavailable { .. } | HelperCallError::Connect { .. } => {
                 ErrorCode::HelperUnavailable
             }
             HelperCallError::Transport { .. } | HelperCallError::Refused { .. } => {
                 ErrorCode::HelperFailed
             }
-        };
+        }
+    }
+}
+
+impl From<HelperCallError> for ApiError {
+    fn from(e: HelperCallError) -> ApiError {
         ApiError {
-            code,
+            code: e.code(),
             message: e.to_string(),
+        }
+    }
+}
+
+/// A helper request that failed, or that was answered with a response of
+/// another request: the failure VM and image operations share when they
+/// need the root helper.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperOpError {
+    #[error(transparent)]
+    Call(#[from] HelperCallError),
+    #[error("the root helper sent an unexpected answer to {op}: {answer}")]
+    UnexpectedAnswer { op: &'static str, answer: String },
+}
+
+impl HelperOpError {
+    /// The API error code this failure is served with.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            HelperOpError::Call(e) => e.code(),
+            HelperOpError::UnexpectedAnswer { .. } => ErrorCode::HelperFailed,
+        }
+    }
+
+    /// `answer` was not what `req` expects.
+    pub fn unexpected(req: &HelperRequest, answer: &impl std::fmt::Debug) -> HelperOpError {
+        HelperOpError::UnexpectedAnswer {
+            op: req.op_name(),
+            answer: format!("{answer:?}"),
         }
     }
 }

@@ -1,21 +1,29 @@
 //! The banger daemon `bangerd` as a library; `main.rs` only parses
 //! arguments and calls [`daemon::run`].
 //!
+//! Layers, each importing only the ones above it in this list (checked by
+//! `tests/module_graph.rs`):
+//!
+//! - start-up pieces and leaves: [`lock`], [`socket`], [`notify`],
+//!   [`logging`], [`config_view`], [`live_config`], [`helper`], [`events`]
+//!   (progress of long operations).
+//! - [`context`]: the daemon context ([`context::Daemon`]) every operation
+//!   takes, with the state it holds (`vm::manager`, `dns::server`).
+//! - the domain: [`vm`] (orchestration, recovery, watchers), [`image`]
+//!   (images and kernels), [`dns`] (the `.vm` zone), [`network`] (host
+//!   network setup through the root helper), [`ssh_config`].
+//! - the HTTP layer: [`api`] (the `/v1` router, its error mapping and
+//!   NDJSON streams), `vm::api`, `image::api`, and [`http`] (serving with
+//!   header-read and write-stall timeouts).
 //! - [`daemon`]: lifecycle (layout, config, logging, lock, state, root
-//!   helper, socket, signals, sd-notify).
-//! - [`api`]: the HTTP/1.1 + JSON API under `/v1` (axum), its error mapping
-//!   and NDJSON progress streams.
-//! - [`http`]: serving the API with header-read and write-stall timeouts.
-//! - [`helper`]: reaching the root helper (child process or system socket).
-//! - [`network`]: the host network operations streamed by the API.
-//! - [`image`]: images and kernels (`/v1/images`, `/v1/kernels`).
-//! - [`vm`]: VM orchestration (`/v1/vms`), recovery and watchers.
-//! - [`lock`], [`socket`], [`notify`], [`logging`]: the pieces of start-up.
+//!   helper, socket, signals, sd-notify), wiring all of the above.
 
 pub mod api;
 pub mod config_view;
+pub mod context;
 pub mod daemon;
 pub mod dns;
+pub mod events;
 pub mod helper;
 pub mod http;
 pub mod image;

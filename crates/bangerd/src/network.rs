@@ -2,60 +2,11 @@
 //! its address and banger's NAT table. Each step streams a progress event.
 
 use banger_wire::api::{ApiError, ErrorCode, NetworkReport, NetworkSetupRequest};
-use banger_wire::helper::{GuestFence, HelperRequest, HelperResponse};
+use banger_wire::helper::{HelperRequest, HelperResponse};
 
-use crate::api::EventSink;
+use crate::context::{Daemon, NetSettings};
+use crate::events::EventSink;
 use crate::helper::RootHelper;
-
-/// The network part of the config, in the helper's wire format.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetSettings {
-    /// `bridge_name`.
-    pub bridge: String,
-    /// `bridge_ip` with the prefix length of `cidr`, e.g. `172.16.0.1/24`.
-    pub address: String,
-    /// `cidr`, e.g. `172.16.0.0/24`.
-    pub cidr: String,
-    /// The `[network]` table: what guests may reach beyond NAT and DNS.
-    pub fence: GuestFence,
-}
-
-impl NetSettings {
-    /// The network part of `config`.
-    pub fn from_config(config: &banger_config::Config) -> NetSettings {
-        let net = &config.network;
-        NetSettings {
-            bridge: config.bridge_name.value.clone(),
-            address: format!(
-                "{}/{}",
-                config.bridge_ip.value,
-                config.cidr.value.prefix_len()
-            ),
-            cidr: config.cidr.value.to_string(),
-            fence: GuestFence {
-                allow_host_ports: net.allow_host_ports.value.clone(),
-                allow_guest_to_guest: net.allow_guest_to_guest.value,
-                allow_link_local: net.allow_link_local.value,
-                deny_destinations: net
-                    .deny_destinations
-                    .value
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect(),
-            },
-        }
-    }
-
-    /// The helper request that sets up NAT and the guest fence.
-    pub fn ensure_nat(&self) -> HelperRequest {
-        HelperRequest::EnsureNat {
-            bridge: self.bridge.clone(),
-            cidr: self.cidr.clone(),
-            address: self.address.clone(),
-            fence: self.fence.clone(),
-        }
-    }
-}
 
 /// Ensure the bridge (and NAT unless `req.nat` is false).
 pub async fn setup(
@@ -70,7 +21,8 @@ pub async fn setup(
         "bridge",
         format!(
             "ensuring bridge {} with address {}",
-            net.bridge, net.address
+            net.bridge,
+            net.address()
         ),
     )
     .await;
@@ -78,7 +30,7 @@ pub async fn setup(
         helper
             .request(&HelperRequest::EnsureBridge {
                 name: net.bridge.clone(),
-                address: net.address.clone(),
+                address: net.address().to_string(),
             })
             .await?,
     )?;
@@ -100,8 +52,8 @@ pub async fn setup(
     }
     Ok(NetworkReport {
         bridge: net.bridge.clone(),
-        address: net.address.clone(),
-        cidr: net.cidr.clone(),
+        address: net.address().to_string(),
+        cidr: net.cidr.to_string(),
         nat: req.nat,
         changed: bridge_changed || nat_changed,
     })
@@ -109,11 +61,8 @@ pub async fn setup(
 
 /// Remove everything banger created on the host network: taps, the bridge and
 /// the NAT table.
-pub async fn teardown(
-    helper: &RootHelper,
-    net: &NetSettings,
-    sink: &EventSink,
-) -> Result<NetworkReport, ApiError> {
+pub async fn teardown(state: &Daemon, sink: &EventSink) -> Result<NetworkReport, ApiError> {
+    let (helper, net) = (&state.helper, &state.net);
     sink.progress("helper", "checking the root helper").await;
     ping(helper).await?;
     sink.progress(
@@ -128,7 +77,7 @@ pub async fn teardown(
             })
             .await?,
     )?;
-    crate::dns::stop().await;
+    crate::dns::stop(state).await;
     let message = if changed {
         "removed"
     } else {
@@ -137,8 +86,8 @@ pub async fn teardown(
     sink.progress("teardown", message).await;
     Ok(NetworkReport {
         bridge: net.bridge.clone(),
-        address: net.address.clone(),
-        cidr: net.cidr.clone(),
+        address: net.address().to_string(),
+        cidr: net.cidr.to_string(),
         nat: false,
         changed,
     })

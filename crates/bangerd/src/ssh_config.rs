@@ -16,7 +16,7 @@ use std::sync::Mutex;
 
 use banger_host::paths::Layout;
 
-use crate::api::AppState;
+use crate::context::Daemon;
 
 /// Why the ssh_config could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,7 @@ pub fn write(path: &Path, text: &str) -> Result<(), SshConfigError> {
 }
 
 /// Rewrite the ssh_config of `layout` for the VMs in the database.
-pub fn sync(state: &AppState) -> Result<(), SshConfigError> {
+pub fn sync(state: &Daemon) -> Result<(), SshConfigError> {
     let path = state.layout.ssh_config();
     let _guard = WRITE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let vms = state
@@ -152,7 +152,7 @@ pub fn files(layout: &Layout, identity: &Path) -> SshFiles {
 
 /// [`sync`], logging a failure: a stale ssh_config must never fail a VM
 /// operation that itself succeeded.
-pub fn refresh(state: &AppState) {
+pub fn refresh(state: &Daemon) {
     if let Err(e) = sync(state) {
         tracing::warn!("cannot update the ssh_config: {e}");
     }

@@ -15,10 +15,11 @@ use banger_wire::image::{
 };
 
 use super::ImageError;
-use crate::api::{stream_operation, AppState, Failure, JsonBody};
+use crate::api::support::{stream_operation, Failure, JsonBody};
+use crate::context::Daemon;
 
 /// Every image and kernel route (merged into the main router).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<Arc<Daemon>> {
     Router::new()
         .route("/v1/images", get(list_images))
         .route("/v1/images/register", post(register))
@@ -41,26 +42,26 @@ fn fail(e: ImageError) -> Failure {
 
 /// Checks that need no work (a valid name, not registered from host files)
 /// answer plainly, before a stream starts.
-fn checked(state: &AppState, kind: Kind, name: &str) -> Result<(), Failure> {
+fn checked(state: &Daemon, kind: Kind, name: &str) -> Result<(), Failure> {
     banger_image::manifest::validate_name(name).map_err(|e| fail(e.into()))?;
     super::refuse_registered(state, kind, name).map_err(fail)
 }
 
-async fn list_images(State(state): State<Arc<AppState>>) -> Result<Json<ImageList>, Failure> {
+async fn list_images(State(state): State<Arc<Daemon>>) -> Result<Json<ImageList>, Failure> {
     Ok(Json(ImageList {
         images: super::list_images(&state).map_err(fail)?,
     }))
 }
 
 async fn show_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<ImageInfo>, Failure> {
     super::show_image(&state, &name).map(Json).map_err(fail)
 }
 
 async fn delete_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<ArtifactDeleted>, Failure> {
     super::delete_image(&state, &name)
@@ -69,21 +70,21 @@ async fn delete_image(
         .map_err(fail)
 }
 
-async fn list_kernels(State(state): State<Arc<AppState>>) -> Result<Json<KernelList>, Failure> {
+async fn list_kernels(State(state): State<Arc<Daemon>>) -> Result<Json<KernelList>, Failure> {
     Ok(Json(KernelList {
         kernels: super::list_kernels(&state).map_err(fail)?,
     }))
 }
 
 async fn show_kernel(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<KernelInfo>, Failure> {
     super::show_kernel(&state, &name).map(Json).map_err(fail)
 }
 
 async fn delete_kernel(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<ArtifactDeleted>, Failure> {
     super::delete_kernel(&state, &name)
@@ -93,7 +94,7 @@ async fn delete_kernel(
 }
 
 async fn register(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     JsonBody(req): JsonBody<ImageRegisterRequest>,
 ) -> Result<Json<ImageInfo>, Failure> {
     let st = state.clone();
@@ -109,7 +110,7 @@ async fn register(
         .map_err(fail)
 }
 
-fn pull(state: Arc<AppState>, kind: Kind, name: String) -> Result<Response, Failure> {
+fn pull(state: Arc<Daemon>, kind: Kind, name: String) -> Result<Response, Failure> {
     checked(&state, kind, &name)?;
     Ok(stream_operation(state, move |state, sink| async move {
         super::pull(&state, kind, &name, &sink)
@@ -119,7 +120,7 @@ fn pull(state: Arc<AppState>, kind: Kind, name: String) -> Result<Response, Fail
 }
 
 async fn pull_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(PullRequest {}): JsonBody<PullRequest>,
 ) -> Result<Response, Failure> {
@@ -127,7 +128,7 @@ async fn pull_image(
 }
 
 async fn pull_kernel(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(PullRequest {}): JsonBody<PullRequest>,
 ) -> Result<Response, Failure> {
@@ -135,7 +136,7 @@ async fn pull_kernel(
 }
 
 fn build(
-    state: Arc<AppState>,
+    state: Arc<Daemon>,
     kind: Kind,
     name: String,
     req: BuildRequest,
@@ -149,7 +150,7 @@ fn build(
 }
 
 async fn build_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<BuildRequest>,
 ) -> Result<Response, Failure> {
@@ -157,7 +158,7 @@ async fn build_image(
 }
 
 async fn build_kernel(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(req): JsonBody<BuildRequest>,
 ) -> Result<Response, Failure> {
@@ -165,7 +166,7 @@ async fn build_kernel(
 }
 
 async fn promote(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(PromoteRequest {}): JsonBody<PromoteRequest>,
 ) -> Result<Response, Failure> {
@@ -180,7 +181,7 @@ async fn promote(
 /// The export archive as the response body; packing happens before the
 /// response starts, so a failure is a plain JSON error.
 async fn export_image(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Response, Failure> {
     use axum::http::header;
@@ -236,7 +237,7 @@ impl std::io::Write for ChannelWriter {
 }
 
 async fn import_url(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     JsonBody(req): JsonBody<ImportRequest>,
 ) -> Result<Response, Failure> {
     Ok(stream_operation(state, move |state, sink| async move {
@@ -254,7 +255,7 @@ struct UploadQuery {
 }
 
 async fn import_upload(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     axum::extract::Query(q): axum::extract::Query<UploadQuery>,
     body: axum::body::Body,
 ) -> Result<Response, Failure> {

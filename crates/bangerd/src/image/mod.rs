@@ -36,7 +36,8 @@ use banger_wire::image::{
     InstalledBundle, KernelInfo,
 };
 
-use crate::api::{AppState, EventSink};
+use crate::context::Daemon;
+use crate::events::EventSink;
 
 /// Errors of image and kernel operations, each naming the artifact or path.
 #[derive(Debug, thiserror::Error)]
@@ -97,7 +98,7 @@ pub enum ImageError {
     #[error(transparent)]
     State(#[from] banger_state::StateError),
     #[error(transparent)]
-    Vm(Box<crate::vm::VmError>),
+    Helper(#[from] crate::helper::HelperOpError),
     #[error("{what} task failed: {reason}")]
     Task { what: &'static str, reason: String },
 }
@@ -140,7 +141,7 @@ impl ImageError {
             ImageError::ExportRegistered { .. } => ErrorCode::Conflict,
             ImageError::Upload { .. } => ErrorCode::BadRequest,
             ImageError::State(_) => ErrorCode::State,
-            ImageError::Vm(e) => e.code(),
+            ImageError::Helper(e) => e.code(),
             _ => ErrorCode::Internal,
         }
     }
@@ -184,18 +185,18 @@ impl From<ImageError> for ApiError {
     }
 }
 
-fn db(state: &AppState) -> std::sync::MutexGuard<'_, StateDb> {
+fn db(state: &Daemon) -> std::sync::MutexGuard<'_, StateDb> {
     state.db.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// The managed store of this daemon.
-pub fn store(state: &AppState) -> Store {
+pub fn store(state: &Daemon) -> Store {
     Store::new(&state.layout.state_dir)
 }
 
 /// The catalog base URL: config `catalog_url` (or `BANGER_CATALOG_URL`)
 /// when set, else the catalog's own `base_url`.
-pub fn base_url(state: &AppState, catalog: &Catalog) -> String {
+pub fn base_url(state: &Daemon, catalog: &Catalog) -> String {
     let setting = &state.vms.config().catalog_url;
     match setting.provenance {
         banger_config::Provenance::BuiltIn => catalog.base_url.clone(),
@@ -254,16 +255,16 @@ impl Forwarder {
     }
 }
 
-fn registered_image(state: &AppState, name: &str) -> Result<Option<ImageRecord>, ImageError> {
+fn registered_image(state: &Daemon, name: &str) -> Result<Option<ImageRecord>, ImageError> {
     Ok(db(state).get_image(name)?.filter(|r| !r.managed))
 }
 
-fn registered_kernel(state: &AppState, name: &str) -> Result<Option<KernelRecord>, ImageError> {
+fn registered_kernel(state: &Daemon, name: &str) -> Result<Option<KernelRecord>, ImageError> {
     Ok(db(state).get_kernel(name)?.filter(|r| !r.managed))
 }
 
 /// Refuse to pull or build over a name registered from host files.
-pub fn refuse_registered(state: &AppState, kind: Kind, name: &str) -> Result<(), ImageError> {
+pub fn refuse_registered(state: &Daemon, kind: Kind, name: &str) -> Result<(), ImageError> {
     let registered = match kind {
         Kind::Image => registered_image(state, name)?.is_some(),
         Kind::Kernel => registered_kernel(state, name)?.is_some(),
@@ -297,7 +298,7 @@ fn bundle_report(i: &Installed, fetched: bool) -> InstalledBundle {
 /// Pull `kind name` from the catalog (an image's kernel first), streaming
 /// download progress into `sink`. Installed entries are not fetched again.
 pub async fn pull(
-    state: &AppState,
+    state: &Daemon,
     kind: Kind,
     name: &str,
     sink: &EventSink,
@@ -324,7 +325,7 @@ pub async fn pull(
 /// Build `kind name` from its embedded recipe and install it; an image
 /// whose kernel is not installed gets its kernel built first.
 pub async fn build(
-    state: Arc<AppState>,
+    state: Arc<Daemon>,
     kind: Kind,
     name: String,
     force: bool,
@@ -363,7 +364,7 @@ pub async fn build(
 }
 
 async fn build_one(
-    state: &Arc<AppState>,
+    state: &Arc<Daemon>,
     kind: Kind,
     name: &str,
     force: bool,
@@ -402,13 +403,13 @@ async fn build_one(
 /// Build through the root helper (system install): one request answered
 /// when the bundle is installed in our store, so progress is a note.
 async fn build_in_helper(
-    state: &AppState,
+    state: &Daemon,
     kind: Kind,
     name: &str,
     uid: u32,
     sink: &EventSink,
 ) -> Result<InstalledBundle, ImageError> {
-    use crate::helper::HelperCallError;
+    use crate::helper::{HelperCallError, HelperOpError};
     use banger_wire::helper::{HelperRequest, HelperResponse};
     let needs_root = |reason: String| ImageError::NeedsRoot {
         kind,
@@ -443,17 +444,14 @@ async fn build_in_helper(
             from_cache: cached,
             bundle_sha256: Some(bundle_sha256),
         }),
-        Ok(other) => Err(ImageError::Vm(Box::new(crate::vm::VmError::HelperAnswer {
-            op: req.op_name(),
-            answer: format!("{other:?}"),
-        }))),
+        Ok(other) => Err(HelperOpError::unexpected(&req, &other).into()),
         Err(HelperCallError::Unavailable { reason }) => Err(needs_root(reason)),
-        Err(e) => Err(ImageError::Vm(Box::new(crate::vm::VmError::Helper(e)))),
+        Err(e) => Err(HelperOpError::Call(e).into()),
     }
 }
 
 /// VM names per image and per kernel.
-fn vm_users(state: &AppState) -> Result<(UsersMap, UsersMap), ImageError> {
+fn vm_users(state: &Daemon) -> Result<(UsersMap, UsersMap), ImageError> {
     let mut by_image = UsersMap::new();
     let mut by_kernel = UsersMap::new();
     for vm in db(state).list_vms()? {
@@ -580,7 +578,7 @@ fn registered_kernel_info(r: &KernelRecord, images: &UsersMap, vms: &UsersMap) -
 /// Every readable bundle of `kind` in the store. A damaged directory is
 /// logged and left out, so one bad entry does not hide the others (`show`
 /// and `delete` of that name still reach it).
-fn installed(state: &AppState, kind: Kind) -> Result<Vec<Installed>, ImageError> {
+fn installed(state: &Daemon, kind: Kind) -> Result<Vec<Installed>, ImageError> {
     let store = store(state);
     let dir = store.kind_dir(kind);
     let entries = match std::fs::read_dir(&dir) {
@@ -612,7 +610,7 @@ fn installed(state: &AppState, kind: Kind) -> Result<Vec<Installed>, ImageError>
 }
 
 /// Every image, managed and registered, by name.
-pub fn list_images(state: &AppState) -> Result<Vec<ImageInfo>, ImageError> {
+pub fn list_images(state: &Daemon) -> Result<Vec<ImageInfo>, ImageError> {
     let (users, _) = vm_users(state)?;
     let mut out: BTreeMap<String, ImageInfo> = BTreeMap::new();
     for r in db(state).list_images()?.iter().filter(|r| !r.managed) {
@@ -626,7 +624,7 @@ pub fn list_images(state: &AppState) -> Result<Vec<ImageInfo>, ImageError> {
 }
 
 /// One image.
-pub fn show_image(state: &AppState, name: &str) -> Result<ImageInfo, ImageError> {
+pub fn show_image(state: &Daemon, name: &str) -> Result<ImageInfo, ImageError> {
     validate_name(name)?;
     let (users, _) = vm_users(state)?;
     if let Some(i) = store(state).get(Kind::Image, name)? {
@@ -642,7 +640,7 @@ pub fn show_image(state: &AppState, name: &str) -> Result<ImageInfo, ImageError>
 }
 
 /// Image names per kernel, over managed and registered images.
-fn image_users(state: &AppState) -> Result<UsersMap, ImageError> {
+fn image_users(state: &Daemon) -> Result<UsersMap, ImageError> {
     let mut map = UsersMap::new();
     for i in list_images(state)? {
         map.entry(i.kernel).or_default().push(i.name);
@@ -651,7 +649,7 @@ fn image_users(state: &AppState) -> Result<UsersMap, ImageError> {
 }
 
 /// Every kernel, managed and registered, by name.
-pub fn list_kernels(state: &AppState) -> Result<Vec<KernelInfo>, ImageError> {
+pub fn list_kernels(state: &Daemon) -> Result<Vec<KernelInfo>, ImageError> {
     let (_, vms) = vm_users(state)?;
     let images = image_users(state)?;
     let mut out: BTreeMap<String, KernelInfo> = BTreeMap::new();
@@ -668,7 +666,7 @@ pub fn list_kernels(state: &AppState) -> Result<Vec<KernelInfo>, ImageError> {
 }
 
 /// One kernel.
-pub fn show_kernel(state: &AppState, name: &str) -> Result<KernelInfo, ImageError> {
+pub fn show_kernel(state: &Daemon, name: &str) -> Result<KernelInfo, ImageError> {
     validate_name(name)?;
     let (_, vms) = vm_users(state)?;
     let images = image_users(state)?;
@@ -686,7 +684,7 @@ pub fn show_kernel(state: &AppState, name: &str) -> Result<KernelInfo, ImageErro
 
 /// Delete an image (store directory or registration) unless a VM uses it.
 /// Registered files themselves are left alone.
-pub async fn delete_image(state: &AppState, name: &str) -> Result<ArtifactDeleted, ImageError> {
+pub async fn delete_image(state: &Daemon, name: &str) -> Result<ArtifactDeleted, ImageError> {
     validate_name(name)?;
     let (users, _) = vm_users(state)?;
     if let Some(vms) = users.get(name) {
@@ -710,7 +708,7 @@ pub async fn delete_image(state: &AppState, name: &str) -> Result<ArtifactDelete
 }
 
 /// Delete a kernel unless an image or a VM uses it.
-pub async fn delete_kernel(state: &AppState, name: &str) -> Result<ArtifactDeleted, ImageError> {
+pub async fn delete_kernel(state: &Daemon, name: &str) -> Result<ArtifactDeleted, ImageError> {
     validate_name(name)?;
     let (_, vms) = vm_users(state)?;
     let images = image_users(state)?;
@@ -754,7 +752,7 @@ fn abs(what: &'static str, p: &str) -> Result<PathBuf, ImageError> {
     Ok(path)
 }
 
-fn taken(state: &AppState, kind: Kind, name: &str) -> Result<(), ImageError> {
+fn taken(state: &Daemon, kind: Kind, name: &str) -> Result<(), ImageError> {
     let what = if store(state).get(kind, name)?.is_some() {
         "installed in the store"
     } else if match kind {
@@ -776,7 +774,7 @@ fn taken(state: &AppState, kind: Kind, name: &str) -> Result<(), ImageError> {
 /// kernel of the same name). Every path must be absolute and pass the
 /// checks of `banger_image::validate` (ext4 magic, x86_64 ELF with a PVH
 /// note, readable initrd, modules directory).
-pub fn register(state: &AppState, req: &ImageRegisterRequest) -> Result<ImageInfo, ImageError> {
+pub fn register(state: &Daemon, req: &ImageRegisterRequest) -> Result<ImageInfo, ImageError> {
     validate_name(&req.name)?;
     let rootfs = abs("root filesystem", &req.rootfs)?;
     let kernel_paths = req.initrd.is_some() || req.modules.is_some() || req.kernel.is_some();
@@ -877,7 +875,7 @@ pub fn register(state: &AppState, req: &ImageRegisterRequest) -> Result<ImageInf
 
 /// The registration of `name` if it can be promoted: registered, and not
 /// already in the store.
-pub fn promotable(state: &AppState, name: &str) -> Result<ImageRecord, ImageError> {
+pub fn promotable(state: &Daemon, name: &str) -> Result<ImageRecord, ImageError> {
     validate_name(name)?;
     if store(state).get(Kind::Image, name)?.is_some() {
         return Err(ImageError::AlreadyManaged {
@@ -894,7 +892,7 @@ pub fn promotable(state: &AppState, name: &str) -> Result<ImageRecord, ImageErro
 /// store; afterwards the name is served from the store and the
 /// registration is gone. The host files are left in place.
 pub async fn promote(
-    state: &AppState,
+    state: &Daemon,
     name: &str,
     sink: &EventSink,
 ) -> Result<ImageInfo, ImageError> {
@@ -950,7 +948,7 @@ pub async fn promote(
 
 /// The files an image boots from, from the store or a registration;
 /// `None` when no image of that name exists.
-pub fn lookup_image(state: &AppState, name: &str) -> Result<Option<(PathBuf, String)>, StoreError> {
+pub fn lookup_image(state: &Daemon, name: &str) -> Result<Option<(PathBuf, String)>, StoreError> {
     if validate_name(name).is_err() {
         return Ok(None);
     }
@@ -983,7 +981,7 @@ pub fn lookup_image(state: &AppState, name: &str) -> Result<Option<(PathBuf, Str
 
 /// The read-only ext4 disk holding an installed kernel's modules (made at
 /// install), `None` for a registered kernel or one without modules.
-pub fn lookup_modules_disk(state: &AppState, name: &str) -> Result<Option<PathBuf>, StoreError> {
+pub fn lookup_modules_disk(state: &Daemon, name: &str) -> Result<Option<PathBuf>, StoreError> {
     if validate_name(name).is_err() {
         return Ok(None);
     }
@@ -994,7 +992,7 @@ pub fn lookup_modules_disk(state: &AppState, name: &str) -> Result<Option<PathBu
 
 /// A kernel's `vmlinux` and initrd, from the store or a registration.
 pub fn lookup_kernel(
-    state: &AppState,
+    state: &Daemon,
     name: &str,
 ) -> Result<Option<(PathBuf, Option<PathBuf>)>, StoreError> {
     if validate_name(name).is_err() {
@@ -1019,7 +1017,7 @@ pub fn lookup_kernel(
 
 /// Pack installed image `name` and its kernel for an export (in the cache
 /// dir's `export/` scratch space, removed when the plan is dropped).
-pub async fn plan_export(state: &AppState, name: &str) -> Result<ExportPlan, ImageError> {
+pub async fn plan_export(state: &Daemon, name: &str) -> Result<ExportPlan, ImageError> {
     validate_name(name)?;
     let store = store(state);
     if store.get(Kind::Image, name)?.is_none() {
@@ -1041,7 +1039,7 @@ pub async fn plan_export(state: &AppState, name: &str) -> Result<ExportPlan, Ima
 }
 
 /// The import admission check: names registered from host files stay so.
-fn admit(state: Arc<AppState>) -> impl Fn(Kind, &str) -> Result<(), String> + Send + Sync {
+fn admit(state: Arc<Daemon>) -> impl Fn(Kind, &str) -> Result<(), String> + Send + Sync {
     move |kind, name| refuse_registered(&state, kind, name).map_err(|e| e.to_string())
 }
 
@@ -1056,7 +1054,7 @@ fn import_report(imported: Vec<ImportedBundle>) -> InstallReport {
 
 /// Download an export archive or bundle from `url` and install it.
 pub async fn import_url(
-    state: &Arc<AppState>,
+    state: &Arc<Daemon>,
     url: &str,
     sink: &EventSink,
 ) -> Result<InstallReport, ImageError> {
@@ -1081,7 +1079,7 @@ pub async fn import_url(
 /// Install an export archive or bundle uploaded as a request body; `label`
 /// (the file name the client gave) is recorded as its origin.
 pub async fn import_upload(
-    state: &Arc<AppState>,
+    state: &Arc<Daemon>,
     body: axum::body::Body,
     label: String,
     sink: &EventSink,

@@ -21,13 +21,14 @@ use tokio::io::AsyncReadExt;
 
 use super::paths::VmPaths;
 use super::{info, ops, VmError};
-use crate::api::{stream_operation, AppState, Failure, JsonBody};
+use crate::api::support::{stream_operation, Failure, JsonBody};
+use crate::context::Daemon;
 
 /// How often `logs?follow=true` looks for new serial output.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
 
 /// Every `/v1/vms` route (merged into the main router).
-pub fn routes() -> Router<Arc<AppState>> {
+pub fn routes() -> Router<Arc<Daemon>> {
     Router::new()
         .route("/v1/vms", get(list).post(create))
         .route("/v1/vms/{name}", get(show).delete(delete))
@@ -44,7 +45,7 @@ fn fail(e: VmError) -> Failure {
     Failure(ApiError::from(e))
 }
 
-fn record(state: &AppState, name: &str) -> Result<VmRecord, Failure> {
+fn record(state: &Daemon, name: &str) -> Result<VmRecord, Failure> {
     let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
     db.get_vm_by_name(name)
         .map_err(|e| fail(e.into()))?
@@ -89,7 +90,7 @@ fn flags(query: Option<String>, allowed: &[&str]) -> Result<Vec<String>, Failure
     Ok(on)
 }
 
-async fn list(State(state): State<Arc<AppState>>) -> Result<Json<VmList>, Failure> {
+async fn list(State(state): State<Arc<Daemon>>) -> Result<Json<VmList>, Failure> {
     let vms = {
         let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
         db.list_vms().map_err(|e| fail(e.into()))?
@@ -100,7 +101,7 @@ async fn list(State(state): State<Arc<AppState>>) -> Result<Json<VmList>, Failur
 }
 
 async fn create(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     JsonBody(req): JsonBody<VmCreateRequest>,
 ) -> Result<Response, Failure> {
     let resolved = ops::check_create(&state, &req).map_err(fail)?;
@@ -115,7 +116,7 @@ async fn create(
 }
 
 async fn show(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<VmInfo>, Failure> {
     let vm = record(&state, &name)?;
@@ -123,7 +124,7 @@ async fn show(
 }
 
 async fn delete(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<VmDeleted>, Failure> {
@@ -135,7 +136,7 @@ async fn delete(
 }
 
 async fn start(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(VmStartRequest {}): JsonBody<VmStartRequest>,
 ) -> Result<Response, Failure> {
@@ -147,7 +148,7 @@ async fn start(
 }
 
 async fn stop(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(VmStopRequest { force }): JsonBody<VmStopRequest>,
 ) -> Result<Response, Failure> {
@@ -160,7 +161,7 @@ async fn stop(
 }
 
 async fn restart(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(VmStopRequest { force }): JsonBody<VmStopRequest>,
 ) -> Result<Response, Failure> {
@@ -174,7 +175,7 @@ async fn restart(
 }
 
 async fn ports(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<VmPorts>, Failure> {
     let vm = record(&state, &name)?;
@@ -184,7 +185,7 @@ async fn ports(
 /// Record activity (an SSH session starting) and answer with the VM's
 /// details minus the agent's (what `banger vm ssh` needs).
 async fn activity(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(VmActivityRequest {}): JsonBody<VmActivityRequest>,
 ) -> Result<Json<VmInfo>, Failure> {
@@ -200,7 +201,7 @@ async fn activity(
 
 /// Where `banger vm run`'s phase timings of a VM are kept: beside its
 /// disks, so they go with the VM.
-fn timings_path(state: &AppState, vm: &VmRecord) -> std::path::PathBuf {
+fn timings_path(state: &Daemon, vm: &VmRecord) -> std::path::PathBuf {
     VmPaths::new(&state.layout, &vm.id)
         .dir
         .join(info::TIMINGS_FILE)
@@ -208,7 +209,7 @@ fn timings_path(state: &AppState, vm: &VmRecord) -> std::path::PathBuf {
 
 /// The phase timings `banger vm run` recorded (empty when there are none).
 async fn get_timings(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
 ) -> Result<Json<VmTimings>, Failure> {
     let vm = record(&state, &name)?;
@@ -227,7 +228,7 @@ async fn get_timings(
 
 /// Replace the phase timings `banger vm run` recorded for a VM.
 async fn put_timings(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     JsonBody(timings): JsonBody<VmTimings>,
 ) -> Result<Json<VmTimings>, Failure> {
@@ -251,7 +252,7 @@ async fn put_timings(
 /// hangs up or the VM is deleted; a rotation of the live log (it shrinks)
 /// starts it again from its beginning.
 async fn logs(
-    State(state): State<Arc<AppState>>,
+    State(state): State<Arc<Daemon>>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, Failure> {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::AppState;
+use crate::context::Daemon;
 
 /// How often the logs are checked.
 pub const ROTATE_EVERY: Duration = Duration::from_millis(200);
@@ -80,7 +80,7 @@ pub fn rotate_if_over(serial_log: &Path, limit: u64) -> std::io::Result<bool> {
 
 /// Rotate the serial log of every VM (`<state>/vms/*/serial.log`) that grew
 /// past `serial_log_max`, until the daemon stops.
-pub async fn rotate_loop(state: Arc<AppState>) {
+pub async fn rotate_loop(state: Arc<Daemon>) {
     let vms_dir = super::paths::vms_dir(&state.layout);
     let max = state.vms.config().serial_log_max.value;
     loop {

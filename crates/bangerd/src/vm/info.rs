@@ -8,9 +8,10 @@ use banger_vmm::VmmHandle;
 use banger_vsock_agent::client::AgentClient;
 use banger_wire::vm::{VmDetails, VmDisks, VmInfo, VmPorts, VmSshAccess};
 
+use super::manager::AgentSample;
 use super::paths::{self, VmPaths};
-use super::{AgentSample, VmError, VmExtra};
-use crate::api::AppState;
+use super::{VmError, VmExtra};
+use crate::context::Daemon;
 
 /// How long `vm show` waits for the guest agent.
 pub const AGENT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -42,7 +43,7 @@ pub fn vm_info(vm: &VmRecord) -> VmInfo {
 
 /// Everything about one VM; with `ask_agent`, also the agent's health and
 /// stats when it runs.
-pub async fn vm_show(state: &AppState, vm: &VmRecord, ask_agent: bool) -> VmInfo {
+pub async fn vm_show(state: &Daemon, vm: &VmRecord, ask_agent: bool) -> VmInfo {
     let mut info = vm_info(vm);
     let extra = VmExtra::from_json(&vm.spec);
     let p = VmPaths::new(&state.layout, &vm.id);
@@ -74,7 +75,7 @@ pub async fn vm_show(state: &AppState, vm: &VmRecord, ask_agent: bool) -> VmInfo
             config: p.config_drive.display().to_string(),
         },
         ssh: VmSshAccess {
-            user: super::ops::SSH_USER.to_owned(),
+            user: super::SSH_USER.to_owned(),
             host: vm.ip.map(|ip| ip.to_string()),
             key: state.vms.config().ssh_key_path.value.display().to_string(),
             known_hosts: paths::known_hosts(&state.layout).display().to_string(),
@@ -106,7 +107,7 @@ pub const TIMINGS_FILE: &str = "timings.json";
 
 /// Ask a running VM's agent for its health and stats now, and remember the
 /// answer for `vm show`.
-pub async fn sample_agent(state: &AppState, vm: &VmRecord) -> Result<AgentSample, VmError> {
+pub async fn sample_agent(state: &Daemon, vm: &VmRecord) -> Result<AgentSample, VmError> {
     let agent_err = |source| VmError::Agent {
         name: vm.name.clone(),
         source,
@@ -156,7 +157,7 @@ impl std::ops::DerefMut for AgentConn {
 }
 
 /// Open a connection to a running VM's guest agent.
-pub async fn connect_agent(state: &AppState, vm: &VmRecord) -> Result<AgentConn, VmError> {
+pub async fn connect_agent(state: &Daemon, vm: &VmRecord) -> Result<AgentConn, VmError> {
     let agent_err = |source| VmError::Agent {
         name: vm.name.clone(),
         source,
@@ -262,7 +263,7 @@ pub enum DrainError {
 }
 
 /// The guest's listening sockets, from its agent.
-pub async fn vm_ports(state: &AppState, vm: &VmRecord) -> Result<VmPorts, VmError> {
+pub async fn vm_ports(state: &Daemon, vm: &VmRecord) -> Result<VmPorts, VmError> {
     let mut client = connect_agent(state, vm).await?;
     let ports = client.ports().await.map_err(|source| VmError::Agent {
         name: vm.name.clone(),

@@ -10,6 +10,8 @@
 //! - [`paths`]: where a VM's files live.
 //! - [`console`]: the serial log's cap and rotation, reading its tail.
 //! - [`tap_pool`]: taps made ahead of time (`tap_pool_size`).
+//! - [`manager`]: the VM bookkeeping the daemon context holds (locks,
+//!   agent samples, the VMM launcher).
 //!
 //! Resources a VM holds only while it runs: its VMM process, its tap, its IP
 //! lease and its run dir. Resources it holds until deleted: its record, its
@@ -20,27 +22,25 @@
 pub mod api;
 pub mod console;
 pub mod info;
+pub mod manager;
 pub mod ops;
 pub mod paths;
 pub mod recover;
 pub mod request;
 pub mod tap_pool;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 
-use banger_config::Config;
-use banger_vm::netplan::NetPlan;
-use banger_vmm::Vmm;
 use banger_wire::api::{ApiError, ErrorCode};
-use banger_wire::vmm::CloneStrategy;
 use serde::{Deserialize, Serialize};
 
-use crate::helper::HelperCallError;
+use crate::helper::{HelperCallError, HelperOpError};
 
 /// Environment variable naming the guest agent binary put on config drives.
 pub const AGENT_BIN_ENV: &str = "BANGER_AGENT_BIN";
+
+/// The user banger logs in as over SSH.
+pub const SSH_USER: &str = "root";
 
 /// Where a system install puts the guest agent.
 pub const SYSTEM_AGENT_PATH: &str = "/usr/local/lib/banger/banger-vsock-agent";
@@ -77,9 +77,7 @@ pub enum VmError {
     #[error("the guest agent binary was not found (tried {tried}); set {AGENT_BIN_ENV} or install banger-vsock-agent next to bangerd")]
     NoAgentBinary { tried: String },
     #[error(transparent)]
-    Helper(#[from] HelperCallError),
-    #[error("the root helper sent an unexpected answer to {op}: {answer}")]
-    HelperAnswer { op: &'static str, answer: String },
+    Helper(#[from] HelperOpError),
     #[error(transparent)]
     State(#[from] banger_state::StateError),
     #[error(transparent)]
@@ -95,7 +93,7 @@ pub enum VmError {
     #[error(transparent)]
     Store(#[from] banger_image::store::StoreError),
     #[error(transparent)]
-    Image(Box<crate::image::ImageError>),
+    Image(#[from] crate::image::ImageError),
     #[error("VM {name}: {source}")]
     Vmm {
         name: String,
@@ -143,9 +141,8 @@ impl VmError {
             | VmError::ImageMissing { .. }
             | VmError::KernelMissing { .. } => ErrorCode::NotFound,
             VmError::NoBackend { .. } | VmError::NoAgentBinary { .. } => ErrorCode::Unsupported,
-            VmError::Helper(e) => helper_code(e),
+            VmError::Helper(e) => e.code(),
             VmError::Image(e) => e.code(),
-            VmError::HelperAnswer { .. } => ErrorCode::HelperFailed,
             VmError::State(banger_state::StateError::AlreadyExists { .. }) => ErrorCode::Conflict,
             VmError::State(banger_state::StateError::WrongState { .. }) => ErrorCode::Conflict,
             VmError::State(_) => ErrorCode::State,
@@ -154,15 +151,9 @@ impl VmError {
     }
 }
 
-/// Helper errors keep their own codes (`helper_unavailable`, `helper_failed`).
-fn helper_code(e: &HelperCallError) -> ErrorCode {
-    match e {
-        HelperCallError::Unavailable { .. } | HelperCallError::Connect { .. } => {
-            ErrorCode::HelperUnavailable
-        }
-        HelperCallError::Transport { .. } | HelperCallError::Refused { .. } => {
-            ErrorCode::HelperFailed
-        }
+impl From<HelperCallError> for VmError {
+    fn from(e: HelperCallError) -> VmError {
+        VmError::Helper(HelperOpError::Call(e))
     }
 }
 
@@ -219,154 +210,6 @@ impl VmExtra {
     /// As stored in `spec_json`.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-/// The daemon's VM state that is not in the database: settings from the
-/// config, the VMM launcher, and one lock per VM name.
-#[derive(Debug)]
-pub struct VmManager {
-    /// The config file's settings, re-read when the file changes.
-    config: crate::live_config::LiveConfig,
-    /// Guest addresses, gateway and DNS.
-    pub netplan: Result<NetPlan, String>,
-    /// The launcher for the chosen backend, or why none can run.
-    pub vmm: Result<Vmm, String>,
-    /// The clone strategy probed in the VMs directory (probed once, lazily).
-    clone_strategy: Mutex<Option<CloneStrategy>>,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// The agent's last answers per VM id, refreshed every `stats_poll_interval`.
-    samples: Mutex<HashMap<String, AgentSample>>,
-    /// One agent connection at a time per VM id.
-    agent_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// Taps ready for the next starts.
-    pub taps: tap_pool::TapPool,
-}
-
-/// One poll of a VM's agent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AgentSample {
-    /// When it was taken.
-    pub at: banger_state::Timestamp,
-    pub health: banger_wire::guest::AgentHealth,
-    pub stats: banger_wire::guest::GuestStats,
-}
-
-impl VmManager {
-    /// Settings from `live`; resolves the backend and the guest network plan
-    /// from the start-up config now (the backend is printed once in the log
-    /// and in `daemon status`).
-    pub fn new(live: crate::live_config::LiveConfig) -> VmManager {
-        let config = live.started();
-        let choice = banger_host::probe::choose_backend(
-            config.vmm.value,
-            config.firecracker_bin.value.as_deref(),
-            config.qemu_bin.value.as_deref(),
-        );
-        let vmm = Vmm::from_choice(&choice).map_err(|e| e.to_string());
-        match &vmm {
-            Ok(v) => {
-                tracing::info!(backend = %v.backend(), "VMs run on {}: {}", v.backend(), v.reason())
-            }
-            Err(e) => tracing::warn!("VMs cannot start: {e}"),
-        }
-        VmManager {
-            netplan: NetPlan::from_config(config).map_err(|e| e.to_string()),
-            vmm,
-            config: live,
-            clone_strategy: Mutex::new(None),
-            locks: Mutex::new(HashMap::new()),
-            samples: Mutex::new(HashMap::new()),
-            agent_locks: Mutex::new(HashMap::new()),
-            taps: tap_pool::TapPool::default(),
-        }
-    }
-
-    /// The config in force (vm_defaults, SSH key, file_sync, timers).
-    pub fn config(&self) -> Arc<Config> {
-        self.config.current()
-    }
-
-    /// The config file watcher behind [`VmManager::config`].
-    pub fn live_config(&self) -> &crate::live_config::LiveConfig {
-        &self.config
-    }
-
-    /// The lock serializing every operation on VM `name`.
-    pub fn lock_for(&self, name: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(name.to_owned()).or_default().clone()
-    }
-
-    /// The lock giving one agent connection at a time to VM `id`.
-    pub fn agent_lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.agent_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.entry(id.to_owned()).or_default().clone()
-    }
-
-    /// Forget the lock of a deleted VM (when nobody else holds it).
-    pub fn forget_lock(&self, name: &str) {
-        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(l) = locks.get(name) {
-            // Ours plus the map's: nobody else waits on it.
-            if Arc::strong_count(l) <= 2 {
-                locks.remove(name);
-            }
-        }
-    }
-
-    /// The last agent sample of VM `id` if it is at most two poll intervals old.
-    pub fn sample(&self, id: &str) -> Option<AgentSample> {
-        let samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let limit = self.config().stats_poll_interval.value * 2;
-        samples.get(id).filter(|s| s.at.elapsed() <= limit).cloned()
-    }
-
-    /// Record (or with `None`, forget) VM `id`'s agent sample.
-    pub fn set_sample(&self, id: &str, sample: Option<AgentSample>) {
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        match sample {
-            Some(s) => samples.insert(id.to_owned(), s),
-            None => samples.remove(id),
-        };
-    }
-
-    /// Keep only the samples (and idle agent locks) of `ids`.
-    pub fn retain_samples(&self, ids: &[&str]) {
-        let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        samples.retain(|id, _| ids.contains(&id.as_str()));
-        let mut locks = self.agent_locks.lock().unwrap_or_else(|e| e.into_inner());
-        locks.retain(|id, l| ids.contains(&id.as_str()) || Arc::strong_count(l) > 1);
-    }
-
-    /// The root-disk clone strategy for `dir`, probed on first use.
-    pub fn clone_strategy(&self, dir: &std::path::Path) -> CloneStrategy {
-        let mut cached = self
-            .clone_strategy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if let Some(s) = *cached {
-            return s;
-        }
-        let env = banger_host::probe::ProbeEnv::host();
-        let strategy = match banger_host::probe::probe_clone_strategy(
-            dir,
-            &env.dm_control,
-            &env.sys_root,
-            &env.modules_dir,
-        ) {
-            Ok(p) => p.strategy,
-            Err(e) => {
-                tracing::warn!(
-                    "cannot probe the clone strategy in {}: {e}; using sparse copies",
-                    dir.display()
-                );
-                CloneStrategy::SparseCopy
-            }
-        };
-        tracing::info!(%strategy, dir = %dir.display(), "root disks are cloned by {strategy}");
-        *cached = Some(strategy);
-        strategy
     }
 }
 

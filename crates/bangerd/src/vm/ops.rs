@@ -22,6 +22,7 @@ use banger_image::Kind;
 use banger_state::{CloneStrategy, StateDb, Timestamp, VmPatch, VmRecord, VmState};
 use banger_vm::disk::{self, RootFile};
 use banger_vm::identity::{self, KnownHosts};
+use banger_vmm::process::Pidfd;
 use banger_vmm::{
     Accel, AgentSpec, Backend, DriveSpec, LaunchOptions, NetSpec, ShutdownOutcome, VmSpec,
     VmmHandle,
@@ -33,8 +34,10 @@ use banger_wire::vm::{VmCreateRequest, VmDeleted, VmInfo};
 
 use super::paths::{self, VmPaths};
 use super::request::{self, ResolvedCreate};
-use super::{agent_binary, info, recover, Pending, VmError, VmExtra};
-use crate::api::{AppState, EventSink};
+use super::{agent_binary, info, Pending, VmError, VmExtra, SSH_USER};
+use crate::context::Daemon;
+use crate::events::EventSink;
+use crate::helper::HelperOpError;
 
 /// How long a guest may take from launch to answering SSH (TCG boots of the
 /// minimal image take ~10 s on an idle machine, much longer on a busy one).
@@ -42,7 +45,6 @@ pub const BOOT_TIMEOUT: Duration = Duration::from_secs(240);
 /// How long a guest gets to power off after the ACPI power button.
 pub const STOP_GRACE: Duration = Duration::from_secs(30);
 /// The user banger logs in as.
-pub const SSH_USER: &str = "root";
 /// Tap devices are `banger-t<N>` (the root helper only touches `banger*` links).
 pub const TAP_PREFIX: &str = "banger-t";
 
@@ -52,11 +54,11 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmErr
 }
 
 /// Lock the state database (never held across an await).
-fn db(state: &AppState) -> std::sync::MutexGuard<'_, StateDb> {
+fn db(state: &Daemon) -> std::sync::MutexGuard<'_, StateDb> {
     state.db.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn find(state: &AppState, name: &str) -> Result<VmRecord, VmError> {
+fn find(state: &Daemon, name: &str) -> Result<VmRecord, VmError> {
     db(state)
         .get_vm_by_name(name)?
         .ok_or_else(|| VmError::NotFound {
@@ -79,7 +81,7 @@ pub struct ImageArtifacts {
 /// cannot happen (entry unpublished, catalog unreachable) the error says so
 /// and names the local build command; see docs/image-catalog.md.
 pub async fn ensure_image(
-    state: &AppState,
+    state: &Daemon,
     name: &str,
     sink: &EventSink,
 ) -> Result<ImageArtifacts, VmError> {
@@ -106,7 +108,7 @@ pub async fn ensure_image(
                 },
             })
         }
-        Err(e) => return Err(VmError::Image(Box::new(e))),
+        Err(e) => return Err(VmError::Image(e)),
     }
     find_image(state, name)?.ok_or_else(|| image_missing(name))
 }
@@ -133,7 +135,7 @@ fn image_missing(name: &str) -> VmError {
 /// The image `name` (installed in the store or registered) with its
 /// kernel, `None` when there is no such image; a missing kernel is an
 /// error naming both.
-pub fn find_image(state: &AppState, name: &str) -> Result<Option<ImageArtifacts>, VmError> {
+pub fn find_image(state: &Daemon, name: &str) -> Result<Option<ImageArtifacts>, VmError> {
     let Some((rootfs, kernel_name)) = crate::image::lookup_image(state, name)? else {
         return Ok(None);
     };
@@ -148,7 +150,7 @@ pub fn find_image(state: &AppState, name: &str) -> Result<Option<ImageArtifacts>
 }
 
 fn kernel_artifacts(
-    state: &AppState,
+    state: &Daemon,
     image: &str,
     kernel: &str,
 ) -> Result<(std::path::PathBuf, Option<std::path::PathBuf>), VmError> {
@@ -161,7 +163,7 @@ fn kernel_artifacts(
 /// Everything about a create request that can be checked before anything
 /// is made: name (valid, not taken), sizes (parsable, memory within host
 /// RAM), a usable backend and guest network.
-pub fn check_create(state: &AppState, req: &VmCreateRequest) -> Result<ResolvedCreate, VmError> {
+pub fn check_create(state: &Daemon, req: &VmCreateRequest) -> Result<ResolvedCreate, VmError> {
     let mgr = &state.vms;
     let resolved = request::resolve_create(req, &mgr.config(), &HostFacts::detect(), || {
         format!("vm-{}", &identity::new_vm_id()[..6])
@@ -188,7 +190,7 @@ pub fn check_create(state: &AppState, req: &VmCreateRequest) -> Result<ResolvedC
 /// Create a VM (and boot it unless `no_start`), streaming progress. On any
 /// failure everything made so far is removed again.
 pub async fn create(
-    state: Arc<AppState>,
+    state: Arc<Daemon>,
     resolved: ResolvedCreate,
     sink: EventSink,
 ) -> Result<VmInfo, VmError> {
@@ -289,7 +291,7 @@ pub async fn create(
 
 /// Record (or clear) the operation under way on VM `id`, in one
 /// read-modify-write under the database lock.
-fn set_pending(state: &AppState, id: &str, pending: Option<Pending>) -> Result<(), VmError> {
+fn set_pending(state: &Daemon, id: &str, pending: Option<Pending>) -> Result<(), VmError> {
     let db = db(state);
     let Some(vm) = db.get_vm(id)? else {
         return Ok(());
@@ -311,7 +313,7 @@ fn set_pending(state: &AppState, id: &str, pending: Option<Pending>) -> Result<(
 
 /// Make a new VM's directory, host key and disks.
 async fn define(
-    state: &AppState,
+    state: &Daemon,
     vm: &VmRecord,
     image: &ImageArtifacts,
     sink: &EventSink,
@@ -386,7 +388,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// Start VM `name` (a no-op when it runs), streaming progress.
-pub async fn start(state: Arc<AppState>, name: String, sink: EventSink) -> Result<VmInfo, VmError> {
+pub async fn start(state: Arc<Daemon>, name: String, sink: EventSink) -> Result<VmInfo, VmError> {
     let lock = state.vms.lock_for(&name);
     let _guard = lock.lock().await;
     let vm = find(&state, &name)?;
@@ -402,7 +404,7 @@ pub async fn start(state: Arc<AppState>, name: String, sink: EventSink) -> Resul
 /// record the error. Call with the VM's lock held.
 /// Boot a defined VM (releasing its runtime on failure) and report it ready.
 async fn boot_and_report(
-    state: &Arc<AppState>,
+    state: &Arc<Daemon>,
     id: &str,
     name: &str,
     sink: &EventSink,
@@ -422,7 +424,7 @@ async fn boot_and_report(
     Ok(info::vm_info(&vm))
 }
 
-async fn boot_or_release(state: &Arc<AppState>, id: &str, sink: &EventSink) -> Result<(), VmError> {
+async fn boot_or_release(state: &Arc<Daemon>, id: &str, sink: &EventSink) -> Result<(), VmError> {
     let vm = db(state).transition_vm_state(
         id,
         &[VmState::Created, VmState::Stopped, VmState::Error],
@@ -440,7 +442,7 @@ async fn boot_or_release(state: &Arc<AppState>, id: &str, sink: &EventSink) -> R
     }
 }
 
-async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<(), VmError> {
+async fn boot(state: &Arc<Daemon>, vm: &VmRecord, sink: &EventSink) -> Result<(), VmError> {
     let mgr = &state.vms;
     let vmm = mgr.vmm.as_ref().map_err(|reason| VmError::NoBackend {
         reason: reason.clone(),
@@ -461,7 +463,8 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         "network",
         format!(
             "ensuring bridge {} ({}) and NAT",
-            state.net.bridge, state.net.address
+            state.net.bridge,
+            state.net.address()
         ),
     )
     .await;
@@ -471,7 +474,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
             state,
             HelperRequest::EnsureBridge {
                 name: state.net.bridge.clone(),
-                address: state.net.address.clone(),
+                address: state.net.address().to_string(),
             },
         )
         .await?;
@@ -495,7 +498,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
         .await?;
     }
     // The bridge exists now, so the pool can be (re)filled for the next start.
-    tokio::spawn(super::tap_pool::refill(state.clone()));
+    tokio::spawn(refill_taps(state.clone()));
     let from = if pooled { " (ready from the pool)" } else { "" };
     sink.progress("network", format!("address {ip} on tap {tap}{from}"))
         .await;
@@ -635,7 +638,7 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
             ..VmPatch::default()
         },
     )?;
-    recover::watch_exit(state.clone(), vm.name.clone(), vm.id.clone(), &handle);
+    watch_exit(state.clone(), vm.name.clone(), vm.id.clone(), &handle);
 
     sink.progress("ssh", format!("waiting for SSH on {ip}:22"))
         .await;
@@ -691,6 +694,59 @@ async fn boot(state: &Arc<AppState>, vm: &VmRecord, sink: &EventSink) -> Result<
 }
 
 /// The last lines of a serial log for an error message (a failed create
+/// Watch the VMM behind `handle` and, when it exits while its record still
+/// says it runs (not stopped by banger), record the VM stopped and give its
+/// Top the tap pool up to `tap_pool_size` (in the background of a start).
+async fn refill_taps(state: Arc<Daemon>) {
+    let want = state.vms.config().tap_pool_size.value as usize;
+    let cx = super::tap_pool::RefillContext {
+        helper: &state.helper,
+        db: &state.db,
+        bridge: &state.net.bridge,
+        want,
+    };
+    state.vms.taps.refill(cx).await;
+}
+
+/// tap and lease back.
+pub fn watch_exit(state: Arc<Daemon>, name: String, id: String, handle: &VmmHandle) {
+    let (pid, start) = (handle.pid, handle.start_time);
+    tokio::spawn(async move {
+        match Pidfd::open_verified(pid, start) {
+            Ok(Some(pidfd)) => loop {
+                match pidfd.wait_exit(Duration::from_secs(24 * 3600)).await {
+                    Ok(true) => break,
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::warn!(vm = %name, "cannot watch VMM {pid}: {e}");
+                        return;
+                    }
+                }
+            },
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(vm = %name, "cannot watch VMM {pid}: {e}");
+                return;
+            }
+        }
+        let lock = state.vms.lock_for(&name);
+        let _guard = lock.lock().await;
+        let vm = match db(&state).get_vm(&id) {
+            Ok(Some(vm)) => vm,
+            _ => return,
+        };
+        let ours = vm.vmm_pid == Some(pid) && vm.vmm_start_time == Some(start);
+        if !ours || !matches!(vm.state, VmState::Running | VmState::Starting) {
+            return;
+        }
+        tracing::warn!(vm = %name, pid, "the VMM exited on its own; marking the VM stopped");
+        let why = format!("the VMM (pid {pid}) exited on its own; see `banger vm logs {name}`");
+        if let Err(e) = release_runtime(&state, &id, VmState::Stopped, Some(why)).await {
+            tracing::error!(vm = %name, "cleaning up after the VMM exited failed: {e}");
+        }
+    });
+}
+
 /// removes the log with the VM), without terminal escapes.
 pub fn console_tail(path: &Path) -> String {
     const LINES: usize = 25;
@@ -781,7 +837,7 @@ async fn launch_watched(
 }
 
 /// Write a just-launched VMM's backend, pid and start time to VM `id`'s record.
-fn record_vmm(state: &AppState, id: &str, handle: &VmmHandle) -> Result<(), VmError> {
+fn record_vmm(state: &Daemon, id: &str, handle: &VmmHandle) -> Result<(), VmError> {
     db(state).update_vm(
         id,
         &VmPatch {
@@ -887,7 +943,7 @@ fn prepare_run_dir(dir: &Path) -> Result<(), VmError> {
 /// and record it on the VM, in one go under the database lock so two starts
 /// never pick the same tap. True when the tap came from the pool (it exists
 /// already; any other still has to be created).
-fn assign_tap(state: &AppState, id: &str) -> Result<(String, bool), VmError> {
+fn assign_tap(state: &Daemon, id: &str) -> Result<(String, bool), VmError> {
     let db = db(state);
     let vms = db.list_vms()?;
     if let Some(tap) = vms.iter().find(|v| v.id == id).and_then(|v| v.tap.clone()) {
@@ -911,14 +967,10 @@ fn assign_tap(state: &AppState, id: &str) -> Result<(String, bool), VmError> {
     Ok((tap, pooled.is_some()))
 }
 
-async fn helper_done(state: &AppState, req: HelperRequest) -> Result<bool, VmError> {
-    let op = req.op_name();
+async fn helper_done(state: &Daemon, req: HelperRequest) -> Result<bool, VmError> {
     match state.helper.request(&req).await? {
         HelperResponse::Done { changed } => Ok(changed),
-        other => Err(VmError::HelperAnswer {
-            op,
-            answer: format!("{other:?}"),
-        }),
+        other => Err(HelperOpError::unexpected(&req, &other).into()),
     }
 }
 
@@ -926,7 +978,7 @@ async fn helper_done(state: &AppState, req: HelperRequest) -> Result<bool, VmErr
 /// still there, remove its run dir, delete its tap, release its lease; then
 /// record `to` (and `error`, when given; a clean stop clears it). Idempotent.
 pub async fn release_runtime(
-    state: &AppState,
+    state: &Daemon,
     id: &str,
     to: VmState,
     error: Option<String>,
@@ -1031,7 +1083,7 @@ pub(super) async fn kill_strays(
 /// [`STOP_GRACE`]), or kill it at once with `force`. Stopping a stopped VM
 /// is a no-op.
 pub async fn stop(
-    state: Arc<AppState>,
+    state: Arc<Daemon>,
     name: String,
     force: bool,
     sink: EventSink,
@@ -1043,7 +1095,7 @@ pub async fn stop(
 }
 
 async fn stop_locked(
-    state: &AppState,
+    state: &Daemon,
     name: &str,
     force: bool,
     sink: &EventSink,
@@ -1105,7 +1157,7 @@ async fn stop_locked(
 /// shutdown (ACPI power button, QEMU `quit`, SIGKILL) for what is left of
 /// [`STOP_GRACE`].
 async fn graceful_stop(
-    state: &AppState,
+    state: &Daemon,
     vm: &VmRecord,
     handle: &VmmHandle,
 ) -> Result<ShutdownOutcome, banger_vmm::VmmError> {
@@ -1125,7 +1177,7 @@ async fn graceful_stop(
     handle.shutdown(left.max(Duration::from_secs(5))).await
 }
 
-async fn ssh_poweroff(state: &AppState, vm: &VmRecord, ip: Ipv4Addr) -> Result<(), VmError> {
+async fn ssh_poweroff(state: &Daemon, vm: &VmRecord, ip: Ipv4Addr) -> Result<(), VmError> {
     let p = VmPaths::new(&state.layout, &vm.id);
     let public =
         std::fs::read_to_string(&p.host_key_pub).map_err(io_err("read", &p.host_key_pub))?;
@@ -1164,7 +1216,7 @@ async fn ssh_poweroff(state: &AppState, vm: &VmRecord, ip: Ipv4Addr) -> Result<(
 
 /// Stop then start VM `name` under one lock.
 pub async fn restart(
-    state: Arc<AppState>,
+    state: Arc<Daemon>,
     name: String,
     force: bool,
     sink: EventSink,
@@ -1178,7 +1230,7 @@ pub async fn restart(
 
 /// Delete VM `name` and everything it has. A running VM needs `force`
 /// (its VMM is killed). Deleting a VM that does not exist is not an error.
-pub async fn delete(state: &AppState, name: &str, force: bool) -> Result<VmDeleted, VmError> {
+pub async fn delete(state: &Daemon, name: &str, force: bool) -> Result<VmDeleted, VmError> {
     let lock = state.vms.lock_for(name);
     let guard = lock.lock().await;
     let Some(vm) = db(state).get_vm_by_name(name)? else {
@@ -1210,7 +1262,7 @@ pub async fn delete(state: &AppState, name: &str, force: bool) -> Result<VmDelet
 
 /// Remove VM `id` completely: its runtime resources, its `known_hosts`
 /// line, its directory and its record. Idempotent.
-pub async fn purge(state: &AppState, id: &str) -> Result<(), VmError> {
+pub async fn purge(state: &Daemon, id: &str) -> Result<(), VmError> {
     let Some(vm) = db(state).get_vm(id)? else {
         return Ok(());
     };

@@ -22,21 +22,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use banger_state::{VmRecord, VmState};
-use banger_vmm::process::{is_same_process, Pidfd};
+use banger_vmm::process::is_same_process;
 use banger_vmm::VmmHandle;
 
-use super::ops::{self, kill_strays, release_runtime};
+use super::ops::{self, kill_strays, release_runtime, watch_exit};
 use super::paths::{self, VmPaths};
 use super::{Pending, VmExtra};
-use crate::api::AppState;
+use crate::context::Daemon;
 
-fn db(state: &AppState) -> std::sync::MutexGuard<'_, banger_state::StateDb> {
+fn db(state: &Daemon) -> std::sync::MutexGuard<'_, banger_state::StateDb> {
     state.db.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Bring every VM record in line with the processes that really run; call
 /// once at daemon start, before serving. Re-adopted VMs get an exit watcher.
-pub async fn recover(state: &Arc<AppState>) {
+pub async fn recover(state: &Arc<Daemon>) {
     let vms = match db(state).list_vms() {
         Ok(v) => v,
         Err(e) => {
@@ -57,7 +57,7 @@ pub async fn recover(state: &Arc<AppState>) {
     crate::dns::ensure_if_bridge(state).await;
 }
 
-async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::VmError> {
+async fn recover_one(state: &Arc<Daemon>, vm: &VmRecord) -> Result<(), super::VmError> {
     if let Some(pending) = VmExtra::from_json(&vm.spec).pending {
         let what = match pending {
             Pending::Create => "rolling back its interrupted create",
@@ -125,7 +125,7 @@ async fn recover_one(state: &Arc<AppState>, vm: &VmRecord) -> Result<(), super::
 /// Kill the VMMs of, and remove, VM and run directories that no record owns
 /// (`ids`), and clone-strategy probe leftovers. Only entries named like a VM
 /// id or a probe's scratch directory are touched.
-async fn remove_orphans(state: &AppState, ids: &[&str]) {
+async fn remove_orphans(state: &Daemon, ids: &[&str]) {
     let run_parent = state.layout.runtime_dir.join("vms");
     for parent in [paths::vms_dir(&state.layout), run_parent] {
         let Ok(entries) = std::fs::read_dir(&parent) else {
@@ -156,7 +156,7 @@ async fn remove_orphans(state: &AppState, ids: &[&str]) {
 }
 
 /// Delete banger taps on our bridge that no VM record holds (`held`).
-async fn remove_stray_taps(state: &AppState, held: &[&str]) {
+async fn remove_stray_taps(state: &Daemon, held: &[&str]) {
     for tap in taps_on_bridge(std::path::Path::new("/sys/class/net"), &state.net.bridge) {
         if held.contains(&tap.as_str()) {
             continue;
@@ -193,47 +193,6 @@ fn is_vm_id(name: &str) -> bool {
     name.len() == 32 && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// Watch the VMM behind `handle` and, when it exits while its record still
-/// says it runs (not stopped by banger), record the VM stopped and give its
-/// tap and lease back.
-pub fn watch_exit(state: Arc<AppState>, name: String, id: String, handle: &VmmHandle) {
-    let (pid, start) = (handle.pid, handle.start_time);
-    tokio::spawn(async move {
-        match Pidfd::open_verified(pid, start) {
-            Ok(Some(pidfd)) => loop {
-                match pidfd.wait_exit(Duration::from_secs(24 * 3600)).await {
-                    Ok(true) => break,
-                    Ok(false) => continue,
-                    Err(e) => {
-                        tracing::warn!(vm = %name, "cannot watch VMM {pid}: {e}");
-                        return;
-                    }
-                }
-            },
-            Ok(None) => {}
-            Err(e) => {
-                tracing::warn!(vm = %name, "cannot watch VMM {pid}: {e}");
-                return;
-            }
-        }
-        let lock = state.vms.lock_for(&name);
-        let _guard = lock.lock().await;
-        let vm = match db(&state).get_vm(&id) {
-            Ok(Some(vm)) => vm,
-            _ => return,
-        };
-        let ours = vm.vmm_pid == Some(pid) && vm.vmm_start_time == Some(start);
-        if !ours || !matches!(vm.state, VmState::Running | VmState::Starting) {
-            return;
-        }
-        tracing::warn!(vm = %name, pid, "the VMM exited on its own; marking the VM stopped");
-        let why = format!("the VMM (pid {pid}) exited on its own; see `banger vm logs {name}`");
-        if let Err(e) = release_runtime(&state, &id, VmState::Stopped, Some(why)).await {
-            tracing::error!(vm = %name, "cleaning up after the VMM exited failed: {e}");
-        }
-    });
-}
-
 /// How often the auto-stop loop looks at the config again while
 /// `auto_stop_stale_after` is unset.
 const UNSET_RECHECK: Duration = Duration::from_secs(10);
@@ -242,7 +201,7 @@ const UNSET_RECHECK: Duration = Duration::from_secs(10);
 /// `auto_stop_stale_after` (when set). An established SSH connection from
 /// this host to the guest counts as activity. The setting is read again at
 /// every tick, so an edit of the config file applies without a restart.
-pub async fn auto_stop_loop(state: Arc<AppState>) {
+pub async fn auto_stop_loop(state: Arc<Daemon>) {
     loop {
         let tick = match state.vms.config().auto_stop_stale_after.value {
             Some(after) => (after / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
@@ -273,7 +232,7 @@ pub async fn auto_stop_loop(state: Arc<AppState>) {
                 Idle::Recent => {}
                 Idle::Stale(idle) => {
                     tracing::info!(vm = %vm.name, ?idle, "stopping idle VM (auto_stop_stale_after)");
-                    let sink = crate::api::EventSink::discard();
+                    let sink = crate::events::EventSink::discard();
                     if let Err(e) = ops::stop(state.clone(), vm.name.clone(), false, sink).await {
                         tracing::warn!(vm = %vm.name, "auto-stop failed: {e}");
                     }
@@ -285,7 +244,7 @@ pub async fn auto_stop_loop(state: Arc<AppState>) {
 
 /// Sample every running VM's agent (health and stats) every
 /// `stats_poll_interval`, so `vm show` answers from memory.
-pub async fn stats_loop(state: Arc<AppState>) {
+pub async fn stats_loop(state: Arc<Daemon>) {
     loop {
         let every = state
             .vms

@@ -11,11 +11,12 @@
 //! is a no-op for the helper, and numbering restarts at 0.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use banger_state::StateDb;
 use banger_wire::helper::HelperRequest;
 
-use crate::api::AppState;
+use crate::helper::RootHelper;
 
 /// Name prefix of pool taps.
 pub const POOL_PREFIX: &str = "banger-p";
@@ -81,45 +82,56 @@ impl TapPool {
     }
 }
 
-/// Create taps on the bridge until `tap_pool_size` are idle. Only one refill
-/// runs at a time; a failure is logged and ends this refill (the next start
-/// tries again, and starts never depend on the pool).
-pub async fn refill(state: Arc<AppState>) {
-    let pool = &state.vms.taps;
-    let want = state.vms.config().tap_pool_size.value as usize;
-    {
-        let mut inner = pool.inner();
-        if inner.refilling || inner.idle.len() >= want {
-            return;
-        }
-        inner.refilling = true;
-    }
-    while pool.inner().idle.len() < want {
-        let used: HashSet<String> = {
-            let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
-            match db.list_vms() {
-                Ok(vms) => vms.into_iter().filter_map(|v| v.tap).collect(),
-                Err(e) => {
-                    tracing::warn!("tap pool: cannot list VMs: {e}");
-                    break;
-                }
+/// What a refill needs from the daemon.
+#[derive(Debug, Clone, Copy)]
+pub struct RefillContext<'a> {
+    pub helper: &'a RootHelper,
+    pub db: &'a Mutex<StateDb>,
+    /// The bridge new taps join.
+    pub bridge: &'a str,
+    /// `tap_pool_size`.
+    pub want: usize,
+}
+
+impl TapPool {
+    /// Create taps on the bridge until `want` are idle. Only one refill
+    /// runs at a time; a failure is logged and ends this refill (the next
+    /// start tries again, and starts never depend on the pool).
+    pub async fn refill(&self, cx: RefillContext<'_>) {
+        {
+            let mut inner = self.inner();
+            if inner.refilling || inner.idle.len() >= cx.want {
+                return;
             }
-        };
-        let name = pool.claim_name(&used);
-        let made = state
-            .helper
-            .request(&HelperRequest::CreateTap {
-                name: name.clone(),
-                bridge: state.net.bridge.clone(),
-            })
-            .await;
-        pool.made(&name, made.is_ok());
-        if let Err(e) = made {
-            tracing::warn!(tap = %name, "tap pool: cannot create a tap: {e}");
-            break;
+            inner.refilling = true;
         }
+        while self.inner().idle.len() < cx.want {
+            let used: HashSet<String> = {
+                let db = cx.db.lock().unwrap_or_else(|e| e.into_inner());
+                match db.list_vms() {
+                    Ok(vms) => vms.into_iter().filter_map(|v| v.tap).collect(),
+                    Err(e) => {
+                        tracing::warn!("tap pool: cannot list VMs: {e}");
+                        break;
+                    }
+                }
+            };
+            let name = self.claim_name(&used);
+            let made = cx
+                .helper
+                .request(&HelperRequest::CreateTap {
+                    name: name.clone(),
+                    bridge: cx.bridge.to_owned(),
+                })
+                .await;
+            self.made(&name, made.is_ok());
+            if let Err(e) = made {
+                tracing::warn!(tap = %name, "tap pool: cannot create a tap: {e}");
+                break;
+            }
+        }
+        self.inner().refilling = false;
     }
-    pool.inner().refilling = false;
 }
 
 #[cfg(test)]
