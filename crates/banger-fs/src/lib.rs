@@ -4,7 +4,9 @@
 //!
 //! - [`write_atomic`]: replace a file so readers and crashes see the old
 //!   or the new contents, never a mix.
+//! - [`proc`]: `/proc/PID/stat` (state, start time).
 
 mod atomic;
+pub mod proc;
 
 pub use atomic::{is_missing_dir, write_atomic, AtomicWriteError, WriteOptions};
