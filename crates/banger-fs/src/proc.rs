@@ -1,5 +1,6 @@
-//! `/proc/PID/stat`: process state and start time, read one way for the
-//! VMM supervisor and the CLI's daemon check.
+//! `/proc` parsing shared by host and guest: `/proc/PID/stat` (process
+//! state and start time: the VMM supervisor, the CLI's daemon check) and
+//! `/proc/meminfo` fields (host memory for VM defaults, guest stats).
 
 use std::io;
 
@@ -56,6 +57,63 @@ pub fn read_stat(pid: u32) -> Result<ProcStat, StatError> {
     parse_stat(&content).ok_or(StatError::Malformed { pid, content })
 }
 
+/// Why a `/proc/meminfo` field could not be read; `line` is 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MeminfoError {
+    #[error("{key} missing")]
+    Missing { key: String },
+    #[error("line {line}: {key} has no numeric value")]
+    NotNumeric { key: String, line: usize },
+    #[error("line {line}: {key} has unknown unit {unit:?}")]
+    UnknownUnit {
+        key: String,
+        line: usize,
+        unit: String,
+    },
+    #[error("line {line}: {key} overflows 64 bits in bytes")]
+    Overflow { key: String, line: usize },
+}
+
+/// Field `key` (e.g. `MemTotal`) of `/proc/meminfo` text, in bytes: the
+/// value is in `kB` (KiB), or a plain count when no unit follows.
+pub fn meminfo_bytes(text: &str, key: &str) -> Result<u64, MeminfoError> {
+    for (i, line) in text.lines().enumerate() {
+        let Some((k, rest)) = line.split_once(':') else {
+            continue;
+        };
+        if k != key {
+            continue;
+        }
+        let (key, line) = (key.to_owned(), i + 1);
+        let mut parts = rest.split_whitespace();
+        let value: u64 =
+            parts
+                .next()
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| MeminfoError::NotNumeric {
+                    key: key.clone(),
+                    line,
+                })?;
+        let scale = match parts.next() {
+            Some("kB") => 1024,
+            None => 1,
+            Some(unit) => {
+                return Err(MeminfoError::UnknownUnit {
+                    key,
+                    line,
+                    unit: unit.to_owned(),
+                })
+            }
+        };
+        return value
+            .checked_mul(scale)
+            .ok_or(MeminfoError::Overflow { key, line });
+    }
+    Err(MeminfoError::Missing {
+        key: key.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +135,35 @@ mod tests {
         assert!(parse_stat("123 (truncated) S 1 2").is_none());
         assert!(parse_stat("no parenthesis").is_none());
         assert!(parse_stat("1 (x) S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 nan").is_none());
+    }
+
+    #[test]
+    fn meminfo_fields() {
+        let text = "MemTotal:       16303588 kB\nMemFree:         1234 kB\nHugePages_Total:       0\nMemAvailable: x kB\nOdd: 5 MB\nHuge: 18446744073709551615 kB\n";
+        assert_eq!(meminfo_bytes(text, "MemTotal"), Ok(16303588 * 1024));
+        assert_eq!(meminfo_bytes(text, "HugePages_Total"), Ok(0));
+        // A key is matched whole: `Mem` is not `MemTotal`.
+        assert!(matches!(
+            meminfo_bytes(text, "Mem"),
+            Err(MeminfoError::Missing { .. })
+        ));
+        assert_eq!(
+            meminfo_bytes(text, "MemAvailable"),
+            Err(MeminfoError::NotNumeric {
+                key: "MemAvailable".into(),
+                line: 4
+            })
+        );
+        assert!(matches!(
+            meminfo_bytes(text, "Odd"),
+            Err(MeminfoError::UnknownUnit { line: 5, .. })
+        ));
+        assert!(matches!(
+            meminfo_bytes(text, "Huge"),
+            Err(MeminfoError::Overflow { line: 6, .. })
+        ));
+        let real = std::fs::read_to_string("/proc/meminfo").unwrap();
+        assert!(meminfo_bytes(&real, "MemTotal").unwrap() > 0);
     }
 
     #[test]
