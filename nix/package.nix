@@ -33,18 +33,30 @@ let
     cargoBuildFlags = [ "-p" "banger-vsock-agent" ];
     meta.description = "banger's guest agent (static)";
   });
+
+  # The root helper on its own: a workspace build would unify its crates'
+  # features with bangerd's (banger-image's `pull`, banger-config's
+  # `ssh-key`, tokio's `full`), linking code the helper never asks for
+  # (docs/ARCHITECTURE.md, "Dependency closures").
+  helper = rustPlatform.buildRustPackage (common // {
+    pname = "bangerd-root";
+    cargoBuildFlags = [ "-p" "bangerd-root" ];
+    meta.description = "banger's root helper";
+  });
 in
 rustPlatform.buildRustPackage (common // {
   pname = "banger";
-  cargoBuildFlags = [ "--workspace" ];
+  cargoBuildFlags = [ "-p" "banger-cli" "-p" "bangerd" ];
 
   postInstall = ''
     mkdir -p $out/lib/banger
     rm -f $out/bin/banger-vsock-agent
     cp ${agent}/bin/banger-vsock-agent $out/lib/banger/banger-vsock-agent
+    rm -f $out/bin/bangerd-root
+    cp ${helper}/bin/bangerd-root $out/bin/bangerd-root
   '';
 
-  passthru = { inherit agent; };
+  passthru = { inherit agent helper; };
 
   meta = {
     description = "One-command development sandboxes on Firecracker and QEMU microVMs";

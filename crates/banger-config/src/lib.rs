@@ -7,10 +7,15 @@
 //! (`config.toml:7: file_sync[2].guest: must be under ~/ or /root/`).
 //! Every effective value is a [`Setting`] that says where it came from.
 //! The user-facing reference is `docs/config.md`.
+//!
+//! The SSH key functions (`ensure_ssh_key` and friends) are behind the
+//! `ssh-key` feature, on by default; the root helper, which only reads the
+//! guest range, turns it off and links no key generation.
 
 mod error;
 mod parse;
 mod show;
+#[cfg(feature = "ssh-key")]
 mod ssh;
 mod units;
 mod vm_defaults;
@@ -24,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, Problem};
 pub use show::ShownSetting;
+#[cfg(feature = "ssh-key")]
 pub use ssh::{ensure_ssh_key, public_key_path, read_public_key, SshKeyError};
 pub use units::{format_size, parse_size};
 pub use vm_defaults::{

@@ -566,6 +566,7 @@ pub fn import<R: Read>(
 /// Download `url` (resuming a dropped connection, see [`crate::fetch`]) and
 /// [`import`] it while it streams in: nothing is written but the staging
 /// directories, and nothing is installed unless all of it verified.
+#[cfg(feature = "pull")]
 pub async fn import_url(
     url: &str,
     store: &Store,

@@ -1,15 +1,13 @@
-//! `banger-vsock-agent`: the guest side of banger, and the host's client
-//! for it.
+//! `banger-vsock-agent`: the guest side of banger.
 //!
 //! In every VM it runs as root twice: `apply` once per boot before sshd
 //! (installs the per-VM config drive: hostname, SSH host key,
 //! authorized_keys, `file_sync` payloads; [`apply`]), and `serve` for the
 //! lifetime of the guest (health, listening ports, stats over virtio-serial
 //! on QEMU or vsock on Firecracker; [`server`]). `bangerd` talks to it with
-//! [`client::AgentClient`]. The wire types are in [`banger_wire::guest`].
+//! `banger_agent_client::AgentClient`. The wire types are in [`banger_wire::guest`].
 
 pub mod apply;
-pub mod client;
 pub mod drive;
 pub mod ext4;
 pub mod procfs;

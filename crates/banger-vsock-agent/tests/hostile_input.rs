@@ -11,8 +11,8 @@
 use std::io::Cursor;
 use std::path::Path;
 
+use banger_agent_client::{AgentClient, AgentClientError, MAX_RESPONSE_LINE};
 use banger_fuzz::{cheap_bytes, config};
-use banger_vsock_agent::client::{AgentClient, AgentClientError, MAX_RESPONSE_LINE};
 use banger_vsock_agent::procfs::{self, Proto};
 use banger_vsock_agent::server::{serve_stream, AgentContext};
 use banger_wire::guest::AgentResponse;

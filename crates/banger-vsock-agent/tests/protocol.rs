@@ -7,7 +7,7 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_vsock_agent::client::{AgentClient, AgentClientError};
+use banger_agent_client::{AgentClient, AgentClientError};
 use banger_vsock_agent::server::{self, AgentContext};
 use banger_wire::guest::{AgentRequest, AgentResponse};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};

@@ -9,13 +9,10 @@
 //! run an arbitrary command. See `docs/root-helper.md`.
 
 pub mod action;
-pub mod client;
 pub mod ops;
-pub mod protocol;
 pub mod server;
 pub mod system;
 pub mod validate;
 
 pub use action::{Action, Policy};
-pub use client::{ClientError, HelperClient};
 pub use server::{serve, ServeConfig, ServeError, Server};

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
+use banger_helper_client::HelperClient;
 use banger_wire::helper::{BundleKind, HelperError, HelperReply};
 use bangerd_root::ops::build::{self, BuildPaths, BuildRunner};
-use bangerd_root::{system, HelperClient, ServeConfig};
+use bangerd_root::{system, ServeConfig};
 use clap::{Args, Parser, Subcommand};
 use ipnet::Ipv4Net;
 
@@ -89,20 +90,25 @@ struct ServeArgs {
 }
 
 fn init_tracing(level: &str) {
-    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     // netlink-packet-route warns once per link and attribute whenever the
     // kernel is newer than the crate (a dozen lines per tap created here),
-    // which says nothing about banger's own work.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{level},netlink_packet_route=error")));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    // which says nothing about banger's own work. `Targets` takes RUST_LOG's
+    // `target=level` list (no regex-based span filters: the helper's closure
+    // stays small, docs/ARCHITECTURE.md).
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<Targets>().ok())
+        .or_else(|| format!("{level},netlink_packet_route=error").parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     // journald stamps every line itself.
     if std::env::var_os("JOURNAL_STREAM").is_some() {
-        builder.without_time().init();
+        builder.without_time().finish().with(filter).init();
     } else {
-        builder.init();
+        builder.finish().with(filter).init();
     }
 }
 

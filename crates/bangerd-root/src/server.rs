@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use banger_helper_client::framing::{read_line, LineError, MAX_LINE};
 use banger_wire::helper::{HelperError, HelperErrorCode, HelperReply, HelperRequest};
 use ipnet::Ipv4Net;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -17,7 +18,6 @@ use tracing::{debug, info, warn};
 
 use crate::action::{Action, Policy};
 use crate::ops;
-use crate::protocol::{read_line, LineError, MAX_LINE};
 
 /// How to run the helper.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,7 +391,7 @@ async fn answer(line: &[u8], shared: &Shared) -> HelperReply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::client::{ClientError, HelperClient};
+    use banger_helper_client::{ClientError, HelperClient};
     use banger_wire::helper::HelperResponse;
 
     async fn start(dir: &Path, owner_uid: u32) -> (PathBuf, tokio::sync::oneshot::Sender<()>) {

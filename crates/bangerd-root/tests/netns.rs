@@ -10,10 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use banger_helper_client::{ClientError, HelperClient};
 use banger_wire::helper::{
     GuestFence, HelperErrorCode, HelperReply, HelperRequest, HelperResponse,
 };
-use bangerd_root::{ClientError, HelperClient};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_bangerd-root");

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use banger_helper_client::{ClientError, HelperClient};
 use banger_wire::api::{ApiError, ErrorCode};
 use banger_wire::helper::{HelperError, HelperRequest, HelperResponse};
-use bangerd_root::client::{ClientError, HelperClient};
 
 /// Environment variable naming the `bangerd-root` binary to spawn.
 pub const HELPER_BIN_ENV: &str = "BANGERD_ROOT_BIN";

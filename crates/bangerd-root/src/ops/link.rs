@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
+use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{

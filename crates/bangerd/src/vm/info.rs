@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
+use banger_agent_client::AgentClient;
 use banger_state::{VmRecord, VmState};
 use banger_vmm::VmmHandle;
-use banger_vsock_agent::client::AgentClient;
 use banger_wire::vm::{VmDetails, VmDisks, VmInfo, VmPorts, VmSshAccess};
 
 use super::manager::AgentSample;
@@ -178,7 +178,7 @@ pub async fn connect_agent(state: &Daemon, vm: &VmRecord) -> Result<AgentConn, V
         });
     };
     let timeout = || {
-        agent_err(banger_vsock_agent::client::AgentClientError::Timeout {
+        agent_err(banger_agent_client::AgentClientError::Timeout {
             op: "connect",
             after: AGENT_TIMEOUT,
         })
@@ -190,13 +190,13 @@ pub async fn connect_agent(state: &Daemon, vm: &VmRecord) -> Result<AgentConn, V
         .await
         .map_err(|_| timeout())?
         .map_err(|e| {
-            agent_err(banger_vsock_agent::client::AgentClientError::Connect {
+            agent_err(banger_agent_client::AgentClientError::Connect {
                 path: endpoint.socket().to_owned(),
                 source: std::io::Error::other(e.to_string()),
             })
         })?;
     drain_stale(&mut stream).await.map_err(|e| {
-        agent_err(banger_vsock_agent::client::AgentClientError::Io {
+        agent_err(banger_agent_client::AgentClientError::Io {
             op: "drain stale answers",
             source: std::io::Error::other(e),
         })

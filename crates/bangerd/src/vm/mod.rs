@@ -110,7 +110,7 @@ pub enum VmError {
     #[error("VM {name}: guest agent: {source}")]
     Agent {
         name: String,
-        source: banger_vsock_agent::client::AgentClientError,
+        source: banger_agent_client::AgentClientError,
     },
     #[error("`{command}` failed in VM {name} (exit status {status:?}): {stderr}")]
     GuestCommand {

@@ -378,7 +378,7 @@ mod tests {
     /// after another, it would only be reached once the silent one gave up).
     #[tokio::test]
     async fn one_silent_agent_does_not_stall_the_others() {
-        use banger_vsock_agent::client::AgentClient;
+        use banger_agent_client::AgentClient;
         use banger_vsock_agent::server::{serve_stream, AgentContext};
         use std::sync::Mutex;
         use tokio::io::AsyncReadExt;

@@ -7,7 +7,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 
-use crate::protocol::{read_line, LineError};
+use crate::framing::{read_line, LineError};
 
 /// Talking to the root helper failed.
 #[derive(Debug, thiserror::Error)]

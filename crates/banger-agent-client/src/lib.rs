@@ -1,5 +1,10 @@
-//! The host side of the agent protocol, for `bangerd`: send an
-//! [`AgentRequest`] line, read the [`AgentResponse`] line, with a timeout.
+//! The host side of the guest agent protocol (`banger_wire::guest`), for
+//! `bangerd`: send an [`AgentRequest`] line, read the [`AgentResponse`]
+//! line, with a timeout.
+//!
+//! It lives apart from `banger-vsock-agent` (the guest's binary) so that the
+//! daemon does not link the guest's mount and apply code, and the guest agent
+//! does not link tokio (docs/ARCHITECTURE.md, "Dependency closures").
 //!
 //! The stream is whatever reaches the guest agent: QEMU's virtio-serial
 //! chardev socket ([`AgentClient::connect_unix`]) or a Firecracker vsock
