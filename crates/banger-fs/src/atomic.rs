@@ -1,9 +1,12 @@
 //! Atomic file replacement.
 
-use std::fs::{File, Permissions};
+use std::fs::{self, File, OpenOptions, Permissions};
 use std::io::{self, Read};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Mode and owner of a file [`write_atomic`] writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,7 +101,7 @@ impl AtomicWriteError {
 }
 
 /// Replace `path` with everything read from `contents`: written to a new
-/// temporary file beside it (random name, `O_CREAT|O_EXCL`, 0600, so a
+/// temporary file beside it (unique name, `O_CREAT|O_EXCL`, 0600, so a
 /// planted file or symlink is never opened and nobody reads a half-written
 /// secret), chowned then chmodded (chown clears set-id bits), fsynced,
 /// renamed over `path` (a symlink at `path` is replaced, not followed),
@@ -117,53 +120,87 @@ pub fn write_atomic(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".tmp")
-        .permissions(Permissions::from_mode(0o600))
-        .tempfile_in(dir)
-        .map_err(|source| AtomicWriteError::CreateTemp {
+    let (mut file, tmp_path) =
+        create_temp(dir, &name).map_err(|source| AtomicWriteError::CreateTemp {
             dir: dir.to_owned(),
             source,
         })?;
-    let tmp_path = tmp.path().to_owned();
-    io::copy(contents, tmp.as_file_mut()).map_err(|source| AtomicWriteError::Write {
-        path: tmp_path.clone(),
-        source,
-    })?;
-    if let Some((uid, gid)) = opts.owner {
-        std::os::unix::fs::fchown(tmp.as_file(), Some(uid), Some(gid)).map_err(|source| {
-            AtomicWriteError::Chown {
-                path: tmp_path.clone(),
-                uid,
-                gid,
-                source,
-            }
-        })?;
+    let result = finish(&mut file, &tmp_path, path, contents, opts);
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp_path);
     }
-    tmp.as_file()
-        .set_permissions(Permissions::from_mode(opts.mode))
-        .map_err(|source| AtomicWriteError::Chmod {
-            path: tmp_path.clone(),
-            mode: opts.mode,
-            source,
-        })?;
-    tmp.as_file()
-        .sync_all()
-        .map_err(|source| AtomicWriteError::Sync {
-            path: tmp_path,
-            source,
-        })?;
-    tmp.persist(path).map_err(|e| AtomicWriteError::Rename {
-        path: path.to_owned(),
-        source: e.error,
-    })?;
+    result?;
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| AtomicWriteError::SyncDir {
             dir: dir.to_owned(),
             source,
         })
+}
+
+/// A new file `.NAME.<pid>.<n><nanos>.tmp` in `dir`, created with
+/// `O_CREAT|O_EXCL` (never opens what is already there, symlinks included)
+/// and mode 0600. Without the tempfile crate: the guest agent and the root
+/// helper keep their dependency closures small.
+fn create_temp(dir: &Path, name: &str) -> io::Result<(File, PathBuf)> {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut last = None;
+    for _ in 0..64 {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let tmp = dir.join(format!(".{name}.{}.{n}{nanos:x}.tmp", std::process::id()));
+        match OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+        {
+            Ok(f) => return Ok((f, tmp)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)))
+}
+
+fn finish(
+    file: &mut File,
+    tmp_path: &Path,
+    path: &Path,
+    contents: &mut dyn Read,
+    opts: WriteOptions,
+) -> Result<(), AtomicWriteError> {
+    io::copy(contents, file).map_err(|source| AtomicWriteError::Write {
+        path: tmp_path.to_owned(),
+        source,
+    })?;
+    if let Some((uid, gid)) = opts.owner {
+        std::os::unix::fs::fchown(&*file, Some(uid), Some(gid)).map_err(|source| {
+            AtomicWriteError::Chown {
+                path: tmp_path.to_owned(),
+                uid,
+                gid,
+                source,
+            }
+        })?;
+    }
+    file.set_permissions(Permissions::from_mode(opts.mode))
+        .map_err(|source| AtomicWriteError::Chmod {
+            path: tmp_path.to_owned(),
+            mode: opts.mode,
+            source,
+        })?;
+    file.sync_all().map_err(|source| AtomicWriteError::Sync {
+        path: tmp_path.to_owned(),
+        source,
+    })?;
+    fs::rename(tmp_path, path).map_err(|source| AtomicWriteError::Rename {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Whether `e` came from the temporary file's creation with the target's
@@ -175,7 +212,6 @@ pub fn is_missing_dir(e: &AtomicWriteError) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
     use std::os::unix::fs::MetadataExt;
 
     fn names(dir: &Path) -> Vec<String> {
