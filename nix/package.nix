@@ -1,5 +1,6 @@
-# The banger package: bin/banger, bin/bangerd, bin/bangerd-root, and the
-# guest agent under lib/banger/. The agent runs inside Debian guests, not on
+# The banger package: bin/banger, bin/bangerd, bin/bangerd-root,
+# bin/bangerd-build (the image builder the helper runs, from beside its own
+# binary), and the guest agent under lib/banger/. The agent runs inside Debian guests, not on
 # the host, so it is built statically (musl) and does not reference the Nix
 # store's glibc.
 { lib, rustPlatform, pkgsStatic }:
@@ -46,7 +47,10 @@ let
 in
 rustPlatform.buildRustPackage (common // {
   pname = "banger";
-  cargoBuildFlags = [ "-p" "banger-cli" "-p" "bangerd" ];
+  # bangerd-build is the image builder bangerd-root starts (as its child, or
+  # in a transient unit) from beside its own binary; it links banger-image,
+  # which the helper does not.
+  cargoBuildFlags = [ "-p" "banger-cli" "-p" "bangerd" "-p" "bangerd-build" ];
 
   postInstall = ''
     mkdir -p $out/lib/banger

@@ -42,7 +42,8 @@ in
       type = types.package;
       defaultText = literalExpression "banger.packages.\${pkgs.stdenv.hostPlatform.system}.banger";
       description = ''
-        The banger package: `bin/banger`, `bin/bangerd`, `bin/bangerd-root`
+        The banger package: `bin/banger`, `bin/bangerd`, `bin/bangerd-root`,
+        `bin/bangerd-build` (the image builder the helper runs)
         and the guest agent under `lib/banger/`. The flake's
         `nixosModules.default` sets it to the flake's own package.
       '';

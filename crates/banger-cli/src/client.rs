@@ -7,12 +7,12 @@
 //! All methods are async; sync callers wrap them in a current-thread Tokio
 //! runtime.
 
-use std::fs::File;
 use std::io::{ErrorKind, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use banger_host::lock::{self, FileLock, LockError};
 use banger_host::paths::{ensure_private_dir, Layout, PrivateDirError};
 use banger_wire::api::{
     ApiError, DaemonStatus, ErrorCode, InstallMode, LogLevel, ShutdownResponse, StreamEvent,
@@ -109,11 +109,8 @@ pub enum ClientError {
     StreamFailed { path: String, error: ApiError },
     #[error(transparent)]
     RuntimeDir(#[from] PrivateDirError),
-    #[error("cannot take the auto-start lock {path}: {source}")]
-    Lock {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("cannot take the auto-start lock: {0}")]
+    Lock(#[source] LockError),
     #[error("cannot remove the stale socket {path}: {source}")]
     RemoveStale {
         path: PathBuf,
@@ -586,9 +583,10 @@ pub fn daemon_binary() -> PathBuf {
 async fn autostart(layout: &Layout, config: Option<&Path>) -> Result<Client, ClientError> {
     ensure_private_dir(&layout.runtime_dir)?;
     let lock_path = layout.autostart_lock();
-    let lock = tokio::task::spawn_blocking(move || lock_exclusive(&lock_path))
+    let lock = tokio::task::spawn_blocking(move || FileLock::exclusive(&lock_path))
         .await
-        .expect("the lock task does not panic")?;
+        .expect("the lock task does not panic")
+        .map_err(ClientError::Lock)?;
     // Another CLI may have started the daemon while we waited for the lock.
     if let Some(client) = Client::connect_existing(layout).await? {
         return Ok(client);
@@ -617,27 +615,6 @@ async fn autostart(layout: &Layout, config: Option<&Path>) -> Result<Client, Cli
     let result = wait_until_up(layout, child.as_mut()).await;
     drop(lock);
     result
-}
-
-fn lock_exclusive(path: &Path) -> Result<File, ClientError> {
-    use fs2::FileExt;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = File::options()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
-        .map_err(|source| ClientError::Lock {
-            path: path.to_owned(),
-            source,
-        })?;
-    file.lock_exclusive().map_err(|source| ClientError::Lock {
-        path: path.to_owned(),
-        source,
-    })?;
-    Ok(file)
 }
 
 fn spawn_daemon(config: Option<&Path>) -> Result<Child, ClientError> {
@@ -687,7 +664,7 @@ async fn wait_until_up(
                 if client.status().await.is_ok() {
                     return Ok(client);
                 }
-                if !daemon_lock_held(&layout.daemon_lock()) {
+                if !lock::is_held(&layout.daemon_lock()) {
                     let log = layout.log_file();
                     let tail = log_tail(&log, LOG_TAIL_LINES);
                     return Err(ClientError::DaemonExited { status, log, tail });
@@ -711,21 +688,6 @@ async fn wait_until_up(
             });
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Whether a daemon holds its lock (it is running, maybe still starting).
-fn daemon_lock_held(path: &Path) -> bool {
-    use fs2::FileExt;
-    let Ok(file) = File::open(path) else {
-        return false;
-    };
-    match file.try_lock_shared() {
-        Ok(()) => {
-            let _ = FileExt::unlock(&file);
-            false
-        }
-        Err(_) => true,
     }
 }
 

@@ -301,7 +301,6 @@ fn system_mode_never_auto_starts() {
 
 #[test]
 fn auto_start_defers_to_a_daemon_that_holds_the_lock() {
-    use fs2::FileExt;
     let env = Env::new();
     std::fs::create_dir_all(env.runtime()).unwrap();
     std::fs::set_permissions(
@@ -313,8 +312,7 @@ fn auto_start_defers_to_a_daemon_that_holds_the_lock() {
     // socket: the CLI's own daemon must give up, and the CLI must keep waiting
     // for the lock holder (until its start timeout) instead of failing on the
     // exit of the daemon it spawned.
-    let lock = std::fs::File::create(env.runtime().join("bangerd.lock")).unwrap();
-    lock.lock_exclusive().unwrap();
+    let lock = banger_host::lock::FileLock::exclusive(&env.runtime().join("bangerd.lock")).unwrap();
     std::fs::write(env.runtime().join("bangerd.lock"), "4242\n").unwrap();
     let out = env.run(&["daemon", "status"]);
     assert!(!out.status.success(), "{}", text(&out));

@@ -11,7 +11,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::Ipv4Net;
-use toml_edit::{ImDocument, Item, Key, TableLike, Value};
+use toml_edit::{Document, Item, Key, TableLike, Value};
 
 use crate::error::{ConfigError, Problem};
 use crate::units::{parse_duration, parse_size};
@@ -85,7 +85,7 @@ struct Raw {
 
 /// Parse and validate `src` (no environment overrides applied).
 pub(crate) fn parse_document(src: &str, origin: &Path, home: &Path) -> Result<Config, ConfigError> {
-    let doc = ImDocument::parse(src).map_err(|e| {
+    let doc = Document::parse(src).map_err(|e| {
         let offset = e.span().map_or(0, |s| s.start);
         let (line, column) = line_col(src, offset);
         let message = e.message().trim().replace('\n', "; ");

@@ -69,13 +69,12 @@ pub fn ensure_ssh_key(path: &Path) -> Result<(), SshKeyError> {
     })?;
     create_private_dirs(dir)?;
 
-    let mut key =
-        PrivateKey::random(&mut rand::rngs::OsRng, Algorithm::Ed25519).map_err(|source| {
-            SshKeyError::Generate {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
+    let mut key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(|source| {
+        SshKeyError::Generate {
+            path: path.to_owned(),
+            source,
+        }
+    })?;
     key.set_comment("banger");
     let private = key
         .to_openssh(LineEnding::LF)

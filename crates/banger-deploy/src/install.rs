@@ -15,8 +15,9 @@ use crate::owner::{self, Owner, OwnerError};
 use crate::spec::{Placeholders, RenderedUnit, Spec, SpecError};
 use crate::systemctl::{self, SystemctlError};
 
-/// The binaries installed into the bin directory.
-pub const BINARIES: [&str; 3] = ["banger", "bangerd", "bangerd-root"];
+/// The binaries installed into the bin directory (`bangerd-build` beside
+/// `bangerd-root`, which runs it for image builds).
+pub const BINARIES: [&str; 4] = ["banger", "bangerd", "bangerd-root", "bangerd-build"];
 /// The guest agent, installed into the lib directory.
 pub const AGENT: &str = "banger-vsock-agent";
 

@@ -90,12 +90,18 @@ fn runnable(test: &str) -> bool {
             return false;
         }
     }
-    let missing: Vec<String> = ["banger", "bangerd", "bangerd-root", "banger-vsock-agent"]
-        .iter()
-        .map(|b| build_dir().join(b))
-        .filter(|p| !p.is_file())
-        .map(|p| p.display().to_string())
-        .collect();
+    let missing: Vec<String> = [
+        "banger",
+        "bangerd",
+        "bangerd-root",
+        "bangerd-build",
+        "banger-vsock-agent",
+    ]
+    .iter()
+    .map(|b| build_dir().join(b))
+    .filter(|p| !p.is_file())
+    .map(|p| p.display().to_string())
+    .collect();
     if missing.is_empty() {
         return true;
     }
@@ -116,6 +122,7 @@ const INSTALLED_PATHS: &[&str] = &[
     "/usr/local/bin/banger",
     "/usr/local/bin/bangerd",
     "/usr/local/bin/bangerd-root",
+    "/usr/local/bin/bangerd-build",
     "/usr/local/lib/banger",
     "/etc/banger",
     "/etc/tmpfiles.d/banger.conf",

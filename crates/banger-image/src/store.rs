@@ -16,6 +16,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use banger_host::lock::{FileLock, LockError};
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{self, BundleError, Expect};
@@ -40,6 +41,8 @@ pub enum StoreError {
     },
     #[error(transparent)]
     Name(#[from] ManifestError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
     #[error("installed {kind} {name} at {path} is damaged: {reason}")]
     Damaged {
         kind: Kind,
@@ -155,7 +158,7 @@ pub enum Import<'a> {
 pub struct NameLock {
     kind: Kind,
     name: String,
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    _lock: FileLock,
 }
 
 impl NameLock {
@@ -280,33 +283,21 @@ impl Store {
         Ok(out)
     }
 
-    fn lock_file(&self, kind: Kind, name: &str) -> Result<(PathBuf, std::fs::File), StoreError> {
+    fn lock_path(&self, kind: Kind, name: &str) -> Result<PathBuf, StoreError> {
         validate_name(name)?;
         let dir = self.lock_dir();
         std::fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
-        let path = dir.join(format!("{}-{name}.lock", kind.as_str()));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(io_err("open lock", &path))?;
-        Ok((path, file))
+        Ok(dir.join(format!("{}-{name}.lock", kind.as_str())))
     }
 
     /// Take the lock of `name` if it is free.
     pub fn try_lock(&self, kind: Kind, name: &str) -> Result<Option<NameLock>, StoreError> {
-        use nix::fcntl::{Flock, FlockArg};
-        let (path, file) = self.lock_file(kind, name)?;
-        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(l) => Ok(Some(NameLock {
-                kind,
-                name: name.to_owned(),
-                _lock: l,
-            })),
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => Ok(None),
-            Err((_, e)) => Err(io_err("lock", &path)(e.into())),
-        }
+        let path = self.lock_path(kind, name)?;
+        Ok(FileLock::try_exclusive(&path)?.map(|l| NameLock {
+            kind,
+            name: name.to_owned(),
+            _lock: l,
+        }))
     }
 
     /// Take the lock of `name`, waiting for its holder (blocks the thread).
@@ -317,18 +308,15 @@ impl Store {
         name: &str,
         on_wait: impl FnOnce(),
     ) -> Result<NameLock, StoreError> {
-        use nix::fcntl::{Flock, FlockArg};
         if let Some(l) = self.try_lock(kind, name)? {
             return Ok(l);
         }
         on_wait();
-        let (path, file) = self.lock_file(kind, name)?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err("lock", &path)(e.into()))?;
+        let path = self.lock_path(kind, name)?;
         Ok(NameLock {
             kind,
             name: name.to_owned(),
-            _lock: lock,
+            _lock: FileLock::exclusive(&path)?,
         })
     }
 
@@ -390,9 +378,9 @@ impl Store {
         let result = if dest.exists() {
             // Swap atomically, then delete the old tree from its new place.
             nix::fcntl::renameat2(
-                None,
+                nix::fcntl::AT_FDCWD,
                 &staged,
-                None,
+                nix::fcntl::AT_FDCWD,
                 &dest,
                 nix::fcntl::RenameFlags::RENAME_EXCHANGE,
             )

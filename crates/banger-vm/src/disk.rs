@@ -234,18 +234,17 @@ fn sparse_copy(source: &File, len: u64, staged: &Staged, src: &Path) -> Result<(
     let dst = staged.file.as_file();
     let dst_path = staged.path();
     dst.set_len(len).map_err(io_err("size", dst_path))?;
-    let fd = source.as_raw_fd();
     let mut buf = vec![0u8; CHUNK];
     let mut pos: i64 = 0;
     let end = len as i64;
     while pos < end {
-        let data = match lseek(fd, pos, Whence::SeekData) {
+        let data = match lseek(source, pos, Whence::SeekData) {
             Ok(d) => d,
             // No data at or after `pos`: the rest is a hole.
             Err(Errno::ENXIO) => break,
             Err(e) => return Err(sys_err("SEEK_DATA", src)(e)),
         };
-        let hole = lseek(fd, data, Whence::SeekHole).map_err(sys_err("SEEK_HOLE", src))?;
+        let hole = lseek(source, data, Whence::SeekHole).map_err(sys_err("SEEK_HOLE", src))?;
         let mut at = data;
         let stop = hole.min(end);
         while at < stop {

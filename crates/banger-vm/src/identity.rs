@@ -5,12 +5,12 @@
 //! exists before the guest first boots and nothing is ever trusted on first
 //! use.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use banger_host::lock::FileLock;
 use banger_wire::guest::SshHostKey;
 use rand::RngExt;
 use russh::keys::ssh_key::{Algorithm, LineEnding, PrivateKey};
@@ -41,11 +41,8 @@ pub enum IdentityError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("cannot lock {}: {errno}", path.display())]
-    Lock {
-        path: PathBuf,
-        errno: nix::errno::Errno,
-    },
+    #[error(transparent)]
+    Lock(#[from] banger_host::lock::LockError),
 }
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> IdentityError {
@@ -236,23 +233,10 @@ impl KnownHosts {
         Ok(())
     }
 
-    fn lock(&self) -> Result<nix::fcntl::Flock<File>, IdentityError> {
+    fn lock(&self) -> Result<FileLock, IdentityError> {
         let mut lock_path = self.path.as_os_str().to_owned();
         lock_path.push(".lock");
-        let lock_path = PathBuf::from(lock_path);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(io_err("open lock file", &lock_path))?;
-        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, errno)| {
-            IdentityError::Lock {
-                path: lock_path,
-                errno,
-            }
-        })
+        Ok(FileLock::exclusive(Path::new(&lock_path))?)
     }
 }
 

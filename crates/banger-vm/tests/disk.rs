@@ -4,7 +4,6 @@
 mod common;
 
 use std::fs::{self, File};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -43,14 +42,13 @@ fn sparse_image(path: &Path) -> Vec<(u64, Vec<u8>)> {
 fn data_extents(path: &Path) -> Vec<(i64, i64)> {
     let f = File::open(path).unwrap();
     let len = f.metadata().unwrap().len() as i64;
-    let fd = f.as_raw_fd();
     let mut out = Vec::new();
     let mut pos = 0;
     while pos < len {
-        let Ok(data) = lseek(fd, pos, Whence::SeekData) else {
+        let Ok(data) = lseek(&f, pos, Whence::SeekData) else {
             break;
         };
-        let hole = lseek(fd, data, Whence::SeekHole).unwrap();
+        let hole = lseek(&f, data, Whence::SeekHole).unwrap();
         out.push((data, hole));
         pos = hole;
     }

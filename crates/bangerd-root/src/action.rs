@@ -48,7 +48,8 @@ pub enum Action {
     RemoveNat,
     /// See [`HelperRequest::TeardownAll`].
     TeardownAll { bridge: IfaceName },
-    /// See [`HelperRequest::BuildBundle`]; `name` is an embedded recipe.
+    /// See [`HelperRequest::BuildBundle`]; `name` has a recipe name's shape
+    /// (the builder checks it is an embedded recipe).
     BuildBundle { kind: BundleKind, name: String },
     /// See [`HelperRequest::BindDns`].
     BindDns { address: Ipv4Net },
@@ -225,37 +226,37 @@ mod tests {
             (
                 HelperRequest::BuildBundle {
                     kind: BundleKind::Image,
-                    name: "debian-sid".into(),
-                },
-                "no image recipe named \"debian-sid\" (known: debian-bookworm, debian-bookworm-minimal)",
-            ),
-            (
-                HelperRequest::BuildBundle {
-                    kind: BundleKind::Kernel,
-                    name: "debian-bookworm".into(),
-                },
-                "no kernel recipe named \"debian-bookworm\" (known: generic-6.12)",
-            ),
-            (
-                HelperRequest::BuildBundle {
-                    kind: BundleKind::Image,
                     name: "../image/debian-bookworm".into(),
                 },
-                "no image recipe named \"../image/debian-bookworm\"",
+                "image recipe name \"../image/debian-bookworm\" is invalid",
             ),
             (
                 HelperRequest::BuildBundle {
                     kind: BundleKind::Kernel,
                     name: "/etc/passwd".into(),
                 },
-                "no kernel recipe named \"/etc/passwd\"",
+                "kernel recipe name \"/etc/passwd\" is invalid",
             ),
             (
                 HelperRequest::BuildBundle {
                     kind: BundleKind::Image,
-                    name: "debian-bookworm.toml".into(),
+                    name: "--help".into(),
                 },
-                "no image recipe named",
+                "must start with a letter or digit",
+            ),
+            (
+                HelperRequest::BuildBundle {
+                    kind: BundleKind::Image,
+                    name: "debian..bookworm".into(),
+                },
+                "must not contain",
+            ),
+            (
+                HelperRequest::BuildBundle {
+                    kind: BundleKind::Kernel,
+                    name: "Generic 6.12".into(),
+                },
+                "only lowercase ASCII letters",
             ),
         ];
         for (req, needle) in cases {

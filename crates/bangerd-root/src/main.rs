@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use banger_helper_client::HelperClient;
-use banger_wire::helper::{BundleKind, HelperError, HelperReply};
 use bangerd_root::ops::build::{self, BuildPaths, BuildRunner};
 use bangerd_root::{system, ServeConfig};
 use clap::{Args, Parser, Subcommand};
@@ -30,20 +29,6 @@ enum Command {
         socket: PathBuf,
         /// The request, e.g. '{"op":"ping"}'.
         json: String,
-    },
-    /// Build an embedded recipe as root and install it into the install's
-    /// store as the owner; prints the helper reply as one JSON line. The
-    /// system-mode helper runs this in a transient unit (docs/security.md).
-    BuildBundle {
-        /// Install metadata file (state, cache dir and owner).
-        #[arg(long, env = "BANGER_INSTALL_FILE", default_value = banger_wire::install::INSTALL_TOML)]
-        install_file: PathBuf,
-        /// `image` or `kernel`.
-        #[arg(long)]
-        kind: String,
-        /// Recipe name, e.g. debian-bookworm.
-        #[arg(long)]
-        name: String,
     },
 }
 
@@ -84,6 +69,10 @@ struct ServeArgs {
     /// directory only root can write (child mode).
     #[arg(long, requires = "build_state_dir")]
     build_work_dir: Option<PathBuf>,
+    /// The `bangerd-build` executable builds run (default: the one beside
+    /// this binary).
+    #[arg(long)]
+    builder: Option<PathBuf>,
     /// Log filter when RUST_LOG is unset.
     #[arg(long, default_value = "info")]
     log_level: String,
@@ -93,15 +82,12 @@ fn init_tracing(level: &str) {
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
-    // netlink-packet-route warns once per link and attribute whenever the
-    // kernel is newer than the crate (a dozen lines per tap created here),
-    // which says nothing about banger's own work. `Targets` takes RUST_LOG's
-    // `target=level` list (no regex-based span filters: the helper's closure
-    // stays small, docs/ARCHITECTURE.md).
+    // `Targets` takes RUST_LOG's `target=level` list (no regex-based span
+    // filters: the helper's closure stays small, docs/ARCHITECTURE.md).
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse::<Targets>().ok())
-        .or_else(|| format!("{level},netlink_packet_route=error").parse().ok())
+        .or_else(|| level.parse().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let builder = tracing_subscriber::fmt().with_writer(std::io::stderr);
     // journald stamps every line itself.
@@ -113,13 +99,22 @@ fn init_tracing(level: &str) {
 }
 
 fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
+    let builder = match args.builder {
+        Some(builder) => builder,
+        None => build::default_builder().context("cannot locate bangerd-build")?,
+    };
     if args.system {
         let install = system::read_install(&args.install_file)?;
         let cidr = match args.cidr {
             Some(cidr) => cidr,
             None => system::configured_cidr(&install)?,
         };
-        return Ok(system::system_config(&install, &args.install_file, cidr));
+        return Ok(system::system_config(
+            &install,
+            &args.install_file,
+            builder,
+            cidr,
+        ));
     }
     let (Some(socket), Some(owner_uid), Some(cidr)) = (args.socket, args.owner_uid, args.cidr)
     else {
@@ -136,34 +131,10 @@ fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
             state_dir,
             cache_dir,
             work_dir,
-            runner: BuildRunner::InProcess,
+            runner: BuildRunner::Child { builder },
         });
     }
     Ok(config)
-}
-
-/// The body of `build-bundle`: the same validation as the socket request,
-/// then the build in this process.
-fn build_bundle(install_file: &std::path::Path, kind: &str, name: &str) -> HelperReply {
-    let invalid = |message: String| HelperError {
-        code: banger_wire::helper::HelperErrorCode::Invalid,
-        message,
-    };
-    let kind = match kind {
-        "image" => BundleKind::Image,
-        "kernel" => BundleKind::Kernel,
-        other => return Err(invalid(format!("kind {other:?} is not image or kernel"))),
-    };
-    let name =
-        bangerd_root::validate::recipe_name(kind, name).map_err(|e| invalid(e.to_string()))?;
-    let install = system::read_install(install_file).map_err(|e| invalid(e.to_string()))?;
-    let paths = system::build_paths_in_unit(&install);
-    build::build_here(kind, &name, &paths, install.owner_uid, install.owner_gid).map_err(|e| {
-        HelperError {
-            code: e.code(),
-            message: e.to_string(),
-        }
-    })
 }
 
 #[tokio::main]
@@ -174,20 +145,6 @@ async fn main() -> anyhow::Result<ExitCode> {
             let config = serve_config(args)?;
             bangerd_root::serve(config).await.context("root helper")?;
             Ok(ExitCode::SUCCESS)
-        }
-        Command::BuildBundle {
-            install_file,
-            kind,
-            name,
-        } => {
-            init_tracing("info");
-            let reply = build_bundle(&install_file, &kind, &name);
-            println!("{}", serde_json::to_string(&reply)?);
-            Ok(if reply.is_ok() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            })
         }
         Command::Request { socket, json } => {
             let mut client = HelperClient::connect(&socket).await?;

@@ -229,7 +229,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     );
     let notify = config.notify_systemd;
     if notify {
-        if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]) {
+        if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
             warn!(error = %e, "cannot notify systemd");
         }
     }
@@ -240,7 +240,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
                 _ = int.recv() => info!("SIGINT: stopping"),
             }
             if notify {
-                if let Err(e) = sd_notify::notify(false, &[sd_notify::NotifyState::Stopping]) {
+                if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Stopping]) {
                     warn!(error = %e, "cannot notify systemd");
                 }
             }
@@ -445,11 +445,7 @@ mod tests {
             ),
             (
                 r#"{"op":"build_bundle","kind":"image","name":"../../../etc/debian-bookworm"}"#,
-                "build_bundle: no image recipe named \"../../../etc/debian-bookworm\"",
-            ),
-            (
-                r#"{"op":"build_bundle","kind":"kernel","name":"my-kernel"}"#,
-                "no kernel recipe named \"my-kernel\" (known: generic-6.12)",
+                "build_bundle: image recipe name \"../../../etc/debian-bookworm\" is invalid",
             ),
             (
                 r#"{"op":"build_bundle","kind":"rootfs","name":"debian-bookworm"}"#,

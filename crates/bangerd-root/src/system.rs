@@ -68,24 +68,17 @@ pub fn configured_cidr(install: &InstallMetadata) -> Result<Ipv4Net, SystemError
     Ok(config.cidr.value)
 }
 
-/// Where a build started by `bangerd-root build-bundle` (inside the
-/// transient unit) works: the install's state and cache dirs, scratch in the
-/// unit's root-owned cache directory, in this process.
-pub fn build_paths_in_unit(install: &InstallMetadata) -> BuildPaths {
-    BuildPaths {
-        state_dir: PathBuf::from(&install.state_dir),
-        cache_dir: PathBuf::from(&install.cache_dir),
-        work_dir: PathBuf::from(SYSTEM_WORK_DIR),
-        runner: BuildRunner::InProcess,
-    }
-}
-
 /// The system-mode configuration: socket `<root_run_dir>/bangerd-root.sock`,
 /// mode 0660 with the owner's group, serving only the owner uid, paths
-/// limited to the state, cache and run dirs; builds run in transient units
-/// (`bangerd-root build-bundle --install-file INSTALL_FILE`) and install into
-/// the state dir; notifies systemd.
-pub fn system_config(install: &InstallMetadata, install_file: &Path, cidr: Ipv4Net) -> ServeConfig {
+/// limited to the state, cache and run dirs; builds run `builder
+/// --install-file INSTALL_FILE` in transient units and install into the
+/// state dir; notifies systemd.
+pub fn system_config(
+    install: &InstallMetadata,
+    install_file: &Path,
+    builder: PathBuf,
+    cidr: Ipv4Net,
+) -> ServeConfig {
     ServeConfig {
         socket: Path::new(&install.root_run_dir).join(SOCKET_NAME),
         socket_mode: 0o660,
@@ -105,6 +98,7 @@ pub fn system_config(install: &InstallMetadata, install_file: &Path, cidr: Ipv4N
                 cache_dir: PathBuf::from(&install.cache_dir),
                 work_dir: PathBuf::from(SYSTEM_WORK_DIR),
                 runner: BuildRunner::TransientUnit {
+                    builder,
                     install_file: install_file.to_owned(),
                 },
             }),
@@ -137,7 +131,8 @@ config_path = "/etc/banger/config.toml"
         let path = tmp.path().join("install.toml");
         std::fs::write(&path, INSTALL).unwrap();
         let install = read_install(&path).unwrap();
-        let config = system_config(&install, &path, DEFAULT_CIDR);
+        let builder = PathBuf::from("/usr/bin/bangerd-build");
+        let config = system_config(&install, &path, builder.clone(), DEFAULT_CIDR);
         assert_eq!(
             config.socket,
             Path::new("/run/banger-root/bangerd-root.sock")
@@ -168,7 +163,10 @@ config_path = "/etc/banger/config.toml"
         );
         assert_eq!(
             build.runner,
-            BuildRunner::TransientUnit { install_file: path }
+            BuildRunner::TransientUnit {
+                builder,
+                install_file: path
+            }
         );
     }
 

@@ -36,31 +36,49 @@ pub enum ValidateError {
     /// Two arguments of one request conflict with each other.
     #[error("{0}")]
     Conflicting(String),
-    /// A build named no recipe compiled into the helper.
-    #[error("no {kind} recipe named {name:?} (known: {known})")]
-    UnknownRecipe {
+    /// A build named something that cannot be a recipe name.
+    #[error("{kind} recipe name {name:?} is invalid: {reason}")]
+    RecipeName {
         kind: &'static str,
         name: String,
-        known: String,
+        reason: &'static str,
     },
 }
 
-/// `name` if it is exactly one of the embedded recipes of `kind` (so never a
-/// path, and never a recipe the owner wrote).
+/// Longest recipe name accepted.
+pub const RECIPE_NAME_MAX_LEN: usize = 64;
+
+/// `name` if it has the shape of a recipe name: `^[a-z0-9][a-z0-9.-]{0,63}$`
+/// without `..`, so never a path or an option. Whether it is one of the
+/// embedded recipes is the builder's check (`bangerd-build`), which links
+/// the recipes; the helper does not.
 pub fn recipe_name(
     kind: banger_wire::helper::BundleKind,
     name: &str,
 ) -> Result<String, ValidateError> {
-    let known = banger_image::recipe::RecipeSet::embedded().names(kind);
-    if known.iter().any(|k| k == name) {
-        Ok(name.to_owned())
-    } else {
-        Err(ValidateError::UnknownRecipe {
+    let err = |reason| {
+        Err(ValidateError::RecipeName {
             kind: kind.as_str(),
             name: name.to_owned(),
-            known: known.join(", "),
+            reason,
         })
+    };
+    if name.is_empty() || name.len() > RECIPE_NAME_MAX_LEN {
+        return err("must be 1 to 64 characters long");
     }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+    {
+        return err("only lowercase ASCII letters, digits, '-' and '.' are allowed");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return err("must start with a letter or digit");
+    }
+    if name.contains("..") {
+        return err("must not contain \"..\"");
+    }
+    Ok(name.to_owned())
 }
 
 /// A validated interface name: `^[a-z0-9][a-z0-9-]{0,14}$` starting with

@@ -240,9 +240,16 @@ fn check_action(action: &Action, range: Ipv4Net) -> Result<(), String> {
                     .iter()
                     .all(|n| n.trunc() == *n && n.prefix_len() > 0)
         }
-        Action::BuildBundle { kind, name } => banger_image::recipe::RecipeSet::embedded()
-            .names(*kind)
-            .contains(name),
+        // The helper checks the shape only (the builder knows the recipes):
+        // never a path, an option or a hidden name.
+        Action::BuildBundle { kind: _, name } => {
+            (1..=64).contains(&name.len())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+                && !name.starts_with(['-', '.'])
+                && !name.contains("..")
+        }
         Action::BindDns { address } => bridge_address_ok(address, range),
         Action::ResolvedLink { bridge, address } => {
             iface_ok(bridge) && bridge_address_ok(address, range)

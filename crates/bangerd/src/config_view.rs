@@ -2,6 +2,7 @@
 //! JSON (`GET /v1/config`) and the VMM backend it resolves to.
 
 use banger_config::{resolve_vm_defaults, Config, HostFacts};
+use banger_host::probe::BackendChoice;
 
 /// The effective config in the shape of `banger config show --json`:
 /// `{ key: { "value": ..., "provenance": "..." } }` (keys sorted), unset
@@ -24,17 +25,20 @@ pub fn effective_json(config: &Config) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
-/// The backend `vmm` resolves to on this host and one sentence why (with the
-/// problem, when VMs cannot start with it).
-pub fn backend(config: &Config) -> (String, String) {
-    let choice = banger_host::probe::choose_backend(
+/// The backend `vmm` resolves to on this host.
+pub fn backend(config: &Config) -> BackendChoice {
+    banger_host::probe::choose_backend(
         config.vmm.value,
         config.firecracker_bin.value.as_deref(),
         config.qemu_bin.value.as_deref(),
-    );
-    let reason = match &choice.problem {
+    )
+}
+
+/// One sentence why `choice` was made (with the problem, when VMs cannot
+/// start with it), as `daemon status` shows it.
+pub fn backend_reason(choice: &BackendChoice) -> String {
+    match &choice.problem {
         Some(problem) => format!("{} (cannot start VMs: {problem})", choice.reason),
-        None => choice.reason,
-    };
-    (choice.backend.to_string(), reason)
+        None => choice.reason.clone(),
+    }
 }

@@ -29,8 +29,8 @@ pub struct Daemon {
     pub db: Mutex<StateDb>,
     /// Schema version of `db`, cached for `/v1/status`.
     pub schema_version: u32,
-    /// The VMM backend `vmm = auto` resolves to, and why.
-    pub backend: (String, String),
+    /// The VMM backend the config resolves to, and why.
+    pub backend: banger_host::probe::BackendChoice,
     /// How privileged operations are reached.
     pub helper: RootHelper,
     /// When the daemon started (for uptime).

@@ -133,7 +133,7 @@ fn serve(
     let backend = crate::config_view::backend(&config);
     let live =
         crate::live_config::LiveConfig::new(config_path, layout.home.clone(), layout.mode, config);
-    let vms = crate::vm::manager::VmManager::new(live);
+    let vms = crate::vm::manager::VmManager::new(live, &backend);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

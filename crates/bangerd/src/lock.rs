@@ -4,26 +4,18 @@
 //!
 //! [`Layout::daemon_lock`]: banger_host::paths::Layout::daemon_lock
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
+use banger_host::lock::FileLock;
 
 /// Errors taking the daemon lock.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("cannot open daemon lock {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error("daemon lock: {0}")]
+    Lock(#[source] banger_host::lock::LockError),
     #[error("another bangerd (pid {pid}) is already running (it holds {path}); stop it with `banger daemon stop`")]
     Held { path: PathBuf, pid: String },
-    #[error("cannot lock {path}: {source}")]
-    Lock { path: PathBuf, source: Errno },
     #[error("cannot write the pid into {path}: {source}")]
     WritePid {
         path: PathBuf,
@@ -34,66 +26,41 @@ pub enum LockError {
 /// The held lock; released when dropped (or when the process dies).
 #[derive(Debug)]
 pub struct DaemonLock {
-    path: PathBuf,
-    _lock: Flock<File>,
+    lock: FileLock,
 }
 
 impl DaemonLock {
     /// Take the lock without waiting and record our pid in the file.
     pub fn acquire(path: &Path) -> Result<DaemonLock, LockError> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| LockError::Open {
+        let Some(lock) = FileLock::try_exclusive(path).map_err(LockError::Lock)? else {
+            // The holder wrote its pid after locking; an empty read only
+            // means it is between those two steps.
+            let pid = std::fs::read_to_string(path).unwrap_or_default();
+            let pid = match pid.trim() {
+                "" => "unknown".to_owned(),
+                p => p.to_owned(),
+            };
+            return Err(LockError::Held {
                 path: path.to_owned(),
-                source,
-            })?;
-        let mut lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((mut file, Errno::EWOULDBLOCK)) => {
-                let mut pid = String::new();
-                // The holder wrote its pid after locking; an empty read only
-                // means it is between those two steps.
-                let _ = file.read_to_string(&mut pid);
-                let pid = match pid.trim() {
-                    "" => "unknown".to_owned(),
-                    p => p.to_owned(),
-                };
-                return Err(LockError::Held {
-                    path: path.to_owned(),
-                    pid,
-                });
-            }
-            Err((_, source)) => {
-                return Err(LockError::Lock {
-                    path: path.to_owned(),
-                    source,
-                })
-            }
+                pid,
+            });
         };
-        let write = |f: &mut File| -> std::io::Result<()> {
+        let write = |mut f: &std::fs::File| -> std::io::Result<()> {
             f.set_len(0)?;
             f.seek(SeekFrom::Start(0))?;
             writeln!(f, "{}", std::process::id())?;
             f.flush()
         };
-        write(&mut lock).map_err(|source| LockError::WritePid {
+        write(lock.file()).map_err(|source| LockError::WritePid {
             path: path.to_owned(),
             source,
         })?;
-        Ok(DaemonLock {
-            path: path.to_owned(),
-            _lock: lock,
-        })
+        Ok(DaemonLock { lock })
     }
 
     /// The lock file.
     pub fn path(&self) -> &Path {
-        &self.path
+        self.lock.path()
     }
 }
 

@@ -47,7 +47,7 @@ pub fn spawn_watchdog(interval: Duration) -> tokio::task::JoinHandle<()> {
 fn send(states: &[NotifyState<'_>]) {
     // Failing to notify must not take the daemon down: systemd then reports
     // the unit itself (start timeout, watchdog), which is the right signal.
-    if let Err(e) = sd_notify::notify(false, states) {
+    if let Err(e) = sd_notify::notify(states) {
         tracing::warn!("sd_notify failed: {e}");
     }
 }

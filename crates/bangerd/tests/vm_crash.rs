@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use banger_wire::api::StreamEvent;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use vm_harness::{boot_tests, privileged, test_image, World};
 
 /// Taps the pool may hold idle (the default `tap_pool_size`).
@@ -58,10 +58,10 @@ async fn sigkill_during_create_and_delete_leaves_nothing_behind() {
         // The kill lands in the first 2 s after the daemon answered
         // (record, disks, network, VMM launch), later (boot, SSH wait), or
         // once the create is done (so the delete is killed too).
-        let delay = match rng.gen_range(0..100) {
-            0..40 => Kill::After(Duration::from_millis(rng.gen_range(0..2000))),
-            40..75 => Kill::After(Duration::from_millis(rng.gen_range(2000..30000))),
-            _ => Kill::WhenDone(Duration::from_millis(rng.gen_range(0..1000))),
+        let delay = match rng.random_range(0..100) {
+            0..40 => Kill::After(Duration::from_millis(rng.random_range(0..2000))),
+            40..75 => Kill::After(Duration::from_millis(rng.random_range(2000..30000))),
+            _ => Kill::WhenDone(Duration::from_millis(rng.random_range(0..1000))),
         };
         let create = kill_during_create(&mut world, &name, delay).await;
         let kept = check_create_outcome(&world, &name);
@@ -78,8 +78,8 @@ async fn sigkill_during_create_and_delete_leaves_nothing_behind() {
             if create.done { "done" } else { "unfinished" },
             if kept { "running, SSH works" } else { "gone" }
         );
-        if kept && rng.gen_bool(0.5) {
-            let delay = Duration::from_millis(rng.gen_range(0..25000));
+        if kept && rng.random_bool(0.5) {
+            let delay = Duration::from_millis(rng.random_range(0..25000));
             let started = kill_during_start(&mut world, &name, delay).await;
             line.push_str(&format!(
                 "; start killed {:.2} s in -> VM {}",
@@ -94,7 +94,7 @@ async fn sigkill_during_create_and_delete_leaves_nothing_behind() {
                 .or_default() += 1;
         }
         if kept {
-            let pause = Duration::from_millis(rng.gen_range(0..400));
+            let pause = Duration::from_millis(rng.random_range(0..400));
             let deleted = kill_during_delete(&mut world, &name, pause).await;
             assert!(
                 deleted,

@@ -73,7 +73,13 @@ impl Staging {
         )
         .unwrap();
         let bins = tempfile::tempdir().unwrap();
-        for name in ["banger", "bangerd", "bangerd-root", "banger-vsock-agent"] {
+        for name in [
+            "banger",
+            "bangerd",
+            "bangerd-root",
+            "bangerd-build",
+            "banger-vsock-agent",
+        ] {
             write_bin(
                 &bins.path().join(name),
                 &format!("{name} {}", banger_wire::VERSION),

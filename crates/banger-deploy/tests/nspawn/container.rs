@@ -43,10 +43,9 @@ pub fn cached_tree() -> PathBuf {
     let key = &key[..16];
     let cache = cache_root();
     std::fs::create_dir_all(&cache).unwrap();
-    let lock = std::fs::File::create(cache.join(".lock")).unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
-        .expect("lock the nspawn tree cache");
+    // std's flock; released when `_lock` is dropped at the end of this call.
+    let _lock = std::fs::File::create(cache.join(".lock")).unwrap();
+    _lock.lock().expect("lock the nspawn tree cache");
     let tree = cache.join(key);
     if tree.join("usr/lib/systemd/systemd").is_file() {
         return tree;

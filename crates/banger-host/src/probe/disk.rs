@@ -152,14 +152,13 @@ pub fn probe_seek_hole(dir: &Path) -> Result<SeekProbe, ProbeError> {
         .map_err(|e| ProbeError::io("write", &path, e))?;
     f.sync_all()
         .map_err(|e| ProbeError::io("fsync", &path, e))?;
-    let fd = f.as_raw_fd();
     let len = (HOLE_END + block.len() as u64) as i64;
     let hole =
-        lseek(fd, 0, Whence::SeekHole).map_err(|e| ProbeError::sys("SEEK_HOLE", &path, e))?;
+        lseek(&f, 0, Whence::SeekHole).map_err(|e| ProbeError::sys("SEEK_HOLE", &path, e))?;
     // A filesystem without hole support reports only the implicit hole at EOF.
     let holes_detected = hole < len;
     if holes_detected {
-        let data = lseek(fd, hole, Whence::SeekData)
+        let data = lseek(&f, hole, Whence::SeekData)
             .map_err(|e| ProbeError::sys("SEEK_DATA", &path, e))?;
         if hole < block.len() as i64 || data <= hole || data > HOLE_END as i64 {
             return Err(ProbeError::io(

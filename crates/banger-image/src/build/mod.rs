@@ -87,6 +87,8 @@ pub enum BuildError {
     Inspect { path: PathBuf, reason: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Lock(#[from] banger_host::lock::LockError),
 }
 
 pub(crate) fn io_err<'a>(
@@ -256,26 +258,15 @@ fn require_root(kind: Kind, name: &str) -> Result<(), BuildError> {
 /// the same recipe hash; removes leftovers of interrupted builds.
 struct Work {
     dir: tempfile::TempDir,
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    _lock: banger_host::lock::FileLock,
 }
 
 impl Work {
     fn new(opts: &BuildOptions, kind: Kind, name: &str) -> Result<Work, BuildError> {
-        use nix::fcntl::{Flock, FlockArg};
         let root = opts.work_root();
         std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
         let lock_path = root.join(format!("{kind}-{name}.lock"));
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("open", &lock_path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| BuildError::Io {
-            op: "lock",
-            path: lock_path.clone(),
-            source: e.into(),
-        })?;
+        let lock = banger_host::lock::FileLock::exclusive(&lock_path)?;
         let prefix = format!("{kind}-{name}+");
         for entry in std::fs::read_dir(&root).map_err(io_err("list", &root))? {
             let entry = entry.map_err(io_err("list", &root))?;

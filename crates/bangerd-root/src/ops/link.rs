@@ -4,13 +4,13 @@ use std::net::IpAddr;
 
 use futures_util::TryStreamExt;
 use ipnet::Ipv4Net;
-use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlag, LinkInfo, LinkMessage,
+use rtnetlink::packet_core::Nla;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoTun, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
-use netlink_packet_route::AddressFamily;
-use netlink_packet_utils::nla::Nla;
-use rtnetlink::Handle;
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec};
 
 use super::{tun, OpError};
 use crate::validate::{IfaceName, IFACE_PREFIX};
@@ -39,7 +39,7 @@ impl Link {
             index: msg.header.index,
             name: String::new(),
             kind: None,
-            up: msg.header.flags.contains(&LinkFlag::Up),
+            up: msg.header.flags.contains(LinkFlags::Up),
             master: None,
             tap: false,
             tun_owner: None,
@@ -173,8 +173,7 @@ impl Net {
     async fn set_up(&self, link: &Link) -> Result<(), OpError> {
         self.handle
             .link()
-            .set(link.index)
-            .up()
+            .set(LinkUnspec::new_with_index(link.index).up().build())
             .execute()
             .await
             .map_err(Self::nl_err("set up", &link.name))
@@ -230,8 +229,9 @@ impl Net {
             None => {
                 self.handle
                     .link()
-                    .add()
-                    .bridge(name.to_string())
+                    // Not LinkBridge::new, which also sets it up: the address
+                    // goes on first, as for a bridge found down.
+                    .add(LinkMessageBuilder::<LinkBridge>::new(name.as_str()).build())
                     .execute()
                     .await
                     .map_err(Self::nl_err("create bridge", name.as_str()))?;
@@ -306,8 +306,11 @@ impl Net {
         if tap.master != Some(br.index) {
             self.handle
                 .link()
-                .set(tap.index)
-                .controller(br.index)
+                .set(
+                    LinkUnspec::new_with_index(tap.index)
+                        .controller(br.index)
+                        .build(),
+                )
                 .execute()
                 .await
                 .map_err(Self::nl_err("attach to its bridge", name.as_str()))?;

@@ -11,7 +11,9 @@
 //!   root helper (descriptors passed with `SCM_RIGHTS`), so bangerd itself
 //!   never needs privileges. See docs/dns-routing.md.
 //! - [`ensure`] starts the server once the bridge exists and asks the helper
-//!   to route `.vm` through systemd-resolved.
+//!   to route `.vm` through systemd-resolved; the running server is held in
+//!   the daemon context (`Daemon::dns`), [`stop`] drops it.
+//! - [`server`]: the zone and the server, which know nothing of the daemon.
 
 pub mod server;
 pub mod sockets;
@@ -31,7 +33,7 @@ pub fn daemon_zone(state: &Arc<Daemon>) -> VmZone {
         let Some(state) = state.upgrade() else {
             return Entry::Missing;
         };
-        let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+        let db = state.db();
         match db.get_vm_by_name(name) {
             Ok(Some(vm)) => Entry::Vm(vm.ip),
             Ok(None) => Entry::Missing,

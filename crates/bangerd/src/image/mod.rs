@@ -29,7 +29,7 @@ use banger_image::store::{Import, Installed, Origin, Store, StoreError};
 use banger_image::transfer::{self, ExportPlan, ImportedBundle, Source, TransferError};
 use banger_image::validate::{self, ValidateError};
 use banger_image::{Kind, Progress};
-use banger_state::{ArtifactSource as DbSource, ImageRecord, KernelRecord, StateDb, Timestamp};
+use banger_state::{ArtifactSource as DbSource, ImageRecord, KernelRecord, Timestamp};
 use banger_wire::api::{ApiError, ErrorCode, StreamEvent};
 use banger_wire::image::{
     ArtifactDeleted, ArtifactSource, ImageInfo, ImageRegisterRequest, InstallReport,
@@ -185,10 +185,6 @@ impl From<ImageError> for ApiError {
     }
 }
 
-fn db(state: &Daemon) -> std::sync::MutexGuard<'_, StateDb> {
-    state.db.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// The managed store of this daemon.
 pub fn store(state: &Daemon) -> Store {
     Store::new(&state.layout.state_dir)
@@ -256,11 +252,11 @@ impl Forwarder {
 }
 
 fn registered_image(state: &Daemon, name: &str) -> Result<Option<ImageRecord>, ImageError> {
-    Ok(db(state).get_image(name)?.filter(|r| !r.managed))
+    Ok(state.db().get_image(name)?.filter(|r| !r.managed))
 }
 
 fn registered_kernel(state: &Daemon, name: &str) -> Result<Option<KernelRecord>, ImageError> {
-    Ok(db(state).get_kernel(name)?.filter(|r| !r.managed))
+    Ok(state.db().get_kernel(name)?.filter(|r| !r.managed))
 }
 
 /// Refuse to pull or build over a name registered from host files.
@@ -454,7 +450,7 @@ async fn build_in_helper(
 fn vm_users(state: &Daemon) -> Result<(UsersMap, UsersMap), ImageError> {
     let mut by_image = UsersMap::new();
     let mut by_kernel = UsersMap::new();
-    for vm in db(state).list_vms()? {
+    for vm in state.db().list_vms()? {
         by_image
             .entry(vm.image.clone())
             .or_default()
@@ -613,7 +609,7 @@ fn installed(state: &Daemon, kind: Kind) -> Result<Vec<Installed>, ImageError> {
 pub fn list_images(state: &Daemon) -> Result<Vec<ImageInfo>, ImageError> {
     let (users, _) = vm_users(state)?;
     let mut out: BTreeMap<String, ImageInfo> = BTreeMap::new();
-    for r in db(state).list_images()?.iter().filter(|r| !r.managed) {
+    for r in state.db().list_images()?.iter().filter(|r| !r.managed) {
         out.insert(r.name.clone(), registered_image_info(r, &users));
     }
     // The store wins over a row left by an interrupted promote.
@@ -653,7 +649,7 @@ pub fn list_kernels(state: &Daemon) -> Result<Vec<KernelInfo>, ImageError> {
     let (_, vms) = vm_users(state)?;
     let images = image_users(state)?;
     let mut out: BTreeMap<String, KernelInfo> = BTreeMap::new();
-    for r in db(state).list_kernels()?.iter().filter(|r| !r.managed) {
+    for r in state.db().list_kernels()?.iter().filter(|r| !r.managed) {
         out.insert(r.name.clone(), registered_kernel_info(r, &images, &vms));
     }
     for i in installed(state, Kind::Kernel)? {
@@ -698,7 +694,7 @@ pub async fn delete_image(state: &Daemon, name: &str) -> Result<ArtifactDeleted,
     let n = name.to_owned();
     let in_store = blocking("delete", move || store.delete(Kind::Image, &n)).await??;
     let in_db = match registered_image(state, name)? {
-        Some(_) => db(state).delete_image(name)?,
+        Some(_) => state.db().delete_image(name)?,
         None => false,
     };
     Ok(ArtifactDeleted {
@@ -735,7 +731,7 @@ pub async fn delete_kernel(state: &Daemon, name: &str) -> Result<ArtifactDeleted
     let n = name.to_owned();
     let in_store = blocking("delete", move || store.delete(Kind::Kernel, &n)).await??;
     let in_db = match registered_kernel(state, name)? {
-        Some(_) => db(state).delete_kernel(name)?,
+        Some(_) => state.db().delete_kernel(name)?,
         None => false,
     };
     Ok(ArtifactDeleted {
@@ -777,85 +773,11 @@ fn taken(state: &Daemon, kind: Kind, name: &str) -> Result<(), ImageError> {
 pub fn register(state: &Daemon, req: &ImageRegisterRequest) -> Result<ImageInfo, ImageError> {
     validate_name(&req.name)?;
     let rootfs = abs("root filesystem", &req.rootfs)?;
-    let kernel_paths = req.initrd.is_some() || req.modules.is_some() || req.kernel.is_some();
-    let kernel_ref = match (&req.kernel_ref, kernel_paths) {
-        (Some(_), true) => {
-            return Err(ImageError::BadRequest {
-                message: "give either kernel_ref or kernel paths (kernel, initrd, modules), not both"
-                    .into(),
-            })
-        }
-        (None, false) => {
-            return Err(ImageError::BadRequest {
-                message: "a registered image needs a kernel: give kernel_ref (an installed kernel) or the kernel path".into(),
-            })
-        }
-        (Some(k), false) => {
-            validate_name(k)?;
-            Some(k.clone())
-        }
-        (None, true) => None,
-    };
-    let kernel = match &req.kernel {
-        Some(k) => Some(abs("kernel", k)?),
-        None if kernel_paths => {
-            return Err(ImageError::BadRequest {
-                message: "initrd and modules need the kernel path too".into(),
-            })
-        }
-        None => None,
-    };
-    let initrd = req
-        .initrd
-        .as_deref()
-        .map(|p| abs("initrd", p))
-        .transpose()?;
-    let modules = req
-        .modules
-        .as_deref()
-        .map(|p| abs("modules directory", p))
-        .transpose()?;
-
+    let kernel = RegisterKernel::from_request(req)?;
     let info = validate::rootfs(&rootfs)?;
-    if let Some(k) = &kernel {
-        validate::vmlinux(k)?;
-    }
-    if let Some(i) = &initrd {
-        validate::initrd(i)?;
-    }
-    if let Some(m) = &modules {
-        validate::modules_dir(m)?;
-    }
+    kernel.validate()?;
     taken(state, Kind::Image, &req.name)?;
-    let kernel_name = match (kernel_ref, kernel) {
-        (Some(k), _) => {
-            let have = store(state).get(Kind::Kernel, &k)?.is_some()
-                || registered_kernel(state, &k)?.is_some();
-            if !have {
-                return Err(ImageError::NotFound {
-                    kind: Kind::Kernel,
-                    name: k,
-                });
-            }
-            k
-        }
-        (None, Some(vmlinux)) => {
-            taken(state, Kind::Kernel, &req.name)?;
-            db(state).insert_kernel(&KernelRecord {
-                name: req.name.clone(),
-                version: "registered".into(),
-                vmlinux_path: vmlinux,
-                initrd_path: initrd,
-                modules_path: modules,
-                sha256: None,
-                source: DbSource::Registered,
-                managed: false,
-                created_at: Timestamp::now(),
-            })?;
-            req.name.clone()
-        }
-        (None, None) => unreachable!("checked above: a kernel_ref or a kernel path"),
-    };
+    let kernel_name = kernel.install(state, &req.name)?;
     let record = ImageRecord {
         name: req.name.clone(),
         version: "registered".into(),
@@ -869,8 +791,107 @@ pub fn register(state: &Daemon, req: &ImageRegisterRequest) -> Result<ImageInfo,
         recipe_hash: None,
         created_at: Timestamp::now(),
     };
-    db(state).insert_image(&record)?;
+    state.db().insert_image(&record)?;
     show_image(state, &req.name)
+}
+
+/// The kernel a registered image boots: an installed one by name, or host
+/// files registered with the image (under the image's name).
+enum RegisterKernel {
+    Ref(String),
+    Paths {
+        vmlinux: PathBuf,
+        initrd: Option<PathBuf>,
+        modules: Option<PathBuf>,
+    },
+}
+
+impl RegisterKernel {
+    /// Exactly one of `kernel_ref` and the kernel paths; paths absolute.
+    fn from_request(req: &ImageRegisterRequest) -> Result<RegisterKernel, ImageError> {
+        let bad = |message: &str| ImageError::BadRequest {
+            message: message.into(),
+        };
+        let kernel_paths = req.initrd.is_some() || req.modules.is_some() || req.kernel.is_some();
+        match (&req.kernel_ref, &req.kernel) {
+            (Some(_), _) if kernel_paths => Err(bad(
+                "give either kernel_ref or kernel paths (kernel, initrd, modules), not both",
+            )),
+            (Some(k), _) => {
+                validate_name(k)?;
+                Ok(RegisterKernel::Ref(k.clone()))
+            }
+            (None, None) if kernel_paths => Err(bad("initrd and modules need the kernel path too")),
+            (None, None) => Err(bad(
+                "a registered image needs a kernel: give kernel_ref (an installed kernel) or the kernel path",
+            )),
+            (None, Some(k)) => Ok(RegisterKernel::Paths {
+                vmlinux: abs("kernel", k)?,
+                initrd: req.initrd.as_deref().map(|p| abs("initrd", p)).transpose()?,
+                modules: req
+                    .modules
+                    .as_deref()
+                    .map(|p| abs("modules directory", p))
+                    .transpose()?,
+            }),
+        }
+    }
+
+    /// The host files are what they claim to be.
+    fn validate(&self) -> Result<(), ImageError> {
+        if let RegisterKernel::Paths {
+            vmlinux,
+            initrd,
+            modules,
+        } = self
+        {
+            validate::vmlinux(vmlinux)?;
+            if let Some(i) = initrd {
+                validate::initrd(i)?;
+            }
+            if let Some(m) = modules {
+                validate::modules_dir(m)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The kernel's name for image `image`: a reference must be installed;
+    /// paths are recorded as a registered kernel named like the image.
+    fn install(self, state: &Daemon, image: &str) -> Result<String, ImageError> {
+        match self {
+            RegisterKernel::Ref(k) => {
+                let have = store(state).get(Kind::Kernel, &k)?.is_some()
+                    || registered_kernel(state, &k)?.is_some();
+                if !have {
+                    return Err(ImageError::NotFound {
+                        kind: Kind::Kernel,
+                        name: k,
+                    });
+                }
+                Ok(k)
+            }
+            RegisterKernel::Paths {
+                vmlinux,
+                initrd,
+                modules,
+            } => {
+                taken(state, Kind::Kernel, image)?;
+                state.db().insert_kernel(&KernelRecord {
+                    name: image.to_owned(),
+                    version: "registered".into(),
+                    vmlinux_path: vmlinux,
+                    initrd_path: initrd,
+                    modules_path: modules,
+                    sha256: None,
+                    source: DbSource::Registered,
+                    managed: false,
+                    created_at: Timestamp::now(),
+                })?;
+                Ok(image.to_owned())
+            }
+        }
+    }
 }
 
 /// The registration of `name` if it can be promoted: registered, and not
@@ -919,7 +940,7 @@ pub async fn promote(
                     )
                 })
                 .await??;
-                db(state).remove_registered_kernel(&kernel)?;
+                state.db().remove_registered_kernel(&kernel)?;
             }
         }
         sink.progress("promote", format!("copying image {name} into the store"))
@@ -937,7 +958,7 @@ pub async fn promote(
             )
         })
         .await??;
-        db(state).remove_registered_image(name)?;
+        state.db().remove_registered_image(name)?;
         Ok::<(), ImageError>(())
     }
     .await;
@@ -971,7 +992,8 @@ pub fn lookup_image(state: &Daemon, name: &str) -> Result<Option<(PathBuf, Strin
             })?;
         return Ok(Some((rootfs, kernel)));
     }
-    let row = db(state)
+    let row = state
+        .db()
         .get_image(name)
         .ok()
         .flatten()
@@ -1007,7 +1029,8 @@ pub fn lookup_kernel(
         })?;
         return Ok(Some((vmlinux, k.initrd())));
     }
-    let row = db(state)
+    let row = state
+        .db()
         .get_kernel(name)
         .ok()
         .flatten()

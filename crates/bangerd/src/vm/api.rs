@@ -46,7 +46,7 @@ fn fail(e: VmError) -> Failure {
 }
 
 fn record(state: &Daemon, name: &str) -> Result<VmRecord, Failure> {
-    let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+    let db = state.db();
     db.get_vm_by_name(name)
         .map_err(|e| fail(e.into()))?
         .ok_or_else(|| {
@@ -92,7 +92,7 @@ fn flags(query: Option<String>, allowed: &[&str]) -> Result<Vec<String>, Failure
 
 async fn list(State(state): State<Arc<Daemon>>) -> Result<Json<VmList>, Failure> {
     let vms = {
-        let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+        let db = state.db();
         db.list_vms().map_err(|e| fail(e.into()))?
     };
     Ok(Json(VmList {
@@ -191,7 +191,7 @@ async fn activity(
 ) -> Result<Json<VmInfo>, Failure> {
     let vm = record(&state, &name)?;
     {
-        let db = state.db.lock().unwrap_or_else(|e| e.into_inner());
+        let db = state.db();
         db.touch_vm(&vm.id).map_err(|e| fail(e.into()))?;
     }
     Ok(Json(

@@ -47,7 +47,7 @@ pub async fn vm_show(state: &Daemon, vm: &VmRecord, ask_agent: bool) -> VmInfo {
     let mut info = vm_info(vm);
     let extra = VmExtra::from_json(&vm.spec);
     let p = VmPaths::new(&state.layout, &vm.id);
-    let host_key = std::fs::read_to_string(&p.host_key_pub).ok();
+    let host_key = tokio::fs::read_to_string(&p.host_key_pub).await.ok();
     let fingerprint = host_key
         .as_deref()
         .and_then(|k| banger_vm::ssh::parse_public_key(k).ok())
@@ -88,15 +88,15 @@ pub async fn vm_show(state: &Daemon, vm: &VmRecord, ask_agent: bool) -> VmInfo {
         stats,
         agent_error,
         stats_at,
-        timings: read_timings(&p.dir),
+        timings: read_timings(&p.dir).await,
     });
     info
 }
 
 /// The phase timings `banger vm run` left in the VM's directory; a file
 /// that is missing or does not parse is no timings (they are only shown).
-pub fn read_timings(vm_dir: &std::path::Path) -> Option<banger_wire::vm::VmTimings> {
-    let bytes = std::fs::read(vm_dir.join(TIMINGS_FILE)).ok()?;
+pub async fn read_timings(vm_dir: &std::path::Path) -> Option<banger_wire::vm::VmTimings> {
+    let bytes = tokio::fs::read(vm_dir.join(TIMINGS_FILE)).await.ok()?;
     serde_json::from_slice::<banger_wire::vm::VmTimings>(&bytes)
         .ok()
         .filter(|t| !t.phases.is_empty())

@@ -44,17 +44,15 @@ pub struct AgentSample {
 }
 
 impl VmManager {
-    /// Settings from `live`; resolves the backend and the guest network plan
-    /// from the start-up config now (the backend is printed once in the log
-    /// and in `daemon status`).
-    pub fn new(live: crate::live_config::LiveConfig) -> VmManager {
+    /// Settings from `live`, the launcher of the backend `choice` (made from
+    /// the start-up config; printed once in the log and in `daemon status`)
+    /// and the guest network plan.
+    pub fn new(
+        live: crate::live_config::LiveConfig,
+        choice: &banger_host::probe::BackendChoice,
+    ) -> VmManager {
         let config = live.started();
-        let choice = banger_host::probe::choose_backend(
-            config.vmm.value,
-            config.firecracker_bin.value.as_deref(),
-            config.qemu_bin.value.as_deref(),
-        );
-        let vmm = Vmm::from_choice(&choice).map_err(|e| e.to_string());
+        let vmm = Vmm::from_choice(choice).map_err(|e| e.to_string());
         match &vmm {
             Ok(v) => {
                 tracing::info!(backend = %v.backend(), "VMs run on {}: {}", v.backend(), v.reason())

@@ -121,6 +121,9 @@ pub enum VmError {
     },
     #[error("VM {name} is not running, so its agent cannot be asked")]
     NotRunning { name: String },
+    /// A blocking step (disk, file or key work) panicked or was cancelled.
+    #[error("a disk or file step of the VM operation did not finish: {source}")]
+    BlockingTask { source: tokio::task::JoinError },
     #[error("cannot {op} {path}: {source}")]
     Io {
         op: &'static str,

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use banger_config::HostFacts;
 use banger_image::Kind;
-use banger_state::{CloneStrategy, StateDb, Timestamp, VmPatch, VmRecord, VmState};
+use banger_state::{CloneStrategy, Timestamp, VmPatch, VmRecord, VmState};
 use banger_vm::disk::{self, RootFile};
 use banger_vm::identity::{self, KnownHosts};
 use banger_vmm::process::Pidfd;
@@ -54,12 +54,9 @@ fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> VmErr
 }
 
 /// Lock the state database (never held across an await).
-fn db(state: &Daemon) -> std::sync::MutexGuard<'_, StateDb> {
-    state.db.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn find(state: &Daemon, name: &str) -> Result<VmRecord, VmError> {
-    db(state)
+    state
+        .db()
         .get_vm_by_name(name)?
         .ok_or_else(|| VmError::NotFound {
             name: name.to_owned(),
@@ -168,7 +165,7 @@ pub fn check_create(state: &Daemon, req: &VmCreateRequest) -> Result<ResolvedCre
     let resolved = request::resolve_create(req, &mgr.config(), &HostFacts::detect(), || {
         format!("vm-{}", &identity::new_vm_id()[..6])
     })?;
-    if db(state).get_vm_by_name(&resolved.name)?.is_some() {
+    if state.db().get_vm_by_name(&resolved.name)?.is_some() {
         return Err(VmError::NameTaken {
             name: resolved.name,
         });
@@ -207,44 +204,8 @@ pub async fn create(
     let image = ensure_image(&state, &resolved.image, &sink).await?;
 
     let id = identity::new_vm_id();
-    let now = Timestamp::now();
-    // Pending from the first write on: a daemon killed before the create
-    // ends has recovery roll it back (record, disks, lease, tap, VMM).
-    let extra = VmExtra {
-        size: Some(resolved.size.clone()),
-        pending: Some(Pending::Create),
-        ..VmExtra::default()
-    };
-    let record = VmRecord {
-        id: id.clone(),
-        name: resolved.name.clone(),
-        image: image.image.clone(),
-        kernel: image.kernel.clone(),
-        state: VmState::Created,
-        vcpu: resolved.size.vcpu,
-        memory_mib: resolved.size.memory_mib,
-        disk_bytes: resolved.size.disk_bytes,
-        ip: None,
-        mac: identity::vm_mac(&id).to_string(),
-        tap: None,
-        backend: None,
-        vmm_pid: None,
-        vmm_start_time: None,
-        clone_strategy: None,
-        created_at: now,
-        updated_at: now,
-        last_activity_at: None,
-        spec: extra.to_json(),
-    };
-    db(&state).insert_vm(&record).map_err(|e| match e {
-        banger_state::StateError::AlreadyExists { ref field, .. } if field == "name" => {
-            VmError::NameTaken {
-                name: resolved.name.clone(),
-            }
-        }
-        other => VmError::State(other),
-    })?;
-
+    let record = new_record(&id, &resolved, &image);
+    insert_record(&state, &record)?;
     let result = async {
         define(&state, &record, &image, &sink).await?;
         if !resolved.no_start {
@@ -254,45 +215,92 @@ pub async fn create(
     }
     .await;
     if let Err(e) = result {
-        sink.progress(
-            "rollback",
-            format!("create failed, removing {}", record.name),
-        )
-        .await;
-        if let Err(undo) = purge(&state, &id).await {
-            tracing::error!(vm = %record.name, "rolling back a failed create failed: {undo}");
-            sink.send(StreamEvent::Log {
-                level: LogLevel::Warn,
-                message: format!("cleaning up after the failed create failed: {undo}"),
-            })
-            .await;
-        }
+        roll_back_create(&state, &record, &sink).await;
         return Err(e);
     }
     let vm = find(&state, &record.name)?;
     crate::ssh_config::refresh(&state);
-    if resolved.no_start {
-        sink.progress("ready", format!("{} created (not started)", vm.name))
-            .await;
+    let ready = if resolved.no_start {
+        format!("{} created (not started)", vm.name)
     } else {
-        sink.progress(
-            "ready",
-            format!(
-                "{} is up at {} ({:.1} s)",
-                vm.name,
-                vm.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                started.elapsed().as_secs_f64()
-            ),
+        format!(
+            "{} is up at {} ({:.1} s)",
+            vm.name,
+            vm.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+            started.elapsed().as_secs_f64()
         )
+    };
+    sink.progress("ready", ready).await;
+    Ok(info::vm_info(&vm))
+}
+
+/// The record of a VM being created: `Created`, and pending from the first
+/// write on, so a daemon killed before the create ends has recovery roll it
+/// back (record, disks, lease, tap, VMM).
+fn new_record(id: &str, resolved: &ResolvedCreate, image: &ImageArtifacts) -> VmRecord {
+    let now = Timestamp::now();
+    let extra = VmExtra {
+        size: Some(resolved.size.clone()),
+        pending: Some(Pending::Create),
+        ..VmExtra::default()
+    };
+    VmRecord {
+        id: id.to_owned(),
+        name: resolved.name.clone(),
+        image: image.image.clone(),
+        kernel: image.kernel.clone(),
+        state: VmState::Created,
+        vcpu: resolved.size.vcpu,
+        memory_mib: resolved.size.memory_mib,
+        disk_bytes: resolved.size.disk_bytes,
+        ip: None,
+        mac: identity::vm_mac(id).to_string(),
+        tap: None,
+        backend: None,
+        vmm_pid: None,
+        vmm_start_time: None,
+        clone_strategy: None,
+        created_at: now,
+        updated_at: now,
+        last_activity_at: None,
+        spec: extra.to_json(),
+    }
+}
+
+/// Insert a new VM's record; a name in use is [`VmError::NameTaken`].
+fn insert_record(state: &Daemon, record: &VmRecord) -> Result<(), VmError> {
+    state.db().insert_vm(record).map_err(|e| match e {
+        banger_state::StateError::AlreadyExists { ref field, .. } if field == "name" => {
+            VmError::NameTaken {
+                name: record.name.clone(),
+            }
+        }
+        other => VmError::State(other),
+    })
+}
+
+/// Remove everything a failed create made; a failure of that is reported
+/// (the record stays pending, so recovery tries again).
+async fn roll_back_create(state: &Daemon, record: &VmRecord, sink: &EventSink) {
+    sink.progress(
+        "rollback",
+        format!("create failed, removing {}", record.name),
+    )
+    .await;
+    if let Err(undo) = purge(state, &record.id).await {
+        tracing::error!(vm = %record.name, "rolling back a failed create failed: {undo}");
+        sink.send(StreamEvent::Log {
+            level: LogLevel::Warn,
+            message: format!("cleaning up after the failed create failed: {undo}"),
+        })
         .await;
     }
-    Ok(info::vm_info(&vm))
 }
 
 /// Record (or clear) the operation under way on VM `id`, in one
 /// read-modify-write under the database lock.
 fn set_pending(state: &Daemon, id: &str, pending: Option<Pending>) -> Result<(), VmError> {
-    let db = db(state);
+    let db = state.db();
     let Some(vm) = db.get_vm(id)? else {
         return Ok(());
     };
@@ -348,7 +356,7 @@ async fn define(
     .await;
     let (src, dst) = (image.rootfs.clone(), p.root_disk.clone());
     let strategy = blocking(move || disk::clone_rootfs(&src, &dst, preferred)).await??;
-    db(state).update_vm(
+    state.db().update_vm(
         &vm.id,
         &VmPatch {
             clone_strategy: Some(Some(strategy)),
@@ -377,14 +385,11 @@ fn write_private(path: &Path, data: &[u8], mode: u32) -> Result<(), VmError> {
     f.write_all(data).map_err(io_err("write", path))
 }
 
+/// Run `f` on the blocking pool (file and disk work off the async workers).
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, VmError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| VmError::Io {
-            op: "run a blocking task for",
-            path: Default::default(),
-            source: std::io::Error::other(e.to_string()),
-        })
+        .map_err(|source| VmError::BlockingTask { source })
 }
 
 /// Start VM `name` (a no-op when it runs), streaming progress.
@@ -425,7 +430,7 @@ async fn boot_and_report(
 }
 
 async fn boot_or_release(state: &Arc<Daemon>, id: &str, sink: &EventSink) -> Result<(), VmError> {
-    let vm = db(state).transition_vm_state(
+    let vm = state.db().transition_vm_state(
         id,
         &[VmState::Created, VmState::Stopped, VmState::Error],
         VmState::Starting,
@@ -442,49 +447,109 @@ async fn boot_or_release(state: &Arc<Daemon>, id: &str, sink: &EventSink) -> Res
     }
 }
 
+/// Boot a VM whose record is `Starting`: each step below is one named
+/// function; the ones without side effects are unit-tested, the others are
+/// covered by the boot tests (`tests/vm_*.rs`). Crash safety: the lease and
+/// tap are recorded before they are made, and the VMM's pid right after
+/// launch (in [`launch_watched`]), so a daemon killed at any step finds
+/// what to release.
 async fn boot(state: &Arc<Daemon>, vm: &VmRecord, sink: &EventSink) -> Result<(), VmError> {
-    let mgr = &state.vms;
-    let vmm = mgr.vmm.as_ref().map_err(|reason| VmError::NoBackend {
-        reason: reason.clone(),
-    })?;
-    let netplan = mgr
-        .netplan
-        .as_ref()
-        .map_err(|reason| VmError::InvalidRequest {
-            message: format!("the guest network configuration is unusable: {reason}"),
-        })?;
-    let agent = agent_binary(&state.layout)?;
-    let (vmlinux, initrd) = kernel_artifacts(state, &vm.image, &vm.kernel)?;
-    let modules_disk = crate::image::lookup_modules_disk(state, &vm.kernel)?;
-    let p = VmPaths::new(&state.layout, &vm.id);
+    let inputs = BootInputs::resolve(state, vm)?;
     let mut extra = VmExtra::from_json(&vm.spec);
-
+    let net = attach_network(state, vm, &inputs, &extra, sink).await?;
+    let host_key = pin_host_key(state, vm, &inputs.paths, net.ip).await?;
+    let key_path = state.vms.config().ssh_key_path.value.clone();
+    let user_key = user_public_key(&key_path).await?;
+    write_config_drive(state, vm, &inputs, &host_key, &user_key, sink).await?;
+    let tsc_khz = match inputs.vmm.backend() {
+        Backend::Qemu { accel: Accel::Tcg } => tokio::fs::read_to_string("/proc/cpuinfo")
+            .await
+            .ok()
+            .and_then(|t| host_tsc_khz(&t)),
+        _ => None,
+    };
+    let cmdline = kernel_cmdline(&inputs.netplan.kernel_args(net.ip, &vm.name)?, tsc_khz);
+    let spec = vm_spec(vm, &inputs, &net, cmdline)?;
+    {
+        let run_dir = inputs.paths.run_dir.clone();
+        blocking(move || prepare_run_dir(&run_dir)).await??;
+    }
     sink.progress(
-        "network",
-        format!(
-            "ensuring bridge {} ({}) and NAT",
-            state.net.bridge,
-            state.net.address()
-        ),
+        "boot",
+        format!("starting {} on {}", vm.name, inputs.vmm.backend()),
     )
     .await;
-    {
-        let _net = state.network_lock.lock().await;
-        helper_done(
-            state,
-            HelperRequest::EnsureBridge {
-                name: state.net.bridge.clone(),
-                address: state.net.address().to_string(),
-            },
-        )
-        .await?;
-        helper_done(state, state.net.ensure_nat()).await?;
+    let handle = launch_and_record(state, vm, &inputs, &spec, &mut extra, sink).await?;
+    wait_for_ssh(
+        vm,
+        &inputs.paths,
+        &handle,
+        net.ip,
+        &host_key,
+        &key_path,
+        sink,
+    )
+    .await?;
+    mark_running(state, vm, extra, net.ip)
+}
+
+/// What a boot needs before it changes anything: the backend, the guest
+/// network plan, the agent binary, the kernel and the VM's paths.
+struct BootInputs<'a> {
+    vmm: &'a banger_vmm::Vmm,
+    netplan: &'a banger_vm::netplan::NetPlan,
+    agent: std::path::PathBuf,
+    vmlinux: std::path::PathBuf,
+    initrd: Option<std::path::PathBuf>,
+    modules_disk: Option<std::path::PathBuf>,
+    paths: VmPaths,
+}
+
+impl<'a> BootInputs<'a> {
+    fn resolve(state: &'a Daemon, vm: &VmRecord) -> Result<BootInputs<'a>, VmError> {
+        let mgr = &state.vms;
+        let vmm = mgr.vmm.as_ref().map_err(|reason| VmError::NoBackend {
+            reason: reason.clone(),
+        })?;
+        let netplan = mgr
+            .netplan
+            .as_ref()
+            .map_err(|reason| VmError::InvalidRequest {
+                message: format!("the guest network configuration is unusable: {reason}"),
+            })?;
+        let (vmlinux, initrd) = kernel_artifacts(state, &vm.image, &vm.kernel)?;
+        Ok(BootInputs {
+            vmm,
+            netplan,
+            agent: agent_binary(&state.layout)?,
+            vmlinux,
+            initrd,
+            modules_disk: crate::image::lookup_modules_disk(state, &vm.kernel)?,
+            paths: VmPaths::new(&state.layout, &vm.id),
+        })
     }
-    crate::dns::ensure(state).await;
+}
+
+/// The guest's place on the bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Attached {
+    ip: Ipv4Addr,
+    tap: String,
+}
+
+/// Make sure the bridge and NAT exist (and the `.vm` DNS server), lease an
+/// address and give the VM a tap.
+async fn attach_network(
+    state: &Arc<Daemon>,
+    vm: &VmRecord,
+    inputs: &BootInputs<'_>,
+    extra: &VmExtra,
+    sink: &EventSink,
+) -> Result<Attached, VmError> {
+    ensure_bridge(state, sink).await?;
     let ip = {
-        let preferred = extra.last_ip.filter(|ip| netplan.cidr.contains(ip));
-        let candidates = preferred.into_iter().chain(netplan.candidates());
-        db(state).allocate_lease(&vm.id, candidates)?
+        let candidates = lease_candidates(extra.last_ip, inputs.netplan);
+        state.db().allocate_lease(&vm.id, candidates)?
     };
     let (tap, pooled) = assign_tap(state, &vm.id)?;
     if !pooled {
@@ -502,29 +567,92 @@ async fn boot(state: &Arc<Daemon>, vm: &VmRecord, sink: &EventSink) -> Result<()
     let from = if pooled { " (ready from the pool)" } else { "" };
     sink.progress("network", format!("address {ip} on tap {tap}{from}"))
         .await;
+    Ok(Attached { ip, tap })
+}
 
+/// The bridge with its address and NAT (under the network lock), then the
+/// `.vm` DNS server on it.
+async fn ensure_bridge(state: &Arc<Daemon>, sink: &EventSink) -> Result<(), VmError> {
+    let net = &state.net;
+    sink.progress(
+        "network",
+        format!("ensuring bridge {} ({}) and NAT", net.bridge, net.address()),
+    )
+    .await;
+    {
+        let _net = state.network_lock.lock().await;
+        let bridge = HelperRequest::EnsureBridge {
+            name: net.bridge.clone(),
+            address: net.address().to_string(),
+        };
+        helper_done(state, bridge).await?;
+        helper_done(state, net.ensure_nat()).await?;
+    }
+    crate::dns::ensure(state).await;
+    Ok(())
+}
+
+/// Addresses to lease, in order: the VM's last one (while it is still in
+/// the guest network), then the plan's.
+fn lease_candidates(
+    last_ip: Option<Ipv4Addr>,
+    netplan: &banger_vm::netplan::NetPlan,
+) -> impl Iterator<Item = Ipv4Addr> + '_ {
+    let preferred = last_ip.filter(|ip| netplan.cidr.contains(ip));
+    preferred.into_iter().chain(netplan.candidates())
+}
+
+/// Read the VM's host key and pin it in banger's `known_hosts` for `ip`
+/// before the guest boots: nothing is ever trusted on first use.
+async fn pin_host_key(
+    state: &Daemon,
+    vm: &VmRecord,
+    p: &VmPaths,
+    ip: Ipv4Addr,
+) -> Result<SshHostKey, VmError> {
+    let read = |path: std::path::PathBuf| async move {
+        tokio::fs::read_to_string(&path)
+            .await
+            .map_err(io_err("read", &path))
+    };
     let host_key = SshHostKey {
-        private_openssh: std::fs::read_to_string(&p.host_key)
-            .map_err(io_err("read", &p.host_key))?,
-        public_openssh: std::fs::read_to_string(&p.host_key_pub)
-            .map_err(io_err("read", &p.host_key_pub))?
-            .trim()
-            .to_owned(),
+        private_openssh: read(p.host_key.clone()).await?,
+        public_openssh: read(p.host_key_pub.clone()).await?.trim().to_owned(),
     };
-    // Pinned before the guest boots: nothing is ever trusted on first use.
     let known_hosts = KnownHosts::new(paths::known_hosts(&state.layout));
-    known_hosts.set(&vm.name, ip, &host_key.public_openssh)?;
+    let (name, public) = (vm.name.clone(), host_key.public_openssh.clone());
+    blocking(move || known_hosts.set(&name, ip, &public)).await??;
+    Ok(host_key)
+}
 
-    let key_path = mgr.config().ssh_key_path.value.clone();
-    let user_key = {
-        let key_path = key_path.clone();
-        blocking(move || {
-            banger_config::ensure_ssh_key(&key_path)?;
-            banger_config::read_public_key(&key_path)
-        })
-        .await??
+/// The user's public key (made on first use) for the guest's root account.
+async fn user_public_key(key_path: &Path) -> Result<String, VmError> {
+    let key_path = key_path.to_owned();
+    let key = blocking(move || {
+        banger_config::ensure_ssh_key(&key_path)?;
+        banger_config::read_public_key(&key_path)
+    })
+    .await??;
+    Ok(key.trim().to_owned())
+}
+
+/// Plan the `file_sync` copies (warnings go to the client) and write the
+/// config drive: the guest config plus the agent binary.
+async fn write_config_drive(
+    state: &Daemon,
+    vm: &VmRecord,
+    inputs: &BootInputs<'_>,
+    host_key: &SshHostKey,
+    user_key: &str,
+    sink: &EventSink,
+) -> Result<(), VmError> {
+    let plan = {
+        let (entries, home) = (
+            state.vms.config().file_sync.clone(),
+            state.layout.home.clone(),
+        );
+        blocking(move || banger_vm::filesync::plan_file_sync(&entries, &home)).await??
     };
-    let plan = banger_vm::filesync::plan_file_sync(&mgr.config().file_sync, &state.layout.home)?;
     for w in &plan.warnings {
         sink.send(StreamEvent::Log {
             level: LogLevel::Warn,
@@ -533,105 +661,127 @@ async fn boot(state: &Arc<Daemon>, vm: &VmRecord, sink: &EventSink) -> Result<()
         .await;
     }
     sink.progress("config", "writing the config drive").await;
-    let guest = GuestConfig {
+    let guest = guest_config(vm, user_key, host_key, plan.files);
+    let (image, payloads) = (inputs.paths.config_drive.clone(), plan.payloads);
+    let root = [RootFile {
+        name: AGENT_BINARY.to_owned(),
+        source: inputs.agent.clone(),
+        mode: 0o755,
+    }];
+    blocking(move || disk::build_config_drive_with(&image, &guest, &payloads, &root)).await??;
+    Ok(())
+}
+
+/// What the guest agent applies at first boot.
+fn guest_config(
+    vm: &VmRecord,
+    user_key: &str,
+    host_key: &SshHostKey,
+    files: Vec<banger_wire::guest::GuestFile>,
+) -> GuestConfig {
+    GuestConfig {
         format_version: GUEST_CONFIG_VERSION,
         vm_id: vm.id.clone(),
         hostname: vm.name.clone(),
         authorized_keys: vec![user_key.trim().to_owned()],
         ssh_host_key: host_key.clone(),
-        files: plan.files,
-    };
-    {
-        let (image, payloads) = (p.config_drive.clone(), plan.payloads);
-        let root = [RootFile {
-            name: AGENT_BINARY.to_owned(),
-            source: agent,
-            mode: 0o755,
-        }];
-        blocking(move || disk::build_config_drive_with(&image, &guest, &payloads, &root)).await??;
+        files,
     }
+}
 
-    prepare_run_dir(&p.run_dir)?;
-    // panic=1 with QEMU's -no-reboot: a guest kernel that panics ends its
-    // VMM at once instead of spinning until the boot timeout.
-    let mut cmdline = format!(
-        "console=ttyS0 root=/dev/vda rw panic=1 {}",
-        netplan.kernel_args(ip, &vm.name)?
-    );
-    if vmm.backend() == (Backend::Qemu { accel: Accel::Tcg }) {
-        if let Some(khz) = std::fs::read_to_string("/proc/cpuinfo")
-            .ok()
-            .and_then(|t| host_tsc_khz(&t))
-        {
-            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
-        }
+/// The guest kernel's command line before drives are added: the serial
+/// console, the root disk, `panic=1` (with QEMU's -no-reboot a guest kernel
+/// that panics ends its VMM at once instead of spinning until the boot
+/// timeout), the network arguments and, under TCG, the host's TSC rate.
+fn kernel_cmdline(net_args: &str, tsc_khz: Option<u64>) -> String {
+    let mut cmdline = format!("console=ttyS0 root=/dev/vda rw panic=1 {net_args}");
+    if let Some(khz) = tsc_khz {
+        cmdline.push_str(&format!(" tsc_early_khz={khz}"));
     }
+    cmdline
+}
+
+/// The VM's disks, root first, then the rest in this order: vda, vdb, ...
+/// in the guest. The kernel's modules (netfilter, overlay, veth, bridge...
+/// for Docker) are one read-only disk shared by every VM of that kernel;
+/// the initrd mounts it at /lib/modules before systemd starts, told where
+/// by the `banger.modules=` argument returned with the drives.
+fn drives(p: &VmPaths, modules_disk: Option<&Path>) -> (Vec<DriveSpec>, Option<String>) {
+    let drive = |id: &str, path: &Path, read_only, is_root| DriveSpec {
+        id: id.into(),
+        path: path.to_owned(),
+        read_only,
+        is_root,
+    };
+    let mut drives = vec![
+        drive("root", &p.root_disk, false, true),
+        drive("work", &p.work_disk, false, false),
+        drive("config", &p.config_drive, true, false),
+    ];
+    let modules_arg = modules_disk.map(|disk| {
+        let arg = format!(
+            "banger.modules=/dev/vd{}",
+            char::from(b'a' + drives.len() as u8)
+        );
+        drives.push(drive("modules", disk, true, false));
+        arg
+    });
+    (drives, modules_arg)
+}
+
+/// The VMM's description of the VM.
+fn vm_spec(
+    vm: &VmRecord,
+    inputs: &BootInputs<'_>,
+    net: &Attached,
+    mut cmdline: String,
+) -> Result<VmSpec, VmError> {
     let memory_mib = u32::try_from(vm.memory_mib).map_err(|_| VmError::InvalidRequest {
         message: format!("memory {} MiB is too large", vm.memory_mib),
     })?;
-    // Root first, then the rest in this order: vda, vdb, ... in the guest.
-    let mut drives = vec![
-        DriveSpec {
-            id: "root".into(),
-            path: p.root_disk.clone(),
-            read_only: false,
-            is_root: true,
-        },
-        DriveSpec {
-            id: "work".into(),
-            path: p.work_disk.clone(),
-            read_only: false,
-            is_root: false,
-        },
-        DriveSpec {
-            id: "config".into(),
-            path: p.config_drive.clone(),
-            read_only: true,
-            is_root: false,
-        },
-    ];
-    // The kernel's modules (netfilter, overlay, veth, bridge... for Docker),
-    // one read-only disk shared by every VM of that kernel; the initrd
-    // mounts it at /lib/modules before systemd starts.
-    if let Some(disk) = modules_disk {
-        cmdline.push_str(&format!(
-            " banger.modules=/dev/vd{}",
-            char::from(b'a' + drives.len() as u8)
-        ));
-        drives.push(DriveSpec {
-            id: "modules".into(),
-            path: disk,
-            read_only: true,
-            is_root: false,
-        });
+    let p = &inputs.paths;
+    let (drives, modules_arg) = drives(p, inputs.modules_disk.as_deref());
+    if let Some(arg) = modules_arg {
+        cmdline.push(' ');
+        cmdline.push_str(&arg);
     }
-    let spec = VmSpec {
+    Ok(VmSpec {
         id: vm.id.clone(),
         name: vm.name.clone(),
         vcpu: vm.vcpu,
         memory_mib,
-        kernel: vmlinux,
-        initrd,
+        kernel: inputs.vmlinux.clone(),
+        initrd: inputs.initrd.clone(),
         cmdline,
         drives,
         net: Some(NetSpec {
-            tap: tap.clone(),
+            tap: net.tap.clone(),
             mac: identity::vm_mac(&vm.id),
         }),
         serial_log: p.serial_log.clone(),
         agent: Some(AgentSpec {
-            guest_cid: guest_cid(netplan.cidr.network(), ip),
+            guest_cid: guest_cid(inputs.netplan.cidr.network(), net.ip),
             host_socket: p.agent_socket.clone(),
         }),
         run_dir: p.run_dir.clone(),
-    };
-    sink.progress("boot", format!("starting {} on {}", vm.name, vmm.backend()))
-        .await;
-    let handle =
-        launch_watched(vmm, &spec, &vm.name, sink, |h| record_vmm(state, &vm.id, h)).await?;
+    })
+}
+
+/// Launch the VMM (its pid is recorded right after each launch), record the
+/// backend it ran on and watch it for an exit of its own.
+async fn launch_and_record(
+    state: &Arc<Daemon>,
+    vm: &VmRecord,
+    inputs: &BootInputs<'_>,
+    spec: &VmSpec,
+    extra: &mut VmExtra,
+    sink: &EventSink,
+) -> Result<VmmHandle, VmError> {
+    let record = |h: &VmmHandle| record_vmm(state, &vm.id, h);
+    let handle = launch_watched(inputs.vmm, spec, &vm.name, sink, record).await?;
     extra.backend = Some(handle.backend.to_string());
     extra.backend_reason = Some(handle.backend_reason.clone());
-    db(state).update_vm(
+    state.db().update_vm(
         &vm.id,
         &VmPatch {
             spec: Some(extra.to_json()),
@@ -639,16 +789,29 @@ async fn boot(state: &Arc<Daemon>, vm: &VmRecord, sink: &EventSink) -> Result<()
         },
     )?;
     watch_exit(state.clone(), vm.name.clone(), vm.id.clone(), &handle);
+    Ok(handle)
+}
 
+/// Wait until the guest answers SSH with its pinned host key, or fail with
+/// its console's last lines when the VMM exits or [`BOOT_TIMEOUT`] passes.
+async fn wait_for_ssh(
+    vm: &VmRecord,
+    p: &VmPaths,
+    handle: &VmmHandle,
+    ip: Ipv4Addr,
+    host_key: &SshHostKey,
+    key_path: &Path,
+    sink: &EventSink,
+) -> Result<(), VmError> {
     sink.progress("ssh", format!("waiting for SSH on {ip}:22"))
         .await;
-    let pinned = banger_vm::ssh::parse_public_key(&host_key.public_openssh).map_err(|source| {
-        VmError::SshNotReady {
-            name: vm.name.clone(),
-            source: Box::new(source),
-            console: String::new(),
-        }
-    })?;
+    let not_ready = |source, console| VmError::SshNotReady {
+        name: vm.name.clone(),
+        source: Box::new(source),
+        console,
+    };
+    let pinned = banger_vm::ssh::parse_public_key(&host_key.public_openssh)
+        .map_err(|source| not_ready(source, String::new()))?;
     let addr = SocketAddr::from((ip, 22));
     let deadline = tokio::time::Instant::now() + BOOT_TIMEOUT;
     let exited = async {
@@ -658,27 +821,30 @@ async fn boot(state: &Arc<Daemon>, vm: &VmRecord, sink: &EventSink) -> Result<()
     tokio::select! {
         ready = async {
             wait_port(addr, deadline).await;
-            banger_vm::ssh::wait_ready(addr, SSH_USER, &key_path, &pinned, deadline).await
+            banger_vm::ssh::wait_ready(addr, SSH_USER, key_path, &pinned, deadline).await
         } => {
-            let session = ready.map_err(|source| VmError::SshNotReady {
-                name: vm.name.clone(),
-                source: Box::new(source),
-                console: console_tail(&p.serial_log),
-            })?;
+            let session = ready.map_err(|source| not_ready(source, console_tail(&p.serial_log)))?;
             let _ = session.close().await;
+            Ok(())
         }
-        () = exited => {
-            return Err(VmError::DiedDuringBoot {
-                name: vm.name.clone(),
-                console: console_tail(&p.serial_log),
-            });
-        }
+        () = exited => Err(VmError::DiedDuringBoot {
+            name: vm.name.clone(),
+            console: console_tail(&p.serial_log),
+        }),
     }
+}
 
+/// Record the VM running at `ip` (the address it prefers next time).
+fn mark_running(
+    state: &Daemon,
+    vm: &VmRecord,
+    mut extra: VmExtra,
+    ip: Ipv4Addr,
+) -> Result<(), VmError> {
     extra.last_ip = Some(ip);
     extra.last_error = None;
     {
-        let db = db(state);
+        let db = state.db();
         db.update_vm(
             &vm.id,
             &VmPatch {
@@ -693,9 +859,6 @@ async fn boot(state: &Arc<Daemon>, vm: &VmRecord, sink: &EventSink) -> Result<()
     Ok(())
 }
 
-/// The last lines of a serial log for an error message (a failed create
-/// Watch the VMM behind `handle` and, when it exits while its record still
-/// says it runs (not stopped by banger), record the VM stopped and give its
 /// Top the tap pool up to `tap_pool_size` (in the background of a start).
 async fn refill_taps(state: Arc<Daemon>) {
     let want = state.vms.config().tap_pool_size.value as usize;
@@ -708,6 +871,8 @@ async fn refill_taps(state: Arc<Daemon>) {
     state.vms.taps.refill(cx).await;
 }
 
+/// Watch the VMM behind `handle` and, when it exits while its record still
+/// says it runs (not stopped by banger), record the VM stopped and give its
 /// tap and lease back.
 pub fn watch_exit(state: Arc<Daemon>, name: String, id: String, handle: &VmmHandle) {
     let (pid, start) = (handle.pid, handle.start_time);
@@ -731,7 +896,7 @@ pub fn watch_exit(state: Arc<Daemon>, name: String, id: String, handle: &VmmHand
         }
         let lock = state.vms.lock_for(&name);
         let _guard = lock.lock().await;
-        let vm = match db(&state).get_vm(&id) {
+        let vm = match state.db().get_vm(&id) {
             Ok(Some(vm)) => vm,
             _ => return,
         };
@@ -747,6 +912,7 @@ pub fn watch_exit(state: Arc<Daemon>, name: String, id: String, handle: &VmmHand
     });
 }
 
+/// The last lines of a serial log for an error message (a failed create
 /// removes the log with the VM), without terminal escapes.
 pub fn console_tail(path: &Path) -> String {
     const LINES: usize = 25;
@@ -838,7 +1004,7 @@ async fn launch_watched(
 
 /// Write a just-launched VMM's backend, pid and start time to VM `id`'s record.
 fn record_vmm(state: &Daemon, id: &str, handle: &VmmHandle) -> Result<(), VmError> {
-    db(state).update_vm(
+    state.db().update_vm(
         id,
         &VmPatch {
             backend: Some(Some(handle.backend.vmm())),
@@ -944,7 +1110,7 @@ fn prepare_run_dir(dir: &Path) -> Result<(), VmError> {
 /// never pick the same tap. True when the tap came from the pool (it exists
 /// already; any other still has to be created).
 fn assign_tap(state: &Daemon, id: &str) -> Result<(String, bool), VmError> {
-    let db = db(state);
+    let db = state.db();
     let vms = db.list_vms()?;
     if let Some(tap) = vms.iter().find(|v| v.id == id).and_then(|v| v.tap.clone()) {
         return Ok((tap, false));
@@ -983,12 +1149,12 @@ pub async fn release_runtime(
     to: VmState,
     error: Option<String>,
 ) -> Result<(), VmError> {
-    let Some(vm) = db(state).get_vm(id)? else {
+    let Some(vm) = state.db().get_vm(id)? else {
         return Ok(());
     };
     let p = VmPaths::new(&state.layout, id);
     kill_vmm(&vm, &p).await?;
-    match std::fs::remove_dir_all(&p.run_dir) {
+    match tokio::fs::remove_dir_all(&p.run_dir).await {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             return Err(io_err("remove", &p.run_dir)(e))
         }
@@ -1009,7 +1175,7 @@ pub async fn release_runtime(
     if error.is_some() || to == VmState::Stopped {
         extra.last_error = error;
     }
-    db(state).update_vm(
+    state.db().update_vm(
         id,
         &VmPatch {
             state: Some(to),
@@ -1116,7 +1282,7 @@ async fn stop_locked(
         }
         VmState::Running | VmState::Starting | VmState::Stopping => {}
     }
-    db(state).transition_vm_state(
+    state.db().transition_vm_state(
         &vm.id,
         &[VmState::Running, VmState::Starting, VmState::Stopping],
         VmState::Stopping,
@@ -1179,8 +1345,9 @@ async fn graceful_stop(
 
 async fn ssh_poweroff(state: &Daemon, vm: &VmRecord, ip: Ipv4Addr) -> Result<(), VmError> {
     let p = VmPaths::new(&state.layout, &vm.id);
-    let public =
-        std::fs::read_to_string(&p.host_key_pub).map_err(io_err("read", &p.host_key_pub))?;
+    let public = tokio::fs::read_to_string(&p.host_key_pub)
+        .await
+        .map_err(io_err("read", &p.host_key_pub))?;
     let ssh_err = |source| VmError::SshNotReady {
         name: vm.name.clone(),
         source: Box::new(source),
@@ -1233,7 +1400,7 @@ pub async fn restart(
 pub async fn delete(state: &Daemon, name: &str, force: bool) -> Result<VmDeleted, VmError> {
     let lock = state.vms.lock_for(name);
     let guard = lock.lock().await;
-    let Some(vm) = db(state).get_vm_by_name(name)? else {
+    let Some(vm) = state.db().get_vm_by_name(name)? else {
         return Ok(VmDeleted {
             name: name.to_owned(),
             existed: false,
@@ -1263,7 +1430,7 @@ pub async fn delete(state: &Daemon, name: &str, force: bool) -> Result<VmDeleted
 /// Remove VM `id` completely: its runtime resources, its `known_hosts`
 /// line, its directory and its record. Idempotent.
 pub async fn purge(state: &Daemon, id: &str) -> Result<(), VmError> {
-    let Some(vm) = db(state).get_vm(id)? else {
+    let Some(vm) = state.db().get_vm(id)? else {
         return Ok(());
     };
     // From here on a killed daemon finishes the delete when it restarts.
@@ -1278,7 +1445,7 @@ pub async fn purge(state: &Daemon, id: &str) -> Result<(), VmError> {
         }
         _ => {}
     }
-    db(state).delete_vm(id)?;
+    state.db().delete_vm(id)?;
     crate::ssh_config::refresh(state);
     Ok(())
 }
@@ -1286,6 +1453,119 @@ pub async fn purge(state: &Daemon, id: &str) -> Result<(), VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan() -> banger_vm::netplan::NetPlan {
+        banger_vm::netplan::NetPlan::new(
+            "172.30.0.0/29".parse().unwrap(),
+            Ipv4Addr::new(172, 30, 0, 1),
+            vec!["1.1.1.1".parse().unwrap()],
+        )
+        .unwrap()
+    }
+
+    fn paths() -> VmPaths {
+        let layout = banger_host::paths::Layout::per_user(
+            "/home/u".into(),
+            None,
+            None,
+            None,
+            Some("/run/user/1000".into()),
+            1000,
+        );
+        VmPaths::new(&layout, "0123456789abcdef")
+    }
+
+    #[test]
+    fn the_last_address_is_leased_again_only_inside_the_network() {
+        let plan = plan();
+        let hosts: Vec<Ipv4Addr> = (2..=6).map(|i| Ipv4Addr::new(172, 30, 0, i)).collect();
+        let again: Vec<_> = lease_candidates(Some(Ipv4Addr::new(172, 30, 0, 5)), &plan).collect();
+        assert_eq!(again[0], Ipv4Addr::new(172, 30, 0, 5));
+        assert_eq!(again[1..], hosts[..]);
+        let moved: Vec<_> = lease_candidates(Some(Ipv4Addr::new(10, 0, 0, 5)), &plan).collect();
+        assert_eq!(moved, hosts);
+        assert_eq!(lease_candidates(None, &plan).collect::<Vec<_>>(), hosts);
+    }
+
+    #[test]
+    fn the_cmdline_panics_out_and_carries_the_tsc_rate_only_when_known() {
+        let net = "ip=172.30.0.2::172.30.0.1:255.255.255.248:web::off";
+        assert_eq!(
+            kernel_cmdline(net, None),
+            format!("console=ttyS0 root=/dev/vda rw panic=1 {net}")
+        );
+        assert!(kernel_cmdline(net, Some(2_600_000)).ends_with(" tsc_early_khz=2600000"));
+    }
+
+    #[test]
+    fn drives_put_root_first_and_name_the_modules_disk_for_the_initrd() {
+        let p = paths();
+        let (plain, arg) = drives(&p, None);
+        let ids: Vec<&str> = plain.iter().map(|d| d.id.as_str()).collect();
+        assert_eq!(ids, ["root", "work", "config"]);
+        assert_eq!(arg, None);
+        assert!(plain[0].is_root && !plain[0].read_only);
+        assert!(plain[2].read_only && plain[2].path == p.config_drive);
+        let modules = Path::new("/cache/modules.ext4");
+        let (with, arg) = drives(&p, Some(modules));
+        assert_eq!(arg.as_deref(), Some("banger.modules=/dev/vdd"));
+        assert_eq!(with[3].path, modules);
+        assert!(with[3].read_only && !with[3].is_root);
+        assert_eq!(with.iter().filter(|d| d.is_root).count(), 1);
+    }
+
+    fn created_record() -> VmRecord {
+        let resolved = ResolvedCreate {
+            name: "web".into(),
+            image: "debian".into(),
+            size: banger_wire::vm::VmSizeSpec {
+                vcpu: 2,
+                vcpu_source: banger_wire::vm::SpecSource::Flag,
+                memory_mib: 512,
+                memory_source: banger_wire::vm::SpecSource::Flag,
+                disk_bytes: 1 << 30,
+                disk_source: banger_wire::vm::SpecSource::Flag,
+            },
+            no_start: false,
+        };
+        let image = ImageArtifacts {
+            image: "debian".into(),
+            rootfs: "/cache/rootfs.ext4".into(),
+            kernel: "generic".into(),
+            vmlinux: "/cache/vmlinux".into(),
+            initrd: None,
+        };
+        new_record("0123456789abcdef", &resolved, &image)
+    }
+
+    /// A new record is pending from its first write, so a daemon killed
+    /// before the create ends rolls it back at the next start.
+    #[test]
+    fn a_new_record_is_created_and_pending_a_create() {
+        let vm = created_record();
+        assert_eq!(vm.state, VmState::Created);
+        assert_eq!(VmExtra::from_json(&vm.spec).pending, Some(Pending::Create));
+        assert_eq!((vm.vcpu, vm.memory_mib, vm.disk_bytes), (2, 512, 1 << 30));
+        assert_eq!(vm.mac, identity::vm_mac(&vm.id).to_string());
+        assert_eq!((vm.tap, vm.ip, vm.vmm_pid), (None, None, None));
+    }
+
+    #[test]
+    fn the_guest_config_authorizes_the_trimmed_user_key_and_carries_the_host_key() {
+        let vm = created_record();
+        let host = SshHostKey {
+            private_openssh: "PRIVATE".into(),
+            public_openssh: "ssh-ed25519 AAAA host".into(),
+        };
+        let g = guest_config(&vm, "  ssh-ed25519 BBBB me@laptop\n", &host, Vec::new());
+        assert_eq!(g.authorized_keys, ["ssh-ed25519 BBBB me@laptop"]);
+        assert_eq!(
+            (g.vm_id.as_str(), g.hostname.as_str()),
+            (vm.id.as_str(), "web")
+        );
+        assert_eq!(g.ssh_host_key, host);
+        assert_eq!(g.format_version, GUEST_CONFIG_VERSION);
+    }
 
     #[test]
     fn tsc_rate_comes_from_cpuinfo() {

@@ -30,14 +30,10 @@ use super::paths::{self, VmPaths};
 use super::{Pending, VmExtra};
 use crate::context::Daemon;
 
-fn db(state: &Daemon) -> std::sync::MutexGuard<'_, banger_state::StateDb> {
-    state.db.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// Bring every VM record in line with the processes that really run; call
 /// once at daemon start, before serving. Re-adopted VMs get an exit watcher.
 pub async fn recover(state: &Arc<Daemon>) {
-    let vms = match db(state).list_vms() {
+    let vms = match state.db().list_vms() {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("cannot list VMs to recover them: {e}");
@@ -213,21 +209,14 @@ pub async fn auto_stop_loop(state: Arc<Daemon>) {
         let Some(after) = state.vms.config().auto_stop_stale_after.value else {
             continue;
         };
-        let running: Vec<VmRecord> = match db(&state).list_vms() {
-            Ok(v) => v
-                .into_iter()
-                .filter(|v| v.state == VmState::Running)
-                .collect(),
-            Err(e) => {
-                tracing::warn!("auto-stop: cannot list VMs: {e}");
-                continue;
-            }
+        let Some(running) = running_vms(&state, "auto-stop") else {
+            continue;
         };
-        let connections = established_peers();
+        let connections = established_peers().await;
         for (vm, verdict) in idle_verdicts(&running, &connections, after) {
             match verdict {
                 Idle::Connected => {
-                    let _ = db(&state).touch_vm(&vm.id);
+                    let _ = state.db().touch_vm(&vm.id);
                 }
                 Idle::Recent => {}
                 Idle::Stale(idle) => {
@@ -238,6 +227,22 @@ pub async fn auto_stop_loop(state: Arc<Daemon>) {
                     }
                 }
             }
+        }
+    }
+}
+
+/// The VMs whose record says they run; `None` (logged for the loop named
+/// `what`) when the database cannot list them.
+fn running_vms(state: &Daemon, what: &str) -> Option<Vec<VmRecord>> {
+    match state.db().list_vms() {
+        Ok(v) => Some(
+            v.into_iter()
+                .filter(|v| v.state == VmState::Running)
+                .collect(),
+        ),
+        Err(e) => {
+            tracing::warn!("{what}: cannot list VMs: {e}");
+            None
         }
     }
 }
@@ -253,15 +258,8 @@ pub async fn stats_loop(state: Arc<Daemon>) {
             .value
             .max(Duration::from_secs(1));
         tokio::time::sleep(every).await;
-        let running: Vec<VmRecord> = match db(&state).list_vms() {
-            Ok(v) => v
-                .into_iter()
-                .filter(|v| v.state == VmState::Running)
-                .collect(),
-            Err(e) => {
-                tracing::warn!("stats: cannot list VMs: {e}");
-                continue;
-            }
+        let Some(running) = running_vms(&state, "stats") else {
+            continue;
         };
         let ids: Vec<&str> = running.iter().map(|v| v.id.as_str()).collect();
         state.vms.retain_samples(&ids);
@@ -341,8 +339,9 @@ pub fn idle_verdicts<'a>(
 
 /// Remote `(address, port)` of every established IPv4 TCP connection in
 /// this network namespace (`/proc/net/tcp`).
-fn established_peers() -> Vec<(Ipv4Addr, u16)> {
-    std::fs::read_to_string("/proc/net/tcp")
+async fn established_peers() -> Vec<(Ipv4Addr, u16)> {
+    tokio::fs::read_to_string("/proc/net/tcp")
+        .await
         .map(|t| parse_proc_net_tcp(&t))
         .unwrap_or_default()
 }

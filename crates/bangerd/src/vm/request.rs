@@ -42,77 +42,9 @@ pub fn resolve_create(
         });
     }
     let defaults = resolve_vm_defaults(config, host);
-
-    let (vcpu, vcpu_source) = match req.vcpu {
-        Some(v) => (v, SpecSource::Flag),
-        None => (defaults.vcpu.value, source(defaults.vcpu.provenance)),
-    };
-    if !(1..=banger_vmm::spec::MAX_VCPUS).contains(&vcpu) {
-        return Err(VmError::InvalidRequest {
-            message: format!(
-                "vcpu {vcpu} is out of range: use 1 to {}",
-                banger_vmm::spec::MAX_VCPUS
-            ),
-        });
-    }
-
-    let (memory_mib, memory_source) = match &req.memory {
-        Some(text) => (
-            parse_memory(text).map_err(|reason| VmError::InvalidRequest {
-                message: format!("invalid memory {text:?}: {reason}"),
-            })?,
-            SpecSource::Flag,
-        ),
-        None => (
-            defaults.memory_mib.value,
-            source(defaults.memory_mib.provenance),
-        ),
-    };
-    let min = u64::from(banger_vmm::spec::MIN_MEMORY_MIB);
-    if memory_mib < min {
-        return Err(VmError::InvalidRequest {
-            message: format!("memory {memory_mib} MiB is below the minimum of {min} MiB"),
-        });
-    }
-    if host.mem_bytes > 0 && memory_mib.saturating_mul(MIB) > host.mem_bytes {
-        return Err(VmError::InvalidRequest {
-            message: format!(
-                "memory {} is above this host's RAM ({}); ask for less with --memory",
-                human(memory_mib * MIB),
-                human(host.mem_bytes)
-            ),
-        });
-    }
-    if memory_mib > u64::from(banger_vmm::spec::MAX_MEMORY_MIB) {
-        return Err(VmError::InvalidRequest {
-            message: format!(
-                "memory {memory_mib} MiB is above banger's limit of {} MiB",
-                banger_vmm::spec::MAX_MEMORY_MIB
-            ),
-        });
-    }
-
-    let (disk_bytes, disk_source) = match &req.disk_size {
-        Some(text) => (
-            banger_config::parse_size(text).map_err(|reason| VmError::InvalidRequest {
-                message: format!("invalid disk size: {reason}"),
-            })?,
-            SpecSource::Flag,
-        ),
-        None => (
-            defaults.disk_bytes.value,
-            source(defaults.disk_bytes.provenance),
-        ),
-    };
-    if disk_bytes < banger_vm::disk::MIN_WORK_DISK_BYTES {
-        return Err(VmError::InvalidRequest {
-            message: format!(
-                "disk size {} is below the minimum of {}",
-                human(disk_bytes),
-                human(banger_vm::disk::MIN_WORK_DISK_BYTES)
-            ),
-        });
-    }
+    let (vcpu, vcpu_source) = resolve_vcpu(req, &defaults)?;
+    let (memory_mib, memory_source) = resolve_memory(req, &defaults, host)?;
+    let (disk_bytes, disk_source) = resolve_disk(req, &defaults)?;
     Ok(ResolvedCreate {
         name,
         image,
@@ -126,6 +58,94 @@ pub fn resolve_create(
         },
         no_start: req.no_start,
     })
+}
+
+fn invalid(message: String) -> VmError {
+    VmError::InvalidRequest { message }
+}
+
+/// `--vcpu`, else `[vm_defaults]`, within 1 and the VMM's maximum.
+fn resolve_vcpu(
+    req: &VmCreateRequest,
+    defaults: &banger_config::VmDefaults,
+) -> Result<(u32, SpecSource), VmError> {
+    let (vcpu, vcpu_source) = match req.vcpu {
+        Some(v) => (v, SpecSource::Flag),
+        None => (defaults.vcpu.value, source(defaults.vcpu.provenance)),
+    };
+    let max = banger_vmm::spec::MAX_VCPUS;
+    if !(1..=max).contains(&vcpu) {
+        return Err(invalid(format!(
+            "vcpu {vcpu} is out of range: use 1 to {max}"
+        )));
+    }
+    Ok((vcpu, vcpu_source))
+}
+
+/// `--memory`, else `[vm_defaults]`, within banger's limits and this host's RAM.
+fn resolve_memory(
+    req: &VmCreateRequest,
+    defaults: &banger_config::VmDefaults,
+    host: &HostFacts,
+) -> Result<(u64, SpecSource), VmError> {
+    let (memory_mib, memory_source) = match &req.memory {
+        Some(text) => (
+            parse_memory(text)
+                .map_err(|reason| invalid(format!("invalid memory {text:?}: {reason}")))?,
+            SpecSource::Flag,
+        ),
+        None => (
+            defaults.memory_mib.value,
+            source(defaults.memory_mib.provenance),
+        ),
+    };
+    let min = u64::from(banger_vmm::spec::MIN_MEMORY_MIB);
+    if memory_mib < min {
+        return Err(invalid(format!(
+            "memory {memory_mib} MiB is below the minimum of {min} MiB"
+        )));
+    }
+    if host.mem_bytes > 0 && memory_mib.saturating_mul(MIB) > host.mem_bytes {
+        return Err(invalid(format!(
+            "memory {} is above this host's RAM ({}); ask for less with --memory",
+            human(memory_mib * MIB),
+            human(host.mem_bytes)
+        )));
+    }
+    let max = banger_vmm::spec::MAX_MEMORY_MIB;
+    if memory_mib > u64::from(max) {
+        return Err(invalid(format!(
+            "memory {memory_mib} MiB is above banger's limit of {max} MiB"
+        )));
+    }
+    Ok((memory_mib, memory_source))
+}
+
+/// `--disk-size`, else `[vm_defaults]`, at least the work disk's minimum.
+fn resolve_disk(
+    req: &VmCreateRequest,
+    defaults: &banger_config::VmDefaults,
+) -> Result<(u64, SpecSource), VmError> {
+    let (disk_bytes, disk_source) = match &req.disk_size {
+        Some(text) => (
+            banger_config::parse_size(text)
+                .map_err(|reason| invalid(format!("invalid disk size: {reason}")))?,
+            SpecSource::Flag,
+        ),
+        None => (
+            defaults.disk_bytes.value,
+            source(defaults.disk_bytes.provenance),
+        ),
+    };
+    let min = banger_vm::disk::MIN_WORK_DISK_BYTES;
+    if disk_bytes < min {
+        return Err(invalid(format!(
+            "disk size {} is below the minimum of {}",
+            human(disk_bytes),
+            human(min)
+        )));
+    }
+    Ok((disk_bytes, disk_source))
 }
 
 /// Memory: a size with a binary unit (`1G`, `512M`), or a plain number of MiB.

@@ -232,9 +232,7 @@ pub fn test_image_named(name: &str) -> TestImage {
     };
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vm-test-images");
     std::fs::create_dir_all(&cache).unwrap();
-    let lock = std::fs::File::create(cache.join(".lock")).unwrap();
-    let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| e)
+    let _lock = banger_host::lock::FileLock::exclusive(&cache.join(".lock"))
         .expect("lock the test image cache");
     let prepared = cache.join(format!("{name}-{digest:016x}"));
     if !prepared.join("rootfs.ext4").is_file() {

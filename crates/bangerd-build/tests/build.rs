@@ -1,21 +1,25 @@
-//! `build_bundle` through a real helper socket: a real kernel build (root,
+//! `build_bundle` through a real helper socket, which starts this crate's
+//! `bangerd-build` as its child: a real kernel build (root,
 //! network to the Debian mirror, minutes), installed into a store owned by
 //! an unprivileged owner. Enabled with BANGER_BUILD_TESTS=1 (CI sets it);
 //! needs root, skips otherwise unless BANGER_REQUIRE_PRIVILEGED=1.
 
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use banger_image::build::{build, BuildOptions, Built};
 use banger_image::{Kind, Progress};
 use banger_wire::helper::{BundleKind, HelperReply, HelperResponse};
-use bangerd_root::ops::build::{build_here, root_private_dir, BuildPaths, BuildRunner};
+use bangerd_build::{build_here, root_private_dir};
+use bangerd_root::ops::build::{BuildPaths, BuildRunner};
 use bangerd_root::{ServeConfig, Server};
 
-const BIN: &str = env!("CARGO_BIN_EXE_bangerd-root");
+const BUILDER: &str = env!("CARGO_BIN_EXE_bangerd-build");
 /// The owner: `nobody`, so a wrong owner cannot pass by being root.
 const OWNER: u32 = 65534;
 const KERNEL: &str = "generic-6.12";
@@ -36,24 +40,29 @@ fn enabled(test: &str) -> bool {
     true
 }
 
-/// `bangerd-root request` run as the owner (the client the helper serves).
-fn request_as_owner(socket: &Path, json: &str) -> std::process::Child {
-    Command::new(BIN)
-        .args(["request", "--socket"])
-        .arg(socket)
-        .arg(json)
-        .uid(OWNER)
-        .gid(OWNER)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("run bangerd-root request")
-}
-
-fn reply(out: Output) -> HelperReply {
-    let text = String::from_utf8_lossy(&out.stdout);
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("reply {text:?}: {e}"))
+/// One request sent as the owner (the client the helper serves): a thread
+/// that takes on the owner's uid and gids with the raw system calls (which,
+/// unlike glibc's wrappers, change only the calling thread), so the helper's
+/// `SO_PEERCRED` check sees the owner; its answer line, parsed.
+fn request_as_owner(socket: &Path, json: &str) -> std::thread::JoinHandle<HelperReply> {
+    let (socket, json) = (socket.to_owned(), json.to_owned());
+    std::thread::spawn(move || {
+        // SAFETY: plain system calls on this thread's credentials with
+        // integer arguments (a null, empty group list).
+        unsafe {
+            assert_eq!(
+                libc::syscall(libc::SYS_setgroups, 0usize, std::ptr::null::<libc::gid_t>()),
+                0
+            );
+            assert_eq!(libc::syscall(libc::SYS_setresgid, OWNER, OWNER, OWNER), 0);
+            assert_eq!(libc::syscall(libc::SYS_setresuid, OWNER, OWNER, OWNER), 0);
+        }
+        let mut stream = UnixStream::connect(&socket).expect("connect to the helper");
+        stream.write_all(format!("{json}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        serde_json::from_str(line.trim()).unwrap_or_else(|e| panic!("reply {line:?}: {e}"))
+    })
 }
 
 /// Every path under `dir` (itself included) not owned by `uid`.
@@ -94,7 +103,9 @@ async fn kernel_build_through_the_socket_is_installed_owned_by_the_owner() {
         state_dir: state.clone(),
         cache_dir: cache.clone(),
         work_dir: tmp.path().join("work"),
-        runner: BuildRunner::InProcess,
+        runner: BuildRunner::Child {
+            builder: BUILDER.into(),
+        },
     });
     let server = Server::bind(&config).unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -102,45 +113,42 @@ async fn kernel_build_through_the_socket_is_installed_owned_by_the_owner() {
         let _ = stopped.await;
     }));
 
-    let mut build = request_as_owner(
+    let build = request_as_owner(
         &socket,
         r#"{"op":"build_bundle","kind":"kernel","name":"generic-6.12"}"#,
     );
     // While the build runs, other connections are served.
     let ping = tokio::task::spawn_blocking({
         let socket = socket.clone();
-        move || request_as_owner(&socket, r#"{"op":"ping"}"#).wait_with_output()
+        move || request_as_owner(&socket, r#"{"op":"ping"}"#).join()
     })
     .await
     .unwrap()
     .unwrap();
     assert!(matches!(
-        reply(ping),
+        ping,
         Ok(HelperResponse::Pong {
             owner_uid: OWNER,
             ..
         })
     ));
     assert!(
-        build.try_wait().unwrap().is_none(),
+        !build.is_finished(),
         "the build was already over when the ping was answered: nothing was proven"
     );
-    let out = tokio::task::spawn_blocking(move || {
-        let _ = build.stdin.take();
-        build.wait_with_output()
-    })
-    .await
-    .unwrap()
-    .unwrap();
+    let out = tokio::task::spawn_blocking(move || build.join())
+        .await
+        .unwrap()
+        .unwrap();
     let Ok(HelperResponse::Built {
         path,
         version,
         recipe_hash,
         bundle_sha256,
         cached,
-    }) = reply(out.clone())
+    }) = out.clone()
     else {
-        panic!("build failed: {}", String::from_utf8_lossy(&out.stdout));
+        panic!("build failed: {out:?}");
     };
     assert!(!cached);
     assert_eq!(version, "6.12.95-1~bpo12+1");
@@ -230,7 +238,9 @@ impl Install {
             state_dir: owned_dir(tmp.path(), "state"),
             cache_dir: owned_dir(tmp.path(), "cache"),
             work_dir: tmp.path().join("work"),
-            runner: BuildRunner::InProcess,
+            runner: BuildRunner::Child {
+                builder: BUILDER.into(),
+            },
         };
         let built = kernel_bundle();
         let bundles = paths.work_dir.join("bundles/kernels");
