@@ -915,7 +915,7 @@ impl<W: Write> StreamRenderer for PlainRenderer<W> {
                     Some(t) => writeln!(
                         self.out,
                         "[{phase}] {message} ({})",
-                        indicatif::HumanBytes(*t)
+                        banger_wire::units::human_bytes(*t)
                     ),
                     None => writeln!(self.out, "[{phase}] {message}"),
                 }
@@ -1127,7 +1127,7 @@ mod tests {
         assert_eq!(
             out,
             "[helper] checking the root helper\n\
-             [download] fetching rootfs (2.00 MiB)\n\
+             [download] fetching rootfs (2 MiB)\n\
              warning: slow mirror\n\
              [bridge] bridge banger0 set up\n\
              all good\n"

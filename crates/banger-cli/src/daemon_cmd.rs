@@ -123,16 +123,7 @@ async fn stop(layout: &Layout) -> anyhow::Result<ExitCode> {
 /// Whether `pid` is a live process. A zombie counts as gone: an auto-started
 /// daemon's parent may be a reaper that never waits for it.
 fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may itself
-        // contain spaces or parentheses.
-        Ok(stat) => !matches!(
-            stat.rfind(')')
-                .and_then(|i| stat[i + 1..].split_whitespace().next()),
-            Some("Z" | "X")
-        ),
-        Err(_) => false,
-    }
+    banger_fs::proc::read_stat(pid).is_ok_and(|s| !s.has_exited())
 }
 
 #[cfg(test)]

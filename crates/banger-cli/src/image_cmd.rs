@@ -720,11 +720,11 @@ pub fn format_image_show(i: &ImageInfo) -> String {
 }
 
 /// A size as the config writes it when it is round (`2G`, `40M`), else in
-/// binary units with two decimals (`78.31 MiB`) rather than raw bytes.
+/// binary units with one decimal (`78.3 MiB`) rather than raw bytes.
 fn size(bytes: u64) -> String {
     let exact = banger_config::format_size(bytes);
     if bytes >= 1024 && exact.ends_with('B') {
-        indicatif::HumanBytes(bytes).to_string()
+        banger_wire::units::human_bytes(bytes)
     } else {
         exact
     }
@@ -936,7 +936,7 @@ mod tests {
             ..k.clone()
         };
         assert!(
-            format_kernel_show(&odd).contains("size:     78.31 MiB\n"),
+            format_kernel_show(&odd).contains("size:     78.3 MiB\n"),
             "{}",
             format_kernel_show(&odd)
         );

@@ -298,7 +298,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "dry run: {} files ({}) from {} would go to {GUEST_REPO}; nothing was created",
             ws.files.len(),
-            indicatif::HumanBytes(ws.total_bytes()),
+            banger_wire::units::human_bytes(ws.total_bytes()),
             ws.root.display()
         );
         return Ok(ExitCode::SUCCESS);
@@ -478,7 +478,7 @@ fn in_vm(
             format!(
                 "copying {} files ({}) to {GUEST_REPO}",
                 ws.files.len(),
-                indicatif::HumanBytes(ws.total_bytes())
+                banger_wire::units::human_bytes(ws.total_bytes())
             ),
         );
         copy_workspace(vm, ws, new_branch)?;

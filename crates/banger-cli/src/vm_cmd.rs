@@ -463,9 +463,7 @@ pub fn format_show(vm: &VmInfo) -> String {
         .collect()
 }
 
-fn human(bytes: u64) -> String {
-    indicatif::HumanBytes(bytes).to_string()
-}
+use banger_wire::units::human_bytes as human;
 
 async fn logs(client: &Client, name: &str, follow: bool) -> anyhow::Result<()> {
     let mut target = routes::VM_LOGS.at(name);

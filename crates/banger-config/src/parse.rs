@@ -911,7 +911,7 @@ fn check_url(s: &str) -> Result<String, String> {
 }
 
 fn check_disk_size(s: &str) -> Result<u64, String> {
-    let bytes = parse_size(s)?;
+    let bytes = parse_size(s).map_err(|e| e.to_string())?;
     if bytes < MIN_DISK_BYTES {
         return Err(format!("{s:?} is too small; must be at least 1G"));
     }
@@ -922,7 +922,7 @@ fn check_disk_size(s: &str) -> Result<u64, String> {
 }
 
 fn check_serial_log_max(s: &str) -> Result<u64, String> {
-    let bytes = parse_size(s)?;
+    let bytes = parse_size(s).map_err(|e| e.to_string())?;
     if bytes < crate::MIN_SERIAL_LOG_MAX {
         return Err(format!("{s:?} is too small; must be at least 16K"));
     }

@@ -46,14 +46,7 @@ impl HostFacts {
 
 /// `MemTotal` in bytes from the text of `/proc/meminfo`.
 fn mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let mut words = line["MemTotal:".len()..].split_whitespace();
-    let n: u64 = words.next()?.parse().ok()?;
-    match words.next() {
-        Some("kB") => n.checked_mul(1024),
-        None => Some(n),
-        Some(_) => None,
-    }
+    banger_fs::proc::meminfo_bytes(meminfo, "MemTotal").ok()
 }
 
 /// The resolved size of a new VM, each value with its provenance.

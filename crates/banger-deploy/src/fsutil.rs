@@ -1,9 +1,9 @@
 //! File operations of the installer: atomic, idempotent, and never following
 //! a symlink into somewhere banger does not own.
 
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Errors touching the filesystem.
@@ -21,6 +21,8 @@ pub enum FsError {
     NotDir { path: PathBuf },
     #[error("{path} is a directory where a file belongs")]
     IsDir { path: PathBuf },
+    #[error(transparent)]
+    Write(#[from] banger_fs::AtomicWriteError),
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> FsError + 'a {
@@ -93,45 +95,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], perms: Perms) -> Result<bool, 
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("stat", path)(e)),
     }
-    let dir = path.parent().unwrap_or(Path::new("/"));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err("remove stale", &tmp)(e)),
-    }
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_err("create", &tmp))?;
-        f.write_all(contents).map_err(io_err("write", &tmp))?;
-        std::os::unix::fs::fchown(&f, Some(perms.uid), Some(perms.gid))
-            .map_err(io_err("chown", &tmp))?;
-        // chmod after chown: chown clears set-id bits.
-        f.set_permissions(fs::Permissions::from_mode(perms.mode))
-            .map_err(io_err("chmod", &tmp))?;
-        f.sync_all().map_err(io_err("sync", &tmp))?;
-        fs::rename(&tmp, path).map_err(io_err("rename into place", path))
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result?;
-    sync_dir(dir)?;
+    let opts = banger_fs::WriteOptions::mode(perms.mode).owned_by(perms.uid, perms.gid);
+    banger_fs::write_atomic(path, &mut &contents[..], opts)?;
     Ok(true)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), FsError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("sync", dir))
 }
 
 /// Copy the file at `src` to `dst` atomically (see [`write_atomic`]).
@@ -280,7 +246,7 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(d.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|n| n.contains(".tmp-"))
+            .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }

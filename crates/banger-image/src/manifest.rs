@@ -41,34 +41,8 @@ pub const MODULES: &str = "modules";
 /// Largest manifest accepted when unpacking (it is a few hundred bytes).
 pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
-/// What a bundle is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Image,
-    Kernel,
-}
-
-impl Kind {
-    /// `image` or `kernel`, as in CLI commands and store directories.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Kind::Image => "image",
-            Kind::Kernel => "kernel",
-        }
-    }
-
-    /// The command that builds `name` locally from its recipe.
-    pub fn build_command(self, name: &str) -> String {
-        format!("banger {} build {name}", self.as_str())
-    }
-}
-
-impl std::fmt::Display for Kind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// What a bundle is (one type with the helper request's).
+pub use banger_wire::helper::BundleKind as Kind;
 
 /// Whether an artifact is one file or a directory tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

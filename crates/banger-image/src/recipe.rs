@@ -396,19 +396,6 @@ fn check_sources(path: &str, sources: &[String]) -> Result<(), RecipeError> {
     Ok(())
 }
 
-/// Parse sizes like `2G`, `512M`, `1073741824`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last()? {
-        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
-        (i, 'M' | 'm') => (&s[..i], 1 << 20),
-        (i, 'G' | 'g') => (&s[..i], 1 << 30),
-        (i, 'T' | 't') => (&s[..i], 1 << 40),
-        _ => (s, 1),
-    };
-    num.parse::<u64>().ok()?.checked_mul(mult)
-}
-
 fn is_uuid(s: &str) -> bool {
     let parts: Vec<&str> = s.split('-').collect();
     parts.iter().map(|p| p.len()).eq([8, 4, 4, 4, 12])
@@ -732,7 +719,8 @@ impl ImageRecipe {
             .source_date_epoch
             .ok_or_else(|| invalid(path, "source_date_epoch", "is required"))?;
         let size_text = need(raw.size, "size")?;
-        let size = parse_size(&size_text)
+        let size = banger_wire::units::parse_size(&size_text)
+            .ok()
             .filter(|s| *s >= 64 << 20 && s % 4096 == 0)
             .ok_or_else(|| {
                 invalid(
@@ -984,15 +972,6 @@ mod tests {
             set.image("debian-bookworm"),
             Err(RecipeError::ExtendsLoop { .. })
         ));
-    }
-
-    #[test]
-    fn sizes_parse() {
-        assert_eq!(parse_size("2G"), Some(2 << 30));
-        assert_eq!(parse_size("512M"), Some(512 << 20));
-        assert_eq!(parse_size("4096"), Some(4096));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size(""), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 use rusqlite::{params, OptionalExtension};
 use serde::{Deserialize, Serialize};
 
-use crate::sql::IpCol;
+use crate::sql::{IpCol, TextCol};
 use crate::{StateDb, StateError, Timestamp};
 
 /// One leased address.
@@ -45,7 +45,7 @@ impl StateDb {
                 })
                 .optional()
                 .map_err(q)?;
-            if let Some(IpCol(ip)) = held {
+            if let Some(TextCol(ip)) = held {
                 return Ok(ip);
             }
             let taken: HashSet<Ipv4Addr> = {

@@ -36,7 +36,7 @@ pub use leases::Lease;
 pub use migrations::SCHEMA_VERSION;
 pub use sessions::{NamedSession, SessionRecord};
 pub use types::{
-    ArtifactSource, CloneStrategy, ParseEnumError, SessionKind, Timestamp, VmState, VmmBackend,
+    ArtifactSource, CloneStrategy, ParseEnumError, SessionKind, Timestamp, VmState, Vmm,
 };
 pub use vms::{VmPatch, VmRecord};
 

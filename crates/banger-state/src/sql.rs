@@ -65,15 +65,24 @@ impl FromSql for PathCol {
     }
 }
 
-/// Reads an IPv4 address stored as dotted-quad text.
-pub(crate) struct IpCol(pub Ipv4Addr);
+/// Reads a value stored as its text form (`FromStr`): IPv4 addresses and the
+/// closed enums banger-wire owns (rusqlite's traits cannot be implemented
+/// for those types here).
+pub(crate) struct TextCol<T>(pub T);
 
-impl FromSql for IpCol {
+/// An IPv4 address stored as dotted-quad text.
+pub(crate) type IpCol = TextCol<Ipv4Addr>;
+
+impl<T> FromSql for TextCol<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         value
             .as_str()?
             .parse()
-            .map(IpCol)
+            .map(TextCol)
             .map_err(|e| FromSqlError::Other(Box::new(e)))
     }
 }

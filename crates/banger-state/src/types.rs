@@ -65,54 +65,13 @@ impl FromSql for Timestamp {
     }
 }
 
-/// Error parsing one of the string enums from text.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid {kind} {value:?} (expected one of: {expected})")]
-pub struct ParseEnumError {
-    pub kind: &'static str,
-    pub value: String,
-    pub expected: &'static str,
-}
+pub use banger_wire::vmm::{CloneStrategy, ParseEnumError, Vmm};
 
+/// A closed enum stored as text: banger-wire's `text_enum!` plus the
+/// rusqlite conversions (only enums defined in this crate can have them).
 macro_rules! text_enum {
-    ($(#[$meta:meta])* $name:ident, $kind:literal { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        pub enum $name {
-            $($(#[$vmeta])* #[serde(rename = $text)] $variant),+
-        }
-
-        impl $name {
-            /// Every variant, in declaration order.
-            pub const ALL: &'static [$name] = &[$($name::$variant),+];
-
-            /// The text stored in the database and shown to users.
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $($name::$variant => $text),+
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-
-        impl std::str::FromStr for $name {
-            type Err = ParseEnumError;
-            fn from_str(s: &str) -> Result<Self, ParseEnumError> {
-                match s {
-                    $($text => Ok($name::$variant),)+
-                    _ => Err(ParseEnumError {
-                        kind: $kind,
-                        value: s.to_owned(),
-                        expected: concat!($($text, ", "),+).trim_end_matches(", "),
-                    }),
-                }
-            }
-        }
+    ($(#[$meta:meta])* $name:ident, $kind:literal { $($body:tt)* }) => {
+        banger_wire::text_enum! { $(#[$meta])* $name, $kind { $($body)* } }
 
         impl ToSql for $name {
             fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
@@ -143,28 +102,6 @@ text_enum! {
         Stopped = "stopped",
         /// A start or stop failed; see the daemon log.
         Error = "error",
-    }
-}
-
-text_enum! {
-    /// The VMM that runs a VM.
-    VmmBackend, "VMM backend" {
-        /// Firecracker over its API socket.
-        Firecracker = "firecracker",
-        /// QEMU `microvm` (KVM or TCG).
-        Qemu = "qemu",
-    }
-}
-
-text_enum! {
-    /// How a VM's root disk was cloned from its image.
-    CloneStrategy, "clone strategy" {
-        /// `FICLONE` copy-on-write on the same filesystem.
-        Reflink = "reflink",
-        /// A device-mapper snapshot over the image.
-        DmSnapshot = "dm-snapshot",
-        /// A full copy that skips holes (`SEEK_DATA`/`SEEK_HOLE`).
-        SparseCopy = "sparse-copy",
     }
 }
 

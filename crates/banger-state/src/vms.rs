@@ -5,8 +5,8 @@ use std::net::Ipv4Addr;
 use rusqlite::{params, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
-use crate::sql::{self, IpCol, JsonCol};
-use crate::{CloneStrategy, StateDb, StateError, Timestamp, VmState, VmmBackend};
+use crate::sql::{self, IpCol, JsonCol, TextCol};
+use crate::{CloneStrategy, StateDb, StateError, Timestamp, VmState, Vmm};
 
 /// One VM as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -30,7 +30,7 @@ pub struct VmRecord {
     /// Stable MAC address, unique across VMs.
     pub mac: String,
     pub tap: Option<String>,
-    pub backend: Option<VmmBackend>,
+    pub backend: Option<Vmm>,
     pub vmm_pid: Option<u32>,
     /// With `vmm_pid`, the identity of the VMM process: its start time in
     /// clock ticks since boot (field 22 of `/proc/PID/stat`), so a reused
@@ -55,7 +55,7 @@ pub struct VmPatch {
     pub memory_mib: Option<u64>,
     pub disk_bytes: Option<u64>,
     pub tap: Option<Option<String>>,
-    pub backend: Option<Option<VmmBackend>>,
+    pub backend: Option<Option<Vmm>>,
     pub vmm_pid: Option<Option<u32>>,
     pub vmm_start_time: Option<Option<u64>>,
     pub clone_strategy: Option<Option<CloneStrategy>>,
@@ -106,10 +106,10 @@ fn vm_from_row(r: &Row<'_>) -> rusqlite::Result<VmRecord> {
         ip: r.get::<_, Option<IpCol>>(8)?.map(|c| c.0),
         mac: r.get(9)?,
         tap: r.get(10)?,
-        backend: r.get(11)?,
+        backend: r.get::<_, Option<TextCol<Vmm>>>(11)?.map(|c| c.0),
         vmm_pid: r.get(12)?,
         vmm_start_time: r.get(13)?,
-        clone_strategy: r.get(14)?,
+        clone_strategy: r.get::<_, Option<TextCol<CloneStrategy>>>(14)?.map(|c| c.0),
         created_at: r.get(15)?,
         updated_at: r.get(16)?,
         last_activity_at: r.get(17)?,
@@ -141,10 +141,10 @@ impl StateDb {
                     vm.disk_bytes,
                     vm.mac,
                     vm.tap,
-                    vm.backend,
+                    vm.backend.map(Vmm::as_str),
                     vm.vmm_pid,
                     vm.vmm_start_time,
-                    vm.clone_strategy,
+                    vm.clone_strategy.map(CloneStrategy::as_str),
                     vm.created_at,
                     vm.updated_at,
                     vm.last_activity_at,
@@ -319,10 +319,10 @@ impl StateDb {
                     vm.memory_mib,
                     vm.disk_bytes,
                     vm.tap,
-                    vm.backend,
+                    vm.backend.map(Vmm::as_str),
                     vm.vmm_pid,
                     vm.vmm_start_time,
-                    vm.clone_strategy,
+                    vm.clone_strategy.map(CloneStrategy::as_str),
                     vm.updated_at,
                     vm.spec.to_string(),
                 ],

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use banger_state::{
     ArtifactSource, CloneStrategy, ImageRecord, KernelRecord, SessionKind, SessionRecord, StateDb,
-    StateError, Timestamp, VmPatch, VmRecord, VmState, VmmBackend,
+    StateError, Timestamp, VmPatch, VmRecord, VmState, Vmm,
 };
 
 fn vm(id: &str, name: &str) -> VmRecord {
@@ -22,7 +22,7 @@ fn vm(id: &str, name: &str) -> VmRecord {
         ip: None,
         mac: format!("02:00:00:00:{id}"),
         tap: None,
-        backend: Some(VmmBackend::Qemu),
+        backend: Some(Vmm::Qemu),
         vmm_pid: None,
         vmm_start_time: None,
         clone_strategy: Some(CloneStrategy::SparseCopy),
@@ -96,7 +96,7 @@ fn vm_round_trip_and_updates() {
                 tap: Some(Some("bgtap3".into())),
                 vmm_pid: Some(Some(777)),
                 vmm_start_time: Some(Some(123_456)),
-                backend: Some(Some(VmmBackend::Firecracker)),
+                backend: Some(Some(Vmm::Firecracker)),
                 clone_strategy: Some(Some(CloneStrategy::Reflink)),
                 memory_mib: Some(2048),
                 ..VmPatch::default()
@@ -109,7 +109,7 @@ fn vm_round_trip_and_updates() {
         (patched.vmm_pid, patched.vmm_start_time),
         (Some(777), Some(123_456))
     );
-    assert_eq!(patched.backend, Some(VmmBackend::Firecracker));
+    assert_eq!(patched.backend, Some(Vmm::Firecracker));
     assert_eq!(patched.clone_strategy, Some(CloneStrategy::Reflink));
     assert_eq!((patched.vcpu, patched.memory_mib), (2, 2048));
     assert_eq!(db.get_vm("id-a").unwrap().unwrap(), patched);

@@ -5,11 +5,9 @@
 //! exists before the guest first boots and nothing is ever trusted on first
 //! use.
 
-use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use banger_host::lock::FileLock;
@@ -35,6 +33,8 @@ pub enum IdentityError {
     InvalidPublicKey { name: String, reason: String },
     #[error("known_hosts path {} has no parent directory", path.display())]
     NoParent { path: PathBuf },
+    #[error(transparent)]
+    Write(#[from] banger_fs::AtomicWriteError),
     #[error("cannot {op} {}: {source}", path.display())]
     Io {
         op: &'static str,
@@ -95,42 +95,17 @@ pub fn new_vm_id() -> String {
     hex::encode(bytes)
 }
 
-/// A MAC address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MacAddr(pub [u8; 6]);
+pub use banger_wire::vmm::MacAddr;
 
-impl MacAddr {
-    /// The stable MAC of VM `vm_id`: `02` (locally administered, unicast)
-    /// followed by the first five bytes of `sha256(vm_id)`. The same id always
-    /// gives the same address, so a restarted VM keeps its MAC.
-    pub fn for_vm(vm_id: &str) -> MacAddr {
-        let digest = Sha256::digest(vm_id.as_bytes());
-        let mut mac = [0u8; 6];
-        mac[0] = 0x02;
-        mac[1..].copy_from_slice(&digest[..5]);
-        MacAddr(mac)
-    }
-
-    /// Bit 1 of the first octet: not a vendor-assigned address.
-    pub fn is_locally_administered(&self) -> bool {
-        self.0[0] & 0x02 != 0
-    }
-
-    /// Bit 0 of the first octet clear: a unicast address.
-    pub fn is_unicast(&self) -> bool {
-        self.0[0] & 0x01 == 0
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let m = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
-    }
+/// The stable MAC of VM `vm_id`: `02` (locally administered, unicast)
+/// followed by the first five bytes of `sha256(vm_id)`. The same id always
+/// gives the same address, so a restarted VM keeps its MAC.
+pub fn vm_mac(vm_id: &str) -> MacAddr {
+    let digest = Sha256::digest(vm_id.as_bytes());
+    let mut mac = [0u8; 6];
+    mac[0] = 0x02;
+    mac[1..].copy_from_slice(&digest[..5]);
+    MacAddr(mac)
 }
 
 /// Generate a VM's SSH host key: ed25519, in OpenSSH formats, with
@@ -246,21 +221,15 @@ impl KnownHosts {
             Err(e) => return Err(io_err("read", &self.path)(e)),
         };
         edit(&mut lines);
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".known_hosts.")
-            .permissions(fs::Permissions::from_mode(0o600))
-            .tempfile_in(dir)
-            .map_err(io_err("create a temporary file in", dir))?;
         let mut text = lines.join("\n");
         if !text.is_empty() {
             text.push('\n');
         }
-        tmp.write_all(text.as_bytes())
-            .and_then(|()| tmp.as_file().sync_all())
-            .map_err(io_err("write", tmp.path()))?;
-        tmp.persist(&self.path)
-            .map_err(|e| io_err("replace", &self.path)(e.error))?;
-        sync_dir(dir).map_err(io_err("sync directory", dir))?;
+        banger_fs::write_atomic(
+            &self.path,
+            &mut text.as_bytes(),
+            banger_fs::WriteOptions::mode(0o600),
+        )?;
         Ok(())
     }
 
@@ -295,6 +264,7 @@ pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn dns_label_names() {
@@ -335,9 +305,9 @@ mod tests {
     #[test]
     fn mac_is_stable_local_unicast() {
         let id = "3f2a0c9e5b7d41e8a6c2d9f0b1e4a7c3";
-        let mac = MacAddr::for_vm(id);
-        assert_eq!(mac, MacAddr::for_vm(id));
-        assert_ne!(mac, MacAddr::for_vm("another-id"));
+        let mac = vm_mac(id);
+        assert_eq!(mac, vm_mac(id));
+        assert_ne!(mac, vm_mac("another-id"));
         assert!(mac.is_locally_administered());
         assert!(mac.is_unicast());
         let text = mac.to_string();

@@ -411,20 +411,23 @@ impl VmmHandle {
     /// Write this handle to `run_dir/vmm.json` (atomically).
     pub fn save(&self) -> Result<(), VmmError> {
         let path = Self::handle_path(&self.run_dir);
-        let tmp = self.run_dir.join(format!(".{HANDLE_FILE}.tmp"));
         let text = serde_json::to_vec_pretty(self).map_err(|source| VmmError::BadHandle {
             path: path.clone(),
             source,
         })?;
-        std::fs::write(&tmp, text).map_err(|source| VmmError::Io {
-            op: FileOp::Write,
-            path: tmp.clone(),
-            source,
-        })?;
-        std::fs::rename(&tmp, &path).map_err(|source| VmmError::Io {
-            op: FileOp::RenameIntoPlace,
-            path,
-            source,
+        // 0644 as the plain write this replaced made it (umask 022).
+        banger_fs::write_atomic(
+            &path,
+            &mut text.as_slice(),
+            banger_fs::WriteOptions::mode(0o644),
+        )
+        .map_err(|e| {
+            let (path, source) = e.into_parts();
+            VmmError::Io {
+                op: FileOp::Write,
+                path,
+                source,
+            }
         })
     }
 

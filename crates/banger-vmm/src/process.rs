@@ -36,41 +36,17 @@ pub enum ProcessError {
     Survived { pid: u32 },
 }
 
-/// What `/proc/PID/stat` says about a process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ProcStat {
-    /// Field 3: `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
-    pub state: char,
-    /// Field 22: start time in clock ticks after boot.
-    pub start_time: u64,
-}
-
-/// Parse the contents of `/proc/PID/stat`. The command name (field 2) may
-/// contain spaces and parentheses, so fields are counted from the last `)`.
-pub fn parse_stat(content: &str) -> Option<ProcStat> {
-    let rest = &content[content.rfind(')')? + 1..];
-    let mut fields = rest.split_ascii_whitespace();
-    let state = fields.next()?.chars().next()?;
-    // After the state (field 3), field 22 is the 19th remaining field.
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(ProcStat { state, start_time })
-}
+pub use banger_fs::proc::{parse_stat, ProcStat};
 
 /// Read `/proc/PID/stat`.
 pub fn proc_stat(pid: u32) -> Result<ProcStat, ProcessError> {
-    let path = format!("/proc/{pid}/stat");
-    let content = match std::fs::read_to_string(&path) {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ProcessError::NoSuchProcess { pid })
+    banger_fs::proc::read_stat(pid).map_err(|e| match e {
+        banger_fs::proc::StatError::NoSuchProcess { pid } => ProcessError::NoSuchProcess { pid },
+        banger_fs::proc::StatError::Read { pid, source } => ProcessError::ReadStat { pid, source },
+        banger_fs::proc::StatError::Malformed { pid, content } => {
+            ProcessError::MalformedStat { pid, content }
         }
-        // ESRCH: the process exited between open and read.
-        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-            return Err(ProcessError::NoSuchProcess { pid })
-        }
-        Err(source) => return Err(ProcessError::ReadStat { pid, source }),
-    };
-    parse_stat(&content).ok_or(ProcessError::MalformedStat { pid, content })
+    })
 }
 
 /// The start time (field 22 of `/proc/PID/stat`) of a running process.
@@ -82,7 +58,7 @@ pub fn process_start_time(pid: u32) -> Result<u64, ProcessError> {
 /// (a zombie waiting to be reaped counts as exited).
 pub fn is_same_process(pid: u32, start_time: u64) -> bool {
     match proc_stat(pid) {
-        Ok(stat) => stat.start_time == start_time && !matches!(stat.state, 'Z' | 'X' | 'x'),
+        Ok(stat) => stat.start_time == start_time && !stat.has_exited(),
         Err(_) => false,
     }
 }
@@ -328,21 +304,6 @@ pub fn session_of(pid: u32) -> Result<u32, ProcessError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_with_hostile_command_names() {
-        let tail = "S 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
-        let stat = parse_stat(&format!("123 (qemu) x (y) {tail}")).unwrap();
-        assert_eq!(
-            stat,
-            ProcStat {
-                state: 'S',
-                start_time: 424242
-            }
-        );
-        assert!(parse_stat("123 (truncated) S 1 2").is_none());
-        assert!(parse_stat("no parenthesis").is_none());
-    }
 
     #[test]
     fn vm_ids_are_matched_only_after_an_id_flag() {

@@ -6,12 +6,10 @@
 //! runs before anything is spawned so a bad description fails with an error
 //! naming the field, never with a half-started VMM.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
+pub use banger_wire::vmm::{MacAddr, MacParseError};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 /// Longest path a Unix socket can bind (`sun_path` is 108 bytes with the NUL).
 pub const MAX_SOCKET_PATH: usize = 107;
@@ -90,82 +88,6 @@ pub struct AgentSpec {
     pub guest_cid: u32,
     /// Host-side Unix socket the VMM creates (absolute, ≤ [`MAX_SOCKET_PATH`] bytes).
     pub host_socket: PathBuf,
-}
-
-/// A unicast Ethernet address, written `aa:bb:cc:dd:ee:ff`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MacAddr(pub [u8; 6]);
-
-/// A string that is not a MAC address.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid MAC address {input:?}: expected six hex pairs like 02:ab:cd:00:11:22")]
-pub struct MacParseError {
-    /// What was given.
-    pub input: String,
-}
-
-impl MacAddr {
-    /// A stable locally administered unicast MAC derived from `seed` (e.g. a VM id).
-    pub fn from_seed(seed: &str) -> MacAddr {
-        let digest = Sha256::digest(seed.as_bytes());
-        let mut b = [0u8; 6];
-        b.copy_from_slice(&digest[..6]);
-        // Locally administered (bit 1) and unicast (bit 0 clear).
-        b[0] = (b[0] | 0x02) & !0x01;
-        MacAddr(b)
-    }
-
-    /// Whether this is a multicast/broadcast address (low bit of the first octet).
-    pub fn is_multicast(&self) -> bool {
-        self.0[0] & 0x01 != 0
-    }
-}
-
-impl fmt::Display for MacAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let b = self.0;
-        write!(
-            f,
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            b[0], b[1], b[2], b[3], b[4], b[5]
-        )
-    }
-}
-
-impl FromStr for MacAddr {
-    type Err = MacParseError;
-
-    fn from_str(s: &str) -> Result<MacAddr, MacParseError> {
-        let err = || MacParseError {
-            input: s.to_owned(),
-        };
-        let mut out = [0u8; 6];
-        let mut parts = s.split(':');
-        for byte in &mut out {
-            let part = parts.next().ok_or_else(err)?;
-            if part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
-                return Err(err());
-            }
-            *byte = u8::from_str_radix(part, 16).map_err(|_| err())?;
-        }
-        if parts.next().is_some() {
-            return Err(err());
-        }
-        Ok(MacAddr(out))
-    }
-}
-
-impl Serialize for MacAddr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for MacAddr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<MacAddr, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
 }
 
 /// Why a [`VmSpec`] was rejected; each variant names the field and the value.
@@ -568,28 +490,5 @@ mod tests {
                 "{err:?} should contain {expected:?}"
             );
         }
-    }
-
-    #[test]
-    fn mac_parses_prints_and_derives() {
-        let mac: MacAddr = "02:AB:cd:00:11:22".parse().unwrap();
-        assert_eq!(mac.to_string(), "02:ab:cd:00:11:22");
-        for bad in [
-            "",
-            "02:ab:cd:00:11",
-            "02:ab:cd:00:11:22:33",
-            "02-ab-cd-00-11-22",
-            "0g:00:00:00:00:00",
-            "2:ab:cd:00:11:22",
-        ] {
-            let err = bad.parse::<MacAddr>().unwrap_err();
-            assert_eq!(err.input, bad);
-        }
-        let a = MacAddr::from_seed("vm-1");
-        assert_eq!(a, MacAddr::from_seed("vm-1"));
-        assert_ne!(a, MacAddr::from_seed("vm-2"));
-        assert_eq!(a.0[0] & 0x03, 0x02, "locally administered unicast: {a}");
-        let json = serde_json::to_string(&a).unwrap();
-        assert_eq!(serde_json::from_str::<MacAddr>(&json).unwrap(), a);
     }
 }

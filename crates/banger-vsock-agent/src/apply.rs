@@ -6,9 +6,9 @@
 //! converges. Paths in the guest are taken relative to
 //! [`ApplyOptions::root`] so tests can apply into a temp directory.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -752,43 +752,15 @@ pub(crate) fn write_atomic(
     mode: u32,
     owner: Owner,
 ) -> Result<(), IoFail> {
-    let name = path
-        .file_name()
-        .expect("write_atomic target has a file name")
-        .to_string_lossy();
-    let tmp = path.with_file_name(format!(".{name}.banger-tmp"));
-    match fs::remove_file(&tmp) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(source) => {
-            return Err(IoFail {
-                op: "remove stale",
-                path: tmp,
-                source,
-            })
+    let opts = banger_fs::WriteOptions::mode(mode).owned_by(owner.uid, owner.gid);
+    banger_fs::write_atomic(path, contents, opts).map_err(|e| {
+        let (path, source) = e.into_parts();
+        IoFail {
+            op: "replace",
+            path,
+            source,
         }
-    }
-    let result = (|| {
-        // Created 0600 so the content is never readable by others before
-        // the final mode is set.
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .ctx("create", &tmp)?;
-        io::copy(contents, &mut file).ctx("write", &tmp)?;
-        file.flush().ctx("write", &tmp)?;
-        std::os::unix::fs::fchown(&file, Some(owner.uid), Some(owner.gid)).ctx("chown", &tmp)?;
-        file.set_permissions(fs::Permissions::from_mode(mode))
-            .ctx("chmod", &tmp)?;
-        file.sync_all().ctx("sync", &tmp)?;
-        fs::rename(&tmp, path).ctx("rename into place", path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    })
 }
 
 #[cfg(test)]
@@ -911,7 +883,7 @@ mod tests {
         let leftovers: Vec<_> = fs::read_dir(root.join("etc/ssh"))
             .unwrap()
             .map(|e| e.unwrap().file_name())
-            .filter(|n| n.to_string_lossy().contains("banger-tmp"))
+            .filter(|n| n.to_string_lossy().ends_with(".tmp"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }

@@ -180,53 +180,20 @@ pub fn parse_loadavg(path: &Path, text: &str) -> Result<(f64, f64, f64), ProcErr
 
 /// `(MemTotal, MemAvailable)` in bytes from the text of `/proc/meminfo`.
 pub fn parse_meminfo(path: &Path, text: &str) -> Result<(u64, u64), ProcError> {
-    let mut total = None;
-    let mut available = None;
-    for (i, line) in text.lines().enumerate() {
-        let Some((key, rest)) = line.split_once(':') else {
-            continue;
-        };
-        let slot = match key {
-            "MemTotal" => &mut total,
-            "MemAvailable" => &mut available,
-            _ => continue,
-        };
-        let mut parts = rest.split_whitespace();
-        let value: u64 =
-            parts
-                .next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| ProcError::Parse {
-                    path: path.to_owned(),
-                    line: i + 1,
-                    reason: format!("{key} has no numeric value"),
-                })?;
-        let scale = match parts.next() {
-            Some("kB") => 1024,
-            None => 1,
-            Some(unit) => {
-                return Err(ProcError::Parse {
-                    path: path.to_owned(),
-                    line: i + 1,
-                    reason: format!("{key} has unknown unit {unit:?}"),
-                })
-            }
-        };
-        let bytes = value.checked_mul(scale).ok_or_else(|| ProcError::Parse {
+    use banger_fs::proc::{meminfo_bytes, MeminfoError};
+    let field = |key| {
+        meminfo_bytes(text, key).map_err(|e| ProcError::Parse {
             path: path.to_owned(),
-            line: i + 1,
-            reason: format!("{key} of {value} units overflows 64 bits"),
-        })?;
-        *slot = Some(bytes);
-    }
-    match (total, available) {
-        (Some(t), Some(a)) => Ok((t, a)),
-        _ => Err(ProcError::Parse {
-            path: path.to_owned(),
-            line: 0,
-            reason: "MemTotal or MemAvailable missing".to_owned(),
-        }),
-    }
+            line: match &e {
+                MeminfoError::Missing { .. } => 0,
+                MeminfoError::NotNumeric { line, .. }
+                | MeminfoError::UnknownUnit { line, .. }
+                | MeminfoError::Overflow { line, .. } => *line,
+            },
+            reason: e.to_string(),
+        })
+    };
+    Ok((field("MemTotal")?, field("MemAvailable")?))
 }
 
 /// The socket inode in a `/proc/PID/fd/N` link target (`socket:[12345]`).

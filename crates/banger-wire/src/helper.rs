@@ -71,9 +71,9 @@ pub struct GuestFence {
     pub deny_destinations: Vec<String>,
 }
 
-/// What a [`HelperRequest::BuildBundle`] builds (serialized `"image"` /
-/// `"kernel"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// What a bundle is: what a [`HelperRequest::BuildBundle`] builds, what
+/// banger-image stores (serialized `"image"` / `"kernel"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BundleKind {
     /// A root filesystem image (`images/image/<name>.toml`).
@@ -83,12 +83,23 @@ pub enum BundleKind {
 }
 
 impl BundleKind {
-    /// `"image"` or `"kernel"`.
+    /// `image` or `kernel`, as in CLI commands and store directories.
     pub fn as_str(self) -> &'static str {
         match self {
             BundleKind::Image => "image",
             BundleKind::Kernel => "kernel",
         }
+    }
+
+    /// The command that builds `name` locally from its recipe.
+    pub fn build_command(self, name: &str) -> String {
+        format!("banger {} build {name}", self.as_str())
+    }
+}
+
+impl std::fmt::Display for BundleKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

@@ -7,8 +7,10 @@
 //! - [`image`]: bodies of the `/v1/images` and `/v1/kernels` routes.
 //! - [`install`]: `/etc/banger/install.toml`, the system-install metadata.
 //! - [`routes`]: every API route, typed, shared by the CLI and the daemon.
-//! - [`vm`]: bodies of the `/v1/vms` routes.
 //! - [`session`]: bodies of the `/v1/vms/{vm}/sessions` routes.
+//! - [`units`]: byte sizes as written (`16G`) and shown (`1.5 GiB`).
+//! - [`vm`]: bodies of the `/v1/vms` routes.
+//! - [`vmm`]: backend, clone strategy and MAC types every process shares.
 //!
 //! Everything here is plain data: no I/O, so both sides of every socket agree
 //! on the exact shapes and the parse layer can be tested without hardware.
@@ -20,7 +22,9 @@ pub mod image;
 pub mod install;
 pub mod routes;
 pub mod session;
+pub mod units;
 pub mod vm;
+pub mod vmm;
 
 /// The banger version every binary reports (workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -24,7 +24,7 @@ use std::path::{Component, Path, PathBuf};
 use banger_image::build::{build, BuildOptions, Built};
 use banger_image::recipe::RecipeSet;
 use banger_image::store::{Installed, Origin, Store};
-use banger_image::{Kind, Progress};
+use banger_image::Progress;
 use banger_wire::helper::{BundleKind, HelperErrorCode, HelperResponse};
 use bangerd_root::ops::build::BuildPaths;
 use nix::errno::Errno;
@@ -32,14 +32,6 @@ use nix::fcntl::{openat, openat2, renameat, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::{fstatat, mkdirat, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 use tracing::info;
-
-/// The wire kind as banger-image's kind.
-pub fn image_kind(kind: BundleKind) -> Kind {
-    match kind {
-        BundleKind::Image => Kind::Image,
-        BundleKind::Kernel => Kind::Kernel,
-    }
-}
 
 /// A build named no recipe compiled into the builder.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -53,7 +45,7 @@ pub struct UnknownRecipe {
 /// `name` if it is exactly one of the embedded recipes of `kind` (so never a
 /// path, and never a recipe the owner wrote).
 pub fn recipe_name(kind: BundleKind, name: &str) -> Result<String, UnknownRecipe> {
-    let known = RecipeSet::embedded().names(image_kind(kind));
+    let known = RecipeSet::embedded().names(kind);
     if known.iter().any(|k| k == name) {
         Ok(name.to_owned())
     } else {
@@ -206,7 +198,7 @@ pub fn build_here(
             info!(phase = p.phase.as_str(), "{kind:?} {name}: {}", p.message);
         }
     };
-    let built = build(image_kind(kind), name, &opts, &log).map_err(|e| BuildError::Build {
+    let built = build(kind, name, &opts, &log).map_err(|e| BuildError::Build {
         kind: kind.as_str(),
         name: name.to_owned(),
         source: Box::new(e),
@@ -423,7 +415,7 @@ fn hand_over(
         bundle_sha256: built.packed.sha256.clone(),
     };
     store
-        .install_file(&dest, image_kind(kind), name, origin, log)
+        .install_file(&dest, kind, name, origin, log)
         .map_err(|e| BuildError::Install {
             kind: kind.as_str(),
             name: name.to_owned(),

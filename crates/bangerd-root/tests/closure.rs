@@ -13,10 +13,13 @@ use std::process::Command;
 /// The image builder is `bangerd-build`, not the helper: a dependency on
 /// banger-image here fails this. Lower this as it shrinks; never raise it
 /// without saying why there.
-const ROOT_HELPER_MAX: usize = 102;
+/// 102 → 103: banger-fs (the shared atomic-write and /proc helpers; no
+/// dependency of its own besides thiserror).
+const ROOT_HELPER_MAX: usize = 103;
 
 /// The guest agent's ceiling (it is copied onto every VM's config drive).
-const GUEST_AGENT_MAX: usize = 43;
+/// 43 → 44: banger-fs, as for the helper.
+const GUEST_AGENT_MAX: usize = 44;
 
 /// Distinct lines of `cargo tree -p package -e normal --prefix none`.
 fn closure(package: &str) -> BTreeSet<String> {

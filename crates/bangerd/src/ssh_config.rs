@@ -9,9 +9,8 @@
 //! created, deleted, started or stopped; `banger ssh-config --install`
 //! includes it from `~/.ssh/config`.
 
-use std::io::Write;
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -28,6 +27,8 @@ pub enum SshConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Write(#[from] banger_fs::AtomicWriteError),
     #[error("cannot list VMs for {path}: {source}")]
     State {
         path: PathBuf,
@@ -109,23 +110,12 @@ pub fn write(path: &Path, text: &str) -> Result<(), SshConfigError> {
         .mode(0o700)
         .create(dir)
         .map_err(io("create", dir))?;
-    let tmp = dir.join(format!(".ssh_config.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("create", &tmp))?;
-        f.write_all(text.as_bytes()).map_err(io("write", &tmp))?;
-        f.sync_all().map_err(io("sync", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(io("replace", path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    banger_fs::write_atomic(
+        path,
+        &mut text.as_bytes(),
+        banger_fs::WriteOptions::mode(0o600),
+    )?;
+    Ok(())
 }
 
 /// Rewrite the ssh_config of `layout` for the VMs in the database.

@@ -7,35 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{locate_program, probe_kvm, KvmState, ProbeEnv};
 
-/// How QEMU executes guest code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// Hardware virtualization through `/dev/kvm`.
-    Kvm,
-    /// QEMU's software emulator: slower, works everywhere.
-    Tcg,
-}
-
-/// A VMM backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "vmm", rename_all = "lowercase")]
-pub enum Backend {
-    /// Firecracker (always KVM).
-    Firecracker,
-    /// QEMU's `microvm` machine.
-    Qemu { accel: Accel },
-}
-
-impl std::fmt::Display for Backend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Backend::Firecracker => "firecracker",
-            Backend::Qemu { accel: Accel::Kvm } => "qemu-kvm",
-            Backend::Qemu { accel: Accel::Tcg } => "qemu-tcg",
-        })
-    }
-}
+pub use banger_wire::vmm::{Accel, Backend};
 
 /// The backend the configuration resolves to on this host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -546,7 +546,7 @@ pub fn check_free_space(dir: &Path) -> Check {
             .required()
         }
     };
-    let human = human_bytes(free.available);
+    let human = banger_wire::units::human_bytes(free.available);
     let detail = format!("{human} free at {}", free.measured_at.display());
     let fix = "free space there, or move the state dir (XDG_STATE_HOME, or the system install's \
                state_dir) to a bigger filesystem";
@@ -691,18 +691,6 @@ pub fn check_vm_defaults(cfg: &Config, host: &HostFacts) -> Check {
     }))
 }
 
-/// `1.5 GiB`-style sizes for free space (not exact like config sizes).
-fn human_bytes(bytes: u64) -> String {
-    const GIB: f64 = (1u64 << 30) as f64;
-    const MIB: f64 = (1u64 << 20) as f64;
-    let b = bytes as f64;
-    if b >= GIB {
-        format!("{:.1} GiB", b / GIB)
-    } else {
-        format!("{:.0} MiB", b / MIB)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -781,8 +769,6 @@ mod tests {
             Status::Ok
         };
         assert_eq!(c.status, want);
-        assert_eq!(human_bytes(3 << 29), "1.5 GiB");
-        assert_eq!(human_bytes(5 << 20), "5 MiB");
     }
 
     #[test]

@@ -11,27 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::ProbeError;
 
-/// How a VM's root disk is made from the image's `rootfs.ext4`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CloneStrategy {
-    /// `FICLONE`: instant, shares blocks until written (btrfs, xfs, bcachefs).
-    Reflink,
-    /// A device-mapper snapshot over the read-only image (needs the root helper).
-    DmSnapshot,
-    /// Copy only the allocated extents (`SEEK_DATA`/`SEEK_HOLE`).
-    SparseCopy,
-}
-
-impl std::fmt::Display for CloneStrategy {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            CloneStrategy::Reflink => "reflink",
-            CloneStrategy::DmSnapshot => "dm-snapshot",
-            CloneStrategy::SparseCopy => "sparse-copy",
-        })
-    }
-}
+pub use banger_wire::vmm::CloneStrategy;
 
 /// Result of one real `FICLONE` attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

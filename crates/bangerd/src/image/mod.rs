@@ -510,7 +510,7 @@ async fn build_in_helper(
     sink: &EventSink,
 ) -> Result<InstalledBundle, ImageError> {
     use crate::helper::{HelperCallError, HelperOpError};
-    use banger_wire::helper::{BundleKind, HelperRequest, HelperResponse};
+    use banger_wire::helper::{HelperRequest, HelperResponse};
     let needs_root = |reason: String| ImageError::NeedsRoot {
         kind,
         name: name.to_owned(),
@@ -527,10 +527,7 @@ async fn build_in_helper(
     )
     .await;
     let req = HelperRequest::BuildBundle {
-        kind: match kind {
-            Kind::Image => BundleKind::Image,
-            Kind::Kernel => BundleKind::Kernel,
-        },
+        kind,
         name: name.to_owned(),
     };
     match state.helper.request(&req).await {

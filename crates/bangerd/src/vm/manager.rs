@@ -7,9 +7,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use banger_config::Config;
-use banger_host::probe::CloneStrategy as ProbedStrategy;
 use banger_vm::netplan::NetPlan;
 use banger_vmm::Vmm;
+use banger_wire::vmm::CloneStrategy;
 
 use super::tap_pool;
 
@@ -24,7 +24,7 @@ pub struct VmManager {
     /// The launcher for the chosen backend, or why none can run.
     pub vmm: Result<Vmm, String>,
     /// The clone strategy probed in the VMs directory (probed once, lazily).
-    clone_strategy: Mutex<Option<ProbedStrategy>>,
+    clone_strategy: Mutex<Option<CloneStrategy>>,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// The agent's last answers per VM id, refreshed every `stats_poll_interval`.
     samples: Mutex<HashMap<String, AgentSample>>,
@@ -129,7 +129,7 @@ impl VmManager {
     }
 
     /// The root-disk clone strategy for `dir`, probed on first use.
-    pub fn clone_strategy(&self, dir: &std::path::Path) -> ProbedStrategy {
+    pub fn clone_strategy(&self, dir: &std::path::Path) -> CloneStrategy {
         let mut cached = self
             .clone_strategy
             .lock()
@@ -150,7 +150,7 @@ impl VmManager {
                     "cannot probe the clone strategy in {}: {e}; using sparse copies",
                     dir.display()
                 );
-                ProbedStrategy::SparseCopy
+                CloneStrategy::SparseCopy
             }
         };
         tracing::info!(%strategy, dir = %dir.display(), "root disks are cloned by {strategy}");

@@ -18,9 +18,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use banger_config::HostFacts;
-use banger_host::probe::CloneStrategy as ProbedStrategy;
 use banger_image::Kind;
-use banger_state::{CloneStrategy, Timestamp, VmPatch, VmRecord, VmState, VmmBackend};
+use banger_state::{CloneStrategy, Timestamp, VmPatch, VmRecord, VmState};
 use banger_vm::disk::{self, RootFile};
 use banger_vm::identity::{self, KnownHosts};
 use banger_vmm::process::Pidfd;
@@ -255,7 +254,7 @@ fn new_record(id: &str, resolved: &ResolvedCreate, image: &ImageArtifacts) -> Vm
         memory_mib: resolved.size.memory_mib,
         disk_bytes: resolved.size.disk_bytes,
         ip: None,
-        mac: identity::MacAddr::for_vm(id).to_string(),
+        mac: identity::vm_mac(id).to_string(),
         tap: None,
         backend: None,
         vmm_pid: None,
@@ -347,7 +346,7 @@ async fn define(
 
     let preferred = match state.vms.clone_strategy(&vms_dir) {
         // No root-helper operation makes device-mapper snapshots yet.
-        ProbedStrategy::DmSnapshot => ProbedStrategy::SparseCopy,
+        CloneStrategy::DmSnapshot => CloneStrategy::SparseCopy,
         s => s,
     };
     sink.progress(
@@ -356,12 +355,7 @@ async fn define(
     )
     .await;
     let (src, dst) = (image.rootfs.clone(), p.root_disk.clone());
-    let used = blocking(move || disk::clone_rootfs(&src, &dst, preferred)).await??;
-    let strategy = match used {
-        ProbedStrategy::Reflink => CloneStrategy::Reflink,
-        ProbedStrategy::DmSnapshot => CloneStrategy::DmSnapshot,
-        ProbedStrategy::SparseCopy => CloneStrategy::SparseCopy,
-    };
+    let strategy = blocking(move || disk::clone_rootfs(&src, &dst, preferred)).await??;
     state.db().update_vm(
         &vm.id,
         &VmPatch {
@@ -762,7 +756,7 @@ fn vm_spec(
         drives,
         net: Some(NetSpec {
             tap: net.tap.clone(),
-            mac: banger_vmm::MacAddr(identity::MacAddr::for_vm(&vm.id).0),
+            mac: identity::vm_mac(&vm.id),
         }),
         serial_log: p.serial_log.clone(),
         agent: Some(AgentSpec {
@@ -1013,10 +1007,7 @@ fn record_vmm(state: &Daemon, id: &str, handle: &VmmHandle) -> Result<(), VmErro
     state.db().update_vm(
         id,
         &VmPatch {
-            backend: Some(Some(match handle.backend {
-                Backend::Firecracker => VmmBackend::Firecracker,
-                Backend::Qemu { .. } => VmmBackend::Qemu,
-            })),
+            backend: Some(Some(handle.backend.vmm())),
             vmm_pid: Some(Some(handle.pid)),
             vmm_start_time: Some(Some(handle.start_time)),
             ..VmPatch::default()
@@ -1554,7 +1545,7 @@ mod tests {
         assert_eq!(vm.state, VmState::Created);
         assert_eq!(VmExtra::from_json(&vm.spec).pending, Some(Pending::Create));
         assert_eq!((vm.vcpu, vm.memory_mib, vm.disk_bytes), (2, 512, 1 << 30));
-        assert_eq!(vm.mac, identity::MacAddr::for_vm(&vm.id).to_string());
+        assert_eq!(vm.mac, identity::vm_mac(&vm.id).to_string());
         assert_eq!((vm.tap, vm.ip, vm.vmm_pid), (None, None, None));
     }
 

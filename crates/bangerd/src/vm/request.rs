@@ -154,7 +154,7 @@ pub fn parse_memory(text: &str) -> Result<u64, String> {
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         return t.parse::<u64>().map_err(|_| "number too large".to_owned());
     }
-    let bytes = banger_config::parse_size(t)?;
+    let bytes = banger_config::parse_size(t).map_err(|e| e.to_string())?;
     if bytes % MIB != 0 {
         return Err(format!("{text:?} is not a whole number of MiB"));
     }
@@ -169,21 +169,7 @@ fn source(p: Provenance) -> SpecSource {
     }
 }
 
-/// `1.5 GiB`-style size for messages.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 || value.fract() == 0.0 {
-        format!("{value:.0} {}", UNITS[unit])
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
-}
+pub use banger_wire::units::human_bytes as human;
 
 /// The `spec:` line `banger vm create` prints first.
 pub fn spec_line(size: &VmSizeSpec) -> String {
