@@ -272,7 +272,7 @@ mod tests {
             Some(Resource::Image)
         );
         assert_eq!(
-            resource_of(&["image", "pull"], &image_arg("pull", "name")),
+            resource_of(&["image", "pull"], &image_arg("pull", "reference")),
             None
         );
         assert_eq!(
