@@ -68,7 +68,7 @@ mod version_skew {
     #[test]
     fn image_list_with_an_unknown_source_parses() {
         let json = r#"{"images":[{"name":"n","version":"1","arch":"x86_64","kernel":"k",
-            "size_bytes":1,"source":"oci","managed":true,"rootfs":"/r","used_by":[],
+            "size_bytes":1,"source":"snapshot","managed":true,"rootfs":"/r","used_by":[],
             "digest":"sha256:00"}],"next_page":null}"#;
         let list: ImageList = serde_json::from_str(json).unwrap();
         assert_eq!(list.images[0].source, ArtifactSource::Unknown);
