@@ -38,3 +38,26 @@ pub mod ssh_config;
 pub mod vm;
 
 pub use daemon::{run, DaemonError, Options};
+
+// In the crate root, not in `vm` or `image`, so both error mappings use it
+// without importing each other (tests/module_graph.rs).
+/// A record that exists or is in another state is a conflict; the rest of
+/// the database's failures are its own code.
+pub(crate) fn state_code(e: &banger_state::StateError) -> banger_wire::api::ErrorCode {
+    use banger_state::StateError as S;
+    match e {
+        S::NotFound { .. } => banger_wire::api::ErrorCode::NotFound,
+        // Every address is leased: stop or delete a VM, or widen the range.
+        S::AlreadyExists { .. }
+        | S::WrongState { .. }
+        | S::InUse { .. }
+        | S::LeasesExhausted { .. } => banger_wire::api::ErrorCode::Conflict,
+        S::Io { .. }
+        | S::Open { .. }
+        | S::Corrupt { .. }
+        | S::NewerSchema { .. }
+        | S::Migration { .. }
+        | S::WalUnavailable { .. }
+        | S::Query { .. } => banger_wire::api::ErrorCode::State,
+    }
+}

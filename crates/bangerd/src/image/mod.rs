@@ -163,7 +163,7 @@ impl ImageError {
             ImageError::Build(e) => build_code(e),
             ImageError::Store(e) => store_code(e),
             ImageError::Transfer(e) => transfer_code(e),
-            ImageError::State(e) => crate::vm::state_code(e),
+            ImageError::State(e) => crate::state_code(e),
             ImageError::Helper(e) => e.code(),
             ImageError::EncodeIndex(_) | ImageError::Task { .. } => ErrorCode::Internal,
         }
@@ -599,7 +599,7 @@ fn managed_image_info(i: &Installed, users: &UsersMap) -> ImageInfo {
         installed_at: i.origin.as_ref().map(|o| o.installed_at),
         recipe_hash: i.manifest.recipe_hash.clone(),
         used_by: users.get(&i.manifest.name).cloned().unwrap_or_default(),
-        oci: oci::origin_of(i),
+        oci: origin_of(i),
     }
 }
 
@@ -1244,6 +1244,22 @@ pub async fn import_upload(
         return Err(ImageError::Upload(e));
     }
     Ok(import_report(result?))
+}
+
+/// The OCI origin of an installed image, for `image show`.
+pub fn origin_of(i: &Installed) -> Option<banger_wire::image::OciOrigin> {
+    match &i.origin.as_ref()?.origin {
+        banger_image::store::Origin::Oci {
+            reference,
+            reference_digest,
+            manifest_digest,
+        } => Some(banger_wire::image::OciOrigin {
+            reference: reference.clone(),
+            reference_digest: reference_digest.clone(),
+            manifest_digest: manifest_digest.clone(),
+        }),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

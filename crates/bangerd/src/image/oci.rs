@@ -8,14 +8,14 @@ use std::sync::Arc;
 
 use banger_image::bundle::{self, BundleMeta};
 use banger_image::manifest::{validate_name, MANIFEST_FILE, ROOTFS};
-use banger_image::store::{Installed, Origin, StoreError};
+use banger_image::store::{Origin, StoreError};
 use banger_image::{Kind, Phase, Progress};
 use banger_oci::progress::Event;
 use banger_oci::{ImportError, OciRef};
 use banger_wire::api::{ApiError, ErrorCode};
 use banger_wire::image::{OciOrigin, OciPullReport, OciPullRequest};
 
-use super::{lookup_kernel, refuse_registered, store, Forwarder, ImageError};
+use super::{lookup_kernel, origin_of, refuse_registered, store, Forwarder, ImageError};
 use crate::context::Daemon;
 use crate::events::EventSink;
 
@@ -84,22 +84,6 @@ impl From<OciPullError> for ApiError {
             code: e.code(),
             message: e.to_string(),
         }
-    }
-}
-
-/// The OCI origin of an installed image, for `image show`.
-pub fn origin_of(i: &Installed) -> Option<OciOrigin> {
-    match &i.origin.as_ref()?.origin {
-        Origin::Oci {
-            reference,
-            reference_digest,
-            manifest_digest,
-        } => Some(OciOrigin {
-            reference: reference.clone(),
-            reference_digest: reference_digest.clone(),
-            manifest_digest: manifest_digest.clone(),
-        }),
-        _ => None,
     }
 }
 

@@ -141,7 +141,7 @@ impl VmError {
             VmError::NoBackend { .. } | VmError::NoAgentBinary { .. } => ErrorCode::Unsupported,
             VmError::Helper(e) => e.code(),
             VmError::Image(e) => e.code(),
-            VmError::State(e) => state_code(e),
+            VmError::State(e) => crate::state_code(e),
             // Request names are checked up front (`InvalidName`); these come
             // from host-side steps (host keys, known_hosts, the configured
             // network, file_sync sources), whose messages name the file.
@@ -161,27 +161,6 @@ impl VmError {
                 ErrorCode::Internal
             }
         }
-    }
-}
-
-/// A record that exists or is in another state is a conflict; the rest of
-/// the database's failures are its own code.
-pub(crate) fn state_code(e: &banger_state::StateError) -> ErrorCode {
-    use banger_state::StateError as S;
-    match e {
-        S::NotFound { .. } => ErrorCode::NotFound,
-        // Every address is leased: stop or delete a VM, or widen the range.
-        S::AlreadyExists { .. }
-        | S::WrongState { .. }
-        | S::InUse { .. }
-        | S::LeasesExhausted { .. } => ErrorCode::Conflict,
-        S::Io { .. }
-        | S::Open { .. }
-        | S::Corrupt { .. }
-        | S::NewerSchema { .. }
-        | S::Migration { .. }
-        | S::WalUnavailable { .. }
-        | S::Query { .. } => ErrorCode::State,
     }
 }
 
