@@ -485,7 +485,11 @@ impl SessionStore {
                     .read_line(&mut answer)
                     .map_err(control_err)?;
                 let answer = answer.trim();
-                if answer != "ok" && answer != "ended" {
+                // An empty answer is EOF: the signalled command ended and
+                // the supervisor exited before its control thread replied
+                // (seen with `stop` under load); the state read below says
+                // how it ended.
+                if !answer.is_empty() && answer != "ok" && answer != "ended" {
                     return Err(control_err(io::Error::other(answer.to_owned())));
                 }
             }
