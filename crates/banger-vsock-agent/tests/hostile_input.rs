@@ -255,6 +255,7 @@ proptest! {
             proc_root: "/nonexistent/banger-test/proc".into(),
             root: "/nonexistent/banger-test".into(),
             agent_exe: "/nonexistent/banger-test/agent".into(),
+            system: Default::default(),
         };
         let mut stream = input.clone();
         // A partial last line (the sender went away) is dropped.
