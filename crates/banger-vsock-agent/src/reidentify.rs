@@ -37,6 +37,8 @@ pub const WORK_MOUNT: &str = "/root";
 /// systemd-network-generator made from the snapshot's `ip=` argument, so it
 /// is the one networkd applies.
 pub const NETWORKD_FILE: &str = "/run/systemd/network/10-banger.network";
+/// How long systemd-networkd may take to configure the NIC from the new file.
+const NETWORKD_WAIT: Duration = Duration::from_secs(20);
 /// How long sshd may take to listen again after its restart.
 const SSHD_WAIT: Duration = Duration::from_secs(20);
 /// The earliest host time accepted (2024-01-01): a host clock before that is
@@ -318,6 +320,8 @@ fn decode_hex(text: &str) -> Option<Vec<u8>> {
 /// The real guest: `/`, `/sys`, `/proc`, `/dev`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct System {
+    /// Where the work disk is mounted ([`WORK_MOUNT`]).
+    pub work_mount: PathBuf,
     pub sys_net: PathBuf,
     pub proc_root: PathBuf,
     pub lookup: BlockLookup,
@@ -326,6 +330,7 @@ pub struct System {
 impl Default for System {
     fn default() -> Self {
         System {
+            work_mount: PathBuf::from(WORK_MOUNT),
             sys_net: PathBuf::from("/sys/class/net"),
             proc_root: PathBuf::from("/proc"),
             lookup: BlockLookup::default(),
@@ -349,7 +354,7 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
 
     let opts = ApplyOptions::system();
     let work_disk = if id.mount_work_disk {
-        let (device, mounted) = mount_work_disk(&sys.lookup)?;
+        let (device, mounted) = mount_work_disk(&sys.lookup, &sys.work_mount)?;
         note("work_disk", mounted);
         Some(device.display().to_string())
     } else {
@@ -385,7 +390,8 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
     );
 
     let nic = find_nic(&sys.sys_net)?;
-    let (mac_changed, address_changed) = configure_network(sys, &nic, id, &checked.mac)?;
+    let (mac_changed, address_changed) =
+        configure_network(sys, &nic, id, &checked.mac, &mut warnings)?;
     note("mac", mac_changed);
     note("address", address_changed);
     note(
@@ -712,6 +718,7 @@ fn configure_network(
     nic: &str,
     id: &GuestIdentity,
     mac: &[u8; 6],
+    warnings: &mut Vec<String>,
 ) -> Result<(bool, bool), ReidentifyError> {
     let want_mac = format_mac(mac);
     let want_addr = format!("{}/{}", id.address, id.prefix_len);
@@ -750,16 +757,18 @@ fn configure_network(
         // Peers' MACs learnt by the snapshot's guest are someone else's now.
         ip(&["neigh", "flush", "dev", nic])?;
     }
-    if config_changed
-        && Command::new("networkctl")
-            .arg("reload")
-            .status()
-            .is_ok_and(|s| s.success())
-    {
-        // networkd applies the new file on reload; the commands below make
-        // the result the same with or without it.
+    let networkd_running = uses_networkd && Path::new("/run/systemd/netif/links").is_dir();
+    if networkd_running && (config_changed || mac_changed || address_changed) {
+        // A restart rather than `networkctl reload`: that needs D-Bus,
+        // which the minimal images do not run. Until networkd has
+        // configured the link from the new file it may put the snapshot's
+        // address back, so it is waited for.
+        run(Command::new("systemctl").args(["restart", "systemd-networkd.service"]))?;
     }
     ip(&["link", "set", "dev", nic, "up"])?;
+    if networkd_running {
+        wait_networkd(sys, nic, warnings);
+    }
     ip(&["addr", "replace", &want_addr, "dev", nic])?;
     ip(&[
         "route",
@@ -778,12 +787,56 @@ fn configure_network(
     Ok((mac_changed, address_changed))
 }
 
+/// Wait until networkd has configured `nic` from [`NETWORKD_FILE`]
+/// (its state file in /run/systemd/netif/links says so); a warning when it
+/// does not within [`NETWORKD_WAIT`].
+fn wait_networkd(sys: &System, nic: &str, warnings: &mut Vec<String>) {
+    let Some(index) = read_trimmed(&sys.sys_net.join(nic).join("ifindex")) else {
+        return;
+    };
+    let state = Path::new("/run/systemd/netif/links").join(index);
+    let deadline = Instant::now() + NETWORKD_WAIT;
+    loop {
+        let text = fs::read_to_string(&state).unwrap_or_default();
+        let value = |key: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+                .map(str::to_owned)
+        };
+        let admin = value("ADMIN_STATE");
+        if value("NETWORK_FILE").as_deref() == Some(NETWORKD_FILE)
+            && matches!(
+                admin.as_deref(),
+                Some("configured" | "failed" | "unmanaged")
+            )
+        {
+            if admin.as_deref() != Some("configured") {
+                warnings.push(format!(
+                    "systemd-networkd reports {nic} {}",
+                    admin.unwrap_or_default()
+                ));
+            }
+            return;
+        }
+        if Instant::now() > deadline {
+            warnings.push(format!(
+                "systemd-networkd did not configure {nic} from {NETWORKD_FILE} within {NETWORKD_WAIT:?} ({})",
+                text.lines().filter(|l| l.starts_with("ADMIN_STATE") || l.starts_with("NETWORK_FILE")).collect::<Vec<_>>().join(", ")
+            ));
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The work disk's device and whether this call mounted it. Already
 /// mounted from that device: nothing to do. Mounted from anything else:
 /// refused.
-fn mount_work_disk(lookup: &BlockLookup) -> Result<(PathBuf, bool), ReidentifyError> {
-    let target = Path::new(WORK_MOUNT);
-    let device = lookup.find_waiting(WORK_DISK_LABEL, Duration::from_secs(10))?;
+fn mount_work_disk(
+    lookup: &BlockLookup,
+    target: &Path,
+) -> Result<(PathBuf, bool), ReidentifyError> {
+    let device = work_device(lookup.find_waiting(WORK_DISK_LABEL, Duration::from_secs(10))?);
     if let Some(found) = mounted_device(target)? {
         let dev_rdev = fs::metadata(&device)
             .map_err(io_err("stat", &device))?
@@ -804,6 +857,8 @@ fn mount_work_disk(lookup: &BlockLookup) -> Result<(PathBuf, bool), ReidentifyEr
     // Blocks of the snapshot's placeholder disk may still be cached for
     // this device: drop them before anything reads the VM's own disk.
     flush_buffers(&device)?;
+    // As a cold boot's systemd-fsck does (fstab pass 2); the host sizes the
+    // filesystem, so nothing is grown here.
     // e2fsck -p: 0 clean, 1 errors fixed; more is a disk to look at by hand.
     let out = Command::new("e2fsck")
         .args(["-p"])
@@ -821,7 +876,6 @@ fn mount_work_disk(lookup: &BlockLookup) -> Result<(PathBuf, bool), ReidentifyEr
             stderr: String::from_utf8_lossy(&out.stdout).trim().to_owned(),
         });
     }
-    run(Command::new("resize2fs").arg(&device))?;
     nix::mount::mount(
         Some(&device),
         target,
@@ -835,6 +889,12 @@ fn mount_work_disk(lookup: &BlockLookup) -> Result<(PathBuf, bool), ReidentifyEr
         source,
     })?;
     Ok((device, true))
+}
+
+/// The device node itself (`/dev/vdb`) rather than udev's label link, so
+/// answers and errors name the disk.
+fn work_device(found: PathBuf) -> PathBuf {
+    fs::canonicalize(&found).unwrap_or(found)
 }
 
 /// The device number mounted at `target`, if `target` is a mount point.
@@ -864,11 +924,11 @@ fn flush_buffers(device: &Path) -> Result<(), ReidentifyError> {
 /// device that was unmounted.
 pub fn prepare_snapshot(sys: &System) -> Result<Option<String>, ReidentifyError> {
     nix::unistd::sync();
-    let target = Path::new(WORK_MOUNT);
+    let target = sys.work_mount.as_path();
     if mounted_device(target)?.is_none() {
         return Ok(None);
     }
-    let device = sys.lookup.find(WORK_DISK_LABEL)?;
+    let device = work_device(sys.lookup.find(WORK_DISK_LABEL)?);
     nix::mount::umount2(target, MntFlags::empty()).map_err(|source| ReidentifyError::Unmount {
         target: target.to_owned(),
         source,

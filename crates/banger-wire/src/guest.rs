@@ -150,7 +150,7 @@ pub struct GuestIdentity {
     /// [`MIN_REIDENTIFY_ENTROPY`]..=[`MAX_REIDENTIFY_ENTROPY`] bytes.
     pub entropy_hex: String,
     /// Mount the VM's work disk ([`WORK_DISK_LABEL`]) at `/root` (after
-    /// fsck and growing it to its device), as a cold boot's fstab does.
+    /// `e2fsck -p`), as a cold boot's fstab does.
     pub mount_work_disk: bool,
 }
 
