@@ -5,7 +5,8 @@
 //! One boot. The daemon is killed after `vm create` (the VMM lives on) so
 //! the test owns the agent channel. Then:
 //!
-//! 1. `prepare_snapshot` unmounts the work disk from /root;
+//! 1. `prepare_snapshot` refuses while a guest process uses /root, then
+//!    unmounts the work disk from /root;
 //! 2. `reidentify` to a second identity: new hostname, MAC, address,
 //!    machine-id, host key, clock (two days ahead) and host entropy, with
 //!    the work disk mounted again; a fresh ssh with only the new key pinned
@@ -193,7 +194,33 @@ async fn reidentify_makes_a_running_guest_another_vm() {
         .unwrap()
         .with_timeout(Duration::from_secs(180));
 
-    // 1. Ready for a snapshot: the work disk is unmounted.
+    // 1. Ready for a snapshot: the work disk is unmounted; not while a
+    // process in the guest still uses /root (the snapshot would then hold
+    // that disk's state).
+    let old_at_old = tmp.path().join("known_old_at_old");
+    std::fs::write(&old_at_old, format!("{old_ip} {old_public}\n")).unwrap();
+    let (ok, _, err) = ssh(
+        &world,
+        &user_key,
+        &old_at_old,
+        &old_ip,
+        "cd /root && { setsid sleep 600 </dev/null >/dev/null 2>&1 & echo $! > /run/busy.pid; }",
+    );
+    assert!(ok, "{err}");
+    match agent.prepare_snapshot().await {
+        Err(AgentClientError::Agent { message, .. }) => {
+            assert!(message.contains("cannot unmount /root"), "{message}")
+        }
+        other => panic!("a busy /root was unmounted: {other:?}"),
+    }
+    let (ok, _, err) = ssh(
+        &world,
+        &user_key,
+        &old_at_old,
+        &old_ip,
+        "p=$(cat /run/busy.pid); kill $p; while kill -0 $p 2>/dev/null; do :; done",
+    );
+    assert!(ok, "{err}");
     let unmounted = agent.prepare_snapshot().await.unwrap();
     assert!(
         unmounted
