@@ -37,6 +37,10 @@ pub const WORK_MOUNT: &str = "/root";
 /// systemd-network-generator made from the snapshot's `ip=` argument, so it
 /// is the one networkd applies.
 pub const NETWORKD_FILE: &str = "/run/systemd/network/10-banger.network";
+/// The public host key sshd was last restarted with by [`reidentify`].
+const SSHD_SERVED: &str = "/run/banger/sshd-host-key.pub";
+/// Serializes [`reidentify`] and [`prepare_snapshot`].
+static STEPS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// How long systemd-networkd may take to configure the NIC from the new file.
 const NETWORKD_WAIT: Duration = Duration::from_secs(20);
 /// How long sshd may take to listen again after its restart.
@@ -341,6 +345,10 @@ impl Default for System {
 /// Apply `id` to this guest (as root, in the real `/`).
 pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, ReidentifyError> {
     let checked = validate(id)?;
+    // vsock serves each connection on its own thread: two requests must
+    // not interleave their steps (a poisoned lock only means an earlier
+    // request panicked; the steps are safe to run again).
+    let _one_at_a_time = STEPS.lock().unwrap_or_else(|p| p.into_inner());
     let mut changed = Vec::new();
     let mut warnings = Vec::new();
     let mut note = |what: &str, did: bool| {
@@ -370,10 +378,22 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
         apply::install_host_key(&id.ssh_host_key, &opts)?;
     }
     note("ssh_host_key", key_changed);
-    if key_changed {
-        // Restarted even when nothing can reach the guest yet: a restored
-        // sshd holds the snapshot's key in memory.
+    // Restarted even when nothing can reach the guest yet: a restored sshd
+    // holds the snapshot's key in memory. The marker is written only once
+    // sshd was restarted with this key, so a request that failed between
+    // the key and the restart restarts it when repeated.
+    let served = Path::new(SSHD_SERVED);
+    let public = id.ssh_host_key.public_openssh.trim();
+    if key_changed || read_trimmed(served).as_deref() != Some(public) {
         restart_sshd(sys, &mut warnings)?;
+        fs::create_dir_all("/run/banger").map_err(io_err("create", Path::new("/run/banger")))?;
+        apply::write_atomic(
+            served,
+            &mut format!("{public}\n").as_bytes(),
+            0o644,
+            Owner::ROOT,
+        )
+        .map_err(ApplyError::from)?;
     }
 
     let hostname_changed = current_hostname().as_deref() != Some(id.hostname.as_str())
@@ -923,6 +943,7 @@ fn flush_buffers(device: &Path) -> Result<(), ReidentifyError> {
 /// cached blocks, so nothing of it is in the snapshot's memory. Returns the
 /// device that was unmounted.
 pub fn prepare_snapshot(sys: &System) -> Result<Option<String>, ReidentifyError> {
+    let _one_at_a_time = STEPS.lock().unwrap_or_else(|p| p.into_inner());
     nix::unistd::sync();
     let target = sys.work_mount.as_path();
     if mounted_device(target)?.is_none() {
