@@ -357,8 +357,16 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
         }
     };
 
+    let mut step_ms = Vec::new();
+    let mut since = Instant::now();
+    let mut lap = |step: &str| {
+        step_ms.push((step.to_owned(), since.elapsed().as_millis() as u64));
+        since = Instant::now();
+    };
     let clock_step_ms = set_clock(id.unix_time_ns)?;
+    lap("clock");
     let entropy_bits_credited = add_entropy(&checked.entropy)?;
+    lap("entropy");
 
     let opts = ApplyOptions::system();
     let work_disk = if id.mount_work_disk {
@@ -368,6 +376,7 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
     } else {
         None
     };
+    lap("work_disk");
     let keys_file = Path::new("/").join(apply::AUTHORIZED_KEYS);
     let before = fs::read(&keys_file).ok();
     apply::install_authorized_keys(&id.authorized_keys, &opts)?;
@@ -396,6 +405,7 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
         .map_err(ApplyError::from)?;
     }
 
+    lap("ssh");
     let hostname_changed = current_hostname().as_deref() != Some(id.hostname.as_str())
         || fs::read_to_string("/etc/hostname")
             .ok()
@@ -409,6 +419,7 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
         write_machine_id(Path::new("/etc/machine-id"), &id.machine_id)?,
     );
 
+    lap("names");
     let nic = find_nic(&sys.sys_net)?;
     let (mac_changed, address_changed) =
         configure_network(sys, &nic, id, &checked.mac, &mut warnings)?;
@@ -418,6 +429,7 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
         "dns",
         write_resolv_conf(Path::new("/etc/resolv.conf"), &id.dns)?,
     );
+    lap("network");
 
     // Health reports the VM this guest now is.
     let record = Ok(ApplyReport {
@@ -444,6 +456,7 @@ pub fn reidentify(sys: &System, id: &GuestIdentity) -> Result<ReidentifyReport, 
         work_disk,
         changed,
         warnings,
+        step_ms,
     })
 }
 

@@ -178,6 +178,10 @@ pub struct ReidentifyReport {
     /// What this request changed, in order (`hostname`, `mac`, ...).
     pub changed: Vec<String>,
     pub warnings: Vec<String>,
+    /// How long each step took in the guest, in order (for the warm-start
+    /// bench: `clock`, `entropy`, `work_disk`, `ssh`, `names`, `network`).
+    #[serde(default)]
+    pub step_ms: Vec<(String, u64)>,
 }
 
 /// The agent's answer to one [`AgentRequest`].

@@ -232,7 +232,14 @@ async fn reidentify_makes_a_running_guest_another_vm() {
 
     // 2. The second identity.
     let sent_ns = now_ns() + TWO_DAYS_NS;
+    let started = std::time::Instant::now();
     let report = agent.reidentify(identity(sent_ns)).await.unwrap();
+    // For the record (bench/ has the warm numbers), not an assertion.
+    eprintln!(
+        "reidentify took {:?}, in the guest {:?}",
+        started.elapsed(),
+        report.step_ms
+    );
     for item in [
         "work_disk",
         "ssh_host_key",
@@ -295,10 +302,12 @@ async fn reidentify_makes_a_running_guest_another_vm() {
     assert!(!ping.success(), "the old address {old_ip} still answers");
 
     // 3. The same identity again: nothing to change.
+    let started = std::time::Instant::now();
     let again = agent
         .reidentify(identity(now_ns() + TWO_DAYS_NS))
         .await
         .unwrap();
+    eprintln!("repeated reidentify took {:?}", started.elapsed());
     assert!(again.changed.is_empty(), "{again:?}");
     let (ok, _, err) = ssh(&world, &user_key, &new_known, &new_ip.to_string(), "true");
     assert!(ok, "ssh after the repeated reidentify failed: {err}");
