@@ -790,7 +790,10 @@ fn configure_network(
         // Peers' MACs learnt by the snapshot's guest are someone else's now.
         ip(&["neigh", "flush", "dev", nic])?;
     }
-    let networkd_running = uses_networkd && Path::new("/run/systemd/netif/links").is_dir();
+    // Only a running networkd that manages the link can put the snapshot's
+    // address back. A warming boot without `ip=` leaves the link unmanaged
+    // and saves the restart (about a second under TCG).
+    let networkd_running = uses_networkd && networkd_manages(sys, nic);
     if networkd_running && (config_changed || mac_changed || address_changed) {
         // A restart rather than `networkctl reload`: that needs D-Bus,
         // which the minimal images do not run. Until networkd has
@@ -818,6 +821,20 @@ fn configure_network(
         ip(&["addr", "del", &stale, "dev", nic])?;
     }
     Ok((mac_changed, address_changed))
+}
+
+/// Whether systemd-networkd runs and manages `nic` (its link state file
+/// does not say `unmanaged`).
+fn networkd_manages(sys: &System, nic: &str) -> bool {
+    let active = Command::new("systemctl")
+        .args(["is-active", "--quiet", "systemd-networkd.service"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let Some(index) = read_trimmed(&sys.sys_net.join(nic).join("ifindex")) else {
+        return active;
+    };
+    let state = fs::read_to_string(Path::new("/run/systemd/netif/links").join(index));
+    active && !state.is_ok_and(|t| t.lines().any(|l| l == "ADMIN_STATE=unmanaged"))
 }
 
 /// Wait until networkd has configured `nic` from [`NETWORKD_FILE`]

@@ -13,7 +13,9 @@
 //!    sees each item, the old key is refused, the old address is gone,
 //!    and /root holds the file written before;
 //! 3. the same request again changes nothing;
-//! 4. a request with a bad MAC is refused naming `mac`, and nothing changed.
+//! 4. with systemd-networkd stopped, a new address is set directly and
+//!    networkd stays stopped;
+//! 5. a request with a bad MAC is refused naming `mac`, and nothing changed.
 
 mod common;
 mod vm_harness;
@@ -312,7 +314,39 @@ async fn reidentify_makes_a_running_guest_another_vm() {
     let (ok, _, err) = ssh(&world, &user_key, &new_known, &new_ip.to_string(), "true");
     assert!(ok, "ssh after the repeated reidentify failed: {err}");
 
-    // 4. A bad field is refused, naming it, and nothing changes.
+    // 4. Without systemd-networkd (an image or a warming boot that does
+    // not use it) the address is set directly and networkd is not started.
+    let (ok, _, err) = ssh(
+        &world,
+        &user_key,
+        &new_known,
+        &new_ip.to_string(),
+        "systemctl stop systemd-networkd.socket systemd-networkd.service",
+    );
+    assert!(ok, "{err}");
+    let third_ip = Ipv4Addr::from(u32::from(new_ip) + 1);
+    let mut third = identity(now_ns());
+    third.address = third_ip;
+    let report = agent.reidentify(third).await.unwrap();
+    assert_eq!(report.changed, vec!["address".to_owned()], "{report:?}");
+    assert_eq!(report.addresses, vec![format!("{third_ip}/{prefix}")]);
+    std::fs::write(&new_known, format!("{third_ip} {new_public}\n")).unwrap();
+    let (ok, out, err) = ssh(
+        &world,
+        &user_key,
+        &new_known,
+        &third_ip.to_string(),
+        "systemctl is-active systemd-networkd.service; ip -4 -o addr show dev eth0",
+    );
+    assert!(!ok || out.contains("inactive"), "{out}{err}");
+    assert!(
+        out.contains("inactive"),
+        "networkd was started again: {out}{err}"
+    );
+    assert!(out.contains(&format!("{third_ip}/{prefix}")), "{out}");
+    assert!(!out.contains(&format!("{new_ip}/")), "{out}");
+
+    // 5. A bad field is refused, naming it, and nothing changes.
     let mut bad = identity(now_ns());
     bad.hostname = "third".into();
     bad.mac = "01:00:5e:00:00:01".into();
