@@ -378,16 +378,18 @@ async fn relay(
             },
         )
         .await?;
-        pending.drain(..chunk.stdin_written as usize);
+        // The guest is untrusted: it cannot make us drop more than we sent.
+        pending.drain(..(chunk.stdin_written as usize).min(n));
         let output = !chunk.stdout.is_empty() || !chunk.stderr.is_empty();
         let moved = chunk.stdin_written > 0 || output;
         for (stream, data, off) in [
             (StreamId::Stdout, chunk.stdout, &mut *out_off),
             (StreamId::Stderr, chunk.stderr, &mut *err_off),
         ] {
-            if !data.is_empty() {
-                *off += data.len() as u64;
-                send(sink, Frame::data(stream, data)).await?;
+            // Frames of at most the protocol's limit, whatever the guest sent.
+            for piece in data.chunks(MAX_FRAME_PAYLOAD) {
+                *off += piece.len() as u64;
+                send(sink, Frame::data(stream, piece.to_vec())).await?;
             }
         }
         if chunk.status.is_ended() && !output {
