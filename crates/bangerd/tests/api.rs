@@ -378,10 +378,7 @@ async fn other_users_are_refused_unless_in_an_explicit_socket_group() {
     assert!(daemon.wait_exit().success());
 
     // nobody's group (Debian: nogroup, gid 65534) as socket_group.
-    let group = nix::unistd::Group::from_gid(65534.into())
-        .unwrap()
-        .expect("a group with gid 65534")
-        .name;
+    let group = nobody_group();
     let (install, socket) = system_install(&env, &format!("socket_group = \"{group}\"\n"));
     let mut cmd = env.command(common::daemon_bin());
     cmd.env("BANGER_INSTALL_FILE", &install);
@@ -395,6 +392,14 @@ async fn other_users_are_refused_unless_in_an_explicit_socket_group() {
     assert_eq!(status.install_mode, InstallMode::System.to_string());
     daemon.client().shutdown().await.unwrap();
     assert!(daemon.wait_exit().success());
+}
+
+/// nobody's group (Debian: nogroup, gid 65534).
+fn nobody_group() -> String {
+    nix::unistd::Group::from_gid(65534.into())
+        .unwrap()
+        .expect("a group with gid 65534")
+        .name
 }
 
 /// `banger vm session attach` as uid 65534 with CAP_DAC_OVERRIDE, i.e. past
@@ -444,10 +449,7 @@ async fn the_attach_socket_refuses_other_users_even_in_socket_group() {
     assert!(daemon.wait_exit().success());
     assert!(!attach.exists(), "removed on shutdown");
 
-    let group = nix::unistd::Group::from_gid(65534.into())
-        .unwrap()
-        .expect("a group with gid 65534")
-        .name;
+    let group = nobody_group();
     let (install, socket) = system_install(&env, &format!("socket_group = \"{group}\"\n"));
     let mut cmd = env.command(common::daemon_bin());
     cmd.env("BANGER_INSTALL_FILE", &install);

@@ -29,19 +29,10 @@ use banger_wire::attach::{
 use banger_wire::session::{SessionInfo, SessionStatus};
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};
-use vm_harness::{boot_tests, cli_bin, privileged, test_image, text, World};
+use vm_harness::{boot_tests, cli_bin, privileged, test_image, text, wait_until, World};
 
 fn show(world: &World, session: &str) -> SessionInfo {
-    let out = world.banger_ok(&["vm", "session", "show", "box", session, "--json"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    world.session_show("box", session)
 }
 
 /// A client speaking the protocol by hand.
