@@ -48,6 +48,25 @@ const STDIN_STEP: usize = 32 * 1024;
 /// Log bytes asked per stream and step: one frame's worth.
 const OUTPUT_STEP: u32 = MAX_FRAME_PAYLOAD as u32;
 
+/// How many steps in a row may find the agent channel busy before the
+/// attach gives up.
+const BUSY_RETRIES: u32 = 25;
+
+/// Whether `e` failed before the request reached the guest.
+fn not_sent(e: &SessionError) -> bool {
+    use banger_agent_client::AgentClientError as A;
+    matches!(
+        e,
+        SessionError::Vm(v) if matches!(
+            &**v,
+            crate::vm::VmError::Agent {
+                source: A::Connect { .. } | A::Timeout { op: "connect", .. },
+                ..
+            }
+        )
+    )
+}
+
 /// Who holds an attach.
 #[derive(Debug, Clone)]
 struct Holder {
@@ -365,19 +384,26 @@ async fn relay(
             return Ok(());
         }
         let n = pending.len().min(STDIN_STEP);
-        let chunk = step(
-            state,
-            vm,
-            name,
-            AgentRequest::SessionIo {
-                id: id.to_owned(),
-                stdin: pending[..n].to_vec(),
-                stdout_offset: *out_off,
-                stderr_offset: *err_off,
-                max_bytes: OUTPUT_STEP,
-            },
-        )
-        .await?;
+        let request = AgentRequest::SessionIo {
+            id: id.to_owned(),
+            stdin: pending[..n].to_vec(),
+            stdout_offset: *out_off,
+            stderr_offset: *err_off,
+            max_bytes: OUTPUT_STEP,
+        };
+        let mut busy = 0;
+        let chunk = loop {
+            match step(state, vm, name, request.clone()).await {
+                // The agent channel was busy (other attaches, `vm show`, the
+                // stats sampler) or reconnecting: nothing was sent, so the
+                // same step can be tried again without writing stdin twice.
+                Err(e) if not_sent(&e) && busy < BUSY_RETRIES => {
+                    busy += 1;
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+                other => break other?,
+            }
+        };
         // The guest is untrusted: it cannot make us drop more than we sent.
         pending.drain(..(chunk.stdin_written as usize).min(n));
         let output = !chunk.stdout.is_empty() || !chunk.stderr.is_empty();
