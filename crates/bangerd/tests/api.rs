@@ -445,6 +445,33 @@ async fn the_attach_socket_refuses_other_users_even_in_socket_group() {
         e.contains("uid 65534 (nobody) may not use this bangerd"),
         "{e}"
     );
+    // Connections that never say hello are bounded: the one past the limit
+    // is answered with an error at once; the others stay open.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..64)
+        .map(|_| std::os::unix::net::UnixStream::connect(&attach).unwrap())
+        .collect();
+    let mut extra = std::os::unix::net::UnixStream::connect(&attach).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut extra, &mut answer).unwrap();
+    let frame = tokio_util::codec::Decoder::decode(
+        &mut banger_wire::attach::StdioMux,
+        &mut bytes::BytesMut::from(&answer[..]),
+    )
+    .unwrap()
+    .expect("an error frame");
+    match banger_wire::attach::ServerControl::parse(&frame.payload).unwrap() {
+        banger_wire::attach::ServerControl::Error { message } => {
+            assert!(
+                message.contains("already serves 64 attach connections"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(held);
     daemon.client().shutdown().await.unwrap();
     assert!(daemon.wait_exit().success());
     assert!(!attach.exists(), "removed on shutdown");

@@ -40,6 +40,8 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// does not read for this long is disconnected (the output stays in the
 /// guest's log for the next attach).
 pub const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Attach connections served at once (including ones still in their hello).
+pub const MAX_CONNECTIONS: usize = 64;
 /// Pause between two agent steps when nothing moved.
 pub const IDLE_POLL: Duration = Duration::from_millis(200);
 /// Stdin bytes handed to the agent per step (base64 keeps the request line
@@ -106,6 +108,7 @@ fn claim(id: &str, holder: Holder) -> Result<Claim, Holder> {
 
 /// Accept attach connections until the daemon stops.
 pub async fn serve(state: Arc<Daemon>, listener: UnixListener, policy: Arc<PeerPolicy>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -138,6 +141,19 @@ pub async fn serve(state: Arc<Daemon>, listener: UnixListener, policy: Arc<PeerP
             .await;
             continue;
         }
+        // Bounded, like everything a client can make the daemon hold.
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tracing::warn!("attach socket: {MAX_CONNECTIONS} connections open, one more refused");
+            let mut framed = Framed::new(stream, StdioMux);
+            let _ = tokio::time::timeout(
+                Duration::from_secs(1),
+                framed.send(Frame::control(&ServerControl::Error {
+                    message: format!("bangerd already serves {MAX_CONNECTIONS} attach connections"),
+                })),
+            )
+            .await;
+            continue;
+        };
         let holder = Holder {
             pid: cred.pid(),
             uid: cred.uid(),
@@ -145,6 +161,7 @@ pub async fn serve(state: Arc<Daemon>, listener: UnixListener, policy: Arc<PeerP
         };
         let state = state.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let mut framed = Framed::new(stream, StdioMux);
             if let Err(reason) = connection(&state, &mut framed, holder).await {
                 tracing::info!("attach connection ended: {reason}");
