@@ -225,6 +225,7 @@ fn op_name(request: &AgentRequest) -> &'static str {
         AgentRequest::SessionLogs { .. } => "session logs",
         AgentRequest::SessionStop { .. } => "session stop",
         AgentRequest::SessionSignal { .. } => "session signal",
+        AgentRequest::SessionIo { .. } => "session io",
         AgentRequest::Reidentify { .. } => "reidentify",
         AgentRequest::PrepareSnapshot {} => "prepare snapshot",
     }
@@ -248,6 +249,10 @@ fn unexpected(op: &'static str, response: AgentResponse) -> AgentClientError {
         AgentResponse::SessionLog(_) => AgentClientError::Unexpected {
             op,
             got: "session_log",
+        },
+        AgentResponse::SessionIo(_) => AgentClientError::Unexpected {
+            op,
+            got: "session_io",
         },
         AgentResponse::Reidentified(_) => AgentClientError::Unexpected {
             op,

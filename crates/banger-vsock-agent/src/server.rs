@@ -136,6 +136,17 @@ pub fn handle_request(ctx: &AgentContext, request: &AgentRequest) -> AgentRespon
         AgentRequest::PrepareSnapshot {} => reidentify::prepare_snapshot(&ctx.system)
             .map(|unmounted| AgentResponse::SnapshotReady { unmounted })
             .map_err(|e| e.to_string()),
+        AgentRequest::SessionIo {
+            id,
+            stdin,
+            stdout_offset,
+            stderr_offset,
+            max_bytes,
+        } => ctx
+            .sessions()
+            .io(id, stdin, *stdout_offset, *stderr_offset, *max_bytes)
+            .map(AgentResponse::SessionIo)
+            .map_err(|e| e.to_string()),
     };
     result.unwrap_or_else(|message| AgentResponse::Error { message })
 }
