@@ -312,16 +312,7 @@ impl Vmm {
     /// Refuses while a live VMM's handle is in `run_dir`.
     pub async fn launch(&self, spec: &VmSpec, opts: &LaunchOptions) -> Result<VmmHandle, VmmError> {
         spec.validate()?;
-        // Launching over a live VM would unlink its control socket.
-        if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
-            if previous.is_alive() {
-                return Err(VmmError::AlreadyRunning {
-                    id: previous.id,
-                    pid: previous.pid,
-                    run_dir: spec.run_dir.clone(),
-                });
-            }
-        }
+        refuse_if_running(spec)?;
         match &self.config {
             BackendConfig::Firecracker(cfg) => {
                 firecracker::launch(cfg, &self.reason, spec, opts).await
@@ -344,15 +335,7 @@ impl Vmm {
         opts: &LaunchOptions,
     ) -> Result<VmmHandle, VmmError> {
         spec.validate()?;
-        if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
-            if previous.is_alive() {
-                return Err(VmmError::AlreadyRunning {
-                    id: previous.id,
-                    pid: previous.pid,
-                    run_dir: spec.run_dir.clone(),
-                });
-            }
-        }
+        refuse_if_running(spec)?;
         match &self.config {
             BackendConfig::Firecracker(_) => Err(VmmError::SnapshotUnsupported {
                 backend: Backend::Firecracker,
@@ -362,6 +345,20 @@ impl Vmm {
             }
         }
     }
+}
+
+/// Launching over a live VM would unlink its control socket.
+fn refuse_if_running(spec: &VmSpec) -> Result<(), VmmError> {
+    if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
+        if previous.is_alive() {
+            return Err(VmmError::AlreadyRunning {
+                id: previous.id,
+                pid: previous.pid,
+                run_dir: spec.run_dir.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What [`VmmHandle::save_snapshot`] wrote.
