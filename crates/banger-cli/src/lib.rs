@@ -17,6 +17,7 @@ pub mod system_cmd;
 pub mod term;
 pub mod vm_cmd;
 pub mod workspace;
+pub mod workspace_cmd;
 
 use clap::Parser;
 

@@ -17,6 +17,7 @@ use banger_host::paths::Layout;
 use banger_wire::api::StreamEvent;
 use banger_wire::routes::{self, NoBody};
 use banger_wire::vm::{PhaseTiming, VmInfo, VmTimings};
+use banger_wire::workspace::valid_branch;
 use clap::Args;
 
 use crate::cli::GlobalArgs;
@@ -101,21 +102,6 @@ pub fn validate(args: &RunArgs) -> Result<(), RunFlagError> {
         }
     }
     Ok(())
-}
-
-/// `git check-ref-format`'s rules for a branch name, minus the exotic ones:
-/// also rejects anything a shell would need quoting for.
-fn valid_branch(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(['-', '/', '.'])
-        && !name.ends_with(['/', '.'])
-        && !name.ends_with(".lock")
-        && !name.contains("..")
-        && !name.contains("//")
-        && !name.contains("@{")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
 }
 
 /// The remote shell text of command mode: run `cmd` (each argument one
@@ -506,6 +492,9 @@ fn in_vm(
     catch_sigint();
     let t = Instant::now();
     let status = if args.command.is_empty() {
+        if ws.is_some() {
+            eprint!("{}", next_steps(&vm.name));
+        }
         let mut ssh = vm_cmd::ssh_args(
             vm,
             &if ws.is_some() {
@@ -560,6 +549,18 @@ fn in_vm(
         millis: since(t, Instant::now()),
     });
     Ok(ExitCode::from(exit_code(status)))
+}
+
+/// What `vm run` in workspace mode without a command prints before the
+/// shell opens: how to reach the VM from elsewhere.
+pub fn next_steps(name: &str) -> String {
+    format!(
+        "next steps, from another terminal:\n\
+         \x20 banger vm ssh {name}                      # another shell\n\
+         \x20 banger vm acp {name}                      # an ACP agent (opencode) in {GUEST_REPO}\n\
+         \x20 banger vm session start {name} --name dev -- CMD...   # a long-lived command\n\
+         \x20 banger vm workspace prepare {name} PATH   # refresh {GUEST_REPO} from your checkout\n"
+    )
 }
 
 /// The status `vm run` exits with: the command's, 128+N for a signal.
