@@ -46,6 +46,7 @@ pub struct PrepareArgs {
     pub vm: String,
     /// A directory inside a git repository (default: the current
     /// directory); the repository's top level is copied.
+    #[arg(value_hint = clap::ValueHint::DirPath)]
     pub path: Option<PathBuf>,
     /// Where the tree appears in the guest (a symlink to the current copy).
     #[arg(long, default_value = DEFAULT_GUEST_PATH, value_name = "DIR")]
