@@ -157,27 +157,7 @@ fn prepare(global: &GlobalArgs, args: PrepareArgs) -> anyhow::Result<ExitCode> {
     let layout = Layout::detect()?;
     let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
     let mut render = client::stderr_renderer();
-    let extra: Vec<String> = params.from.iter().cloned().collect();
-    let mode = args.mode;
-    let (body, writer) = tar_body(move |out| {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        ws.write_prepare_tar(mode, &extra, PACK_ENTRY, out)
-            .map(|_| ())
-            .map_err(|e| std::io::Error::other(e.to_string()))
-    });
-    let target = params.target(&args.vm);
-    let result = runtime.block_on(client.call_upload(&target, body, render.as_mut()));
-    // The writer ends once the body is taken or dropped.
-    let written = writer.join();
-    let report = match (result, written) {
-        (Ok(report), _) => report,
-        // The stream's own error (a file that cannot be read) says more
-        // than the daemon's "the upload broke off".
-        (Err(e), Ok(Err(local))) => {
-            return Err(anyhow::Error::new(local).context(e.to_string()));
-        }
-        (Err(e), _) => return Err(e.into()),
-    };
+    let report = upload(&runtime, &client, &args.vm, &params, &ws, render.as_mut())?;
     eprintln!(
         "{} in VM {} is now {} ({size} of files, {}{}){}",
         report.guest_path,
@@ -192,6 +172,37 @@ fn prepare(global: &GlobalArgs, args: PrepareArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Send `ws` to VM `vm` through the workspace route with `params` (the
+/// one copy path of `vm workspace prepare` and `vm run`).
+pub fn upload(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    vm: &str,
+    params: &WorkspaceParams,
+    ws: &Workspace,
+    render: &mut dyn client::StreamRenderer,
+) -> anyhow::Result<banger_wire::workspace::WorkspaceReport> {
+    let extra: Vec<String> = params.from.iter().cloned().collect();
+    let mode = params.mode;
+    let ws = ws.clone();
+    let (body, writer) = tar_body(move |out| {
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        ws.write_prepare_tar(mode, &extra, PACK_ENTRY, out)
+            .map(|_| ())
+            .map_err(|e| std::io::Error::other(e.to_string()))
+    });
+    let result = runtime.block_on(client.call_upload(&params.target(vm), body, render));
+    // The writer ends once the body is taken or dropped.
+    let written = writer.join();
+    match (result, written) {
+        (Ok(report), _) => Ok(report),
+        // The stream's own error (a file that cannot be read) says more
+        // than the daemon's "the upload broke off".
+        (Err(e), Ok(Err(local))) => Err(anyhow::Error::new(local).context(e.to_string())),
+        (Err(e), _) => Err(e.into()),
+    }
 }
 
 fn ws_root_text(args: &PrepareArgs) -> String {
