@@ -540,10 +540,11 @@ impl Workspace {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sh(dir: &Path, script: &str) {
+    /// Run `script` in `dir` with a git identity; it must succeed.
+    pub(crate) fn sh(dir: &Path, script: &str) {
         let out = Command::new("sh")
             .arg("-ec")
             .arg(script)

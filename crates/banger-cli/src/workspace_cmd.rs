@@ -150,12 +150,7 @@ fn prepare(global: &GlobalArgs, args: PrepareArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let layout = Layout::detect()?;
-    let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
+    let (runtime, client) = connect(global)?;
     let mut render = client::stderr_renderer();
     let report = upload(&runtime, &client, &args.vm, &params, &ws, render.as_mut())?;
     eprintln!(
@@ -172,6 +167,17 @@ fn prepare(global: &GlobalArgs, args: PrepareArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A runtime and a client of the daemon (started when none runs).
+fn connect(global: &GlobalArgs) -> anyhow::Result<(tokio::runtime::Runtime, Client)> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let layout = Layout::detect()?;
+    let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
+    Ok((runtime, client))
 }
 
 /// Send `ws` to VM `vm` through the workspace route with `params` (the
@@ -306,12 +312,7 @@ pub fn acp_command(cwd: Option<&str>) -> String {
 /// status are ours).
 pub fn acp(global: &GlobalArgs, args: AcpArgs) -> anyhow::Result<ExitCode> {
     let vm = {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
-        let layout = Layout::detect()?;
-        let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
+        let (runtime, client) = connect(global)?;
         runtime.block_on(vm_cmd::ssh_target(&client, &args.vm))?
     };
     let cwd = args.cwd.as_deref();
@@ -352,20 +353,7 @@ pub fn acp(global: &GlobalArgs, args: AcpArgs) -> anyhow::Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sh(dir: &std::path::Path, script: &str) {
-        let out = Command::new("sh")
-            .arg("-ec")
-            .arg(script)
-            .current_dir(dir)
-            .env("GIT_AUTHOR_NAME", "t")
-            .env("GIT_AUTHOR_EMAIL", "t@example.org")
-            .env("GIT_COMMITTER_NAME", "t")
-            .env("GIT_COMMITTER_EMAIL", "t@example.org")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{script}: {out:?}");
-    }
+    use crate::workspace::tests::sh;
 
     fn args(path: &std::path::Path, mode: WorkspaceMode) -> PrepareArgs {
         PrepareArgs {

@@ -266,6 +266,23 @@ fn value_of<'a>(stdout: &'a [u8], key: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
 }
 
+/// The guest's stderr for a message: its last 2 KiB, control characters
+/// (terminal escapes from a hostile guest) replaced.
+fn guest_text(bytes: &[u8]) -> String {
+    let tail = &bytes[bytes.len().saturating_sub(2048)..];
+    String::from_utf8_lossy(tail)
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 fn status_text(out: &banger_vm::ssh::ExecOutput) -> String {
     match (&out.exit_status, &out.exit_signal) {
         (Some(code), _) => code.to_string(),
@@ -347,7 +364,7 @@ where
             step,
             path: dest.clone(),
             status: status_text(out),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            stderr: guest_text(&out.stderr),
         },
     };
     if !out.success() {
@@ -355,7 +372,14 @@ where
     }
     let Some(tree) = value_of(&out.stdout, "tree")
         .map(str::to_owned)
-        .filter(|t| t.starts_with(&trees_dir(&dest)) && !t.contains(['\'', '"', ' ', '$', '`']))
+        .filter(|t| {
+            // Put in the commit script unquoted: plain path characters only.
+            t.starts_with(&trees_dir(&dest))
+                && t.bytes().all(|b| {
+                    b.is_ascii_alphanumeric()
+                        || matches!(b, b'/' | b'.' | b'_' | b'-' | b'+' | b'@')
+                })
+        })
     else {
         return Err(WorkspaceError::Guest {
             name: name.to_owned(),
@@ -439,7 +463,9 @@ where
                         phase: "upload".into(),
                         message: format!("received {}", banger_wire::units::human_bytes(n2)),
                         current: Some(n2),
-                        total: size,
+                        // Tar headers and the pack come on top of the
+                        // announced file content: no bar past its end.
+                        total: size.filter(|s| *s >= n2),
                     })
                     .await;
                 }
@@ -570,6 +596,16 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         let out = run(&stage_script(&params(&file, WorkspaceMode::FullCopy)), b"");
         assert_eq!(out.status.code(), Some(NOT_A_DIR as i32), "{out:?}");
+    }
+
+    #[test]
+    fn guest_output_in_messages_is_bounded_and_defanged() {
+        let mut noisy = vec![b'x'; 5000];
+        noisy.extend_from_slice(b"\x1b]52;c;aGk=\x07 tar: error\n");
+        let text = guest_text(&noisy);
+        assert!(text.chars().count() <= 2048, "{}", text.len());
+        assert!(!text.contains(['\x1b', '\x07']), "{text:?}");
+        assert!(text.ends_with("tar: error"), "{text:?}");
     }
 
     #[test]
