@@ -374,6 +374,9 @@ impl SshSession {
             .map_err(channel_err)?;
         channel.exec(true, command).await.map_err(channel_err)?;
         let (mut read, write) = channel.split();
+        // A broken input ends the wait for output too: the command's
+        // answer to a cut-off stdin is not worth waiting for.
+        let broken = tokio::sync::Notify::new();
         let send = async {
             let mut input = input;
             while let Some(chunk) = input.next().await {
@@ -386,6 +389,7 @@ impl SshSession {
                         }
                     }
                     Err(e) => {
+                        broken.notify_one();
                         let _ = write.close().await;
                         return Err(e);
                     }
@@ -405,7 +409,12 @@ impl SshSession {
                 let room = keep.saturating_sub(buf.len());
                 buf.extend_from_slice(&data[..data.len().min(room)]);
             };
-            while let Some(msg) = read.wait().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = read.wait() => msg,
+                    () = broken.notified() => None,
+                };
+                let Some(msg) = msg else { break };
                 match msg {
                     ChannelMsg::Data { data } => push(&mut out.stdout, &data),
                     ChannelMsg::ExtendedData { data, ext: 1 } => push(&mut out.stderr, &data),

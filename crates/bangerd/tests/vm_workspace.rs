@@ -9,7 +9,8 @@
 //!    absent, a shallow git repository at the host's HEAD;
 //! 4. `prepare` again (new content, `--branch`) while a loop over ssh reads
 //!    two files of the tree: every read sees both old or both new;
-//! 5. `--readonly`: a write by root in the guest fails;
+//! 5. `--readonly`: a write by root in the guest fails; an upload that
+//!    breaks off mid-body switches nothing;
 //! 6. the submodule repository with `--mode full_copy`: its files are there;
 //! 7. `vm acp` through a fake `opencode` that echoes its stdin: bytes come
 //!    back unchanged, EOF reaches it, its exit status is banger's, and it
@@ -227,6 +228,42 @@ async fn workspace_prepare_replaces_atomically_and_acp_bridges_stdio() {
         text(&out)
     );
     assert_eq!(guest(&world, "cat /root/repo/gen-a"), "2");
+
+    // An upload that breaks off (the client goes away mid-body, at a tar
+    // entry boundary) switches nothing.
+    {
+        use std::os::unix::net::UnixStream;
+        let mut tar = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_size(7);
+        h.set_mode(0o644);
+        tar.append_data(&mut h, "gen-a", &b"broken\n"[..]).unwrap();
+        let entry = tar.into_inner().unwrap();
+        let entry = &entry[..1024]; // the entry without the end-of-archive blocks
+        let mut sock = UnixStream::connect(world.env.layout.socket()).unwrap();
+        write!(
+            sock,
+            "POST /v1/vms/box/workspace?guest_path=/root/repo&mode=full_copy HTTP/1.1\r\n\
+             Host: x\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            entry.len()
+        )
+        .unwrap();
+        sock.write_all(entry).unwrap();
+        sock.write_all(b"\r\n").unwrap();
+        sock.flush().unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(2));
+        drop(sock);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !world.env.log().contains("the upload broke off") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not report the broken upload:\n{}",
+                world.log_tail()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
+        assert_eq!(guest(&world, "cat /root/repo/gen-a"), "2");
+    }
 
     // 6. The submodule repository as a full copy.
     world.banger_ok(&[

@@ -334,6 +334,30 @@ where
     )
     .await
     .map_err(|e| ssh_err("connecting over SSH")(&e))?;
+    let result = on_session(name, &session, params, body, sink).await;
+    // Closed on every path: a failed prepare must not leave the connection.
+    let _ = session.close().await;
+    result
+}
+
+async fn on_session<B, E>(
+    name: &str,
+    session: &banger_vm::ssh::SshSession,
+    params: WorkspaceParams,
+    body: B,
+    sink: &EventSink,
+) -> Result<WorkspaceReport, WorkspaceError>
+where
+    B: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
+    E: std::fmt::Display,
+{
+    let ssh_err = |what: &'static str| {
+        move |e: &dyn std::fmt::Display| WorkspaceError::Ssh {
+            name: name.to_owned(),
+            what,
+            message: e.to_string(),
+        }
+    };
     let dest = params.guest_path.trim_end_matches('/').to_owned();
     sink.progress(
         "workspace",
@@ -396,7 +420,6 @@ where
         .exec(&commit_script(&dest, &tree))
         .await
         .map_err(|e| ssh_err("running the commit script")(&e))?;
-    let _ = session.close().await;
     if !out.success() {
         return Err(guest_fail("switching to the new tree", &out));
     }
