@@ -283,6 +283,18 @@ fn guest_text(bytes: &[u8]) -> String {
         .collect()
 }
 
+/// An SSH failure of `what` in VM `name`, from its error.
+fn ssh_error<'a>(
+    name: &'a str,
+    what: &'static str,
+) -> impl Fn(&dyn std::fmt::Display) -> WorkspaceError + 'a {
+    move |e| WorkspaceError::Ssh {
+        name: name.to_owned(),
+        what,
+        message: e.to_string(),
+    }
+}
+
 fn status_text(out: &banger_vm::ssh::ExecOutput) -> String {
     match (&out.exit_status, &out.exit_signal) {
         (Some(code), _) => code.to_string(),
@@ -312,13 +324,7 @@ where
         name: name.to_owned(),
         state: vm.state.to_string(),
     })?;
-    let ssh_err = |what: &'static str| {
-        move |e: &dyn std::fmt::Display| WorkspaceError::Ssh {
-            name: name.to_owned(),
-            what,
-            message: e.to_string(),
-        }
-    };
+    let ssh_err = |what| ssh_error(name, what);
     let p = VmPaths::new(&state.layout, &vm.id);
     let public = tokio::fs::read_to_string(&p.host_key_pub)
         .await
@@ -351,13 +357,7 @@ where
     B: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
 {
-    let ssh_err = |what: &'static str| {
-        move |e: &dyn std::fmt::Display| WorkspaceError::Ssh {
-            name: name.to_owned(),
-            what,
-            message: e.to_string(),
-        }
-    };
+    let ssh_err = |what| ssh_error(name, what);
     let dest = params.guest_path.trim_end_matches('/').to_owned();
     sink.progress(
         "workspace",
