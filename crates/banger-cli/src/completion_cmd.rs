@@ -257,6 +257,15 @@ mod tests {
             assert!(arg(sub, id).get::<ArgValueCompleter>().is_some(), "{sub}");
         }
         assert_eq!(resource_of(&["vm", "create"], &arg("create", "name")), None);
+        // `vm acp VM` and `vm workspace prepare VM [PATH]`.
+        assert!(arg("acp", "vm").get::<ArgValueCompleter>().is_some());
+        let prepare = vm
+            .find_subcommand("workspace")
+            .and_then(|w| w.find_subcommand("prepare"))
+            .unwrap();
+        let prepare_arg = |id: &str| prepare.get_arguments().find(|a| a.get_id() == id).unwrap();
+        assert!(prepare_arg("vm").get::<ArgValueCompleter>().is_some());
+        assert!(prepare_arg("path").get::<ArgValueCompleter>().is_none());
         let image = cmd.find_subcommand("image").unwrap();
         let image_arg = |sub: &str, id: &str| {
             image

@@ -18,6 +18,7 @@ pub mod system_cmd;
 pub mod term;
 pub mod vm_cmd;
 pub mod workspace;
+pub mod workspace_cmd;
 
 use clap::Parser;
 

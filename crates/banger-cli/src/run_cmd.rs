@@ -17,6 +17,7 @@ use banger_host::paths::Layout;
 use banger_wire::api::StreamEvent;
 use banger_wire::routes::{self, NoBody};
 use banger_wire::vm::{PhaseTiming, VmInfo, VmTimings};
+use banger_wire::workspace::{valid_branch, WorkspaceMode, WorkspaceParams};
 use clap::Args;
 
 use crate::cli::GlobalArgs;
@@ -27,9 +28,6 @@ use crate::workspace::Workspace;
 
 /// Where the workspace lands in the guest.
 pub const GUEST_REPO: &str = "/root/repo";
-
-/// Exit status of the guest's git setup script when the image has no git.
-const NO_GIT_STATUS: i32 = 97;
 
 /// `banger vm run` flags.
 #[derive(Debug, Default, Args)]
@@ -103,21 +101,6 @@ pub fn validate(args: &RunArgs) -> Result<(), RunFlagError> {
     Ok(())
 }
 
-/// `git check-ref-format`'s rules for a branch name, minus the exotic ones:
-/// also rejects anything a shell would need quoting for.
-fn valid_branch(name: &str) -> bool {
-    !name.is_empty()
-        && !name.starts_with(['-', '/', '.'])
-        && !name.ends_with(['/', '.'])
-        && !name.ends_with(".lock")
-        && !name.contains("..")
-        && !name.contains("//")
-        && !name.contains("@{")
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/'))
-}
-
 /// The remote shell text of command mode: run `cmd` (each argument one
 /// word) in `dir`, with its pid file for Ctrl-C forwarding, and exit with
 /// its status (128+N when a signal killed it: the shell survives a SIGINT
@@ -134,47 +117,9 @@ fn pid_file(token: &str) -> String {
     format!("/tmp/banger-run-{token}.pid")
 }
 
-/// The guest script that makes `/root/repo` a git repository at the host's
-/// HEAD (a pack from [`Workspace::write_pack`] on stdin), with the index at
-/// HEAD and the copied files as the working tree, optionally checks out a
-/// new branch, then rebuilds the blobs of the copied files in the
-/// background (the pack leaves them out).
-pub fn git_setup_script(
-    head: &str,
-    host_branch: Option<&str>,
-    new_branch: Option<(&str, &str)>,
-) -> String {
-    let mut s = format!(
-        "set -e\n\
-         if ! command -v git >/dev/null 2>&1; then\n\
-         echo 'banger: this image has no git: {GUEST_REPO} holds your files but is not a git repository (use an image with git)' >&2\n\
-         exit {NO_GIT_STATUS}\n\
-         fi\n\
-         cd {GUEST_REPO}\n\
-         git init -q\n\
-         git index-pack --stdin >/dev/null\n"
-    );
-    match host_branch.filter(|b| valid_branch(b)) {
-        Some(branch) => s.push_str(&format!(
-            "git update-ref refs/heads/{branch} {head}\ngit symbolic-ref HEAD refs/heads/{branch}\n"
-        )),
-        None => s.push_str(&format!("git update-ref --no-deref HEAD {head}\n")),
-    }
-    s.push_str("git read-tree HEAD\n");
-    if let Some((name, from)) = new_branch {
-        s.push_str(&format!("git checkout -q -b {name} {from}\n"));
-    }
-    s.push_str(
-        "setsid nice -n 19 sh -c 'git ls-files -z | xargs -0 -r git hash-object -w -- >/dev/null' \
-         >/dev/null 2>&1 </dev/null &\n",
-    );
-    s
-}
-
-/// The guest command that unpacks the workspace tar from stdin, then starts
-/// the best-effort mise bootstrap in the background when the repository
-/// asks for it.
-pub fn untar_command(repo_name: &str) -> String {
+/// The guest command that starts the best-effort mise bootstrap in the
+/// background when the repository asks for it.
+pub fn tooling_command(repo_name: &str) -> String {
     let log_name: String = repo_name
         .chars()
         .map(|c| {
@@ -188,8 +133,7 @@ pub fn untar_command(repo_name: &str) -> String {
     let log = format!("/root/.cache/banger/vm-run-tooling-{log_name}.log");
     let tooling = "cd /root/repo; if ! command -v mise >/dev/null 2>&1; then echo 'mise is not installed in this image; skipped'; exit 0; fi; mise trust --yes . && mise install --yes";
     format!(
-        "set -e; mkdir -p {GUEST_REPO}; tar -x --no-same-owner -C {GUEST_REPO} -f -; \
-         if [ -f {GUEST_REPO}/.mise.toml ] || [ -f {GUEST_REPO}/.tool-versions ]; then \
+        "if [ -f {GUEST_REPO}/.mise.toml ] || [ -f {GUEST_REPO}/.tool-versions ]; then \
          mkdir -p /root/.cache/banger; \
          setsid sh -c {} > {log} 2>&1 < /dev/null & \
          fi",
@@ -367,8 +311,14 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
             new_branch.as_ref(),
             render.as_mut(),
             &mut phases,
-            &|phases| {
-                let _ = runtime.block_on(record_timings(&client, &name, phases));
+            DaemonCalls {
+                record: &|phases| {
+                    let _ = runtime.block_on(record_timings(&client, &name, phases));
+                },
+                upload: &|params, ws, render| {
+                    crate::workspace_cmd::upload(&runtime, &client, &name, params, ws, render)
+                        .map(|_| ())
+                },
             },
         )
     });
@@ -459,6 +409,18 @@ async fn record_timings(client: &Client, name: &str, phases: &[PhaseTiming]) -> 
     Ok(())
 }
 
+/// Sends a workspace through the daemon's workspace route.
+type Upload<'a> =
+    dyn Fn(&WorkspaceParams, &Workspace, &mut dyn StreamRenderer) -> anyhow::Result<()> + 'a;
+
+/// What `in_vm` asks of the daemon (through the caller's runtime and client).
+struct DaemonCalls<'a> {
+    /// Record the phase timings.
+    record: &'a dyn Fn(&[PhaseTiming]),
+    /// Send the workspace.
+    upload: &'a Upload<'a>,
+}
+
 /// Everything after the VM answers SSH: workspace copy, then the command or
 /// the shell. Returns the exit code of `vm run`.
 fn in_vm(
@@ -468,8 +430,9 @@ fn in_vm(
     new_branch: Option<&(String, String)>,
     render: &mut dyn StreamRenderer,
     phases: &mut Vec<PhaseTiming>,
-    record: &dyn Fn(&[PhaseTiming]),
+    daemon: DaemonCalls<'_>,
 ) -> anyhow::Result<ExitCode> {
+    let DaemonCalls { record, upload } = daemon;
     if let Some(ws) = ws {
         let t = Instant::now();
         progress(
@@ -481,7 +444,7 @@ fn in_vm(
                 banger_wire::units::human_bytes(ws.total_bytes())
             ),
         );
-        copy_workspace(vm, ws, new_branch)?;
+        copy_workspace(vm, ws, new_branch, render, upload)?;
         phases.push(PhaseTiming {
             phase: "workspace copy".into(),
             millis: since(t, Instant::now()),
@@ -506,6 +469,9 @@ fn in_vm(
     catch_sigint();
     let t = Instant::now();
     let status = if args.command.is_empty() {
+        if ws.is_some() {
+            eprint!("{}", next_steps(&vm.name));
+        }
         let mut ssh = vm_cmd::ssh_args(
             vm,
             &if ws.is_some() {
@@ -562,6 +528,18 @@ fn in_vm(
     Ok(ExitCode::from(exit_code(status)))
 }
 
+/// What `vm run` in workspace mode without a command prints before the
+/// shell opens: how to reach the VM from elsewhere.
+pub fn next_steps(name: &str) -> String {
+    format!(
+        "next steps, from another terminal:\n\
+         \x20 banger vm ssh {name}                      # another shell\n\
+         \x20 banger vm acp {name}                      # an ACP agent (opencode) in {GUEST_REPO}\n\
+         \x20 banger vm session start {name} --name dev -- CMD...   # a long-lived command\n\
+         \x20 banger vm workspace prepare {name} PATH   # refresh {GUEST_REPO} from your checkout\n"
+    )
+}
+
 /// The status `vm run` exits with: the command's, 128+N for a signal.
 pub fn exit_code(status: ExitStatus) -> u8 {
     match (status.code(), status.signal()) {
@@ -594,59 +572,40 @@ fn wait_child(child: &mut Child, on_interrupt: &dyn Fn()) -> anyhow::Result<Exit
     }
 }
 
-/// Stream the workspace into the guest: a tar of the selected files into
-/// `tar -x`, then a pack of HEAD's history (without the blobs the files
-/// give) into the git setup.
+/// Copy the workspace into /root/repo through the daemon's workspace route
+/// (the path of `vm workspace prepare`, in `metadata` mode: the selected
+/// files and HEAD's history), then start the mise bootstrap.
 fn copy_workspace(
     vm: &VmInfo,
     ws: &Workspace,
     new_branch: Option<&(String, String)>,
+    render: &mut dyn StreamRenderer,
+    upload: &Upload,
 ) -> anyhow::Result<()> {
-    let tar_args = vm_cmd::ssh_args(vm, &[untar_command(&ws.name)])?;
-    let mut child = Command::new("ssh")
+    let params = WorkspaceParams {
+        guest_path: GUEST_REPO.to_owned(),
+        mode: WorkspaceMode::Metadata,
+        readonly: false,
+        head: Some(ws.head.clone()),
+        host_branch: ws.branch.clone().filter(|b| valid_branch(b)),
+        new_branch: new_branch.map(|(b, _)| b.clone()),
+        from: new_branch.map(|(_, f)| f.clone()),
+        size: Some(ws.total_bytes()),
+    };
+    upload(&params, ws, render)?;
+    let tooling = vm_cmd::ssh_args(vm, &[tooling_command(&ws.name)])?;
+    let status = Command::new("ssh")
         .arg("-T")
-        .args(&tar_args)
-        .stdin(Stdio::piped())
-        .spawn()
+        .args(&tooling)
+        .stdin(Stdio::null())
+        .status()
         .context("cannot run `ssh` (install the OpenSSH client)")?;
-    let stdin = child.stdin.take().expect("piped stdin");
-    let written = ws.write_tar(std::io::BufWriter::with_capacity(256 << 10, stdin));
-    let status = child.wait().context("waiting for ssh")?;
     if !status.success() {
-        anyhow::bail!(
-            "copying the workspace into {GUEST_REPO} failed (the guest's `tar -x` exited with {})",
+        eprintln!(
+            "warning: starting the mise bootstrap in {GUEST_REPO} failed (exit {})",
             exit_code(status)
         );
     }
-    written?;
-
-    let extra: Vec<&str> = new_branch.iter().map(|(_, from)| from.as_str()).collect();
-    let script = git_setup_script(
-        &ws.head,
-        ws.branch.as_deref(),
-        new_branch.map(|(b, f)| (b.as_str(), f.as_str())),
-    );
-    let git_args = vm_cmd::ssh_args(vm, &[format!("sh -c {}", shell::quote(&script))])?;
-    let mut child = Command::new("ssh")
-        .arg("-T")
-        .args(&git_args)
-        .stdin(Stdio::piped())
-        .spawn()
-        .context("cannot run `ssh` (install the OpenSSH client)")?;
-    let stdin = child.stdin.take().expect("piped stdin");
-    let written = ws.write_pack(&extra, stdin);
-    let status = child.wait().context("waiting for ssh")?;
-    match status.code() {
-        Some(0) => {}
-        Some(NO_GIT_STATUS) => anyhow::bail!(
-            "the guest has no git, so {GUEST_REPO} is not a git repository; use an image with git"
-        ),
-        _ => anyhow::bail!(
-            "making {GUEST_REPO} a git repository in the guest failed (exit {})",
-            exit_code(status)
-        ),
-    }
-    written?;
     Ok(())
 }
 
@@ -743,14 +702,5 @@ mod tests {
     fn signals_become_128_plus_n() {
         assert_eq!(exit_code(ExitStatus::from_raw(7 << 8)), 7);
         assert_eq!(exit_code(ExitStatus::from_raw(2)), 130);
-    }
-
-    #[test]
-    fn git_setup_checks_out_the_new_branch_from_ref() {
-        let s = git_setup_script("abc", Some("main"), Some(("feat", "def")));
-        assert!(s.contains("git symbolic-ref HEAD refs/heads/main\n"), "{s}");
-        assert!(s.contains("\ngit checkout -q -b feat def\n"), "{s}");
-        let s = git_setup_script("abc", None, None);
-        assert!(s.contains("git update-ref --no-deref HEAD abc\n"), "{s}");
     }
 }

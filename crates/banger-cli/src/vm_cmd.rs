@@ -106,6 +106,12 @@ pub enum VmCommand {
     /// Long-lived commands supervised in the guest (docs/sessions.md).
     #[command(subcommand)]
     Session(crate::session_cmd::SessionCommand),
+    /// Copy a local git checkout into a running VM (docs/workspace.md).
+    #[command(subcommand)]
+    Workspace(crate::workspace_cmd::WorkspaceCommand),
+    /// Bridge stdin/stdout to the guest's `opencode acp` (Agent Client
+    /// Protocol) over SSH, in /root/repo when it exists, else /root.
+    Acp(crate::workspace_cmd::AcpArgs),
 }
 
 /// The flags `vm create` and `vm run` share: a new VM's name, image and size.
@@ -157,6 +163,8 @@ pub struct CreateArgs {
 pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
     let cmd = match cmd {
         VmCommand::Run(args) => return crate::run_cmd::run(global, args),
+        VmCommand::Workspace(cmd) => return crate::workspace_cmd::run(global, cmd),
+        VmCommand::Acp(args) => return crate::workspace_cmd::acp(global, args),
         other => other,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -167,7 +175,9 @@ pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
     let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
     let ssh = runtime.block_on(async {
         match cmd {
-            VmCommand::Run(_) => unreachable!("vm run is dispatched above"),
+            VmCommand::Run(_) | VmCommand::Workspace(_) | VmCommand::Acp(_) => {
+                unreachable!("dispatched above")
+            }
             VmCommand::Create(args) => create(&client, args).await.map(|()| None),
             VmCommand::Start { name } => start(&client, &name).await.map(|()| None),
             VmCommand::Stop { name, force } => {

@@ -16,6 +16,49 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use banger_wire::workspace::WorkspaceMode;
+
+/// Which files of a repository a workspace takes.
+#[derive(Debug, Clone, Copy)]
+enum Selection {
+    /// Tracked files (and untracked-not-ignored ones when asked).
+    Git { include_untracked: bool },
+    /// Every entry under the top level, directories included.
+    Everything,
+}
+
+/// Every entry under `root` (directories before their contents), sorted,
+/// relative to `root`. Symlinks are not followed.
+fn walk(root: &Path) -> Result<Vec<PathBuf>, WorkspaceError> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let entries = std::fs::read_dir(&dir).map_err(|source| WorkspaceError::Read {
+            path: dir.clone(),
+            source,
+        })?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| WorkspaceError::Read {
+                path: dir.clone(),
+                source,
+            })?;
+            let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+            names.push((rel.join(entry.file_name()), is_dir));
+        }
+        names.sort();
+        for (path, is_dir) in names.into_iter().rev() {
+            if is_dir {
+                stack.push(path.clone());
+            }
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 /// Errors finding or reading a workspace, naming the path or git command.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -35,6 +78,8 @@ pub enum WorkspaceError {
     NoCommit { root: PathBuf },
     #[error("the repository {} has submodules ({}); vm run does not copy submodules: copy them yourself with `banger vm ssh`, or run from a repository without them", root.display(), paths.join(", "))]
     Submodules { root: PathBuf, paths: Vec<String> },
+    #[error("the repository {} has submodules ({}); the metadata modes do not copy submodules: use `--mode full_copy`, which copies the directory as it is, submodules included", root.display(), paths.join(", "))]
+    SubmodulesNeedFullCopy { root: PathBuf, paths: Vec<String> },
     #[error("--from {reference}: not a commit in {}", root.display())]
     BadRef { root: PathBuf, reference: String },
     #[error("cannot read {}: {source}", path.display())]
@@ -88,6 +133,29 @@ impl Workspace {
     /// Find the repository holding `path` and select its files (untracked
     /// ones only when `include_untracked`).
     pub fn open(path: &Path, include_untracked: bool) -> Result<Workspace, WorkspaceError> {
+        Workspace::select(path, Selection::Git { include_untracked }, false)
+    }
+
+    /// The workspace of `vm workspace prepare` in `mode`: the metadata modes
+    /// take the tracked and the untracked-not-ignored files (refusing
+    /// submodules, naming `--mode full_copy`); `full_copy` takes every
+    /// entry under the repository's top level, `.git` and submodules
+    /// included.
+    pub fn for_mode(path: &Path, mode: WorkspaceMode) -> Result<Workspace, WorkspaceError> {
+        let selection = match mode {
+            WorkspaceMode::FullCopy => Selection::Everything,
+            _ => Selection::Git {
+                include_untracked: true,
+            },
+        };
+        Workspace::select(path, selection, true)
+    }
+
+    fn select(
+        path: &Path,
+        selection: Selection,
+        hint_full_copy: bool,
+    ) -> Result<Workspace, WorkspaceError> {
         let meta = std::fs::metadata(path).map_err(|source| WorkspaceError::Path {
             path: path.to_owned(),
             source,
@@ -116,6 +184,23 @@ impl Workspace {
             .then(|| trimmed(branch_out.stdout))
             .filter(|b| !b.is_empty());
 
+        let name = root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "repo".to_owned());
+        let include_untracked = match selection {
+            Selection::Everything => {
+                let files = walk(&root)?;
+                return Ok(Workspace {
+                    root,
+                    name,
+                    head,
+                    branch,
+                    files,
+                });
+            }
+            Selection::Git { include_untracked } => include_untracked,
+        };
         let staged = git_ok(&root, &["ls-files", "-z", "--stage"])?;
         let mut submodules = Vec::new();
         let mut files = Vec::new();
@@ -130,6 +215,12 @@ impl Workspace {
                 continue;
             }
             files.push(PathBuf::from(OsStr::from_bytes(path)));
+        }
+        if !submodules.is_empty() && hint_full_copy {
+            return Err(WorkspaceError::SubmodulesNeedFullCopy {
+                root,
+                paths: submodules,
+            });
         }
         if !submodules.is_empty() {
             return Err(WorkspaceError::Submodules {
@@ -152,10 +243,6 @@ impl Workspace {
         files.retain(|f| std::fs::symlink_metadata(root.join(f)).is_ok());
         files.sort();
         files.dedup();
-        let name = root
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "repo".to_owned());
         Ok(Workspace {
             root,
             name,
@@ -193,6 +280,56 @@ impl Workspace {
     /// one file's read buffer.
     pub fn write_tar<W: Write>(&self, out: W) -> Result<u64, WorkspaceError> {
         let mut builder = tar::Builder::new(out);
+        let sent = self.append_files(&mut builder)?;
+        builder
+            .into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(WorkspaceError::Write)?;
+        Ok(sent)
+    }
+
+    /// The body of `vm workspace prepare` in `mode`: the selected files (as
+    /// [`Workspace::write_tar`]), then for the metadata modes the pack of
+    /// [`Workspace::write_pack_depth`] (shallow for `shallow_metadata`) as
+    /// the entry `.git/<pack_entry>`. The pack is built in an unlinked
+    /// temporary file first (a tar entry needs its size up front). Returns
+    /// the bytes of file content sent.
+    pub fn write_prepare_tar<W: Write>(
+        &self,
+        mode: WorkspaceMode,
+        extra: &[&str],
+        pack_entry: &str,
+        out: W,
+    ) -> Result<u64, WorkspaceError> {
+        let mut builder = tar::Builder::new(out);
+        let sent = self.append_files(&mut builder)?;
+        if mode.builds_git() {
+            let mut pack = tempfile::tempfile().map_err(|source| WorkspaceError::Path {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+            let len = self.write_pack_depth(
+                extra,
+                mode == WorkspaceMode::ShallowMetadata,
+                io::BufWriter::new(&mut pack),
+            )?;
+            io::Seek::rewind(&mut pack).map_err(WorkspaceError::Write)?;
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            header.set_size(len);
+            header.set_entry_type(tar::EntryType::Regular);
+            builder
+                .append_data(&mut header, Path::new(".git").join(pack_entry), pack)
+                .map_err(WorkspaceError::Write)?;
+        }
+        builder
+            .into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(WorkspaceError::Write)?;
+        Ok(sent)
+    }
+
+    fn append_files<W: Write>(&self, builder: &mut tar::Builder<W>) -> Result<u64, WorkspaceError> {
         let mut sent = 0u64;
         for rel in &self.files {
             let path = self.root.join(rel);
@@ -240,13 +377,15 @@ impl Workspace {
                         }
                     })?;
                 sent += counted.n;
+            } else if ft.is_dir() {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, rel, io::empty())
+                    .map_err(WorkspaceError::Write)?;
             }
-            // Anything else (a fifo or socket tracked by mistake) is skipped.
+            // Anything else (a fifo or socket) is skipped.
         }
-        builder
-            .into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(WorkspaceError::Write)?;
         Ok(sent)
     }
 }
@@ -289,7 +428,19 @@ impl Workspace {
     /// blobs of the `extra` commits (to check them out). The blobs of unchanged
     /// files are the copied files themselves; the guest rebuilds them.
     /// Returns the pack's size.
-    pub fn write_pack<W: Write>(&self, extra: &[&str], mut out: W) -> Result<u64, WorkspaceError> {
+    pub fn write_pack<W: Write>(&self, extra: &[&str], out: W) -> Result<u64, WorkspaceError> {
+        self.write_pack_depth(extra, false, out)
+    }
+
+    /// [`Workspace::write_pack`], or with `shallow` only the commits HEAD
+    /// and `extra` themselves (no history): their trees, the same blobs,
+    /// and all blobs of the `extra` commits. The guest marks them shallow.
+    pub fn write_pack_depth<W: Write>(
+        &self,
+        extra: &[&str],
+        shallow: bool,
+        mut out: W,
+    ) -> Result<u64, WorkspaceError> {
         let head_tree = git_ok(&self.root, &["ls-tree", "-r", "-z", "HEAD"])?;
         let changed = git_ok(
             &self.root,
@@ -311,15 +462,51 @@ impl Workspace {
             let tree = git_ok(&self.root, &["ls-tree", "-r", "-z", commit])?;
             wanted.extend(tree_blobs(&tree).into_iter().map(|(_, object, _)| object));
         }
-        // Objects named on stdin are packed even though the filter leaves
-        // out the blobs reached through trees.
-        let args = [
-            "pack-objects",
-            "--revs",
-            "--stdout",
-            "-q",
-            "--filter=blob:none",
-        ];
+        let args: &[&str] = if shallow {
+            // Without --revs, pack-objects packs exactly the objects named:
+            // each commit with its trees (no parents), and the blobs above.
+            let mut listed = git_ok(
+                &self.root,
+                &[
+                    "rev-list",
+                    "--objects",
+                    "--no-object-names",
+                    "--filter=blob:none",
+                    "--no-walk",
+                    &self.head,
+                ],
+            )?;
+            for commit in extra.iter().filter(|c| **c != self.head) {
+                listed.extend(git_ok(
+                    &self.root,
+                    &[
+                        "rev-list",
+                        "--objects",
+                        "--no-object-names",
+                        "--no-walk",
+                        commit,
+                    ],
+                )?);
+            }
+            let mut seen = std::collections::HashSet::new();
+            let listed = String::from_utf8_lossy(&listed).into_owned();
+            wanted = wanted
+                .into_iter()
+                .chain(listed.lines().map(str::to_owned))
+                .filter(|o| !o.is_empty() && seen.insert(o.clone()))
+                .collect();
+            &["pack-objects", "--stdout", "-q"]
+        } else {
+            // Objects named on stdin are packed even though the filter leaves
+            // out the blobs reached through trees.
+            &[
+                "pack-objects",
+                "--revs",
+                "--stdout",
+                "-q",
+                "--filter=blob:none",
+            ]
+        };
         let mut child = Command::new("git")
             .arg("-C")
             .arg(&self.root)
@@ -353,10 +540,11 @@ impl Workspace {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn sh(dir: &Path, script: &str) {
+    /// Run `script` in `dir` with a git identity; it must succeed.
+    pub(crate) fn sh(dir: &Path, script: &str) {
         let out = Command::new("sh")
             .arg("-ec")
             .arg(script)

@@ -349,6 +349,88 @@ impl SshSession {
         Ok(out)
     }
 
+    /// Run `command` with `input`'s chunks as its stdin (then end-of-file),
+    /// collecting at most `keep` bytes of each of stdout and stderr (the
+    /// rest is read and dropped, so a chatty command never stalls the
+    /// connection). Input and output flow at the same time. An error from
+    /// `input` stops the upload: the channel is closed without end-of-file
+    /// and that error is returned.
+    pub async fn exec_with_input<S, E>(
+        &self,
+        command: &str,
+        input: S,
+        keep: usize,
+    ) -> Result<Result<ExecOutput, E>, SshError>
+    where
+        S: futures::Stream<Item = Result<bytes::Bytes, E>> + Unpin,
+    {
+        use futures::StreamExt;
+        let addr = self.addr;
+        let channel_err = |source| SshError::Channel { addr, source };
+        let channel = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(channel_err)?;
+        channel.exec(true, command).await.map_err(channel_err)?;
+        let (mut read, write) = channel.split();
+        // A broken input ends the wait for output too: the command's
+        // answer to a cut-off stdin is not worth waiting for.
+        let broken = tokio::sync::Notify::new();
+        let send = async {
+            let mut input = input;
+            while let Some(chunk) = input.next().await {
+                match chunk {
+                    Ok(bytes) => {
+                        if write.data_bytes(bytes).await.is_err() {
+                            // The command stopped reading (it exited): its
+                            // status says why.
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => {
+                        broken.notify_one();
+                        let _ = write.close().await;
+                        return Err(e);
+                    }
+                }
+            }
+            let _ = write.eof().await;
+            Ok(())
+        };
+        let receive = async {
+            let mut out = ExecOutput {
+                exit_status: None,
+                exit_signal: None,
+                stdout: Vec::new(),
+                stderr: Vec::new(),
+            };
+            let push = |buf: &mut Vec<u8>, data: &[u8]| {
+                let room = keep.saturating_sub(buf.len());
+                buf.extend_from_slice(&data[..data.len().min(room)]);
+            };
+            loop {
+                let msg = tokio::select! {
+                    msg = read.wait() => msg,
+                    () = broken.notified() => None,
+                };
+                let Some(msg) = msg else { break };
+                match msg {
+                    ChannelMsg::Data { data } => push(&mut out.stdout, &data),
+                    ChannelMsg::ExtendedData { data, ext: 1 } => push(&mut out.stderr, &data),
+                    ChannelMsg::ExitStatus { exit_status } => out.exit_status = Some(exit_status),
+                    ChannelMsg::ExitSignal {
+                        signal_name: sig, ..
+                    } => out.exit_signal = Some(signal_name(sig)),
+                    _ => {}
+                }
+            }
+            out
+        };
+        let (sent, out) = tokio::join!(send, receive);
+        Ok(sent.map(|()| out))
+    }
+
     /// Say goodbye to the server and close the connection.
     pub async fn close(self) -> Result<(), SshError> {
         let addr = self.addr;

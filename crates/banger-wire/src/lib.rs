@@ -11,6 +11,7 @@
 //! - [`units`]: byte sizes as written (`16G`) and shown (`1.5 GiB`).
 //! - [`vm`]: bodies of the `/v1/vms` routes.
 //! - [`vmm`]: backend, clone strategy and MAC types every process shares.
+//! - [`workspace`]: parameters and answer of `vm workspace prepare`'s route.
 //!
 //! Everything here is plain data: no I/O, so both sides of every socket agree
 //! on the exact shapes and the parse layer can be tested without hardware.
@@ -27,6 +28,7 @@ pub mod session;
 pub mod units;
 pub mod vm;
 pub mod vmm;
+pub mod workspace;
 
 /// The banger version every binary reports (workspace version).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -228,6 +228,10 @@ pub const VM_ACTIVITY: Route<VmActivityRequest, VmInfo> =
 pub const VM_TIMINGS: Route<NoBody, VmTimings> = Route::new(Get, "/v1/vms/{name}/timings", Json);
 pub const VM_TIMINGS_PUT: Route<VmTimings, VmTimings> =
     Route::new(Post, "/v1/vms/{name}/timings", Json);
+/// `vm workspace prepare`: the body is a tar stream, the settings are the
+/// query ([`crate::workspace::WorkspaceParams`]).
+pub const VM_WORKSPACE: Route<Raw, crate::workspace::WorkspaceReport> =
+    Route::new(Post, "/v1/vms/{name}/workspace", Stream);
 
 pub const IMAGE_LIST: Route<NoBody, ImageList> = Route::new(Get, "/v1/images", Json);
 pub const IMAGE_REGISTER: Route<ImageRegisterRequest, ImageInfo> =
@@ -285,6 +289,7 @@ pub const ALL: &[RouteInfo] = &[
     VM_ACTIVITY.info,
     VM_TIMINGS.info,
     VM_TIMINGS_PUT.info,
+    VM_WORKSPACE.info,
     IMAGE_LIST.info,
     IMAGE_REGISTER.info,
     IMAGE_IMPORT.info,

@@ -34,6 +34,7 @@ pub fn router(state: Arc<Daemon>) -> Router {
         .merge(crate::vm::api::routes())
         .merge(crate::image::api::routes())
         .merge(crate::session::api::routes())
+        .merge(crate::workspace::api::routes())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(

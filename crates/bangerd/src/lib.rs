@@ -37,6 +37,7 @@ pub mod socket;
 pub mod ssh_config;
 pub mod vm;
 pub mod warm;
+pub mod workspace;
 
 pub use daemon::{run, DaemonError, Options};
 

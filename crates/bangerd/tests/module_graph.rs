@@ -21,7 +21,14 @@ use std::path::Path;
 
 /// Modules that serve HTTP: nothing outside them (and `daemon`, which wires
 /// the process together) may import them.
-const HTTP_LAYER: &[&str] = &["api", "http", "vm::api", "image::api", "session::api"];
+const HTTP_LAYER: &[&str] = &[
+    "api",
+    "http",
+    "vm::api",
+    "image::api",
+    "session::api",
+    "workspace::api",
+];
 
 /// Modules allowed to import the HTTP layer besides the layer itself.
 const WIRING: &[&str] = &["daemon"];
