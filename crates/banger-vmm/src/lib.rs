@@ -115,6 +115,8 @@ pub enum VmmError {
     },
     #[error("VMM process {pid} of {id} is still running; stop it before cleaning up")]
     StillRunning { id: String, pid: u32 },
+    #[error("VM {id}: no snapshot save/restore here: {why}")]
+    SnapshotUnsupported { id: String, why: &'static str },
 }
 
 /// A file step of launching or cleaning up a VMM: the path and the OS error
@@ -327,6 +329,42 @@ impl Vmm {
             BackendConfig::Qemu(cfg) => qemu::launch(cfg, &self.reason, spec, opts).await,
         }
     }
+
+    /// Start a VMM for `spec` from the snapshot that
+    /// [`VmmHandle::save_snapshot`] wrote into `dir`, instead of booting:
+    /// the guest continues where the snapshot left it, on the spec's own
+    /// disks, tap and agent socket (same drive ids as the snapshotted VM;
+    /// vCPUs and memory are the snapshot's). Running unless
+    /// `opts.start_paused` ([`VmmHandle::resume`] runs it then). Same
+    /// guarantees as [`Vmm::launch`]: handle written on success, process
+    /// killed on failure. Checking that the snapshot fits (image, kernel,
+    /// size, VMM version) is the caller's job.
+    pub async fn restore(
+        &self,
+        spec: &VmSpec,
+        dir: &Path,
+        opts: &LaunchOptions,
+    ) -> Result<VmmHandle, VmmError> {
+        spec.validate()?;
+        if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
+            if previous.is_alive() {
+                return Err(VmmError::AlreadyRunning {
+                    id: previous.id,
+                    pid: previous.pid,
+                    run_dir: spec.run_dir.clone(),
+                });
+            }
+        }
+        match &self.config {
+            BackendConfig::Firecracker(cfg) => {
+                firecracker::restore(cfg, &self.reason, spec, dir, opts).await
+            }
+            BackendConfig::Qemu(_) => Err(VmmError::SnapshotUnsupported {
+                id: spec.id.clone(),
+                why: "the QEMU backend's restore is not built yet",
+            }),
+        }
+    }
 }
 
 /// Where a VM is in its life, as its VMM reports it.
@@ -487,6 +525,45 @@ impl VmmHandle {
         match self.backend {
             Backend::Firecracker => firecracker::ApiClient::new(&self.control_socket)
                 .action(firecracker::ActionType::InstanceStart)
+                .await
+                .map_err(Into::into),
+            Backend::Qemu { .. } => {
+                let mut qmp = qemu::QmpClient::connect(&self.control_socket).await?;
+                qmp.cont().await.map_err(Into::into)
+            }
+        }
+    }
+
+    /// Pause the VM and write a snapshot of it (memory and device state)
+    /// into the existing directory `dir`, for [`Vmm::restore`]. The VM stays
+    /// paused: [`VmmHandle::resume`] runs it on, [`VmmHandle::kill`] ends it.
+    /// The disks are not part of it: copy them while the VM is paused.
+    /// Firecracker writes `dir/vmstate` and `dir/memory`
+    /// ([`firecracker::snapshot_files`]).
+    pub async fn save_snapshot(&self, dir: &Path) -> Result<(), VmmError> {
+        match self.backend {
+            Backend::Firecracker if self.jail_dir.is_some() => {
+                Err(VmmError::SnapshotUnsupported {
+                    id: self.id.clone(),
+                    why: "Firecracker runs under the jailer, whose chroot cannot see the snapshot directory; turn the jailer off for warm start",
+                })
+            }
+            Backend::Firecracker => firecracker::save_snapshot(&self.control_socket, dir).await,
+            Backend::Qemu { .. } => Err(VmmError::SnapshotUnsupported {
+                id: self.id.clone(),
+                why: "the QEMU backend's save is not built yet",
+            }),
+        }
+    }
+
+    /// Run the vCPUs of a paused VM again (after [`VmmHandle::save_snapshot`],
+    /// or a [`Vmm::restore`] with `start_paused`): Firecracker `PATCH /vm`
+    /// `Resumed`, QEMU `cont`. A VM that never booted needs
+    /// [`VmmHandle::start`] instead.
+    pub async fn resume(&self) -> Result<(), VmmError> {
+        match self.backend {
+            Backend::Firecracker => firecracker::ApiClient::new(&self.control_socket)
+                .set_vm_state(firecracker::api::VmRunState::Resumed)
                 .await
                 .map_err(Into::into),
             Backend::Qemu { .. } => {
