@@ -193,6 +193,7 @@ fn op_name(request: &AgentRequest) -> &'static str {
         AgentRequest::SessionLogs { .. } => "session logs",
         AgentRequest::SessionStop { .. } => "session stop",
         AgentRequest::SessionSignal { .. } => "session signal",
+        AgentRequest::SessionIo { .. } => "session io",
     }
 }
 
@@ -214,6 +215,10 @@ fn unexpected(op: &'static str, response: AgentResponse) -> AgentClientError {
         AgentResponse::SessionLog(_) => AgentClientError::Unexpected {
             op,
             got: "session_log",
+        },
+        AgentResponse::SessionIo(_) => AgentClientError::Unexpected {
+            op,
+            got: "session_io",
         },
     }
 }

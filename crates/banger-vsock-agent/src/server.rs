@@ -127,6 +127,17 @@ pub fn handle_request(ctx: &AgentContext, request: &AgentRequest) -> AgentRespon
             .control(id, &format!("signal {signal}"))
             .map(AgentResponse::Session)
             .map_err(|e| e.to_string()),
+        AgentRequest::SessionIo {
+            id,
+            stdin,
+            stdout_offset,
+            stderr_offset,
+            max_bytes,
+        } => ctx
+            .sessions()
+            .io(id, stdin, *stdout_offset, *stderr_offset, *max_bytes)
+            .map(AgentResponse::SessionIo)
+            .map_err(|e| e.to_string()),
     };
     result.unwrap_or_else(|message| AgentResponse::Error { message })
 }

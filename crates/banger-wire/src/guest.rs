@@ -103,6 +103,17 @@ pub enum AgentRequest {
     SessionStop { id: String, grace_ms: u64 },
     /// Send `signal` (a number) to the session's process group.
     SessionSignal { id: String, signal: i32 },
+    /// One step of an attach (`stdio_mux_v1` bridge): write `stdin` to a
+    /// pipe-mode session's FIFO, as much as fits without blocking, and
+    /// read up to `max_bytes` of each log from the offsets.
+    SessionIo {
+        id: String,
+        #[serde(default, with = "base64_bytes")]
+        stdin: Vec<u8>,
+        stdout_offset: u64,
+        stderr_offset: u64,
+        max_bytes: u32,
+    },
 }
 
 /// The agent's answer to one [`AgentRequest`].
@@ -123,6 +134,7 @@ pub enum AgentResponse {
         problems: Vec<String>,
     },
     SessionLog(SessionLogChunk),
+    SessionIo(SessionIoChunk),
     Error {
         message: String,
     },
@@ -210,6 +222,44 @@ impl LogStream {
             LogStream::Stdout => "stdout.log",
             LogStream::Stderr => "stderr.log",
         }
+    }
+}
+
+/// The answer to [`AgentRequest::SessionIo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionIoChunk {
+    /// How many bytes of `stdin` went into the FIFO (fewer when the pipe
+    /// was full: the command does not read).
+    pub stdin_written: u32,
+    /// Where `stdout` starts in the log (the asked offset, or the log's
+    /// length when that is smaller).
+    pub stdout_offset: u64,
+    #[serde(with = "base64_bytes")]
+    pub stdout: Vec<u8>,
+    pub stderr_offset: u64,
+    #[serde(with = "base64_bytes")]
+    pub stderr: Vec<u8>,
+    /// The session's state when the logs were read: once it ended and both
+    /// chunks are empty, nothing more will come.
+    pub status: SessionStatus,
+    pub pid: Option<u32>,
+}
+
+/// Bytes as base64 in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
     }
 }
 
