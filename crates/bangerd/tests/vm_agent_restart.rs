@@ -11,26 +11,17 @@
 mod common;
 mod vm_harness;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use banger_wire::session::{SessionInfo, SessionSource, SessionStatus};
-use vm_harness::{boot_tests, privileged, test_image, World};
+use vm_harness::{boot_tests, privileged, test_image, wait_until, World};
 
 fn show(world: &World, session: &str) -> SessionInfo {
-    let out = world.banger_ok(&["vm", "session", "show", "box", session, "--json"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    world.session_show("box", session)
 }
 
 fn guest(world: &World, script: &str) -> String {
     world.banger_ok(&["vm", "ssh", "box", "--", "sh", "-c", script])
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
