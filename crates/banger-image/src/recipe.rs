@@ -816,15 +816,6 @@ impl ImageRecipe {
                 ));
             }
         }
-        if let Some(t) = &raw.systemd.default_target {
-            if !t.ends_with(".target") {
-                return Err(invalid(
-                    path,
-                    "systemd.default_target",
-                    format!("{t:?} is not a .target unit"),
-                ));
-            }
-        }
         Ok(ImageRecipe {
             name,
             version,

@@ -311,17 +311,7 @@ impl Vmm {
     /// `run_dir/vmm.json`; on any failure the half-started process is killed.
     /// Refuses while a live VMM's handle is in `run_dir`.
     pub async fn launch(&self, spec: &VmSpec, opts: &LaunchOptions) -> Result<VmmHandle, VmmError> {
-        spec.validate()?;
-        // Launching over a live VM would unlink its control socket.
-        if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
-            if previous.is_alive() {
-                return Err(VmmError::AlreadyRunning {
-                    id: previous.id,
-                    pid: previous.pid,
-                    run_dir: spec.run_dir.clone(),
-                });
-            }
-        }
+        check_before_start(spec)?;
         match &self.config {
             BackendConfig::Firecracker(cfg) => {
                 firecracker::launch(cfg, &self.reason, spec, opts).await
@@ -345,16 +335,7 @@ impl Vmm {
         dir: &Path,
         opts: &LaunchOptions,
     ) -> Result<VmmHandle, VmmError> {
-        spec.validate()?;
-        if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
-            if previous.is_alive() {
-                return Err(VmmError::AlreadyRunning {
-                    id: previous.id,
-                    pid: previous.pid,
-                    run_dir: spec.run_dir.clone(),
-                });
-            }
-        }
+        check_before_start(spec)?;
         match &self.config {
             BackendConfig::Firecracker(cfg) => {
                 firecracker::restore(cfg, &self.reason, spec, dir, opts).await
@@ -675,6 +656,22 @@ impl VmmHandle {
         }
         launch::remove_file_if_exists(&Self::handle_path(&self.run_dir))
     }
+}
+
+/// A valid spec, and no live VMM in its run directory: starting over one
+/// would unlink its control socket.
+fn check_before_start(spec: &VmSpec) -> Result<(), VmmError> {
+    spec.validate()?;
+    if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
+        if previous.is_alive() {
+            return Err(VmmError::AlreadyRunning {
+                id: previous.id,
+                pid: previous.pid,
+                run_dir: spec.run_dir.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn exited() -> VmStatus {
