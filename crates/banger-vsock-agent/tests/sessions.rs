@@ -16,6 +16,7 @@ fn ctx(root: &std::path::Path) -> AgentContext {
         proc_root: PathBuf::from("/proc"),
         root: root.to_owned(),
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_banger-vsock-agent")),
+        system: Default::default(),
     }
 }
 
