@@ -614,6 +614,9 @@ struct RawSystemd {
     enable: Vec<String>,
     #[serde(default)]
     disable: Vec<String>,
+    #[serde(default)]
+    mask: Vec<String>,
+    default_target: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -660,6 +663,8 @@ impl RawImage {
         self.npm.extend(child.npm);
         self.systemd.enable.extend(child.systemd.enable);
         self.systemd.disable.extend(child.systemd.disable);
+        self.systemd.mask.extend(child.systemd.mask);
+        over!(systemd.default_target);
     }
 }
 
@@ -692,6 +697,10 @@ pub struct ImageRecipe {
     pub npm: Vec<NpmSpec>,
     pub enable: Vec<String>,
     pub disable: Vec<String>,
+    /// Units linked to /dev/null: not started even when something wants them.
+    pub mask: Vec<String>,
+    /// `systemctl set-default` (a `.target`), when set.
+    pub default_target: Option<String>,
     /// Recipe-set paths this recipe consists of (for the hash).
     pub inputs: Vec<String>,
 }
@@ -782,12 +791,28 @@ impl ImageRecipe {
                 ));
             }
         }
-        for u in raw.systemd.enable.iter().chain(&raw.systemd.disable) {
+        for u in raw
+            .systemd
+            .enable
+            .iter()
+            .chain(&raw.systemd.disable)
+            .chain(&raw.systemd.mask)
+            .chain(&raw.systemd.default_target)
+        {
             if !shell_safe(u, "") || u.contains('/') {
                 return Err(invalid(
                     path,
                     "systemd",
                     format!("{u:?} is not a unit name"),
+                ));
+            }
+        }
+        if let Some(t) = &raw.systemd.default_target {
+            if !t.ends_with(".target") {
+                return Err(invalid(
+                    path,
+                    "systemd.default_target",
+                    format!("{t:?} is not a .target unit"),
                 ));
             }
         }
@@ -803,6 +828,8 @@ impl ImageRecipe {
             npm: raw.npm,
             enable: raw.systemd.enable,
             disable: raw.systemd.disable,
+            mask: raw.systemd.mask,
+            default_target: raw.systemd.default_target,
             inputs: Vec::new(),
         })
     }
@@ -869,6 +896,12 @@ mod tests {
         assert_eq!(full.npm.len(), 1);
         assert_eq!(full.files.len(), min.files.len());
         assert!(full.disable.contains(&"docker.service".to_owned()));
+        // Masks append down the extends chain; the default target is inherited.
+        assert!(min.mask.contains(&"getty@.service".to_owned()));
+        assert!(!min.mask.contains(&"apparmor.service".to_owned()));
+        assert!(full.mask.contains(&"getty@.service".to_owned()));
+        assert!(full.mask.contains(&"apparmor.service".to_owned()));
+        assert_eq!(full.default_target.as_deref(), Some("multi-user.target"));
         assert_eq!(full.size, 4 << 30);
         assert!(full
             .inputs
@@ -932,6 +965,12 @@ mod tests {
             ("fs_uuid = \"4f1b", "fs_uuid = \"XX1b", "fs_uuid"),
             ("\"jq\",", "\"jq; rm -rf /\",", "debian.packages"),
             ("\"ssh.service\",", "\"../ssh.service\",", "systemd"),
+            ("\"getty@.service\",", "\"getty@.service $(x)\",", "systemd"),
+            (
+                "default_target = \"multi-user.target\"",
+                "default_target = \"ssh.service\"",
+                "systemd.default_target",
+            ),
             ("kind = \"image\"", "kind = \"kernel\"", "kind"),
             (
                 "src = \"files/rootfs/hosts\"",

@@ -113,10 +113,10 @@ pub enum VmmError {
         pid: u32,
         run_dir: PathBuf,
     },
-    #[error("snapshots are not supported on the {backend:?} backend yet; boot cold (warm_start = \"off\")")]
-    SnapshotUnsupported { backend: Backend },
     #[error("VMM process {pid} of {id} is still running; stop it before cleaning up")]
     StillRunning { id: String, pid: u32 },
+    #[error("VM {id}: no snapshot save/restore here: {why}")]
+    SnapshotUnsupported { id: String, why: &'static str },
 }
 
 /// A file step of launching or cleaning up a VMM: the path and the OS error
@@ -311,8 +311,7 @@ impl Vmm {
     /// `run_dir/vmm.json`; on any failure the half-started process is killed.
     /// Refuses while a live VMM's handle is in `run_dir`.
     pub async fn launch(&self, spec: &VmSpec, opts: &LaunchOptions) -> Result<VmmHandle, VmmError> {
-        spec.validate()?;
-        refuse_if_running(spec)?;
+        check_before_start(spec)?;
         match &self.config {
             BackendConfig::Firecracker(cfg) => {
                 firecracker::launch(cfg, &self.reason, spec, opts).await
@@ -321,56 +320,46 @@ impl Vmm {
         }
     }
 
-    /// Start a VMM for `spec` from the snapshot file `snapshot` (written by
-    /// [`VmmHandle::save_snapshot`] on the same backend, VMM version, vCPU
-    /// count and memory size: the caller keys snapshots by those) and run it
-    /// (unless `opts.start_paused`). The guest continues where it was saved,
-    /// with `spec`'s tap, disks and sockets. On any failure (a corrupt or
-    /// truncated file included) the half-started VMM is killed and the error
-    /// says why; the caller can then boot cold.
+    /// Start a VMM for `spec` from the snapshot that
+    /// [`VmmHandle::save_snapshot`] wrote into `dir`, instead of booting:
+    /// the guest continues where the snapshot left it, on the spec's own
+    /// disks, tap and agent socket (same drive ids as the snapshotted VM).
+    /// The caller keys snapshots by backend, VMM version, vCPUs and memory
+    /// (the snapshot's win). Running unless `opts.start_paused`
+    /// ([`VmmHandle::resume`] runs it then). Same guarantees as
+    /// [`Vmm::launch`]: handle written on success; on any failure (a corrupt
+    /// or truncated snapshot included) the half-started VMM is killed and the
+    /// error says why, so the caller can boot cold.
     pub async fn restore(
         &self,
         spec: &VmSpec,
-        snapshot: &Path,
+        dir: &Path,
         opts: &LaunchOptions,
     ) -> Result<VmmHandle, VmmError> {
-        spec.validate()?;
-        refuse_if_running(spec)?;
+        check_before_start(spec)?;
         match &self.config {
-            BackendConfig::Firecracker(_) => Err(VmmError::SnapshotUnsupported {
-                backend: Backend::Firecracker,
-            }),
+            BackendConfig::Firecracker(cfg) => {
+                firecracker::restore(cfg, &self.reason, spec, dir, opts).await
+            }
             BackendConfig::Qemu(cfg) => {
-                qemu::launch(cfg, &self.reason, spec, opts, Some(snapshot)).await
+                let state = dir.join(qemu::SNAPSHOT_STATE);
+                qemu::launch(cfg, &self.reason, spec, opts, Some(&state)).await
             }
         }
     }
 }
 
-/// Launching over a live VM would unlink its control socket.
-fn refuse_if_running(spec: &VmSpec) -> Result<(), VmmError> {
-    if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
-        if previous.is_alive() {
-            return Err(VmmError::AlreadyRunning {
-                id: previous.id,
-                pid: previous.pid,
-                run_dir: spec.run_dir.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// What [`VmmHandle::save_snapshot`] wrote.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SavedSnapshot {
-    /// The snapshot file.
-    pub path: PathBuf,
-    /// Its apparent size in bytes (sparse: RAM size plus device state).
+    /// The snapshot directory (QEMU: `vmstate`; Firecracker: `vmstate` and
+    /// `memory`).
+    pub dir: PathBuf,
+    /// The files' apparent size in bytes (sparse: RAM size plus device state).
     pub apparent_bytes: u64,
-    /// Bytes it occupies on disk.
+    /// Bytes they occupy on disk.
     pub disk_bytes: u64,
-    /// How long the VMM took to write it, in milliseconds.
+    /// How long the VMM took to write them, in milliseconds.
     pub save_ms: u64,
 }
 
@@ -541,57 +530,81 @@ impl VmmHandle {
         }
     }
 
+    /// Run the vCPUs of a paused VM again (after [`VmmHandle::save_snapshot`],
+    /// or a [`Vmm::restore`] with `start_paused`): Firecracker `PATCH /vm`
+    /// `Resumed`, QEMU `cont`. A VM that never booted needs
+    /// [`VmmHandle::start`] instead.
+    pub async fn resume(&self) -> Result<(), VmmError> {
+        match self.backend {
+            Backend::Firecracker => firecracker::ApiClient::new(&self.control_socket)
+                .set_vm_state(firecracker::api::VmRunState::Resumed)
+                .await
+                .map_err(Into::into),
+            Backend::Qemu { .. } => {
+                let mut qmp = qemu::QmpClient::connect(&self.control_socket).await?;
+                qmp.cont().await.map_err(Into::into)
+            }
+        }
+    }
+
     /// Wait at most `timeout` for the VMM to exit; true when it has.
     pub async fn wait_exit(&self, timeout: Duration) -> Result<bool, VmmError> {
         Ok(process::wait_exit(self.pid, self.start_time, timeout).await?)
     }
 
-    /// Pause the VM, write its memory and device state to `path` (which must
-    /// not exist: write to a temporary name and rename it into place after),
-    /// then end the VMM and clean up its run-dir files. The disks are not
-    /// part of the file: copy them while the VMM is gone, before anything
-    /// else writes to them. On failure the VMM is ended too, and the partial
-    /// file is removed.
-    pub async fn save_snapshot(&self, path: &Path) -> Result<SavedSnapshot, VmmError> {
+    /// Pause the VM and write a snapshot of it (memory and device state)
+    /// into the existing, empty directory `dir`, for [`Vmm::restore`]. The
+    /// VM stays paused: [`VmmHandle::resume`] runs it on, [`VmmHandle::kill`]
+    /// ends it. The disks are not part of it: copy them while the VM is
+    /// paused or gone. On failure the partial files are removed (the VM is
+    /// still paused: the caller ends it). QEMU writes `dir/vmstate`
+    /// (`mapped-ram`); Firecracker `dir/vmstate` and `dir/memory`.
+    pub async fn save_snapshot(&self, dir: &Path) -> Result<SavedSnapshot, VmmError> {
+        let started = std::time::Instant::now();
+        let files: Vec<PathBuf> = match self.backend {
+            Backend::Qemu { .. } => vec![dir.join(qemu::SNAPSHOT_STATE)],
+            Backend::Firecracker => {
+                let (state, memory) = firecracker::snapshot_files(dir);
+                vec![state, memory]
+            }
+        };
         let result = match self.backend {
-            Backend::Firecracker => Err(VmmError::SnapshotUnsupported {
-                backend: Backend::Firecracker,
-            }),
-            Backend::Qemu { .. } => {
-                let started = std::time::Instant::now();
-                async {
-                    let mut qmp = qemu::QmpClient::connect(&self.control_socket).await?;
-                    qemu::save_to_file(&mut qmp, path).await?;
-                    let save_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                    qmp.quit().await?;
-                    Ok::<u64, VmmError>(save_ms)
-                }
-                .await
+            Backend::Firecracker if self.jail_dir.is_some() => {
+                Err(VmmError::SnapshotUnsupported {
+                    id: self.id.clone(),
+                    why: "Firecracker runs under the jailer, whose chroot cannot see the snapshot directory; turn the jailer off for warm start",
+                })
             }
+            Backend::Firecracker => firecracker::save_snapshot(&self.control_socket, dir).await,
+            Backend::Qemu { .. } => async {
+                let mut qmp = qemu::QmpClient::connect(&self.control_socket).await?;
+                qemu::save_to_file(&mut qmp, &files[0]).await?;
+                Ok(())
+            }
+            .await,
         };
-        // Whatever happened, this VMM does not run on: a VM resumed after a
-        // half-made snapshot would write to disks the snapshot may share.
-        if !self.wait_exit(FORCED_EXIT_WAIT).await? {
-            self.kill().await?;
+        if let Err(e) = result {
+            for file in &files {
+                launch::remove_file_if_exists(file)?;
+            }
+            return Err(e);
         }
-        self.cleanup()?;
-        let save_ms = match result {
-            Ok(ms) => ms,
-            Err(e) => {
-                launch::remove_file_if_exists(path)?;
-                return Err(e);
-            }
-        };
-        let meta = std::fs::metadata(path).map_err(|source| VmmError::Io {
-            op: FileOp::Inspect,
-            path: path.to_owned(),
-            source,
-        })?;
-        use std::os::unix::fs::MetadataExt;
+        let save_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let (mut apparent_bytes, mut disk_bytes) = (0, 0);
+        for file in &files {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::metadata(file).map_err(|source| VmmError::Io {
+                op: FileOp::Inspect,
+                path: file.clone(),
+                source,
+            })?;
+            apparent_bytes += meta.len();
+            disk_bytes += meta.blocks() * 512;
+        }
         Ok(SavedSnapshot {
-            path: path.to_owned(),
-            apparent_bytes: meta.len(),
-            disk_bytes: meta.blocks() * 512,
+            dir: dir.to_owned(),
+            apparent_bytes,
+            disk_bytes,
             save_ms,
         })
     }
@@ -693,6 +706,22 @@ impl VmmHandle {
         }
         launch::remove_file_if_exists(&Self::handle_path(&self.run_dir))
     }
+}
+
+/// A valid spec, and no live VMM in its run directory: starting over one
+/// would unlink its control socket.
+fn check_before_start(spec: &VmSpec) -> Result<(), VmmError> {
+    spec.validate()?;
+    if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
+        if previous.is_alive() {
+            return Err(VmmError::AlreadyRunning {
+                id: previous.id,
+                pid: previous.pid,
+                run_dir: spec.run_dir.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn exited() -> VmStatus {

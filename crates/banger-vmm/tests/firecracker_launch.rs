@@ -10,46 +10,19 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use banger_vmm::{
     AgentEndpoint, AgentSpec, Backend, BackendConfig, DriveSpec, FirecrackerConfig, LaunchOptions,
     NetSpec, ShutdownOutcome, VmSpec, VmState, Vmm, VmmError, VmmHandle,
 };
-use common::fake_fc::Server;
 use common::{wait_for_text, KillOnDrop};
 
 /// Runs only when a launch test starts this executable as its "firecracker".
 #[tokio::test]
 #[ignore = "helper process for the launch tests, started by them"]
 async fn fake_firecracker_process() {
-    let Ok(args) = std::env::var("FAKE_FC_ARGS") else {
-        eprintln!("FAKE_FC_ARGS is not set: this is only a helper for the launch tests");
-        return;
-    };
-    let args: Vec<&str> = args.split(' ').collect();
-    let arg = |name: &str| {
-        let i = args.iter().position(|a| *a == name).unwrap();
-        args[i + 1].to_owned()
-    };
-    let (api_sock, id) = (PathBuf::from(arg("--api-sock")), arg("--id"));
-    let server = Server::start_at(api_sock.clone()).await;
-    let exit = Arc::new(tokio::sync::Notify::new());
-    {
-        let mut vm = server.state.lock().unwrap();
-        vm.exit_on_ctrl_alt_del = std::env::var_os("FAKE_FC_IGNORE_CAD").is_none();
-        vm.exit = Some(exit.clone());
-        vm.record = Some(api_sock.with_file_name("requests.json"));
-        vm.fail = std::env::var("FAKE_FC_FAIL")
-            .ok()
-            .map(|p| (p, "injected failure".to_owned()));
-    }
-    println!("fake-firecracker {id} console");
-    exit.notified().await;
-    // Let the answer to SendCtrlAltDel go out, then "the guest rebooted".
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    std::process::exit(0);
+    common::fake_fc::run_fake_process().await;
 }
 
 struct Fixture {

@@ -396,11 +396,16 @@ async fn qemu_snapshot_saves_and_restores_guest_memory_and_rejects_a_damaged_fil
     let serial = wait_for_text(&spec.serial_log, "banger-pvh-ok", Duration::from_secs(60)).await;
     assert!(serial.contains("banger-pvh-ok"), "serial log: {serial:?}");
 
-    let snap = env.p("snap.bin");
-    let saved = handle.save_snapshot(&snap).await.unwrap();
-    assert_eq!(saved.path, snap);
-    // The VMM is gone and its run-dir files with it: nothing resumes the
-    // saved guest behind the snapshot's back.
+    let snap_dir = env.p("snap");
+    std::fs::create_dir(&snap_dir).unwrap();
+    let snap = snap_dir.join(banger_vmm::qemu::SNAPSHOT_STATE);
+    let saved = handle.save_snapshot(&snap_dir).await.unwrap();
+    assert_eq!(saved.dir, snap_dir);
+    // The VM stays paused until its owner decides; here it ends, as
+    // `image warm` ends it, before anything could write to shared disks.
+    assert_eq!(handle.status().await.unwrap().state, VmState::Paused);
+    handle.kill().await.unwrap();
+    handle.cleanup().unwrap();
     assert!(!handle.is_alive());
     assert!(!env.p("run/qmp.sock").exists());
     assert!(!env.p("run/vmm.json").exists());
@@ -417,7 +422,7 @@ async fn qemu_snapshot_saves_and_restores_guest_memory_and_rejects_a_damaged_fil
     write_pvh_kernel(&env.p("vmlinux"), "cold-booted!!\n");
     let restored = env
         .vmm
-        .restore(&spec, &snap, &LaunchOptions::default())
+        .restore(&spec, &snap_dir, &LaunchOptions::default())
         .await
         .unwrap();
     let _guard2 = guard(&restored);
@@ -437,7 +442,7 @@ async fn qemu_snapshot_saves_and_restores_guest_memory_and_rejects_a_damaged_fil
     drop(file);
     let err = env
         .vmm
-        .restore(&spec, &snap, &LaunchOptions::default())
+        .restore(&spec, &snap_dir, &LaunchOptions::default())
         .await
         .unwrap_err();
     assert!(
@@ -464,7 +469,7 @@ async fn qemu_snapshot_saves_and_restores_guest_memory_and_rejects_a_damaged_fil
     std::fs::write(&snap, vec![0x42u8; 1 << 20]).unwrap();
     let err = env
         .vmm
-        .restore(&spec, &snap, &LaunchOptions::default())
+        .restore(&spec, &snap_dir, &LaunchOptions::default())
         .await
         .unwrap_err();
     assert!(matches!(&err, VmmError::Qmp(_)), "{err}");

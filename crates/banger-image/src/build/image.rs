@@ -275,6 +275,19 @@ fn customize_script(recipe: &ImageRecipe, installs: &[(PathBuf, String, u32)]) -
             units.join(" ")
         ));
     }
+    if !recipe.mask.is_empty() {
+        let units: Vec<String> = recipe.mask.iter().map(|u| q(u)).collect();
+        s.push_str(&format!(
+            "chroot \"$root\" systemctl mask {}\n",
+            units.join(" ")
+        ));
+    }
+    if let Some(target) = &recipe.default_target {
+        s.push_str(&format!(
+            "chroot \"$root\" systemctl set-default {}\n",
+            q(target)
+        ));
+    }
     s
 }
 
@@ -388,6 +401,9 @@ mod tests {
         assert!(s.contains("rm -f \"$root\"/etc/ssh/ssh_host_*"));
         assert!(s.contains("systemctl enable 'systemd-networkd.service'"));
         assert!(s.contains("systemctl disable 'docker.service' 'containerd.service'"));
+        assert!(s.contains("systemctl mask 'getty@.service' "), "{s}");
+        assert!(s.contains(" 'apparmor.service'\n"), "{s}");
+        assert!(s.contains("chroot \"$root\" systemctl set-default 'multi-user.target'\n"));
         let out = Command::new("sh")
             .arg("-n")
             .arg("-c")

@@ -3,8 +3,9 @@
 //!
 //! Field names follow `src/firecracker/swagger/firecracker.yaml` exactly
 //! (definitions `Logger`, `MachineConfiguration`, `BootSource`, `Drive`,
-//! `NetworkInterface`, `Vsock`, `InstanceActionInfo`, `InstanceInfo`,
-//! `Error`). The request structs are `deny_unknown_fields` so the same shapes
+//! `PartialDrive`, `NetworkInterface`, `Vsock`, `InstanceActionInfo`,
+//! `InstanceInfo`, `Vm`, `SnapshotCreateParams`, `SnapshotLoadParams`,
+//! `MemoryBackend`, `NetworkOverride`, `VsockOverride`, `Error`). The request structs are `deny_unknown_fields` so the same shapes
 //! can be parsed strictly, as Firecracker's own parse layer does.
 
 use std::path::{Path, PathBuf};
@@ -117,6 +118,111 @@ pub struct InstanceActionInfo {
     pub action_type: ActionType,
 }
 
+/// `PATCH /drives/{drive_id}` body (definition `PartialDrive`): a new
+/// backing file for a drive of a running or paused VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialDrive {
+    /// Must equal the `{drive_id}` in the URL.
+    pub drive_id: String,
+    /// The new disk image path as Firecracker sees it.
+    pub path_on_host: String,
+}
+
+/// The `state` values of definition `Vm`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmRunState {
+    /// Stop the vCPUs (required before `PUT /snapshot/create`).
+    Paused,
+    /// Run them again.
+    Resumed,
+}
+
+/// `PATCH /vm` body (definition `Vm`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmStateUpdate {
+    pub state: VmRunState,
+}
+
+/// The `snapshot_type` values of `SnapshotCreateParams`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SnapshotType {
+    /// All of guest memory (banger's only kind: a warm snapshot stands alone).
+    Full,
+    /// Only pages dirtied since the last snapshot (needs dirty page tracking).
+    Diff,
+}
+
+/// `PUT /snapshot/create` body (definition `SnapshotCreateParams`); the VM
+/// must be paused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreateParams {
+    /// Full or diff (optional in the API, where it defaults to full; banger
+    /// always says which).
+    pub snapshot_type: SnapshotType,
+    /// The microVM state file to write, as Firecracker sees it.
+    pub snapshot_path: String,
+    /// The guest memory file to write, as Firecracker sees it.
+    pub mem_file_path: String,
+}
+
+/// The `backend_type` values of `MemoryBackend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemoryBackendType {
+    /// Guest memory mapped from a file (private: the file is never written).
+    File,
+    /// Page faults served by a userfaultfd handler on a Unix socket.
+    Uffd,
+}
+
+/// Definition `MemoryBackend` of `SnapshotLoadParams.mem_backend`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryBackend {
+    pub backend_type: MemoryBackendType,
+    /// The memory file (`File`) or the handler's socket (`Uffd`).
+    pub backend_path: String,
+}
+
+/// Definition `NetworkOverride`: the restored VM's own tap for an interface
+/// of the snapshot (Firecracker >= 1.12).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// Definition `VsockOverride`: the restored VM's own vsock socket
+/// (Firecracker >= 1.16).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    pub uds_path: String,
+}
+
+/// `PUT /snapshot/load` body (definition `SnapshotLoadParams`), accepted only
+/// by a fresh Firecracker process (nothing configured but the logger).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoadParams {
+    /// The microVM state file, as Firecracker sees it.
+    pub snapshot_path: String,
+    /// Where guest memory comes from (the API's other way, the deprecated
+    /// `mem_file_path`, is never sent).
+    pub mem_backend: MemoryBackend,
+    /// Resume the vCPUs once loaded.
+    pub resume_vm: bool,
+    /// Taps replacing the snapshot's (omitted when empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub network_overrides: Vec<NetworkOverride>,
+    /// Socket replacing the snapshot's vsock socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_override: Option<VsockOverride>,
+}
+
 /// `GET /` response (definition `InstanceInfo`); unknown fields are tolerated
 /// because newer Firecracker versions may add some.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,15 +303,7 @@ pub fn configuration_calls(spec: &VmSpec, paths: &FirecrackerPaths) -> Vec<ApiCa
         body,
     };
     let mut calls = vec![
-        put(
-            "/logger".into(),
-            json(&Logger {
-                log_path: paths.log.clone(),
-                level: "Info".into(),
-                show_level: true,
-                show_log_origin: false,
-            }),
-        ),
+        logger_call(paths),
         put(
             "/machine-config".into(),
             json(&MachineConfiguration {
@@ -255,6 +353,114 @@ pub fn configuration_calls(spec: &VmSpec, paths: &FirecrackerPaths) -> Vec<ApiCa
                 uds_path: uds.clone(),
             }),
         ));
+    }
+    calls
+}
+
+fn logger_call(paths: &FirecrackerPaths) -> ApiCall {
+    ApiCall {
+        method: Method::PUT,
+        path: "/logger".into(),
+        body: json(&Logger {
+            log_path: paths.log.clone(),
+            level: "Info".into(),
+            show_level: true,
+            show_log_origin: false,
+        }),
+    }
+}
+
+fn vm_state_call(state: VmRunState) -> ApiCall {
+    ApiCall {
+        method: Method::PATCH,
+        path: "/vm".into(),
+        body: json(&VmStateUpdate { state }),
+    }
+}
+
+/// A snapshot's two files as Firecracker sees them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotPaths {
+    /// The microVM state (devices, vCPUs): small.
+    pub state: String,
+    /// Guest memory: as large as the VM's memory.
+    pub memory: String,
+}
+
+/// Pause the VM and write a full snapshot of it: `PATCH /vm` `Paused`, then
+/// `PUT /snapshot/create`. The VM stays paused (resume it or kill it).
+pub fn snapshot_create_calls(files: &SnapshotPaths) -> Vec<ApiCall> {
+    vec![
+        vm_state_call(VmRunState::Paused),
+        ApiCall {
+            method: Method::PUT,
+            path: "/snapshot/create".into(),
+            body: json(&SnapshotCreateParams {
+                snapshot_type: SnapshotType::Full,
+                snapshot_path: files.state.clone(),
+                mem_file_path: files.memory.clone(),
+            }),
+        },
+    ]
+}
+
+/// Restore `spec` from a snapshot on a fresh Firecracker process, in the
+/// order sent: logger; `PUT /snapshot/load` with the memory file as a `File`
+/// backend, the spec's own tap (`network_overrides`) and vsock socket
+/// (`vsock_override`), not yet resumed; `PATCH /drives/{id}` for every drive
+/// of the spec, because the snapshot names the disks of the VM it was taken
+/// from and a restored VM must run on its own; then, unless `start_paused`,
+/// `PATCH /vm` `Resumed`. The spec's drives must be those of the snapshot
+/// (same ids), and its vCPUs and memory are the snapshot's whatever the spec
+/// says.
+pub fn snapshot_restore_calls(
+    spec: &VmSpec,
+    paths: &FirecrackerPaths,
+    files: &SnapshotPaths,
+    start_paused: bool,
+) -> Vec<ApiCall> {
+    let mut calls = vec![
+        logger_call(paths),
+        ApiCall {
+            method: Method::PUT,
+            path: "/snapshot/load".into(),
+            body: json(&SnapshotLoadParams {
+                snapshot_path: files.state.clone(),
+                mem_backend: MemoryBackend {
+                    backend_type: MemoryBackendType::File,
+                    backend_path: files.memory.clone(),
+                },
+                resume_vm: false,
+                network_overrides: spec
+                    .net
+                    .iter()
+                    .map(|net| NetworkOverride {
+                        iface_id: IFACE_ID.into(),
+                        host_dev_name: net.tap.clone(),
+                    })
+                    .collect(),
+                vsock_override: paths
+                    .vsock_uds
+                    .as_ref()
+                    .filter(|_| spec.agent.is_some())
+                    .map(|uds| VsockOverride {
+                        uds_path: uds.clone(),
+                    }),
+            }),
+        },
+    ];
+    for (drive, path) in spec.drives.iter().zip(&paths.drives) {
+        calls.push(ApiCall {
+            method: Method::PATCH,
+            path: format!("/drives/{}", drive.id),
+            body: json(&PartialDrive {
+                drive_id: drive.id.clone(),
+                path_on_host: path.clone(),
+            }),
+        });
+    }
+    if !start_paused {
+        calls.push(vm_state_call(VmRunState::Resumed));
     }
     calls
 }
@@ -437,6 +643,14 @@ impl ApiClient {
     pub async fn action(&self, action_type: ActionType) -> Result<(), ApiError> {
         self.put("/actions", &InstanceActionInfo { action_type })
             .await
+    }
+
+    /// `PATCH /vm`: pause or resume the vCPUs of a booted VM.
+    pub async fn set_vm_state(&self, state: VmRunState) -> Result<(), ApiError> {
+        let call = vm_state_call(state);
+        self.request(call.method, &call.path, Some(&call.body))
+            .await
+            .map(drop)
     }
 
     /// `GET /`: the instance id, state and version.

@@ -10,7 +10,8 @@
 pub mod api;
 pub mod jailer;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use banger_host::probe::Backend;
 
@@ -20,7 +21,9 @@ use crate::process::{detached_command, process_start_time};
 use crate::spec::VmSpec;
 use crate::{EarlyExit, FileOp, LaunchOptions, StartupStep, VmState, VmmError, VmmHandle};
 
-pub use api::{ActionType, ApiCall, ApiClient, ApiError, FirecrackerPaths, InstanceInfo};
+pub use api::{
+    ActionType, ApiCall, ApiClient, ApiError, FirecrackerPaths, InstanceInfo, SnapshotPaths,
+};
 pub use jailer::JailerConfig;
 
 /// API socket name inside the run directory (unjailed).
@@ -89,6 +92,99 @@ pub(crate) async fn launch(
     spec: &VmSpec,
     opts: &LaunchOptions,
 ) -> Result<VmmHandle, VmmError> {
+    let started = spawn(cfg, spec, opts).await?;
+    let client = ApiClient::new(&started.prepared.api_socket);
+    configure(&client, spec, &started.prepared.paths, opts.start_paused).await?;
+    started.finish(reason, spec)
+}
+
+/// Where [`restore`] reads a snapshot and [`crate::VmmHandle::save_snapshot`]
+/// writes one: two files in the snapshot directory.
+pub fn snapshot_files(dir: &Path) -> (PathBuf, PathBuf) {
+    (dir.join(SNAPSHOT_STATE), dir.join(SNAPSHOT_MEMORY))
+}
+
+/// The microVM state file of a snapshot directory.
+pub const SNAPSHOT_STATE: &str = "vmstate";
+/// The guest memory file of a snapshot directory.
+pub const SNAPSHOT_MEMORY: &str = "memory";
+
+/// Start Firecracker for `spec` from the snapshot in `dir` instead of
+/// booting it (see [`crate::Vmm::restore`]).
+pub(crate) async fn restore(
+    cfg: &FirecrackerConfig,
+    reason: &str,
+    spec: &VmSpec,
+    dir: &Path,
+    opts: &LaunchOptions,
+) -> Result<VmmHandle, VmmError> {
+    if cfg.jailer.is_some() {
+        return Err(VmmError::SnapshotUnsupported {
+            id: spec.id.clone(),
+            why: "Firecracker runs under the jailer, whose chroot cannot see the snapshot directory; turn the jailer off for warm start",
+        });
+    }
+    let (state, memory) = snapshot_files(dir);
+    for file in [&state, &memory] {
+        std::fs::metadata(file).map_err(|source| VmmError::Io {
+            op: FileOp::Inspect,
+            path: file.clone(),
+            source,
+        })?;
+    }
+    let started = spawn(cfg, spec, opts).await?;
+    let client = ApiClient::new(&started.prepared.api_socket).with_timeout(SNAPSHOT_TIMEOUT);
+    let files = SnapshotPaths {
+        state: state.to_string_lossy().into_owned(),
+        memory: memory.to_string_lossy().into_owned(),
+    };
+    client
+        .run(&api::snapshot_restore_calls(
+            spec,
+            &started.prepared.paths,
+            &files,
+            opts.start_paused,
+        ))
+        .await?;
+    started.finish(reason, spec)
+}
+
+/// Pause the VM behind `api_socket` and write a full snapshot into `dir`
+/// (see [`crate::VmmHandle::save_snapshot`]).
+pub(crate) async fn save_snapshot(api_socket: &Path, dir: &Path) -> Result<(), VmmError> {
+    let (state, memory) = snapshot_files(dir);
+    let files = SnapshotPaths {
+        state: state.to_string_lossy().into_owned(),
+        memory: memory.to_string_lossy().into_owned(),
+    };
+    // Writing guest memory takes as long as the disk needs for it: the
+    // default per-request timeout is for configuration requests.
+    ApiClient::new(api_socket)
+        .with_timeout(SNAPSHOT_TIMEOUT)
+        .run(&api::snapshot_create_calls(&files))
+        .await
+        .map_err(Into::into)
+}
+
+/// How long `PUT /snapshot/create` or `/snapshot/load` may take.
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A Firecracker process whose API socket is up, not yet configured.
+struct Spawned {
+    prepared: Prepared,
+    child: tokio::process::Child,
+    pid: u32,
+    start_time: u64,
+    guard: LaunchGuard,
+}
+
+/// Start the Firecracker process for `spec` and wait for its API socket.
+/// Dropping the result kills the process.
+async fn spawn(
+    cfg: &FirecrackerConfig,
+    spec: &VmSpec,
+    opts: &LaunchOptions,
+) -> Result<Spawned, VmmError> {
     let prepared = match &cfg.jailer {
         None => {
             let p = prepare_direct(cfg, spec);
@@ -123,7 +219,7 @@ pub(crate) async fn launch(
         output: launch::tail(&spec.serial_log, 20),
     })?;
     let start_time = process_start_time(pid)?;
-    let mut guard = LaunchGuard::new(pid, start_time);
+    let guard = LaunchGuard::new(pid, start_time);
 
     let ready = launch::wait_for_socket(&prepared.api_socket, opts.api_timeout, || {
         matches!(child.try_wait(), Ok(None))
@@ -150,38 +246,55 @@ pub(crate) async fn launch(
             })
         }
     }
-
-    let client = ApiClient::new(&prepared.api_socket);
-    configure(&client, spec, &prepared.paths, opts.start_paused).await?;
-
-    // Reap the child when it exits; after a daemon restart init does that.
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-    });
-    let handle = VmmHandle {
-        id: spec.id.clone(),
-        backend: Backend::Firecracker,
-        backend_reason: reason.to_owned(),
+    Ok(Spawned {
+        prepared,
+        child,
         pid,
         start_time,
-        control_socket: prepared.api_socket,
-        agent: match (&spec.agent, prepared.vsock_host) {
-            (Some(a), Some(uds_path)) => Some(AgentEndpoint::Vsock {
-                uds_path,
-                guest_cid: a.guest_cid,
-                port: AGENT_VSOCK_PORT,
-            }),
-            _ => None,
-        },
-        serial_log: spec.serial_log.clone(),
-        vmm_log: prepared.vmm_log,
-        run_dir: spec.run_dir.clone(),
-        pidfile: None,
-        jail_dir: prepared.jail_dir,
-    };
-    handle.save()?;
-    guard.disarm();
-    Ok(handle)
+        guard,
+    })
+}
+
+impl Spawned {
+    /// The VM runs (or waits paused) as configured: write its handle and
+    /// keep the process.
+    fn finish(self, reason: &str, spec: &VmSpec) -> Result<VmmHandle, VmmError> {
+        let Spawned {
+            prepared,
+            mut child,
+            pid,
+            start_time,
+            mut guard,
+        } = self;
+        // Reap the child when it exits; after a daemon restart init does that.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let handle = VmmHandle {
+            id: spec.id.clone(),
+            backend: Backend::Firecracker,
+            backend_reason: reason.to_owned(),
+            pid,
+            start_time,
+            control_socket: prepared.api_socket,
+            agent: match (&spec.agent, prepared.vsock_host) {
+                (Some(a), Some(uds_path)) => Some(AgentEndpoint::Vsock {
+                    uds_path,
+                    guest_cid: a.guest_cid,
+                    port: AGENT_VSOCK_PORT,
+                }),
+                _ => None,
+            },
+            serial_log: spec.serial_log.clone(),
+            vmm_log: prepared.vmm_log,
+            run_dir: spec.run_dir.clone(),
+            pidfile: None,
+            jail_dir: prepared.jail_dir,
+        };
+        handle.save()?;
+        guard.disarm();
+        Ok(handle)
+    }
 }
 
 /// Send the whole pre-boot configuration for `spec` (see

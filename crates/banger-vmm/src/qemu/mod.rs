@@ -219,6 +219,10 @@ pub fn restore_args(accel: Accel, spec: &VmSpec, paths: &QemuPaths) -> Vec<Strin
     a
 }
 
+/// The state file of a QEMU snapshot directory (`mapped-ram`: guest RAM at
+/// fixed offsets plus device state).
+pub const SNAPSHOT_STATE: &str = "vmstate";
+
 /// How long saving or loading a snapshot may take: about 1.4 s for 1 GiB
 /// under TCG here, on a busy disk much longer.
 pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(300);

@@ -24,6 +24,7 @@ enum Kind {
     Bool,
     Enum(&'static [&'static str]),
     Object,
+    Array,
 }
 
 struct Schema {
@@ -120,6 +121,27 @@ fn schema_for(path: &str) -> Option<Schema> {
             &[("vsock_id", Kind::Str)],
         );
     }
+    if path == "/snapshot/create" {
+        return s(
+            &[("mem_file_path", Kind::Str), ("snapshot_path", Kind::Str)],
+            &[("snapshot_type", Kind::Enum(&["Full", "Diff"]))],
+        );
+    }
+    if path == "/snapshot/load" {
+        return s(
+            &[("snapshot_path", Kind::Str)],
+            &[
+                ("enable_diff_snapshots", Kind::Bool),
+                ("track_dirty_pages", Kind::Bool),
+                ("mem_file_path", Kind::Str),
+                ("mem_backend", Kind::Object),
+                ("resume_vm", Kind::Bool),
+                ("network_overrides", Kind::Array),
+                ("vsock_override", Kind::Object),
+                ("clock_realtime", Kind::Bool),
+            ],
+        );
+    }
     if path == "/actions" {
         return s(
             &[(
@@ -132,6 +154,66 @@ fn schema_for(path: &str) -> Option<Schema> {
     None
 }
 
+/// Definitions of the PATCH endpoints (post-boot only).
+fn patch_schema_for(path: &str) -> Option<Schema> {
+    if path == "/vm" {
+        return Some(Schema {
+            required: &[("state", Kind::Enum(&["Paused", "Resumed"]))],
+            optional: &[],
+        });
+    }
+    if path.starts_with("/drives/") {
+        return Some(Schema {
+            required: &[("drive_id", Kind::Str)],
+            optional: &[("path_on_host", Kind::Str), ("rate_limiter", Kind::Object)],
+        });
+    }
+    None
+}
+
+/// Nested definitions `MemoryBackend`, `NetworkOverride`, `VsockOverride`.
+fn check_load_nested(body: &Value) -> Result<(), String> {
+    if let Some(mb) = body.get("mem_backend") {
+        check_schema(
+            &Schema {
+                required: &[
+                    ("backend_type", Kind::Enum(&["File", "Uffd"])),
+                    ("backend_path", Kind::Str),
+                ],
+                optional: &[],
+            },
+            mb,
+        )
+        .map_err(|e| format!("mem_backend: {e}"))?;
+    }
+    for o in body
+        .get("network_overrides")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        check_schema(
+            &Schema {
+                required: &[("iface_id", Kind::Str), ("host_dev_name", Kind::Str)],
+                optional: &[],
+            },
+            o,
+        )
+        .map_err(|e| format!("network_overrides: {e}"))?;
+    }
+    if let Some(v) = body.get("vsock_override") {
+        check_schema(
+            &Schema {
+                required: &[("uds_path", Kind::Str)],
+                optional: &[],
+            },
+            v,
+        )
+        .map_err(|e| format!("vsock_override: {e}"))?;
+    }
+    Ok(())
+}
+
 fn check_kind(name: &str, kind: Kind, v: &Value) -> Result<(), String> {
     let ok = match kind {
         Kind::Str => v.is_string(),
@@ -139,6 +221,7 @@ fn check_kind(name: &str, kind: Kind, v: &Value) -> Result<(), String> {
         Kind::Bool => v.is_boolean(),
         Kind::Enum(values) => v.as_str().is_some_and(|s| values.contains(&s)),
         Kind::Object => v.is_object(),
+        Kind::Array => v.is_array(),
     };
     if ok {
         Ok(())
@@ -184,6 +267,12 @@ pub struct FakeVmm {
     pub started: bool,
     boot_source: bool,
     root_drive: Option<String>,
+    /// vCPUs stopped by `PATCH /vm` (or a snapshot loaded without `resume_vm`).
+    pub paused: bool,
+    /// Ids of the configured (or snapshot-restored) drives and interfaces.
+    drives: Vec<String>,
+    ifaces: Vec<String>,
+    vsock_uds: Option<String>,
     /// Reject this path with this fault (error propagation test).
     pub fail: Option<(String, String)>,
     /// Exit the process after answering `SendCtrlAltDel` (a guest that reboots).
@@ -210,11 +299,85 @@ fn path_exists(body: &Value, key: &str) -> Result<(), String> {
 
 /// Firecracker's rules for one PUT, after the schema check.
 fn check_rules(vm: &mut FakeVmm, path: &str, body: &Value) -> Result<(), String> {
-    let pre_boot_only = path != "/actions";
+    let pre_boot_only = path != "/actions" && path != "/snapshot/create";
     if pre_boot_only && vm.started {
         return Err("The requested operation is not supported after starting the microVM.".into());
     }
     match path {
+        "/snapshot/load" => {
+            // Only a fresh process: nothing configured but the logger.
+            if vm
+                .seen
+                .iter()
+                .any(|r| r.method == "PUT" && r.path != "/logger" && r.path != "/snapshot/load")
+            {
+                return Err("Loading a microVM snapshot not allowed after configuring boot-specific resources.".into());
+            }
+            check_load_nested(body)?;
+            let file_mem = body.get("mem_file_path").is_some();
+            let backend_mem = body.get("mem_backend").is_some();
+            if file_mem == backend_mem {
+                return Err("Exactly one of mem_file_path and mem_backend must be given".into());
+            }
+            path_exists(body, "snapshot_path")?;
+            path_exists(body, "mem_file_path")?;
+            if let Some(mb) = body.get("mem_backend") {
+                path_exists(mb, "backend_path")?;
+            }
+            let state: Value = std::fs::read(body["snapshot_path"].as_str().unwrap_or_default())
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .ok_or("Cannot deserialize the microVM state")?;
+            let ids = |key: &str| -> Vec<String> {
+                state[key]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            };
+            vm.drives = ids("drives");
+            vm.ifaces = ids("ifaces");
+            for o in body["network_overrides"].as_array().into_iter().flatten() {
+                let id = o["iface_id"].as_str().unwrap_or_default();
+                if !vm.ifaces.iter().any(|i| i == id) {
+                    return Err(format!("Invalid network override: no interface {id}"));
+                }
+            }
+            let uds = body["vsock_override"]["uds_path"]
+                .as_str()
+                .or(state["vsock_uds"].as_str())
+                .unwrap_or_default();
+            if !uds.is_empty() && Path::new(uds).exists() {
+                return Err(format!(
+                    "Cannot create backend for vsock device: {uds}: Address in use"
+                ));
+            }
+            vm.started = true;
+            vm.paused = body["resume_vm"] != true;
+        }
+        "/snapshot/create" => {
+            if !vm.started {
+                return Err(
+                    "The requested operation is not supported before starting the microVM.".into(),
+                );
+            }
+            if !vm.paused {
+                return Err("Cannot save the microVM state: the microVM is not paused.".into());
+            }
+            let state = json!({
+                "drives": vm.drives,
+                "ifaces": vm.ifaces,
+                "vsock_uds": vm.vsock_uds,
+            });
+            for (key, content) in [
+                ("snapshot_path", state.to_string().into_bytes()),
+                ("mem_file_path", b"guest memory".to_vec()),
+            ] {
+                let p = body[key].as_str().unwrap_or_default();
+                std::fs::write(p, content).map_err(|e| format!("{key} {p}: {e}"))?;
+            }
+        }
         "/boot-source" => {
             path_exists(body, "kernel_image_path")?;
             path_exists(body, "initrd_path")?;
@@ -249,6 +412,7 @@ fn check_rules(vm: &mut FakeVmm, path: &str, body: &Value) -> Result<(), String>
                     "Cannot create backend for vsock device: {uds}: Address in use"
                 ));
             }
+            vm.vsock_uds = Some(uds.to_owned());
         }
         p if p.starts_with("/drives/") => {
             let id = &p["/drives/".len()..];
@@ -256,6 +420,7 @@ fn check_rules(vm: &mut FakeVmm, path: &str, body: &Value) -> Result<(), String>
                 return Err("The id from the path does not match the id from the body!".into());
             }
             path_exists(body, "path_on_host")?;
+            vm.drives.push(id.to_owned());
             if body["is_root_device"] == true {
                 if vm.root_drive.as_deref().is_some_and(|r| r != id) {
                     return Err("A root block device already exists!".into());
@@ -271,10 +436,30 @@ fn check_rules(vm: &mut FakeVmm, path: &str, body: &Value) -> Result<(), String>
             if let Some(mac) = body.get("guest_mac").and_then(Value::as_str) {
                 mac.parse::<MacAddr>().map_err(|e| e.to_string())?;
             }
+            vm.ifaces.push(id.to_owned());
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Firecracker's rules for one PATCH, after the schema check.
+fn check_patch_rules(vm: &mut FakeVmm, path: &str, body: &Value) -> Result<(), String> {
+    if !vm.started {
+        return Err("The requested operation is not supported before starting the microVM.".into());
+    }
+    if path == "/vm" {
+        vm.paused = body["state"] == "Paused";
+        return Ok(());
+    }
+    let id = &path["/drives/".len()..];
+    if body["drive_id"] != id {
+        return Err("The id from the path does not match the id from the body!".into());
+    }
+    if !vm.drives.iter().any(|d| d == id) {
+        return Err(format!("Invalid block device ID: {id}"));
+    }
+    path_exists(body, "path_on_host")
 }
 
 async fn handle(
@@ -312,7 +497,11 @@ async fn handle(
         std::fs::write(record, Value::Array(list).to_string()).unwrap();
     }
     if method == Method::GET && path == "/" {
-        let state = if vm.started { "Running" } else { "Not started" };
+        let state = match (vm.started, vm.paused) {
+            (false, _) => "Not started",
+            (true, false) => "Running",
+            (true, true) => "Paused",
+        };
         return axum::Json(json!({
             "app_name": "Firecracker",
             "id": "vm-1",
@@ -321,19 +510,37 @@ async fn handle(
         }))
         .into_response();
     }
-    if method != Method::PUT {
+    if method != Method::PUT && method != Method::PATCH {
         vm.violations
             .push(format!("{method} {path}: unexpected method"));
         return fault(StatusCode::BAD_REQUEST, "Invalid request method");
     }
     if !headers.contains_key("content-length") {
-        vm.violations.push(format!("PUT {path}: no Content-Length"));
+        vm.violations
+            .push(format!("{method} {path}: no Content-Length"));
         return fault(StatusCode::BAD_REQUEST, "missing Content-Length");
     }
     if let Some((fail_path, msg)) = vm.fail.clone() {
         if fail_path == path {
             return fault(StatusCode::BAD_REQUEST, msg);
         }
+    }
+    if method == Method::PATCH {
+        let Some(schema) = patch_schema_for(&path) else {
+            vm.violations
+                .push(format!("PATCH {path}: unknown endpoint"));
+            return fault(
+                StatusCode::BAD_REQUEST,
+                format!("Invalid request path {path}"),
+            );
+        };
+        if let Err(e) =
+            check_schema(&schema, &parsed).and_then(|()| check_patch_rules(&mut vm, &path, &parsed))
+        {
+            vm.violations.push(format!("PATCH {path}: {e}"));
+            return fault(StatusCode::BAD_REQUEST, e);
+        }
+        return StatusCode::NO_CONTENT.into_response();
     }
     let Some(schema) = schema_for(&path) else {
         vm.violations.push(format!("PUT {path}: unknown endpoint"));
@@ -394,4 +601,39 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// The body of a fake Firecracker process: a test executable started by a
+/// launch/restore test as its "firecracker" (arguments in `FAKE_FC_ARGS`)
+/// serves the checking API on `--api-sock`, records every request in
+/// `requests.json` beside it, prints a console line and exits after
+/// `SendCtrlAltDel` (unless `FAKE_FC_IGNORE_CAD`); `FAKE_FC_FAIL=PATH`
+/// rejects requests to PATH.
+pub async fn run_fake_process() {
+    let Ok(args) = std::env::var("FAKE_FC_ARGS") else {
+        eprintln!("FAKE_FC_ARGS is not set: this is only a helper for the launch tests");
+        return;
+    };
+    let args: Vec<&str> = args.split(' ').collect();
+    let arg = |name: &str| {
+        let i = args.iter().position(|a| *a == name).unwrap();
+        args[i + 1].to_owned()
+    };
+    let (api_sock, id) = (PathBuf::from(arg("--api-sock")), arg("--id"));
+    let server = Server::start_at(api_sock.clone()).await;
+    let exit = Arc::new(tokio::sync::Notify::new());
+    {
+        let mut vm = server.state.lock().unwrap();
+        vm.exit_on_ctrl_alt_del = std::env::var_os("FAKE_FC_IGNORE_CAD").is_none();
+        vm.exit = Some(exit.clone());
+        vm.record = Some(api_sock.with_file_name("requests.json"));
+        vm.fail = std::env::var("FAKE_FC_FAIL")
+            .ok()
+            .map(|p| (p, "injected failure".to_owned()));
+    }
+    println!("fake-firecracker {id} console");
+    exit.notified().await;
+    // Let the answer to SendCtrlAltDel go out, then "the guest rebooted".
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    std::process::exit(0);
 }

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <state>/snapshots/<image>/<slot>/manifest.json   key, sizes, times (written last)
-//! <state>/snapshots/<image>/<slot>/state.bin       VMM memory + device state
+//! <state>/snapshots/<image>/<slot>/vmstate         VMM memory + device state
 //! <state>/snapshots/<image>/<slot>/root.ext4       the root disk at that instant
 //! <state>/snapshots/<image>/.tmp-<slot>-<pid>-<n>/ a snapshot being made
 //! ```
@@ -23,7 +23,9 @@ use serde::{Deserialize, Serialize};
 
 /// File names inside a slot.
 pub const MANIFEST: &str = "manifest.json";
-pub const STATE_FILE: &str = "state.bin";
+/// The VMM state file: the name both backends write into a snapshot
+/// directory ([`banger_vmm::VmmHandle::save_snapshot`]).
+pub const STATE_FILE: &str = banger_vmm::qemu::SNAPSHOT_STATE;
 pub const ROOT_DISK: &str = "root.ext4";
 const TMP_PREFIX: &str = ".tmp-";
 
@@ -120,7 +122,7 @@ pub struct SnapshotManifest {
     pub created_unix: u64,
     /// How long the VMM took to write the state file.
     pub save_ms: u64,
-    /// Apparent length of `state.bin` (a shorter file is truncated).
+    /// Apparent length of `vmstate` (a shorter file is truncated).
     pub state_bytes: u64,
     /// Apparent length of `root.ext4`.
     pub root_bytes: u64,
