@@ -4,9 +4,10 @@
 use std::io::{IsTerminal, Write};
 
 use anyhow::Context;
+use banger_wire::routes::{self, NoBody};
 use banger_wire::session::{
-    signal_name, LogStream, SessionInfo, SessionKillRequest, SessionList, SessionLogLine,
-    SessionSource, SessionStartRequest, SessionStatus, SessionStopRequest, StdinMode,
+    signal_name, LogStream, SessionInfo, SessionKillRequest, SessionLogLine, SessionSource,
+    SessionStartRequest, SessionStatus, SessionStopRequest, StdinMode,
 };
 use clap::{Args, Subcommand, ValueEnum};
 
@@ -137,13 +138,6 @@ pub enum StreamArg {
     Both,
 }
 
-fn session_path(vm: &str, session: &str, rest: &str) -> String {
-    // vm_path escapes one path segment; reuse it for the session name.
-    let escaped = vm_path(session, "");
-    let segment = escaped.strip_prefix("/v1/vms/").unwrap_or(&escaped);
-    format!("{}{segment}{rest}", vm_path(vm, "/sessions/"))
-}
-
 /// Run one session subcommand.
 pub async fn run(client: &Client, cmd: SessionCommand) -> anyhow::Result<()> {
     match cmd {
@@ -159,8 +153,8 @@ pub async fn run(client: &Client, cmd: SessionCommand) -> anyhow::Result<()> {
                 },
                 require_commands: args.require_commands,
             };
-            let info: SessionInfo = client
-                .post_json(&vm_path(&args.vm, "/sessions"), &req)
+            let info = client
+                .call(&routes::SESSION_START.at(&args.vm), &req)
                 .await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
@@ -175,7 +169,9 @@ pub async fn run(client: &Client, cmd: SessionCommand) -> anyhow::Result<()> {
             }
         }
         SessionCommand::List { vm, json } => {
-            let list: SessionList = client.get_json(&vm_path(&vm, "/sessions")).await?;
+            let list = client
+                .call(&routes::SESSION_LIST.at(&vm), &NoBody {})
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.sessions.is_empty() {
@@ -198,7 +194,9 @@ pub async fn run(client: &Client, cmd: SessionCommand) -> anyhow::Result<()> {
             }
         }
         SessionCommand::Show { vm, session, json } => {
-            let info: SessionInfo = client.get_json(&session_path(&vm, &session, "")).await?;
+            let info = client
+                .call(&routes::SESSION_SHOW.at_session(&vm, &session), &NoBody {})
+                .await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -224,9 +222,9 @@ pub async fn run(client: &Client, cmd: SessionCommand) -> anyhow::Result<()> {
             }
         }
         SessionCommand::Stop { vm, session, grace } => {
-            let info: SessionInfo = client
-                .post_json(
-                    &session_path(&vm, &session, "/stop"),
+            let info = client
+                .call(
+                    &routes::SESSION_STOP.at_session(&vm, &session),
                     &SessionStopRequest {
                         grace_secs: Some(grace),
                     },
@@ -239,9 +237,9 @@ pub async fn run(client: &Client, cmd: SessionCommand) -> anyhow::Result<()> {
             session,
             signal,
         } => {
-            let info: SessionInfo = client
-                .post_json(
-                    &session_path(&vm, &session, "/kill"),
+            let info = client
+                .call(
+                    &routes::SESSION_KILL.at_session(&vm, &session),
                     &SessionKillRequest {
                         signal: Some(signal),
                     },
@@ -265,6 +263,7 @@ pub fn status_text(s: &SessionStatus) -> String {
         },
         SessionStatus::LaunchFailed { .. } => "launch failed".into(),
         SessionStatus::Lost { .. } => "ended (lost)".into(),
+        SessionStatus::Unknown => "unknown to this CLI (a newer daemon)".into(),
     }
 }
 
@@ -330,21 +329,21 @@ async fn logs(
     follow: bool,
     tail: Option<u32>,
 ) -> anyhow::Result<()> {
-    let mut query = format!(
-        "?stream={}",
+    let mut target = routes::SESSION_LOGS.at_session(vm, session).query(
+        "stream",
         match stream {
             StreamArg::Stdout => "stdout",
             StreamArg::Stderr => "stderr",
             StreamArg::Both => "both",
-        }
+        },
     );
     if follow {
-        query.push_str("&follow=true");
+        target = target.query("follow", "true");
     }
     if let Some(n) = tail {
-        query.push_str(&format!("&tail={n}"));
+        target = target.query("tail", &n.to_string());
     }
-    let path = session_path(vm, session, &format!("/logs{query}"));
+    let path = target.path;
     // Guest output is shown escaped on a terminal, and passed on as it is
     // to a pipe or file.
     let escape_out = std::io::stdout().is_terminal();
@@ -373,21 +372,4 @@ async fn logs(
         .await
         .context("reading the session's logs")?;
     Ok(())
-}
-
-/// `/v1/vms/<name><rest>` with the VM name percent-encoded as one segment.
-// The session routes carry two path parameters, which banger_wire::routes
-// does not type yet (docs/api.md lists them); until it does they are built
-// here with the same escaping.
-fn vm_path(name: &str, rest: &str) -> String {
-    let mut out = String::from("/v1/vms/");
-    for b in name.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out.push_str(rest);
-    out
 }

@@ -279,3 +279,42 @@ fn a_same_version_daemon_with_added_fields_is_used() {
         text(&out)
     );
 }
+
+#[test]
+fn session_answers_with_added_fields_and_unknown_states_are_shown() {
+    let env = Env::new();
+    let list = serde_json::json!({
+        "sessions": [{
+            "id": "i1", "name": "web", "vm": "dev", "command": ["npm", "run", "dev"],
+            "cwd": "/root/repo", "env": [], "stdin_mode": "detached",
+            "status": {"state": "paused", "since_ms": 5}, "source": "snapshot", "note": null,
+            "pid": 42, "started_at_ms": 1, "ended_at_ms": null, "stderr_tail": null,
+            "attached_clients": 1
+        }],
+        "next_page": null
+    });
+    let daemon = FakeDaemon::serve(
+        &env.socket(),
+        BTreeMap::from([
+            ("GET /v1/status", new_status(dead_pid(), CLI)),
+            ("GET /v1/vms/dev/sessions", list.to_string()),
+        ]),
+    );
+    let out = env.run(&["vm", "session", "list", "dev"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("web ") && l.contains("unknown") && l.contains("42")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        daemon
+            .requests()
+            .contains(&"GET /v1/vms/dev/sessions".to_owned()),
+        "{:?}",
+        daemon.requests()
+    );
+}

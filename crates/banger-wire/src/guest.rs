@@ -372,7 +372,7 @@ pub struct SessionSpec {
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "state", rename_all = "snake_case")]
 pub enum SessionStatus {
     /// The supervisor has not reported the launch yet.
     Starting {},
@@ -392,18 +392,27 @@ pub enum SessionStatus {
     Lost {
         message: String,
     },
+    /// A state this version does not know (a newer agent or daemon).
+    #[serde(other)]
+    Unknown,
 }
 
 impl SessionStatus {
-    /// True once nothing runs any more.
+    /// True once nothing runs any more. An unknown state is not taken for
+    /// an end: the daemon would record one that did not happen.
     pub fn is_ended(&self) -> bool {
-        !matches!(self, SessionStatus::Starting {} | SessionStatus::Running {})
+        matches!(
+            self,
+            SessionStatus::Exited { .. }
+                | SessionStatus::Signaled { .. }
+                | SessionStatus::LaunchFailed { .. }
+                | SessionStatus::Lost { .. }
+        )
     }
 }
 
 /// A session as the guest agent reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GuestSession {
     pub spec: SessionSpec,
     pub status: SessionStatus,
@@ -418,7 +427,6 @@ pub struct GuestSession {
 
 /// Part of a session log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionLogChunk {
     /// Where `data` starts in the log.
     pub offset: u64,

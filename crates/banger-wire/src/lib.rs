@@ -107,9 +107,59 @@ mod version_skew {
     }
 
     #[test]
+    fn session_answers_with_added_fields_and_unknown_values_parse() {
+        use crate::guest::{GuestSession, SessionLogChunk, SessionStatus};
+        use crate::session::{
+            SessionInfo, SessionList, SessionLogLine, SessionNames, SessionSource,
+        };
+        let json = r#"{"sessions":[{"id":"i","name":"web","vm":"dev","command":["sh"],
+            "cwd":"/root","env":[],"stdin_mode":"detached","status":{"state":"paused","since":1},
+            "source":"snapshot","note":null,"pid":3,"started_at_ms":1,"ended_at_ms":null,
+            "stderr_tail":null,"attached":true}],"cursor":"x"}"#;
+        let list: SessionList = serde_json::from_str(json).unwrap();
+        let s: &SessionInfo = &list.sessions[0];
+        assert_eq!(s.status, SessionStatus::Unknown);
+        assert!(!s.status.is_ended());
+        assert_eq!(s.source, SessionSource::Unknown);
+        let names: SessionNames =
+            serde_json::from_str(r#"{"sessions":[{"vm":"d","name":"n","id":"i"}],"more":1}"#)
+                .unwrap();
+        assert_eq!(names.sessions[0].name, "n");
+        let line: SessionLogLine =
+            serde_json::from_str(r#"{"stream":"stdout","data":"x","at_ms":5}"#).unwrap();
+        assert_eq!(line.data, "x");
+        let g: GuestSession = serde_json::from_str(
+            r#"{"spec":{"id":"i","name":"n","command":["sh"],"cwd":"/"},
+                "status":{"state":"exited","code":0,"core":false},"pid":null,
+                "started_at_ms":null,"ended_at_ms":null,"rusage":{}}"#,
+        )
+        .unwrap();
+        assert_eq!(g.status, SessionStatus::Exited { code: 0 });
+        let c: SessionLogChunk =
+            serde_json::from_str(r#"{"offset":0,"data":"","next_offset":0,"ended":true,"size":0}"#)
+                .unwrap();
+        assert!(c.ended);
+    }
+
+    #[test]
     fn requests_still_reject_unknown_fields() {
         assert!(serde_json::from_str::<VmCreateRequest>(r#"{"nmae":"a"}"#).is_err());
         assert!(serde_json::from_str::<VmStopRequest>(r#"{"froce":true}"#).is_err());
         assert!(serde_json::from_str::<PullRequest>(r#"{"x":1}"#).is_err());
+        use crate::guest::{AgentRequest, SessionSpec};
+        use crate::session::{SessionKillRequest, SessionStartRequest, SessionStopRequest};
+        assert!(serde_json::from_str::<SessionStartRequest>(
+            r#"{"name":"a","command":[],"cdw":"/"}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<SessionStopRequest>(r#"{"grace":1}"#).is_err());
+        assert!(serde_json::from_str::<SessionKillRequest>(r#"{"sig":"TERM"}"#).is_err());
+        assert!(serde_json::from_str::<SessionSpec>(
+            r#"{"id":"i","name":"n","command":[],"cwd":"/","user":"root"}"#
+        )
+        .is_err());
+        assert!(
+            serde_json::from_str::<AgentRequest>(r#"{"op":"session_list","all":true}"#).is_err()
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Every route of the `bangerd` API, typed: its method, its path template
-//! (axum's syntax, `{name}` for the one path parameter), the request body
+//! (axum's syntax: `{name}` for the VM, image or kernel, and `{session}` for
+//! a session of that VM), the request body
 //! and the answer. The CLI builds its requests from these constants and the
 //! daemon registers its router with the same ones, so a path cannot drift
 //! between the two; [`ALL`] lists them for the daemon's test that every
@@ -14,6 +15,10 @@ use crate::api::{DaemonStatus, NetworkReport, NetworkSetupRequest, NetworkTeardo
 use crate::image::{
     ArtifactDeleted, BuildRequest, ImageInfo, ImageList, ImageRegisterRequest, ImportRequest,
     InstallReport, KernelInfo, KernelList, PromoteRequest, PullRequest,
+};
+use crate::session::{
+    SessionInfo, SessionKillRequest, SessionList, SessionLogLine, SessionStartRequest,
+    SessionStopRequest,
 };
 use crate::vm::{
     VmActivityRequest, VmCreateRequest, VmDeleted, VmInfo, VmList, VmPorts, VmStartRequest,
@@ -55,6 +60,8 @@ pub enum Answer {
     Stream,
     /// Plain bytes (a log).
     Text,
+    /// NDJSON: one answer-type value per line, until the body ends.
+    Lines,
     /// A file download (an export archive).
     Download,
 }
@@ -138,6 +145,24 @@ impl<Req, Resp> Route<Req, Resp> {
         path.push_str(tail);
         Target::new(self.info.method, path)
     }
+
+    /// The request target of a session route: `{name}` set to the VM and
+    /// `{session}` to the session, each percent-encoded as one segment.
+    ///
+    /// # Panics
+    /// When the route has no `{session}` parameter (a bug in the caller).
+    pub fn at_session(&self, vm: &str, session: &str) -> Target<Req, Resp> {
+        let mut target = self.at(vm);
+        let (head, tail) = target
+            .path
+            .split_once("{session}")
+            .unwrap_or_else(|| panic!("{} has no {{session}} parameter", self.info.path));
+        let mut path = String::from(head);
+        escape_into(&mut path, session, false);
+        path.push_str(tail);
+        target.path = path;
+        target
+    }
 }
 
 impl<Req, Resp> std::fmt::Debug for Route<Req, Resp> {
@@ -197,7 +222,7 @@ fn escape_into(out: &mut String, s: &str, query: bool) {
     }
 }
 
-use Answer::{Download, Json, Stream, Text};
+use Answer::{Download, Json, Lines, Stream, Text};
 use Method::{Delete, Get, Post};
 
 pub const STATUS: Route<NoBody, DaemonStatus> = Route::new(Get, "/v1/status", Json);
@@ -270,6 +295,21 @@ pub const OCI_PULL: Route<crate::image::OciPullRequest, crate::image::OciPullRep
 pub const SESSION_NAMES: Route<NoBody, crate::session::SessionNames> =
     Route::new(Get, "/v1/sessions", Json);
 
+/// A VM's sessions (docs/sessions.md).
+pub const SESSION_LIST: Route<NoBody, SessionList> =
+    Route::new(Get, "/v1/vms/{name}/sessions", Json);
+pub const SESSION_START: Route<SessionStartRequest, SessionInfo> =
+    Route::new(Post, "/v1/vms/{name}/sessions", Json);
+pub const SESSION_SHOW: Route<NoBody, SessionInfo> =
+    Route::new(Get, "/v1/vms/{name}/sessions/{session}", Json);
+pub const SESSION_STOP: Route<SessionStopRequest, SessionInfo> =
+    Route::new(Post, "/v1/vms/{name}/sessions/{session}/stop", Json);
+pub const SESSION_KILL: Route<SessionKillRequest, SessionInfo> =
+    Route::new(Post, "/v1/vms/{name}/sessions/{session}/kill", Json);
+/// Query `stream=stdout|stderr|both`, `follow=true`, `tail=N`.
+pub const SESSION_LOGS: Route<NoBody, SessionLogLine> =
+    Route::new(Get, "/v1/vms/{name}/sessions/{session}/logs", Lines);
+
 /// Every route, for tests and docs.
 pub const ALL: &[RouteInfo] = &[
     STATUS.info,
@@ -307,6 +347,12 @@ pub const ALL: &[RouteInfo] = &[
     KERNEL_BUILD.info,
     OCI_PULL.info,
     SESSION_NAMES.info,
+    SESSION_LIST.info,
+    SESSION_START.info,
+    SESSION_SHOW.info,
+    SESSION_STOP.info,
+    SESSION_KILL.info,
+    SESSION_LOGS.info,
 ];
 
 #[cfg(test)]
@@ -337,6 +383,32 @@ mod tests {
     }
 
     #[test]
+    fn session_routes_escape_both_names() {
+        assert_eq!(
+            SESSION_STOP.at_session("web", "a/../b").path,
+            "/v1/vms/web/sessions/a%2F..%2Fb/stop"
+        );
+        assert_eq!(
+            SESSION_LOGS
+                .at_session("a b", "s")
+                .query("stream", "both")
+                .path,
+            "/v1/vms/a%20b/sessions/s/logs?stream=both"
+        );
+        // A VM name that spells the placeholder cannot fill the session's.
+        assert_eq!(
+            SESSION_SHOW.at_session("{session}", "s").path,
+            "/v1/vms/%7Bsession%7D/sessions/s"
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "no {session} parameter")]
+    fn a_vm_route_has_no_session() {
+        let _ = VM_SHOW.at_session("web", "s");
+    }
+
+    #[test]
     #[should_panic(expected = "needs a name")]
     fn a_parameterised_route_needs_its_name() {
         let _ = VM_SHOW.target();
@@ -348,12 +420,15 @@ mod tests {
         for r in ALL {
             assert!(r.path.starts_with(crate::api::API_PREFIX), "{r:?}");
             assert!(seen.insert((r.method, r.path)), "{r:?} listed twice");
-            // axum's template syntax: the only parameter is `{name}`.
+            // axum's template syntax: `{name}` first, then `{session}`.
             let params = r.path.matches('{').count();
-            assert!(
-                params == 0 || (params == 1 && r.path.contains("{name}")),
-                "{r:?}"
-            );
+            let ok = match params {
+                0 => true,
+                1 => r.path.contains("{name}"),
+                2 => r.path.find("{name}") < r.path.find("{session}") && r.path.contains("{name}"),
+                _ => false,
+            };
+            assert!(ok, "{r:?}");
         }
     }
 }

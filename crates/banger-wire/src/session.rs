@@ -1,6 +1,10 @@
 //! Bodies of the `/v1/vms/{vm}/sessions` routes (`docs/api.md`,
 //! `docs/sessions.md`). A session's live state comes from the guest agent
 //! ([`crate::guest::GuestSession`]); the daemon adds where it came from.
+//!
+//! Requests reject unknown fields; answers ([`SessionInfo`], [`SessionList`],
+//! [`SessionNames`], [`SessionLogLine`]) tolerate them, and their enums have
+//! an `Unknown` value, so a CLI one release older still reads them.
 
 use serde::{Deserialize, Serialize};
 
@@ -38,11 +42,13 @@ pub enum SessionSource {
     GuestForgot,
     /// The guest agent did not answer: the state last seen.
     AgentUnreachable,
+    /// A value this version does not know (a newer daemon).
+    #[serde(other)]
+    Unknown,
 }
 
 /// One session (`GET /v1/vms/{vm}/sessions/{name}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionInfo {
     pub id: String,
     pub name: String,
@@ -67,21 +73,18 @@ pub struct SessionInfo {
 
 /// `GET /v1/vms/{vm}/sessions`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionList {
     pub sessions: Vec<SessionInfo>,
 }
 
 /// `GET /v1/sessions`: every VM's session names (completion).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionNames {
     pub sessions: Vec<SessionName>,
 }
 
 /// A session's name and VM.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionName {
     pub vm: String,
     pub name: String,
@@ -107,7 +110,6 @@ pub struct SessionKillRequest {
 
 /// One line of `GET /v1/vms/{vm}/sessions/{name}/logs` (NDJSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct SessionLogLine {
     pub stream: LogStream,
     pub data: String,

@@ -16,7 +16,13 @@ const NAME: &str = "route-check-none";
 /// The request for `route`: POST bodies carry an unknown field, so every
 /// JSON route rejects them before acting (no network setup, no VM create).
 fn request(route: &RouteInfo) -> Vec<String> {
-    let path = format!("http://x{}", route.path.replace("{name}", NAME));
+    let path = format!(
+        "http://x{}",
+        route
+            .path
+            .replace("{name}", NAME)
+            .replace("{session}", NAME)
+    );
     let mut args = vec!["-X".to_owned(), route.method.to_string()];
     if route.method == Method::Post {
         args.extend([

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use banger_wire::api::{ApiError, ErrorCode};
 use banger_wire::guest::LogStream;
+use banger_wire::routes;
 use banger_wire::session::{
     parse_signal, SessionInfo, SessionKillRequest, SessionList, SessionLogLine, SessionName,
     SessionNames, SessionStartRequest, SessionStopRequest,
@@ -28,12 +29,12 @@ const FOLLOW_POLL: Duration = Duration::from_millis(500);
 /// Every session route (merged into the main router).
 pub fn routes() -> Router<Arc<Daemon>> {
     Router::new()
-        .route(banger_wire::routes::SESSION_NAMES.path(), get(all_names))
-        .route("/v1/vms/{name}/sessions", get(list).post(start))
-        .route("/v1/vms/{name}/sessions/{session}", get(show))
-        .route("/v1/vms/{name}/sessions/{session}/stop", post(stop))
-        .route("/v1/vms/{name}/sessions/{session}/kill", post(kill))
-        .route("/v1/vms/{name}/sessions/{session}/logs", get(logs))
+        .route(routes::SESSION_NAMES.path(), get(all_names))
+        .route(routes::SESSION_LIST.path(), get(list).post(start))
+        .route(routes::SESSION_SHOW.path(), get(show))
+        .route(routes::SESSION_STOP.path(), post(stop))
+        .route(routes::SESSION_KILL.path(), post(kill))
+        .route(routes::SESSION_LOGS.path(), get(logs))
 }
 
 fn fail(e: SessionError) -> Failure {

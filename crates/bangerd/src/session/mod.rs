@@ -201,7 +201,8 @@ fn info_from(
             .and_then(|j| serde_json::from_str(j).ok())
     });
     let (mut status, note) = match source {
-        SessionSource::Guest => (None, None),
+        // The daemon never answers `Unknown` itself; it is the CLI's value.
+        SessionSource::Guest | SessionSource::Unknown => (None, None),
         SessionSource::VmNotRunning => (
             None,
             Some(format!(
