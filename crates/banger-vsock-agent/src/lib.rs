@@ -10,6 +10,7 @@
 pub mod apply;
 pub mod drive;
 pub mod ext4;
+pub mod init;
 pub mod procfs;
 pub mod server;
 pub mod session;
