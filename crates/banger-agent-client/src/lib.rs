@@ -13,7 +13,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use banger_wire::guest::{AgentHealth, AgentRequest, AgentResponse, GuestStats, ListeningPort};
+use banger_wire::guest::{
+    AgentHealth, AgentRequest, AgentResponse, GuestIdentity, GuestStats, ListeningPort,
+    ReidentifyReport,
+};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
@@ -180,6 +183,35 @@ impl AgentClient {
             other => Err(unexpected("stats", other)),
         }
     }
+
+    /// Make a restored guest the VM `identity` describes (network, hostname,
+    /// host key, machine-id, clock, entropy, work disk). Nothing may connect
+    /// to the guest's network before this returned: until then sshd may
+    /// still answer with the snapshot's key. Slow guests (TCG, fsck of the
+    /// work disk) need a longer timeout than [`Self::DEFAULT_TIMEOUT`]; see
+    /// [`Self::with_timeout`]. A refused request (a bad field, named in the
+    /// message) is `Err(AgentClientError::Agent)` and changed nothing.
+    pub async fn reidentify(
+        &mut self,
+        identity: GuestIdentity,
+    ) -> Result<ReidentifyReport, AgentClientError> {
+        let request = AgentRequest::Reidentify {
+            identity: Box::new(identity),
+        };
+        match self.request(&request).await? {
+            AgentResponse::Reidentified(r) => Ok(r),
+            other => Err(unexpected("reidentify", other)),
+        }
+    }
+
+    /// Before saving a snapshot: sync and unmount the work disk. Returns the
+    /// device that was unmounted from `/root`, if any.
+    pub async fn prepare_snapshot(&mut self) -> Result<Option<String>, AgentClientError> {
+        match self.request(&AgentRequest::PrepareSnapshot {}).await? {
+            AgentResponse::SnapshotReady { unmounted } => Ok(unmounted),
+            other => Err(unexpected("prepare snapshot", other)),
+        }
+    }
 }
 
 fn op_name(request: &AgentRequest) -> &'static str {
@@ -193,6 +225,9 @@ fn op_name(request: &AgentRequest) -> &'static str {
         AgentRequest::SessionLogs { .. } => "session logs",
         AgentRequest::SessionStop { .. } => "session stop",
         AgentRequest::SessionSignal { .. } => "session signal",
+        AgentRequest::SessionIo { .. } => "session io",
+        AgentRequest::Reidentify { .. } => "reidentify",
+        AgentRequest::PrepareSnapshot {} => "prepare snapshot",
     }
 }
 
@@ -214,6 +249,18 @@ fn unexpected(op: &'static str, response: AgentResponse) -> AgentClientError {
         AgentResponse::SessionLog(_) => AgentClientError::Unexpected {
             op,
             got: "session_log",
+        },
+        AgentResponse::SessionIo(_) => AgentClientError::Unexpected {
+            op,
+            got: "session_io",
+        },
+        AgentResponse::Reidentified(_) => AgentClientError::Unexpected {
+            op,
+            got: "reidentified",
+        },
+        AgentResponse::SnapshotReady { .. } => AgentClientError::Unexpected {
+            op,
+            got: "snapshot_ready",
         },
     }
 }

@@ -1,6 +1,7 @@
 //! The `banger` command line: argument parsing ([`cli`]) and one module per
 //! command group. `main.rs` only calls [`run`].
 
+pub mod attach_cmd;
 pub mod cli;
 pub mod client;
 pub mod completion_cmd;

@@ -1,4 +1,4 @@
-//! `banger vm session start|list|show|logs|stop|kill`: a thin client of the
+//! `banger vm session start|list|show|logs|attach|stop|kill`: a thin client of the
 //! `/v1/vms/{vm}/sessions` routes (docs/sessions.md).
 
 use std::io::{IsTerminal, Write};
@@ -66,6 +66,20 @@ pub enum SessionCommand {
         /// Seconds between SIGTERM and SIGKILL.
         #[arg(long, default_value_t = 10, value_name = "SECONDS")]
         grace: u64,
+    },
+    /// Connect this terminal (or any program's stdio) to a pipe-mode
+    /// session's stdin, stdout and stderr. A line `~.` detaches and leaves
+    /// the session running (so does Ctrl-D on a terminal); one attach at a
+    /// time. Exits with the session's exit code when it ends.
+    Attach {
+        /// VM name.
+        vm: String,
+        /// Session name.
+        session: String,
+        /// Replay the output from the start of the logs (default: only new
+        /// output).
+        #[arg(long)]
+        from_start: bool,
     },
     /// Send a signal to a session's process group (default KILL).
     Kill {
@@ -198,6 +212,17 @@ pub async fn run(client: &Client, cmd: SessionCommand) -> anyhow::Result<()> {
             follow,
             tail,
         } => logs(client, &vm, &session, stream, follow, tail).await?,
+        SessionCommand::Attach {
+            vm,
+            session,
+            from_start,
+        } => {
+            let code =
+                crate::attach_cmd::attach(client.socket(), &vm, &session, from_start).await?;
+            if code != 0 {
+                std::process::exit(code);
+            }
+        }
         SessionCommand::Stop { vm, session, grace } => {
             let info: SessionInfo = client
                 .post_json(

@@ -113,6 +113,8 @@ pub enum VmmError {
         pid: u32,
         run_dir: PathBuf,
     },
+    #[error("snapshots are not supported on the {backend:?} backend yet; boot cold (warm_start = \"off\")")]
+    SnapshotUnsupported { backend: Backend },
     #[error("VMM process {pid} of {id} is still running; stop it before cleaning up")]
     StillRunning { id: String, pid: u32 },
 }
@@ -310,23 +312,66 @@ impl Vmm {
     /// Refuses while a live VMM's handle is in `run_dir`.
     pub async fn launch(&self, spec: &VmSpec, opts: &LaunchOptions) -> Result<VmmHandle, VmmError> {
         spec.validate()?;
-        // Launching over a live VM would unlink its control socket.
-        if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
-            if previous.is_alive() {
-                return Err(VmmError::AlreadyRunning {
-                    id: previous.id,
-                    pid: previous.pid,
-                    run_dir: spec.run_dir.clone(),
-                });
-            }
-        }
+        refuse_if_running(spec)?;
         match &self.config {
             BackendConfig::Firecracker(cfg) => {
                 firecracker::launch(cfg, &self.reason, spec, opts).await
             }
-            BackendConfig::Qemu(cfg) => qemu::launch(cfg, &self.reason, spec, opts).await,
+            BackendConfig::Qemu(cfg) => qemu::launch(cfg, &self.reason, spec, opts, None).await,
         }
     }
+
+    /// Start a VMM for `spec` from the snapshot file `snapshot` (written by
+    /// [`VmmHandle::save_snapshot`] on the same backend, VMM version, vCPU
+    /// count and memory size: the caller keys snapshots by those) and run it
+    /// (unless `opts.start_paused`). The guest continues where it was saved,
+    /// with `spec`'s tap, disks and sockets. On any failure (a corrupt or
+    /// truncated file included) the half-started VMM is killed and the error
+    /// says why; the caller can then boot cold.
+    pub async fn restore(
+        &self,
+        spec: &VmSpec,
+        snapshot: &Path,
+        opts: &LaunchOptions,
+    ) -> Result<VmmHandle, VmmError> {
+        spec.validate()?;
+        refuse_if_running(spec)?;
+        match &self.config {
+            BackendConfig::Firecracker(_) => Err(VmmError::SnapshotUnsupported {
+                backend: Backend::Firecracker,
+            }),
+            BackendConfig::Qemu(cfg) => {
+                qemu::launch(cfg, &self.reason, spec, opts, Some(snapshot)).await
+            }
+        }
+    }
+}
+
+/// Launching over a live VM would unlink its control socket.
+fn refuse_if_running(spec: &VmSpec) -> Result<(), VmmError> {
+    if let Ok(previous) = VmmHandle::load(&spec.run_dir) {
+        if previous.is_alive() {
+            return Err(VmmError::AlreadyRunning {
+                id: previous.id,
+                pid: previous.pid,
+                run_dir: spec.run_dir.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// What [`VmmHandle::save_snapshot`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSnapshot {
+    /// The snapshot file.
+    pub path: PathBuf,
+    /// Its apparent size in bytes (sparse: RAM size plus device state).
+    pub apparent_bytes: u64,
+    /// Bytes it occupies on disk.
+    pub disk_bytes: u64,
+    /// How long the VMM took to write it, in milliseconds.
+    pub save_ms: u64,
 }
 
 /// Where a VM is in its life, as its VMM reports it.
@@ -499,6 +544,56 @@ impl VmmHandle {
     /// Wait at most `timeout` for the VMM to exit; true when it has.
     pub async fn wait_exit(&self, timeout: Duration) -> Result<bool, VmmError> {
         Ok(process::wait_exit(self.pid, self.start_time, timeout).await?)
+    }
+
+    /// Pause the VM, write its memory and device state to `path` (which must
+    /// not exist: write to a temporary name and rename it into place after),
+    /// then end the VMM and clean up its run-dir files. The disks are not
+    /// part of the file: copy them while the VMM is gone, before anything
+    /// else writes to them. On failure the VMM is ended too, and the partial
+    /// file is removed.
+    pub async fn save_snapshot(&self, path: &Path) -> Result<SavedSnapshot, VmmError> {
+        let result = match self.backend {
+            Backend::Firecracker => Err(VmmError::SnapshotUnsupported {
+                backend: Backend::Firecracker,
+            }),
+            Backend::Qemu { .. } => {
+                let started = std::time::Instant::now();
+                async {
+                    let mut qmp = qemu::QmpClient::connect(&self.control_socket).await?;
+                    qemu::save_to_file(&mut qmp, path).await?;
+                    let save_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                    qmp.quit().await?;
+                    Ok::<u64, VmmError>(save_ms)
+                }
+                .await
+            }
+        };
+        // Whatever happened, this VMM does not run on: a VM resumed after a
+        // half-made snapshot would write to disks the snapshot may share.
+        if !self.wait_exit(FORCED_EXIT_WAIT).await? {
+            self.kill().await?;
+        }
+        self.cleanup()?;
+        let save_ms = match result {
+            Ok(ms) => ms,
+            Err(e) => {
+                launch::remove_file_if_exists(path)?;
+                return Err(e);
+            }
+        };
+        let meta = std::fs::metadata(path).map_err(|source| VmmError::Io {
+            op: FileOp::Inspect,
+            path: path.to_owned(),
+            source,
+        })?;
+        use std::os::unix::fs::MetadataExt;
+        Ok(SavedSnapshot {
+            path: path.to_owned(),
+            apparent_bytes: meta.len(),
+            disk_bytes: meta.blocks() * 512,
+            save_ms,
+        })
     }
 
     /// SIGKILL the VMM (if it is still this process) and wait for it to go.

@@ -358,3 +358,114 @@ async fn cleanup_and_relaunch_refuse_while_the_vmm_runs() {
     handle.kill().await.unwrap();
     handle.cleanup().unwrap();
 }
+
+/// Physical address of the tiny guest's code and message (see `common`).
+const GUEST_LOAD: u64 = 0x10_0000;
+
+async fn guest_page(handle: &VmmHandle, dump: &std::path::Path) -> Vec<u8> {
+    let mut qmp = banger_vmm::qemu::QmpClient::connect(&handle.control_socket)
+        .await
+        .unwrap();
+    qmp.execute::<serde_json::Value>(
+        "pmemsave",
+        Some(serde_json::json!({
+            "val": GUEST_LOAD,
+            "size": 4096,
+            "filename": dump.to_string_lossy(),
+        })),
+    )
+    .await
+    .unwrap();
+    std::fs::read(dump).unwrap()
+}
+
+fn contains(hay: &[u8], needle: &str) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn qemu_snapshot_saves_and_restores_guest_memory_and_rejects_a_damaged_file() {
+    let Some(env) = Env::new() else { return };
+    let spec = env.spec();
+    let handle = env
+        .vmm
+        .launch(&spec, &LaunchOptions::default())
+        .await
+        .unwrap();
+    let _guard = guard(&handle);
+    let serial = wait_for_text(&spec.serial_log, "banger-pvh-ok", Duration::from_secs(60)).await;
+    assert!(serial.contains("banger-pvh-ok"), "serial log: {serial:?}");
+
+    let snap = env.p("snap.bin");
+    let saved = handle.save_snapshot(&snap).await.unwrap();
+    assert_eq!(saved.path, snap);
+    // The VMM is gone and its run-dir files with it: nothing resumes the
+    // saved guest behind the snapshot's back.
+    assert!(!handle.is_alive());
+    assert!(!env.p("run/qmp.sock").exists());
+    assert!(!env.p("run/vmm.json").exists());
+    // mapped-ram: the whole 128 MiB of RAM at fixed offsets, sparse on disk.
+    assert!(saved.apparent_bytes >= 128 << 20, "{saved:?}");
+    assert!(saved.disk_bytes < saved.apparent_bytes, "{saved:?}");
+    assert_eq!(
+        std::fs::metadata(&snap).unwrap().len(),
+        saved.apparent_bytes
+    );
+
+    // The restoring QEMU gets a kernel that would print something else: the
+    // guest's memory must come from the snapshot, not from a fresh boot.
+    write_pvh_kernel(&env.p("vmlinux"), "cold-booted!!\n");
+    let restored = env
+        .vmm
+        .restore(&spec, &snap, &LaunchOptions::default())
+        .await
+        .unwrap();
+    let _guard2 = guard(&restored);
+    assert_ne!(restored.pid, handle.pid);
+    assert_eq!(restored.status().await.unwrap().state, VmState::Running);
+    let page = guest_page(&restored, &env.p("page.bin")).await;
+    assert!(contains(&page, "banger-pvh-ok"), "restored memory");
+    assert!(!contains(&page, "cold-booted!!"), "freshly loaded kernel");
+    assert_eq!(VmmHandle::load(&spec.run_dir).unwrap(), restored);
+    restored.kill().await.unwrap();
+    restored.cleanup().unwrap();
+
+    // A truncated snapshot fails to load with QEMU's reason, and leaves no
+    // VMM behind (the caller boots cold).
+    let file = std::fs::OpenOptions::new().write(true).open(&snap).unwrap();
+    file.set_len(saved.apparent_bytes / 2).unwrap();
+    drop(file);
+    let err = env
+        .vmm
+        .restore(&spec, &snap, &LaunchOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            VmmError::Qmp(banger_vmm::qemu::QmpError::MigrationFailed { .. })
+        ),
+        "{err}"
+    );
+    let pid: u32 = std::fs::read_to_string(env.p("run/qemu.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| s.contains(") Z "))
+                .unwrap_or(true),
+        "QEMU {pid} of the failed restore still runs"
+    );
+
+    // Garbage is refused the same way.
+    std::fs::write(&snap, vec![0x42u8; 1 << 20]).unwrap();
+    let err = env
+        .vmm
+        .restore(&spec, &snap, &LaunchOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(&err, VmmError::Qmp(_)), "{err}");
+}

@@ -12,7 +12,9 @@ use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
-use banger_wire::guest::{GuestConfig, GuestFile, CONFIG_FILE, FILES_DIR, GUEST_CONFIG_VERSION};
+use banger_wire::guest::{
+    GuestConfig, GuestFile, SshHostKey, CONFIG_FILE, FILES_DIR, GUEST_CONFIG_VERSION,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::drive::{self, BlockLookup, DriveError};
@@ -24,8 +26,8 @@ pub const APPLY_RECORD: &str = "run/banger/apply.json";
 /// Mode of a `file_sync` file whose entry gives none.
 pub const DEFAULT_FILE_MODE: u32 = 0o600;
 
-const HOST_KEY: &str = "etc/ssh/ssh_host_ed25519_key";
-const AUTHORIZED_KEYS: &str = "root/.ssh/authorized_keys";
+pub(crate) const HOST_KEY: &str = "etc/ssh/ssh_host_ed25519_key";
+pub(crate) const AUTHORIZED_KEYS: &str = "root/.ssh/authorized_keys";
 const MANAGED_BEGIN: &str =
     "# BEGIN banger-managed keys (rewritten at every boot; add yours below)";
 const MANAGED_END: &str = "# END banger-managed keys";
@@ -255,7 +257,7 @@ pub fn apply_config(
 ) -> Result<ApplyReport, ApplyError> {
     validate_hostname(&config.hostname)?;
     write_hostname(&config.hostname, opts)?;
-    install_host_key(config, opts)?;
+    install_host_key(&config.ssh_host_key, opts)?;
     install_authorized_keys(&config.authorized_keys, opts)?;
     let mut warnings = Vec::new();
     let mut files_installed = 0;
@@ -328,7 +330,7 @@ fn in_root(root: &Path, guest: &str) -> PathBuf {
     root.join(guest.trim_start_matches('/'))
 }
 
-fn validate_hostname(hostname: &str) -> Result<(), ApplyError> {
+pub(crate) fn validate_hostname(hostname: &str) -> Result<(), ApplyError> {
     let bad = |reason| ApplyError::InvalidHostname {
         hostname: hostname.to_owned(),
         reason,
@@ -353,7 +355,7 @@ fn validate_hostname(hostname: &str) -> Result<(), ApplyError> {
     Ok(())
 }
 
-fn write_hostname(hostname: &str, opts: &ApplyOptions) -> Result<(), ApplyError> {
+pub(crate) fn write_hostname(hostname: &str, opts: &ApplyOptions) -> Result<(), ApplyError> {
     let path = opts.root.join("etc/hostname");
     create_missing_dirs(path.parent().expect("has parent"), opts.owner)?;
     write_atomic(
@@ -426,8 +428,8 @@ fn hosts_with_hostname(existing: Option<&str>, hostname: &str) -> String {
     text
 }
 
-fn install_host_key(config: &GuestConfig, opts: &ApplyOptions) -> Result<(), ApplyError> {
-    let key = &config.ssh_host_key;
+/// The trimmed private and public halves of `key`, or what is wrong with it.
+pub(crate) fn validate_host_key(key: &SshHostKey) -> Result<(&str, &str), ApplyError> {
     let private = key.private_openssh.trim();
     if !private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----")
         || !private.ends_with("-----END OPENSSH PRIVATE KEY-----")
@@ -442,26 +444,32 @@ fn install_host_key(config: &GuestConfig, opts: &ApplyOptions) -> Result<(), App
             reason: "public_openssh is not a single ssh-ed25519 line",
         });
     }
+    Ok((private, public))
+}
+
+/// The host key files' contents as [`install_host_key`] writes them.
+pub(crate) fn host_key_files(private: &str, public: &str) -> (String, String) {
+    (format!("{private}\n"), format!("{public}\n"))
+}
+
+pub(crate) fn install_host_key(key: &SshHostKey, opts: &ApplyOptions) -> Result<(), ApplyError> {
+    let (private, public) = validate_host_key(key)?;
+    let (private, public) = host_key_files(private, public);
     let path = opts.root.join(HOST_KEY);
     create_missing_dirs(path.parent().expect("has parent"), opts.owner)?;
     // The public half goes first: sshd only looks at the private key, so it
     // never sees a private key without its matching .pub.
     write_atomic(
         &path.with_extension("pub"),
-        &mut format!("{public}\n").as_bytes(),
+        &mut public.as_bytes(),
         0o644,
         opts.owner,
     )?;
-    write_atomic(
-        &path,
-        &mut format!("{private}\n").as_bytes(),
-        0o600,
-        opts.owner,
-    )?;
+    write_atomic(&path, &mut private.as_bytes(), 0o600, opts.owner)?;
     Ok(())
 }
 
-fn install_authorized_keys(keys: &[String], opts: &ApplyOptions) -> Result<(), ApplyError> {
+pub(crate) fn validate_authorized_keys(keys: &[String]) -> Result<(), ApplyError> {
     for (index, key) in keys.iter().enumerate() {
         if key.contains(['\n', '\r']) {
             return Err(ApplyError::InvalidAuthorizedKey {
@@ -476,6 +484,14 @@ fn install_authorized_keys(keys: &[String], opts: &ApplyOptions) -> Result<(), A
             });
         }
     }
+    Ok(())
+}
+
+pub(crate) fn install_authorized_keys(
+    keys: &[String],
+    opts: &ApplyOptions,
+) -> Result<(), ApplyError> {
+    validate_authorized_keys(keys)?;
     let home = opts.root.join("root");
     let ssh_dir = home.join(".ssh");
     // sshd's StrictModes refuses keys when /root or /root/.ssh is writable

@@ -5,13 +5,15 @@
 //! authorized_keys, `file_sync` payloads; [`apply`]), and `serve` for the
 //! lifetime of the guest (health, listening ports, stats over virtio-serial
 //! on QEMU or vsock on Firecracker; [`server`]). `bangerd` talks to it with
-//! `banger_agent_client::AgentClient`. The wire types are in [`banger_wire::guest`].
+//! `banger_agent_client::AgentClient`. After a warm restore, `serve`
+//! also makes the guest its new VM ([`reidentify`]). The wire types are in [`banger_wire::guest`].
 
 pub mod apply;
 pub mod drive;
 pub mod ext4;
 pub mod init;
 pub mod procfs;
+pub mod reidentify;
 pub mod server;
 pub mod session;
 

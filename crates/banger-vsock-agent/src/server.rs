@@ -21,7 +21,7 @@ use banger_wire::guest::{
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, VsockAddr};
 
 use crate::session::StartOutcome;
-use crate::{apply, procfs, session};
+use crate::{apply, procfs, reidentify, session};
 
 /// Longest request line accepted; anything longer is answered with an error.
 pub const MAX_REQUEST_LINE: usize = 64 * 1024;
@@ -55,6 +55,8 @@ pub struct AgentContext {
     /// The binary that supervises sessions (`session-supervise`); sessions
     /// live under `root` + [`banger_wire::guest::SESSIONS_DIR`].
     pub agent_exe: PathBuf,
+    /// The devices and files reidentify and prepare-snapshot act on.
+    pub system: reidentify::System,
 }
 
 impl Default for AgentContext {
@@ -63,6 +65,7 @@ impl Default for AgentContext {
             proc_root: PathBuf::from("/proc"),
             root: PathBuf::from("/"),
             agent_exe: session::SessionStore::default().agent_exe,
+            system: reidentify::System::default(),
         }
     }
 }
@@ -126,6 +129,23 @@ pub fn handle_request(ctx: &AgentContext, request: &AgentRequest) -> AgentRespon
             .sessions()
             .control(id, &format!("signal {signal}"))
             .map(AgentResponse::Session)
+            .map_err(|e| e.to_string()),
+        AgentRequest::Reidentify { identity } => reidentify::reidentify(&ctx.system, identity)
+            .map(AgentResponse::Reidentified)
+            .map_err(|e| e.to_string()),
+        AgentRequest::PrepareSnapshot {} => reidentify::prepare_snapshot(&ctx.system)
+            .map(|unmounted| AgentResponse::SnapshotReady { unmounted })
+            .map_err(|e| e.to_string()),
+        AgentRequest::SessionIo {
+            id,
+            stdin,
+            stdout_offset,
+            stderr_offset,
+            max_bytes,
+        } => ctx
+            .sessions()
+            .io(id, stdin, *stdout_offset, *stderr_offset, *max_bytes)
+            .map(AgentResponse::SessionIo)
             .map_err(|e| e.to_string()),
     };
     result.unwrap_or_else(|message| AgentResponse::Error { message })
@@ -523,6 +543,7 @@ mod tests {
             proc_root: PathBuf::from("/proc"),
             root: tmp.path().to_owned(),
             agent_exe: PathBuf::from("/nonexistent"),
+            system: Default::default(),
         };
         let health = |ctx: &AgentContext| match handle_request(ctx, &AgentRequest::Health {}) {
             AgentResponse::Health(h) => h,

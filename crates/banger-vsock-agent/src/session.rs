@@ -30,8 +30,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use banger_wire::guest::{
-    GuestSession, LogStream, SessionLogChunk, SessionSpec, SessionStatus, StdinMode,
-    MAX_SESSION_LOG_CHUNK,
+    GuestSession, LogStream, SessionIoChunk, SessionLogChunk, SessionSpec, SessionStatus,
+    StdinMode, MAX_SESSION_LOG_CHUNK,
 };
 use nix::sys::signal::{self, Signal};
 use nix::unistd::Pid;
@@ -43,6 +43,8 @@ pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bi
 pub const LAUNCH_WAIT: Duration = Duration::from_millis(1500);
 /// How much of stderr `show` carries once a session ended.
 pub const STDERR_TAIL_BYTES: u64 = 2048;
+/// Most bytes of each log one [`SessionStore::io`] returns.
+pub const MAX_IO_CHUNK: u32 = 64 * 1024;
 /// Longest control request line accepted by a supervisor.
 const MAX_CONTROL_LINE: u64 = 128;
 
@@ -458,6 +460,51 @@ impl SessionStore {
         })
     }
 
+    /// One attach step: write what fits of `stdin` into a pipe-mode
+    /// session's FIFO without blocking, then read each log from its offset
+    /// (raw bytes; an offset past the end means the end, so `u64::MAX`
+    /// with `max_bytes` 0 asks for the current lengths). The state is read
+    /// first: when it says ended, the logs read after it are complete.
+    pub fn io(
+        &self,
+        id: &str,
+        stdin: &[u8],
+        stdout_offset: u64,
+        stderr_offset: u64,
+        max_bytes: u32,
+    ) -> Result<SessionIoChunk, SessionError> {
+        let session = self.show(id)?;
+        let dir = self.dir(id)?;
+        let mut written = 0;
+        if !stdin.is_empty() {
+            if session.spec.stdin != StdinMode::Pipe {
+                return Err(SessionError::Invalid(format!(
+                    "session {:?} has no stdin (started with --stdin-mode detached)",
+                    session.spec.name
+                )));
+            }
+            // Input for a session that ended goes nowhere; the caller sees
+            // the end in `status`.
+            if !session.status.is_ended() {
+                written = write_fifo(&dir.join("stdin"), stdin)?;
+            }
+        }
+        let max = u64::from(max_bytes.min(MAX_IO_CHUNK));
+        let (stdout_offset, stdout) =
+            read_raw(&dir.join(LogStream::Stdout.file_name()), stdout_offset, max)?;
+        let (stderr_offset, stderr) =
+            read_raw(&dir.join(LogStream::Stderr.file_name()), stderr_offset, max)?;
+        Ok(SessionIoChunk {
+            stdin_written: written as u32,
+            stdout_offset,
+            stdout,
+            stderr_offset,
+            stderr,
+            status: session.status,
+            pid: session.pid,
+        })
+    }
+
     /// Ask the supervisor to send `request` (`signal N` or `stop MS`).
     /// A session that already ended is left alone; either way the answer
     /// is the session as it is afterwards.
@@ -512,6 +559,54 @@ impl SessionStore {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Write what fits of `data` into the FIFO at `path`. Non-blocking: the
+/// agent serves every other request on the same thread, and a command that
+/// does not read must not stall them; the caller retries the rest.
+fn write_fifo(path: &Path, data: &[u8]) -> Result<usize, SessionError> {
+    let mut fifo = OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let meta = fifo.metadata().map_err(io_err("stat", path))?;
+    if !meta.file_type().is_fifo() {
+        return Err(SessionError::Invalid(format!(
+            "{} is not a FIFO",
+            path.display()
+        )));
+    }
+    let mut written = 0;
+    while written < data.len() {
+        match fifo.write(&data[written..]) {
+            Ok(0) => break,
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(io_err("write", path)(e)),
+        }
+    }
+    Ok(written)
+}
+
+/// Up to `max` bytes of the file at `path` from `offset` (clamped to its
+/// length), and where they start. A log not yet created is empty.
+fn read_raw(path: &Path, offset: u64, max: u64) -> Result<(u64, Vec<u8>), SessionError> {
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((0, Vec::new())),
+        Err(e) => return Err(io_err("open", path)(e)),
+    };
+    let len = file.metadata().map_err(io_err("stat", path))?.len();
+    let start = offset.min(len);
+    file.seek(SeekFrom::Start(start))
+        .map_err(io_err("seek", path))?;
+    let mut buf = Vec::new();
+    file.take(max)
+        .read_to_end(&mut buf)
+        .map_err(io_err("read", path))?;
+    Ok((start, buf))
 }
 
 /// Where to start reading to get at most `lines` lines from the end,

@@ -255,6 +255,13 @@ proptest! {
             proc_root: "/nonexistent/banger-test/proc".into(),
             root: "/nonexistent/banger-test".into(),
             agent_exe: "/nonexistent/banger-test/agent".into(),
+            // Never the host's own /root or NIC, whatever a line asks for.
+            system: banger_vsock_agent::reidentify::System {
+                work_mount: "/nonexistent/banger-test/root".into(),
+                sys_net: "/nonexistent/banger-test/sys/class/net".into(),
+                proc_root: "/nonexistent/banger-test/proc".into(),
+                lookup: Default::default(),
+            },
         };
         let mut stream = input.clone();
         // A partial last line (the sender went away) is dropped.

@@ -16,6 +16,7 @@ fn ctx(root: &std::path::Path) -> AgentContext {
         proc_root: PathBuf::from("/proc"),
         root: root.to_owned(),
         agent_exe: PathBuf::from(env!("CARGO_BIN_EXE_banger-vsock-agent")),
+        system: Default::default(),
     }
 }
 
@@ -283,4 +284,112 @@ fn a_launch_failure_is_reported_with_its_stderr() {
         other => panic!("{other:?}"),
     }
     assert!(s2.stderr_tail.unwrap().contains("cannot execute"));
+}
+
+fn io(ctx: &AgentContext, id: &str, stdin: &[u8], out: u64, err: u64, max: u32) -> AgentResponse {
+    handle_request(
+        ctx,
+        &AgentRequest::SessionIo {
+            id: id.to_owned(),
+            stdin: stdin.to_vec(),
+            stdout_offset: out,
+            stderr_offset: err,
+            max_bytes: max,
+        },
+    )
+}
+
+fn io_chunk(r: AgentResponse) -> banger_wire::guest::SessionIoChunk {
+    match r {
+        AgentResponse::SessionIo(c) => c,
+        other => panic!("expected an io chunk, got {other:?}"),
+    }
+}
+
+/// The attach step: binary stdin in, raw log bytes out by offset, a full
+/// pipe never blocks the agent, a detached session refuses input.
+#[test]
+fn session_io_writes_stdin_and_reads_raw_logs_by_offset() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ctx = ctx(tmp.path());
+    let sp = spec(
+        40,
+        "io",
+        &["sh", "-c", "cat; echo done >&2"],
+        StdinMode::Pipe,
+    );
+    session(handle_request(
+        &ctx,
+        &AgentRequest::SessionStart { spec: sp.clone() },
+    ));
+    // The current ends, asked before anything was written.
+    let c = io_chunk(io(&ctx, &sp.id, b"", u64::MAX, u64::MAX, 0));
+    assert_eq!((c.stdout_offset, c.stderr_offset), (0, 0));
+    let bytes = b"a\xffb\n";
+    let c = io_chunk(io(&ctx, &sp.id, bytes, 0, 0, 1024));
+    assert_eq!(c.stdin_written, 4);
+    let mut out = Vec::new();
+    wait_for("cat's raw output", || {
+        let c = io_chunk(io(&ctx, &sp.id, b"", out.len() as u64, 0, 1024));
+        assert_eq!(c.stdout_offset, out.len() as u64);
+        out.extend_from_slice(&c.stdout);
+        out == bytes
+    });
+    // From an offset in the middle, and past the end (clamped).
+    let c = io_chunk(io(&ctx, &sp.id, b"", 2, 99, 1));
+    assert_eq!(
+        (c.stdout_offset, &c.stdout[..], c.stderr_offset),
+        (2, &b"b"[..], 0)
+    );
+    // A command that stops reading: the pipe fills, the agent answers with
+    // what fit instead of blocking.
+    handle_request(
+        &ctx,
+        &AgentRequest::SessionSignal {
+            id: sp.id.clone(),
+            signal: 19,
+        },
+    );
+    let big = vec![b'x'; 1 << 20];
+    let c = io_chunk(io(&ctx, &sp.id, &big, 0, 0, 0));
+    assert!(
+        c.stdin_written > 0 && (c.stdin_written as usize) < big.len(),
+        "{}",
+        c.stdin_written
+    );
+    handle_request(
+        &ctx,
+        &AgentRequest::SessionSignal {
+            id: sp.id.clone(),
+            signal: 18,
+        },
+    );
+    handle_request(
+        &ctx,
+        &AgentRequest::SessionSignal {
+            id: sp.id.clone(),
+            signal: 9,
+        },
+    );
+    wait_for("the end", || show(&ctx, &sp.id).status.is_ended());
+    let c = io_chunk(io(&ctx, &sp.id, b"late", u64::MAX, 0, 64));
+    assert_eq!(c.status, SessionStatus::Signaled { signal: 9 });
+    assert_eq!(c.stdin_written, 0);
+
+    let det = spec(41, "det", &["sleep", "30"], StdinMode::Detached);
+    session(handle_request(
+        &ctx,
+        &AgentRequest::SessionStart { spec: det.clone() },
+    ));
+    match io(&ctx, &det.id, b"x", 0, 0, 0) {
+        AgentResponse::Error { message } => assert!(message.contains("no stdin"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    handle_request(
+        &ctx,
+        &AgentRequest::SessionSignal {
+            id: det.id.clone(),
+            signal: 9,
+        },
+    );
 }

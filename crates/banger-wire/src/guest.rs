@@ -7,6 +7,8 @@
 //! [`CONFIG_DRIVE_LABEL`] with [`GuestConfig`] at [`CONFIG_FILE`], applied
 //! once per boot by `banger-vsock-agent apply` as root before sshd starts.
 
+use std::net::{IpAddr, Ipv4Addr};
+
 use serde::{Deserialize, Serialize};
 
 /// Filesystem label of the per-VM config drive.
@@ -103,6 +105,94 @@ pub enum AgentRequest {
     SessionStop { id: String, grace_ms: u64 },
     /// Send `signal` (a number) to the session's process group.
     SessionSignal { id: String, signal: i32 },
+    /// One step of an attach (`stdio_mux_v1` bridge): write `stdin` to a
+    /// pipe-mode session's FIFO, as much as fits without blocking, and
+    /// read up to `max_bytes` of each log from the offsets.
+    SessionIo {
+        id: String,
+        #[serde(default, with = "base64_bytes")]
+        stdin: Vec<u8>,
+        stdout_offset: u64,
+        stderr_offset: u64,
+        max_bytes: u32,
+    },
+    /// Make this (restored) guest the VM described by `identity`
+    /// (`docs/warm-start.md`, "Guest identity after restore"). Checked
+    /// whole before anything changes; repeating it is harmless.
+    Reidentify { identity: Box<GuestIdentity> },
+    /// Before a snapshot is saved: sync, unmount the work disk from `/root`
+    /// and drop its cached blocks, so the snapshot holds no state of the
+    /// placeholder disk that a restored VM's own disk would be mixed with.
+    PrepareSnapshot {},
+}
+
+/// Fewest bytes of host entropy a [`GuestIdentity`] must carry.
+pub const MIN_REIDENTIFY_ENTROPY: usize = 64;
+/// Most bytes of host entropy a [`GuestIdentity`] may carry.
+pub const MAX_REIDENTIFY_ENTROPY: usize = 4096;
+
+/// Everything that makes a guest restored from a shared snapshot its own VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestIdentity {
+    pub vm_id: String,
+    /// RFC 1123 label, as at a cold boot.
+    pub hostname: String,
+    /// The NIC's MAC as the VMM was told it: `02:xx:xx:xx:xx:xx`
+    /// (unicast; lowercase or uppercase hex).
+    pub mac: String,
+    /// The guest's IPv4 address and prefix length (`address/prefix_len`).
+    pub address: Ipv4Addr,
+    pub prefix_len: u8,
+    /// Default gateway; inside `address/prefix_len`.
+    pub gateway: Ipv4Addr,
+    /// Name servers for `/etc/resolv.conf` (at least one).
+    pub dns: Vec<IpAddr>,
+    /// The VM's host key, already pinned in banger's known_hosts.
+    pub ssh_host_key: SshHostKey,
+    /// Lines for `/root/.ssh/authorized_keys` (the managed block).
+    pub authorized_keys: Vec<String>,
+    /// `/etc/machine-id`: 32 lowercase hex digits, not all zero.
+    pub machine_id: String,
+    /// The host's `CLOCK_REALTIME` when the request was made, in
+    /// nanoseconds since the Unix epoch.
+    pub unix_time_ns: u64,
+    /// Host randomness for the guest's pool, hex encoded;
+    /// [`MIN_REIDENTIFY_ENTROPY`]..=[`MAX_REIDENTIFY_ENTROPY`] bytes.
+    pub entropy_hex: String,
+    /// Mount the VM's work disk ([`WORK_DISK_LABEL`]) at `/root` (after
+    /// `e2fsck -p`), as a cold boot's fstab does.
+    pub mount_work_disk: bool,
+}
+
+/// Answer to [`AgentRequest::Reidentify`]: what the guest is now, and what
+/// this request changed (empty when it already was that VM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReidentifyReport {
+    pub hostname: String,
+    /// The NIC's MAC now (lowercase).
+    pub mac: String,
+    /// The NIC's IPv4 addresses now, `address/prefix_len`.
+    pub addresses: Vec<String>,
+    pub machine_id: String,
+    /// How far the guest clock was stepped (positive: forward), in ms.
+    pub clock_step_ms: i64,
+    /// Bits credited to the guest's entropy pool by `RNDADDENTROPY`.
+    pub entropy_bits_credited: u32,
+    /// `/proc/sys/kernel/random/entropy_avail` afterwards.
+    pub entropy_avail: u32,
+    /// Whether the guest has a VM generation ID device (Linux `vmgenid`),
+    /// which reseeds the kernel RNG on restore by itself.
+    pub vmgenid: bool,
+    /// The device mounted at `/root`, when the work disk was mounted.
+    pub work_disk: Option<String>,
+    /// What this request changed, in order (`hostname`, `mac`, ...).
+    pub changed: Vec<String>,
+    pub warnings: Vec<String>,
+    /// How long each step took in the guest, in order (for the warm-start
+    /// bench: `clock`, `entropy`, `work_disk`, `ssh`, `names`, `network`).
+    #[serde(default)]
+    pub step_ms: Vec<(String, u64)>,
 }
 
 /// The agent's answer to one [`AgentRequest`].
@@ -123,6 +213,13 @@ pub enum AgentResponse {
         problems: Vec<String>,
     },
     SessionLog(SessionLogChunk),
+    SessionIo(SessionIoChunk),
+    Reidentified(ReidentifyReport),
+    /// [`AgentRequest::PrepareSnapshot`] done: the work disk is unmounted.
+    SnapshotReady {
+        /// The device that was unmounted from `/root`, if one was mounted.
+        unmounted: Option<String>,
+    },
     Error {
         message: String,
     },
@@ -210,6 +307,44 @@ impl LogStream {
             LogStream::Stdout => "stdout.log",
             LogStream::Stderr => "stderr.log",
         }
+    }
+}
+
+/// The answer to [`AgentRequest::SessionIo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionIoChunk {
+    /// How many bytes of `stdin` went into the FIFO (fewer when the pipe
+    /// was full: the command does not read).
+    pub stdin_written: u32,
+    /// Where `stdout` starts in the log (the asked offset, or the log's
+    /// length when that is smaller).
+    pub stdout_offset: u64,
+    #[serde(with = "base64_bytes")]
+    pub stdout: Vec<u8>,
+    pub stderr_offset: u64,
+    #[serde(with = "base64_bytes")]
+    pub stderr: Vec<u8>,
+    /// The session's state when the logs were read: once it ended and both
+    /// chunks are empty, nothing more will come.
+    pub status: SessionStatus,
+    pub pid: Option<u32>,
+}
+
+/// Bytes as base64 in JSON.
+mod base64_bytes {
+    use base64::Engine as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(serde::de::Error::custom)
     }
 }
 

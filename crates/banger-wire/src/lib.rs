@@ -16,6 +16,8 @@
 //! on the exact shapes and the parse layer can be tested without hardware.
 
 pub mod api;
+#[cfg(feature = "attach")]
+pub mod attach;
 pub mod guest;
 pub mod helper;
 pub mod image;

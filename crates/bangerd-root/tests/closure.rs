@@ -15,11 +15,13 @@ use std::process::Command;
 /// without saying why there.
 /// 102 → 103: banger-fs (the shared atomic-write and /proc helpers; no
 /// dependency of its own besides thiserror).
-const ROOT_HELPER_MAX: usize = 103;
+/// 103 → 104: base64, for the session_io log chunks in banger-wire
+/// (the attach frame codec and its tokio-util stay behind the `attach` feature).
+const ROOT_HELPER_MAX: usize = 104;
 
 /// The guest agent's ceiling (it is copied onto every VM's config drive).
-/// 43 → 44: banger-fs, as for the helper.
-const GUEST_AGENT_MAX: usize = 44;
+/// 43 → 44: banger-fs, as for the helper. 44 → 45: base64, as for the helper.
+const GUEST_AGENT_MAX: usize = 45;
 
 /// Distinct lines of `cargo tree -p package -e normal --prefix none`.
 fn closure(package: &str) -> BTreeSet<String> {

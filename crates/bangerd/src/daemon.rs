@@ -149,7 +149,7 @@ fn serve(
         let _enter = runtime.enter();
         bind_and_trap(&layout)
     };
-    let (signals, listener) = match bound {
+    let (signals, listener, attach) = match bound {
         Ok(b) => b,
         Err(e) => {
             if let Some(child) = child {
@@ -179,7 +179,14 @@ fn serve(
     let auto_stop = runtime.spawn(crate::vm::recover::auto_stop_loop(state.clone()));
     let stats = runtime.spawn(crate::vm::recover::stats_loop(state.clone()));
     let consoles = runtime.spawn(crate::vm::console::rotate_loop(state.clone()));
+    let (attach_listener, attach_policy) = attach;
+    let attach = runtime.spawn(crate::session::attach::serve(
+        state.clone(),
+        attach_listener,
+        attach_policy,
+    ));
     let result = runtime.block_on(serve_api(state, listener, signals, shutdown_rx));
+    attach.abort();
     auto_stop.abort();
     stats.abort();
     consoles.abort();
@@ -189,24 +196,50 @@ fn serve(
     }
     // Ours: the daemon lock guarantees nobody else bound it since.
     let _ = std::fs::remove_file(layout.socket());
+    let _ = std::fs::remove_file(attach_socket(&layout));
     runtime.shutdown_timeout(Duration::from_secs(1));
     tracing::info!("bangerd stopped");
     drop(lock);
     result
 }
 
+/// The session attach bridge's socket (`stdio_mux_v1`), next to the API
+/// socket.
+pub fn attach_socket(layout: &Layout) -> PathBuf {
+    layout
+        .socket()
+        .with_file_name(banger_wire::attach::SOCKET_NAME)
+}
+
+/// The attach listener and who may use it.
+type AttachListener = (tokio::net::UnixListener, Arc<PeerPolicy>);
+
 /// Install signal handlers (before READY=1, so a SIGTERM right after it is
-/// handled cleanly) and bind the API socket. Needs a runtime context.
-fn bind_and_trap(layout: &Layout) -> Result<(Signals, PeerCheckedListener), DaemonError> {
+/// handled cleanly) and bind the API socket and the attach socket. Needs a
+/// runtime context.
+fn bind_and_trap(
+    layout: &Layout,
+) -> Result<(Signals, PeerCheckedListener, AttachListener), DaemonError> {
     let sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let (access, policy) = access_policy(layout)?;
     let inner = socket::bind(&layout.socket(), &access)?;
+    // The attach bridge carries a session's stdin: the owner (and root)
+    // only, even where `socket_group` opens the API to a group.
+    let attach_policy = PeerPolicy {
+        group: None,
+        ..policy.clone()
+    };
+    let attach = socket::bind(&attach_socket(layout), &SocketAccess::OwnerOnly)?;
     let listener = PeerCheckedListener {
         inner,
         policy: Arc::new(policy),
     };
-    Ok((Signals { sigterm, sigint }, listener))
+    Ok((
+        Signals { sigterm, sigint },
+        listener,
+        (attach, Arc::new(attach_policy)),
+    ))
 }
 
 /// The socket mode and the per-connection policy of `layout`: the owner and

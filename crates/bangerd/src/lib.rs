@@ -36,6 +36,7 @@ pub mod session;
 pub mod socket;
 pub mod ssh_config;
 pub mod vm;
+pub mod warm;
 
 pub use daemon::{run, DaemonError, Options};
 

@@ -378,10 +378,7 @@ async fn other_users_are_refused_unless_in_an_explicit_socket_group() {
     assert!(daemon.wait_exit().success());
 
     // nobody's group (Debian: nogroup, gid 65534) as socket_group.
-    let group = nix::unistd::Group::from_gid(65534.into())
-        .unwrap()
-        .expect("a group with gid 65534")
-        .name;
+    let group = nobody_group();
     let (install, socket) = system_install(&env, &format!("socket_group = \"{group}\"\n"));
     let mut cmd = env.command(common::daemon_bin());
     cmd.env("BANGER_INSTALL_FILE", &install);
@@ -393,6 +390,104 @@ async fn other_users_are_refused_unless_in_an_explicit_socket_group() {
     assert_eq!(code, 200, "a member of socket_group is served: {body}");
     let status: DaemonStatus = serde_json::from_str(&body).unwrap();
     assert_eq!(status.install_mode, InstallMode::System.to_string());
+    daemon.client().shutdown().await.unwrap();
+    assert!(daemon.wait_exit().success());
+}
+
+/// nobody's group (Debian: nogroup, gid 65534).
+fn nobody_group() -> String {
+    nix::unistd::Group::from_gid(65534.into())
+        .unwrap()
+        .expect("a group with gid 65534")
+        .name
+}
+
+/// `banger vm session attach` as uid 65534 with CAP_DAC_OVERRIDE, i.e. past
+/// the attach socket's mode: its stderr.
+fn attach_as_nobody(env: &TestEnv, install: Option<&std::path::Path>) -> String {
+    let cli = common::daemon_bin().with_file_name("banger");
+    let mut cmd = env.command("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=+dac_override",
+        "--ambient-caps=+dac_override",
+    ])
+    .arg(cli)
+    .args(["vm", "session", "attach", "box", "s"])
+    .stdin(Stdio::null());
+    if let Some(install) = install {
+        cmd.env("BANGER_INSTALL_FILE", install);
+    }
+    let out = cmd.output().expect("run setpriv banger");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The attach bridge (it carries sessions' stdin) admits the owner and root
+/// only: mode 0600, and every connection's peer checked, also where
+/// `socket_group` opens the API to a group.
+#[tokio::test]
+async fn the_attach_socket_refuses_other_users_even_in_socket_group() {
+    let test = "the_attach_socket_refuses_other_users_even_in_socket_group";
+    if !banger_test_support::Gate::named(test).root().check() {
+        return;
+    }
+    let env = TestEnv::new();
+    let mut daemon = Daemon::start(&env).await;
+    let attach = env.socket().with_file_name("attach.sock");
+    let meta = std::fs::metadata(&attach).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let e = attach_as_nobody(&env, None);
+    assert!(
+        e.contains("uid 65534 (nobody) may not use this bangerd"),
+        "{e}"
+    );
+    // Connections that never say hello are bounded: the one past the limit
+    // is answered with an error at once; the others stay open.
+    let held: Vec<std::os::unix::net::UnixStream> = (0..64)
+        .map(|_| std::os::unix::net::UnixStream::connect(&attach).unwrap())
+        .collect();
+    let mut extra = std::os::unix::net::UnixStream::connect(&attach).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut answer = Vec::new();
+    std::io::Read::read_to_end(&mut extra, &mut answer).unwrap();
+    let frame = tokio_util::codec::Decoder::decode(
+        &mut banger_wire::attach::StdioMux,
+        &mut bytes::BytesMut::from(&answer[..]),
+    )
+    .unwrap()
+    .expect("an error frame");
+    match banger_wire::attach::ServerControl::parse(&frame.payload).unwrap() {
+        banger_wire::attach::ServerControl::Error { message } => {
+            assert!(
+                message.contains("already serves 64 attach connections"),
+                "{message}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(held);
+    daemon.client().shutdown().await.unwrap();
+    assert!(daemon.wait_exit().success());
+    assert!(!attach.exists(), "removed on shutdown");
+
+    let group = nobody_group();
+    let (install, socket) = system_install(&env, &format!("socket_group = \"{group}\"\n"));
+    let mut cmd = env.command(common::daemon_bin());
+    cmd.env("BANGER_INSTALL_FILE", &install);
+    let mut daemon = Daemon::start_at(&env, cmd, &socket).await;
+    let meta = std::fs::metadata(socket.with_file_name("attach.sock")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let e = attach_as_nobody(&env, Some(&install));
+    assert!(
+        e.contains("uid 65534 (nobody) may not use this bangerd"),
+        "a socket_group member may use the API, not attach: {e}"
+    );
     daemon.client().shutdown().await.unwrap();
     assert!(daemon.wait_exit().success());
 }

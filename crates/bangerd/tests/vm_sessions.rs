@@ -18,27 +18,18 @@
 mod common;
 mod vm_harness;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use banger_wire::session::{SessionInfo, SessionList, SessionSource, SessionStatus};
-use vm_harness::{boot_tests, privileged, test_image, text, World};
+use vm_harness::{boot_tests, privileged, test_image, text, wait_until, World};
 
 fn show(world: &World, session: &str) -> SessionInfo {
-    let out = world.banger_ok(&["vm", "session", "show", "box", session, "--json"]);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    world.session_show("box", session)
 }
 
 fn list(world: &World) -> SessionList {
     let out = world.banger_ok(&["vm", "session", "list", "box", "--json"]);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(300));
-    }
 }
 
 /// Write `line` to session `name`'s stdin FIFO from inside the guest (the

@@ -7,6 +7,7 @@
 //! state last seen, and says so.
 
 pub mod api;
+pub mod attach;
 
 use std::time::Duration;
 

@@ -424,6 +424,12 @@ impl World {
         serde_json::from_str(&self.banger_ok(&["vm", "show", "--json", name])).unwrap()
     }
 
+    /// `banger vm session show --json VM SESSION`.
+    pub fn session_show(&self, vm: &str, session: &str) -> banger_wire::session::SessionInfo {
+        let out = self.banger_ok(&["vm", "session", "show", vm, session, "--json"]);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+    }
+
     /// Poll `vm list` until `name` is in `state` (bounded).
     pub fn wait_state(&self, name: &str, state: &str, within: Duration) -> VmInfo {
         let deadline = Instant::now() + within;
@@ -521,6 +527,15 @@ impl Drop for World {
 }
 
 /// Minimal config for the VM tests.
+/// Poll `f` every 0.3 s until it holds; panics naming `what` after `within`.
+pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
 pub fn config(image: &str) -> String {
     config_with(image, "")
 }
