@@ -38,6 +38,11 @@ pub struct PullArgs {
     /// OCI only: linux/amd64, the one platform banger guests run.
     #[arg(long)]
     pub platform: Option<String>,
+    /// OCI only, images without sshd that use apt: the apt source line the
+    /// first boot installs openssh-server from instead of the image's
+    /// sources, e.g. "deb [trusted=yes] http://10.0.0.1:8080/ ./".
+    #[arg(long, value_name = "DEB_LINE")]
+    pub apt_source: Option<String>,
 }
 
 /// `banger image ...`
@@ -221,9 +226,10 @@ pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitC
                         || a.image_name.is_some()
                         || a.size.is_some()
                         || a.platform.is_some()
+                        || a.apt_source.is_some()
                     {
                         anyhow::bail!(
-                            "--kernel-ref, --name, --size and --platform apply to OCI references \
+                            "--kernel-ref, --name, --size, --platform and --apt-source apply to OCI references \
                              (REGISTRY/REPO:TAG); {:?} is a catalog name",
                             a.reference
                         );
@@ -530,6 +536,7 @@ async fn oci_pull(client: &Client, a: PullArgs) -> anyhow::Result<()> {
         name: a.image_name,
         size_bytes,
         platform: a.platform,
+        apt_source: a.apt_source,
     };
     let mut render = client::stderr_renderer();
     let report = client

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use crate::cache::LayerCache;
 use crate::flatten::{FlattenError, LayerInput, Limits, Tree};
-use crate::inspect::{Facts, Init, InspectError};
+use crate::inspect::{Facts, Init, InspectError, PackageManager};
 use crate::progress::{Event, ProgressFn};
 use crate::reference::OciRef;
 use crate::registry::{Access, Fetched, RegistryError};
@@ -22,8 +22,16 @@ pub enum ImportError {
         #[source]
         source: InspectError,
     },
-    #[error("{reference}: the image has no systemd (/sbin/init is not systemd). banger boots imported images with their systemd; images without an init system are not supported yet. Build an image that installs systemd-sysv (Debian/Ubuntu) or systemd")]
-    NoSystemd { reference: String },
+    #[error("{reference}: the image has no systemd, so banger's init (the guest agent) becomes its /sbin/init, but no guest agent binary was given to the import")]
+    NoAgent { reference: String },
+    #[error("read the guest agent {path}: {source}")]
+    ReadAgent {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("apt source {line:?}: {reason}")]
+    AptSource { line: String, reason: &'static str },
     #[error(transparent)]
     Rootfs(#[from] RootfsError),
     #[error("{op} {path}: {source}")]
@@ -50,6 +58,12 @@ pub struct ImportOptions {
     pub size: Option<u64>,
     pub platform: Option<String>,
     pub limits: Limits,
+    /// The guest agent binary, injected as `/sbin/init` into images
+    /// without systemd.
+    pub agent: Option<PathBuf>,
+    /// One `deb ...` line the first-boot openssh-server install uses instead
+    /// of the image's apt sources (`--apt-source`).
+    pub apt_source: Option<String>,
 }
 
 /// What an import produced.
@@ -68,6 +82,9 @@ pub struct Imported {
 /// Fetch and build, blocking (the daemon runs it on a blocking thread).
 pub fn import(opts: &ImportOptions, progress: ProgressFn<'_>) -> Result<Imported, ImportError> {
     crate::registry::check_platform(opts.platform.as_deref())?;
+    if let Some(line) = &opts.apt_source {
+        check_apt_source(line)?;
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -121,10 +138,35 @@ pub fn build(
         reference: reference.clone(),
         source,
     })?;
-    if facts.init != Init::Systemd {
-        return Err(ImportError::NoSystemd { reference });
+    let agent = match (facts.init, &opts.agent) {
+        (Init::Systemd, _) => None,
+        (Init::Banger, None) => return Err(ImportError::NoAgent { reference }),
+        (Init::Banger, Some(path)) => {
+            Some(
+                std::fs::read(path).map_err(|source| ImportError::ReadAgent {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+    };
+    if let Some(line) = &opts.apt_source {
+        check_apt_source(line)?;
+        if facts.sshd.is_none() && facts.package_manager != Some(PackageManager::Apt) {
+            return Err(ImportError::AptSource {
+                line: line.clone(),
+                reason: "the image installs openssh-server without apt; leave --apt-source out",
+            });
+        }
     }
-    crate::inject::inject(&mut tree, &facts);
+    crate::inject::inject(
+        &mut tree,
+        &facts,
+        &crate::inject::Extras {
+            agent: agent.as_deref(),
+            apt_source: opts.apt_source.as_deref(),
+        },
+    );
     progress(Event::Note(format!(
         "writing the root filesystem ({} entries, {} bytes of files)",
         tree.len(),
@@ -167,6 +209,37 @@ pub fn build(
     })
 }
 
+/// One apt source line, `deb [OPTIONS] URI SUITE [COMPONENT...]`: it is
+/// written into the image as a file, so no newline may smuggle in more.
+pub fn check_apt_source(line: &str) -> Result<(), ImportError> {
+    let bad = |reason| ImportError::AptSource {
+        line: line.to_owned(),
+        reason,
+    };
+    if line.len() > 1024 {
+        return Err(bad("longer than 1024 bytes"));
+    }
+    if line.chars().any(char::is_control) {
+        return Err(bad("one line without control characters, please"));
+    }
+    let rest = line
+        .strip_prefix("deb ")
+        .ok_or_else(|| bad("must start with `deb ` (a one-line apt source)"))?;
+    let rest = match rest.trim_start().strip_prefix('[') {
+        Some(r) => {
+            r.split_once(']')
+                .ok_or_else(|| bad("unclosed [options]"))?
+                .1
+        }
+        None => rest,
+    };
+    let mut words = rest.split_whitespace();
+    match (words.next(), words.next()) {
+        (Some(uri), Some(_suite)) if uri.contains("://") => Ok(()),
+        _ => Err(bad("expected `deb [OPTIONS] URI SUITE [COMPONENT...]`")),
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SS...` → seconds since the epoch (UTC; offsets and
 /// fractions ignored: only used as a stable timestamp).
 fn parse_rfc3339_epoch(s: &str) -> Option<u64> {
@@ -190,6 +263,25 @@ fn parse_rfc3339_epoch(s: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn apt_sources() {
+        for ok in [
+            "deb [trusted=yes] http://172.16.0.1:8080/ ./",
+            "deb http://deb.debian.org/debian bookworm main",
+        ] {
+            super::check_apt_source(ok).unwrap();
+        }
+        for bad in [
+            "deb http://x/ ./\ndeb http://evil/ ./",
+            "rm -rf /",
+            "deb [trusted=yes http://x/ ./",
+            "deb http://x/",
+            "deb nouri suite",
+        ] {
+            assert!(super::check_apt_source(bad).is_err(), "{bad:?}");
+        }
+    }
+
     #[test]
     fn rfc3339() {
         assert_eq!(super::parse_rfc3339_epoch("1970-01-01T00:00:00Z"), Some(0));

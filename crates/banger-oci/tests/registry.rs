@@ -31,6 +31,8 @@ fn options(reference: &str, cache: &Path, work: &Path, access: Access) -> Import
         size: None,
         platform: Some("linux/amd64".into()),
         limits: Limits::default(),
+        agent: None,
+        apt_source: None,
     }
 }
 

@@ -11,6 +11,7 @@
 pub mod apply;
 pub mod drive;
 pub mod ext4;
+pub mod init;
 pub mod procfs;
 pub mod reidentify;
 pub mod server;

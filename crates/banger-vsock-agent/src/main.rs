@@ -24,6 +24,14 @@ enum Command {
     Apply(ApplyArgs),
     /// Answer the host (health, ports, stats) over virtio-serial or vsock.
     Serve(ServeArgs),
+    /// Run as PID 1 of an image without an init system (`banger image pull`
+    /// links the image's /sbin/init here): mounts, config drive, network,
+    /// sshd and the agent, reaping, clean poweroff. See docs/oci-import.md.
+    Init {
+        /// Set after the hand-over to the config drive's agent.
+        #[arg(long)]
+        from_drive: bool,
+    },
     /// Supervise one session (started by `serve`; not for direct use).
     #[command(hide = true)]
     SessionSupervise {
@@ -100,11 +108,19 @@ fn serve_command(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
+    // As /sbin/init the kernel passes no arguments we know (maybe `single`
+    // or the like): PID 1 is always init.
+    if std::process::id() == 1 && std::env::args().nth(1).as_deref() != Some("init") {
+        let e = banger_vsock_agent::init::run(false);
+        eprintln!("banger-vsock-agent: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Apply(args)) => apply_command(args),
         Some(Command::Serve(args)) => serve_command(args),
         None => serve_command(ServeArgs::default()),
+        Some(Command::Init { from_drive }) => Err(banger_vsock_agent::init::run(from_drive).into()),
         Some(Command::SessionSupervise { dir }) => {
             banger_vsock_agent::session::supervise(&dir).map_err(anyhow::Error::from)
         }

@@ -111,6 +111,11 @@ pub struct OciPullRequest {
     /// Only `linux/amd64`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub platform: Option<String>,
+    /// `deb [OPTIONS] URI SUITE [COMPONENT...]`: the apt source the
+    /// first-boot openssh-server install uses instead of the image's (a
+    /// local mirror).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apt_source: Option<String>,
 }
 
 /// The `Done` result of an OCI pull.

@@ -89,6 +89,7 @@ async fn oci_pull_installs_records_origin_and_reports_tag_changes() {
         name: Some("dev".into()),
         size_bytes: None,
         platform: None,
+        apt_source: None,
     };
 
     // Checked before any download: the kernel must exist.

@@ -67,9 +67,8 @@ impl OciPullError {
             OciPullError::Import(ImportError::Registry(
                 R::NoPlatform { .. } | R::BadPlatform(_) | R::WrongArch { .. },
             ))
-            | OciPullError::Import(ImportError::Inspect { .. } | ImportError::NoSystemd { .. }) => {
-                ErrorCode::Unsupported
-            }
+            | OciPullError::Import(ImportError::Inspect { .. }) => ErrorCode::Unsupported,
+            OciPullError::Import(ImportError::AptSource { .. }) => ErrorCode::BadRequest,
             OciPullError::Import(ImportError::Flatten(_) | ImportError::Registry(_)) => {
                 ErrorCode::BadRequest
             }
@@ -98,6 +97,9 @@ pub fn prepare(state: &Daemon, req: &OciPullRequest) -> Result<(OciRef, String),
     }
     banger_oci::registry::check_platform(req.platform.as_deref())
         .map_err(|e| OciPullError::Import(e.into()))?;
+    if let Some(line) = &req.apt_source {
+        banger_oci::import::check_apt_source(line)?;
+    }
     Ok((r, name))
 }
 
@@ -225,6 +227,9 @@ fn run(
         size: req.size_bytes,
         platform: req.platform.clone(),
         limits: Default::default(),
+        // Only images without systemd need it; a missing agent fails those.
+        agent: crate::vm::agent_binary(&state.layout).ok(),
+        apt_source: req.apt_source.clone(),
     };
     let imported = banger_oci::import(&opts, progress)?;
     let short = imported

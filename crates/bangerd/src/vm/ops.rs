@@ -1343,6 +1343,12 @@ async fn graceful_stop(
     handle.shutdown(left.max(Duration::from_secs(5))).await
 }
 
+/// systemd: --no-block, so the answer comes back before sshd goes down.
+/// Images imported without systemd run banger's init (the guest agent as
+/// PID 1), which powers off on SIGUSR2 after the answer is sent.
+const POWEROFF_COMMAND: &str =
+    "if [ -d /run/systemd/system ]; then systemctl poweroff --no-block; else kill -USR2 1; fi";
+
 async fn ssh_poweroff(state: &Daemon, vm: &VmRecord, ip: Ipv4Addr) -> Result<(), VmError> {
     let p = VmPaths::new(&state.layout, &vm.id);
     let public = tokio::fs::read_to_string(&p.host_key_pub)
@@ -1363,18 +1369,14 @@ async fn ssh_poweroff(state: &Daemon, vm: &VmRecord, ip: Ipv4Addr) -> Result<(),
     )
     .await
     .map_err(ssh_err)?;
-    // --no-block: the answer comes back before sshd goes down.
-    let out = session
-        .exec("systemctl poweroff --no-block")
-        .await
-        .map_err(ssh_err)?;
+    let out = session.exec(POWEROFF_COMMAND).await.map_err(ssh_err)?;
     let _ = session.close().await;
     if out.success() {
         Ok(())
     } else {
         Err(VmError::GuestCommand {
             name: vm.name.clone(),
-            command: "systemctl poweroff --no-block",
+            command: POWEROFF_COMMAND,
             status: out.exit_status,
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         })
