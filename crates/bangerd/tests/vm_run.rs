@@ -485,6 +485,13 @@ async fn vm_run_workspace_command_rm_bare_and_file_sync() {
             && stderr.contains("`banger vm delete --force shell` to delete it"),
         "{stderr}"
     );
+    // The next steps an orchestrator or editor takes, printed before the shell.
+    assert!(
+        stderr.contains("banger vm acp shell")
+            && stderr.contains("banger vm session start shell --name dev -- CMD")
+            && stderr.contains("banger vm workspace prepare shell PATH"),
+        "{stderr}"
+    );
     let vm = world.show("shell");
     assert_eq!(vm.state, "running");
     world.banger_ok(&["vm", "delete", "--force", "shell"]);
