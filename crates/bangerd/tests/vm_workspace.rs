@@ -7,7 +7,7 @@
 //! 2. `vm acp` before opencode exists: refused with the install hint;
 //! 3. `prepare` (shallow_metadata): untracked-not-ignored present, ignored
 //!    absent, a shallow git repository at the host's HEAD;
-//! 4. `prepare` again (new content, `--branch`) while a loop over ssh reads
+//! 4. `prepare` again (new content, `--branch`) while a session reads
 //!    two files of the tree: every read sees both old or both new;
 //! 5. `--readonly`: a write by root in the guest fails; an upload that
 //!    breaks off mid-body switches nothing;
@@ -160,22 +160,19 @@ async fn workspace_prepare_replaces_atomically_and_acp_bridges_stdio() {
         &repo,
         "echo 2 > gen-a && echo 2 > gen-b && git commit -qam three",
     );
-    let reader = world
-        .command(vm_harness::cli_bin())
-        .args([
-            "vm",
-            "ssh",
-            "box",
-            "--",
-            "sh",
-            "-c",
-            "rm -f /tmp/stop; while [ ! -e /tmp/stop ]; do (cd /root/repo && echo \"$(cat gen-a) $(cat gen-b)\") 2>&1; done",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    // The reader is a daemon-managed session, as an orchestrator would run it.
+    world.banger_ok(&[
+        "vm",
+        "session",
+        "start",
+        "box",
+        "--name",
+        "reader",
+        "--",
+        "sh",
+        "-c",
+        "rm -f /tmp/stop; while [ ! -e /tmp/stop ]; do (cd /root/repo && echo \"$(cat gen-a) $(cat gen-b)\") 2>&1; done",
+    ]);
     // Let the loop get going, then replace the tree under it.
     std::thread::sleep(std::time::Duration::from_secs(3));
     world.banger_ok(&[
@@ -189,9 +186,18 @@ async fn workspace_prepare_replaces_atomically_and_acp_bridges_stdio() {
     ]);
     std::thread::sleep(std::time::Duration::from_secs(2));
     guest(&world, "touch /tmp/stop");
-    let out = reader.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let lines = String::from_utf8_lossy(&out.stdout).into_owned();
+    vm_harness::wait_until(
+        "the reader session's end",
+        std::time::Duration::from_secs(60),
+        || world.session_show("box", "reader").status.is_ended(),
+    );
+    assert_eq!(
+        world.session_show("box", "reader").status,
+        banger_wire::guest::SessionStatus::Exited { code: 0 }
+    );
+    let lines = world.banger_ok(&[
+        "vm", "session", "logs", "box", "reader", "--stream", "stdout",
+    ]);
     let mut seen = std::collections::BTreeSet::new();
     for line in lines.lines() {
         assert!(
