@@ -23,6 +23,29 @@ pub struct GlobalArgs {
     pub config: Option<PathBuf>,
 }
 
+impl GlobalArgs {
+    /// The runtime a command runs on and a client of the daemon (started
+    /// when none runs): how most commands begin.
+    pub fn connect(&self) -> anyhow::Result<(tokio::runtime::Runtime, crate::client::Client)> {
+        let runtime = runtime()?;
+        let layout = banger_host::paths::Layout::detect()?;
+        let client = runtime.block_on(crate::client::Client::connect(
+            &layout,
+            self.config.as_deref(),
+        ))?;
+        Ok((runtime, client))
+    }
+}
+
+/// The single-threaded runtime every command runs on.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context as _;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
 /// Top-level commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {

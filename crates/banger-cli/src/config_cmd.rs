@@ -93,10 +93,7 @@ fn check(global: &GlobalArgs, layout: &Layout, arg: Option<PathBuf>) -> anyhow::
 /// The running daemon's config in force (`GET /v1/config`, which also makes
 /// it read an edited file); `None` when no daemon runs (none is started).
 fn daemon_config(layout: &Layout) -> anyhow::Result<Option<serde_json::Value>> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::cli::runtime()?;
     runtime.block_on(async {
         match Client::connect_existing(layout).await? {
             Some(client) => Ok(Some(

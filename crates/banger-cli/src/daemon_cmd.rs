@@ -4,7 +4,6 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use banger_host::paths::Layout;
 use banger_wire::api::{DaemonStatus, InstallMode};
 
@@ -16,10 +15,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Run a `banger daemon` subcommand.
 pub fn run(global: &GlobalArgs, cmd: DaemonCommand) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::cli::runtime()?;
     let layout = Layout::detect()?;
     runtime.block_on(async {
         match cmd {

@@ -201,13 +201,6 @@ pub struct RegisterArgs {
     pub modules: Option<PathBuf>,
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 async fn connect(global: &GlobalArgs) -> anyhow::Result<Client> {
     let layout = Layout::detect()?;
     Ok(Client::connect(&layout, global.config.as_deref()).await?)
@@ -215,7 +208,7 @@ async fn connect(global: &GlobalArgs) -> anyhow::Result<Client> {
 
 /// Run a `banger image` subcommand.
 pub fn run_image(global: &GlobalArgs, cmd: ImageCommand) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
+    crate::cli::runtime()?.block_on(async {
         let client = connect(global).await?;
         match cmd {
             ImageCommand::Pull(a) => {
@@ -473,7 +466,7 @@ pub fn format_import(report: &InstallReport) -> String {
 
 /// Run a `banger kernel` subcommand.
 pub fn run_kernel(global: &GlobalArgs, cmd: KernelCommand) -> anyhow::Result<ExitCode> {
-    runtime()?.block_on(async {
+    crate::cli::runtime()?.block_on(async {
         let client = connect(global).await?;
         match cmd {
             KernelCommand::Pull { name } => {

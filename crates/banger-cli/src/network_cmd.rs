@@ -6,7 +6,6 @@
 
 use std::process::ExitCode;
 
-use anyhow::Context;
 use banger_host::paths::Layout;
 use banger_wire::api::{NetworkReport, NetworkSetupRequest, NetworkTeardownRequest};
 use banger_wire::routes::{self, Route};
@@ -40,10 +39,7 @@ pub enum NetworkCommand {
 
 /// Run a `banger network` subcommand.
 pub fn run(global: &GlobalArgs, cmd: NetworkCommand) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = crate::cli::runtime()?;
     let layout = Layout::detect()?;
     runtime.block_on(async {
         let client = Client::connect(&layout, global.config.as_deref()).await?;
@@ -123,10 +119,7 @@ pub fn remove_before_uninstall() {
         if layout.mode != banger_wire::api::InstallMode::System {
             return Ok(None);
         }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .context("cannot start the async runtime")?;
+        let runtime = crate::cli::runtime()?;
         runtime.block_on(async {
             let Some(client) = Client::connect_existing(&layout).await? else {
                 return Ok(None);

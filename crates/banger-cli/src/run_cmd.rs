@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use banger_host::paths::Layout;
 use banger_wire::api::StreamEvent;
 use banger_wire::routes::{self, NoBody};
 use banger_wire::vm::{PhaseTiming, VmInfo, VmTimings};
@@ -248,12 +247,7 @@ pub fn run(global: &GlobalArgs, args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let layout = Layout::detect()?;
-    let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
+    let (runtime, client) = global.connect()?;
     let mut render = client::stderr_renderer();
     let mut phases: Vec<PhaseTiming> = Vec::new();
 

@@ -6,7 +6,6 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
-use banger_host::paths::Layout;
 use banger_wire::routes::{self, NoBody};
 use banger_wire::vm::{VmActivityRequest, VmCreateRequest, VmInfo, VmStartRequest, VmStopRequest};
 use clap::{Args, Subcommand};
@@ -167,12 +166,7 @@ pub fn run(global: &GlobalArgs, cmd: VmCommand) -> anyhow::Result<ExitCode> {
         VmCommand::Acp(args) => return crate::workspace_cmd::acp(global, args),
         other => other,
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let layout = Layout::detect()?;
-    let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
+    let (runtime, client) = global.connect()?;
     let ssh = runtime.block_on(async {
         match cmd {
             VmCommand::Run(_) | VmCommand::Workspace(_) | VmCommand::Acp(_) => {

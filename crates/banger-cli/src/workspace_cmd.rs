@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{bail, Context};
-use banger_host::paths::Layout;
 use banger_wire::workspace::{
     valid_branch, validate_guest_path, WorkspaceMode, WorkspaceParams, DEFAULT_GUEST_PATH,
 };
@@ -150,7 +149,7 @@ fn prepare(global: &GlobalArgs, args: PrepareArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let (runtime, client) = connect(global)?;
+    let (runtime, client) = global.connect()?;
     let mut render = client::stderr_renderer();
     let report = upload(&runtime, &client, &args.vm, &params, &ws, render.as_mut())?;
     eprintln!(
@@ -167,17 +166,6 @@ fn prepare(global: &GlobalArgs, args: PrepareArgs) -> anyhow::Result<ExitCode> {
         }
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// A runtime and a client of the daemon (started when none runs).
-fn connect(global: &GlobalArgs) -> anyhow::Result<(tokio::runtime::Runtime, Client)> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    let layout = Layout::detect()?;
-    let client = runtime.block_on(Client::connect(&layout, global.config.as_deref()))?;
-    Ok((runtime, client))
 }
 
 /// Send `ws` to VM `vm` through the workspace route with `params` (the
@@ -312,7 +300,7 @@ pub fn acp_command(cwd: Option<&str>) -> String {
 /// status are ours).
 pub fn acp(global: &GlobalArgs, args: AcpArgs) -> anyhow::Result<ExitCode> {
     let vm = {
-        let (runtime, client) = connect(global)?;
+        let (runtime, client) = global.connect()?;
         runtime.block_on(vm_cmd::ssh_target(&client, &args.vm))?
     };
     let cwd = args.cwd.as_deref();
