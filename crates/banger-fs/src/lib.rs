@@ -4,7 +4,8 @@
 //!
 //! - [`write_atomic`]: replace a file so readers and crashes see the old
 //!   or the new contents, never a mix.
-//! - [`proc`]: `/proc/PID/stat` (state, start time).
+//! - [`proc`]: `/proc/PID/stat` (state, start time), `/proc/meminfo`, and
+//!   the rows of the `/proc/net` socket tables.
 
 mod atomic;
 pub mod proc;

@@ -1,8 +1,11 @@
 //! `/proc` parsing shared by host and guest: `/proc/PID/stat` (process
 //! state and start time: the VMM supervisor, the CLI's daemon check) and
-//! `/proc/meminfo` fields (host memory for VM defaults, guest stats).
+//! `/proc/meminfo` fields (host memory for VM defaults, guest stats) and
+//! the rows of `/proc/net/{tcp,tcp6,udp,udp6}` (the agent's port list, the
+//! daemon's idle check).
 
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// What `/proc/PID/stat` says about a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +115,84 @@ pub fn meminfo_bytes(text: &str, key: &str) -> Result<u64, MeminfoError> {
     Err(MeminfoError::Missing {
         key: key.to_owned(),
     })
+}
+
+/// One row of `/proc/net/{tcp,tcp6,udp,udp6}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetRow {
+    /// `local_address`.
+    pub local: (IpAddr, u16),
+    /// `rem_address`.
+    pub remote: (IpAddr, u16),
+    /// `st`: the kernel's TCP state number (`01` ESTABLISHED, `0A` LISTEN;
+    /// `07` for an unconnected UDP socket).
+    pub state: u8,
+    /// The socket inode, as in `/proc/PID/fd/*` -> `socket:[inode]`.
+    pub inode: u64,
+}
+
+/// A row of a `/proc/net` table that does not parse: its 1-based line
+/// number and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct NetRowError {
+    /// 1-based, the header being line 1.
+    pub line: usize,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// The rows of a `/proc/net` socket table (`v6` for `tcp6`/`udp6`), header
+/// skipped and blank lines ignored; a malformed row is an `Err` the caller
+/// may skip or report.
+pub fn net_rows(text: &str, v6: bool) -> impl Iterator<Item = Result<NetRow, NetRowError>> + '_ {
+    text.lines()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(move |(i, line)| {
+            let bad = |reason| NetRowError {
+                line: i + 1,
+                reason,
+            };
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() < 10 {
+                return Err(bad("fewer than 10 fields"));
+            }
+            Ok(NetRow {
+                local: parse_endpoint(fields[1], v6).ok_or_else(|| bad("bad local address"))?,
+                remote: parse_endpoint(fields[2], v6).ok_or_else(|| bad("bad remote address"))?,
+                state: u8::from_str_radix(fields[3], 16).map_err(|_| bad("bad state"))?,
+                inode: fields[9].parse().map_err(|_| bad("bad inode"))?,
+            })
+        })
+}
+
+/// `ADDR:PORT` as printed by the kernel: the address is the in-memory
+/// (network order) bytes printed as native-endian 32-bit words.
+fn parse_endpoint(s: &str, v6: bool) -> Option<(IpAddr, u16)> {
+    let (addr, port) = s.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let hex = addr.get(i * 8..i * 8 + 8)?;
+        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
+    };
+    let ip = if v6 {
+        if addr.len() != 32 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        for i in 0..4 {
+            bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+        }
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    } else {
+        if addr.len() != 8 {
+            return None;
+        }
+        IpAddr::V4(Ipv4Addr::from(word(0)?))
+    };
+    Some((ip, port))
 }
 
 #[cfg(test)]

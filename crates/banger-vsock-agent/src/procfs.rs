@@ -2,7 +2,7 @@
 //! sockets with their processes, uptime, load, memory and disk usage.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use banger_wire::guest::{DiskUsage, GuestStats, ListeningPort};
@@ -89,67 +89,27 @@ pub fn parse_net_table(
     text: &str,
 ) -> Result<Vec<SocketEntry>, ProcError> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate().skip(1) {
-        let bad = |reason: &str| ProcError::Parse {
+    for row in banger_fs::proc::net_rows(text, proto.is_v6()) {
+        let row = row.map_err(|e| ProcError::Parse {
             path: path.to_owned(),
-            line: i + 1,
-            reason: reason.to_owned(),
-        };
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        if fields.is_empty() {
-            continue;
-        }
-        if fields.len() < 10 {
-            return Err(bad("fewer than 10 fields"));
-        }
-        let state = u8::from_str_radix(fields[3], 16).map_err(|_| bad("bad state"))?;
-        let (address, port) =
-            parse_endpoint(fields[1], proto.is_v6()).ok_or_else(|| bad("bad local address"))?;
-        let (_, remote_port) =
-            parse_endpoint(fields[2], proto.is_v6()).ok_or_else(|| bad("bad remote address"))?;
-        let inode: u64 = fields[9].parse().map_err(|_| bad("bad inode"))?;
+            line: e.line,
+            reason: e.reason.to_owned(),
+        })?;
         let listening = if proto.is_tcp() {
-            state == TCP_LISTEN
+            row.state == TCP_LISTEN
         } else {
-            state == UDP_UNCONNECTED && remote_port == 0 && port != 0
+            row.state == UDP_UNCONNECTED && row.remote.1 == 0 && row.local.1 != 0
         };
         if listening {
             out.push(SocketEntry {
                 proto,
-                address,
-                port,
-                inode,
+                address: row.local.0,
+                port: row.local.1,
+                inode: row.inode,
             });
         }
     }
     Ok(out)
-}
-
-/// `ADDR:PORT` as printed by the kernel: the address is the in-memory
-/// (network order) bytes printed as native-endian 32-bit words.
-fn parse_endpoint(s: &str, v6: bool) -> Option<(IpAddr, u16)> {
-    let (addr, port) = s.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        let hex = addr.get(i * 8..i * 8 + 8)?;
-        Some(u32::from_str_radix(hex, 16).ok()?.to_ne_bytes())
-    };
-    let ip = if v6 {
-        if addr.len() != 32 {
-            return None;
-        }
-        let mut bytes = [0u8; 16];
-        for i in 0..4 {
-            bytes[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-        }
-        IpAddr::V6(Ipv6Addr::from(bytes))
-    } else {
-        if addr.len() != 8 {
-            return None;
-        }
-        IpAddr::V4(Ipv4Addr::from(word(0)?))
-    };
-    Some((ip, port))
 }
 
 /// Seconds since boot from the text of `/proc/uptime`.

@@ -346,22 +346,15 @@ async fn established_peers() -> Vec<(Ipv4Addr, u16)> {
         .unwrap_or_default()
 }
 
-/// Parse `/proc/net/tcp`: `rem_address` is `AABBCCDD:PPPP`, the address
-/// printed as the raw native-endian `u32` of the network-order bytes, the
-/// port as a number; state `01` is ESTABLISHED.
+/// The remote ends of the ESTABLISHED (`01`) rows of `/proc/net/tcp`;
+/// malformed rows are skipped (this only delays an idle stop).
 fn parse_proc_net_tcp(text: &str) -> Vec<(Ipv4Addr, u16)> {
-    text.lines()
-        .skip(1)
-        .filter_map(|line| {
-            let mut f = line.split_whitespace();
-            let (_slot, _local, remote, st) = (f.next()?, f.next()?, f.next()?, f.next()?);
-            if st != "01" {
-                return None;
-            }
-            let (addr, port) = remote.split_once(':')?;
-            let raw = u32::from_str_radix(addr, 16).ok()?;
-            let port = u16::from_str_radix(port, 16).ok()?;
-            Some((Ipv4Addr::from(raw.to_ne_bytes()), port))
+    banger_fs::proc::net_rows(text, false)
+        .filter_map(Result::ok)
+        .filter(|row| row.state == 0x01)
+        .filter_map(|row| match row.remote {
+            (std::net::IpAddr::V4(addr), port) => Some((addr, port)),
+            _ => None,
         })
         .collect()
 }
