@@ -33,22 +33,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use vm_harness::{boot_tests, privileged, test_image, text, World};
-
-fn sh(dir: &Path, script: &str) {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.org")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.org")
-        .env("HOME", dir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{script}: {out:?}");
-}
+use vm_harness::{boot_tests, git_sh as sh, privileged, test_image, text, World};
 
 /// A repository with a commit, then an uncommitted edit, an untracked file
 /// and ignored files.

@@ -20,25 +20,9 @@ mod common;
 mod vm_harness;
 
 use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use vm_harness::{boot_tests, privileged, test_image, text, World};
-
-fn sh(dir: &Path, script: &str) -> String {
-    let out = Command::new("sh")
-        .arg("-ec")
-        .arg(script)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "t")
-        .env("GIT_AUTHOR_EMAIL", "t@example.org")
-        .env("GIT_COMMITTER_NAME", "t")
-        .env("GIT_COMMITTER_EMAIL", "t@example.org")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{script}: {out:?}");
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
+use vm_harness::{boot_tests, git_sh as sh, privileged, test_image, text, World};
 
 fn guest(world: &World, script: &str) -> String {
     world

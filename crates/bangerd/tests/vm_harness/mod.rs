@@ -526,7 +526,6 @@ impl Drop for World {
     }
 }
 
-/// Minimal config for the VM tests.
 /// Poll `f` every 0.3 s until it holds; panics naming `what` after `within`.
 pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
@@ -536,6 +535,26 @@ pub fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// Run `script` with `sh -e` in `dir` under a fixed git identity, with
+/// `HOME=dir` so the host's git config stays out; it must succeed. Returns
+/// its trimmed stdout.
+pub fn git_sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-ec")
+        .arg(script)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "t")
+        .env("GIT_AUTHOR_EMAIL", "t@example.org")
+        .env("GIT_COMMITTER_NAME", "t")
+        .env("GIT_COMMITTER_EMAIL", "t@example.org")
+        .env("HOME", dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{script}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Minimal config for the VM tests.
 pub fn config(image: &str) -> String {
     config_with(image, "")
 }
